@@ -1,0 +1,5 @@
+import sys
+
+from fingerprintd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The `fingerprintd` command line.
+
+Errors a user can cause (a missing file, a bad filter, a bad database) end
+with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
+from fingerprintd import __version__
+from fingerprintd.capture import ALL_TCP_FILTER, CaptureError, compile_filter, open_offline, ports_filter
+from fingerprintd.engine import Engine
+from fingerprintd.matcher import Matcher
+from fingerprintd.report import FORMATTERS
+from fingerprintd.signatures import Database, SignatureError, load
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def default_signatures() -> str:
+    """The bundled database: signatures/ in a checkout, package data when installed."""
+    checkout = Path(__file__).resolve().parent.parent / "signatures" / "p0f.fp"
+    if checkout.is_file():
+        return str(checkout)
+    return str(resources.files("fingerprintd._db").joinpath("p0f.fp"))
+
+
+def load_db(path: str | None, p0f_bugs: bool = False) -> Database:
+    path = path or default_signatures()
+    try:
+        return load(path, p0f_bugs=p0f_bugs)
+    except SignatureError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1..65535: {port}")
+    return port
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fingerprintd", description="Passive TCP/IP OS fingerprinting for mail servers.")
+    parser.add_argument("--version", action="version", version=f"fingerprintd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    rp = sub.add_parser("replay", help="fingerprint the SYNs in pcap/pcapng files")
+    rp.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng, optionally gzip-compressed")
+    rp.add_argument("--format", choices=sorted(FORMATTERS), default="text")
+    rp.add_argument("--signatures", metavar="PATH", help="signature database (default: the bundled one)")
+    rp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    rp.add_argument("--port", type=_port, action="append", metavar="N",
+                    help="watched server port, repeatable (default 25)")
+    rp.add_argument("--all-ports", action="store_true", help="every TCP port (p0f's own default filter)")
+    rp.add_argument("--bpf", metavar="EXPR", help="a libpcap filter replacing the port filter")
+    rp.add_argument("--p0f-bugs", action="store_true",
+                    help="reproduce p0f 3.09b's known bugs for byte-identical output")
+    rp.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                    help="progress bar on stderr (auto: when stderr is a terminal)")
+    rp.add_argument("--summary-json", action="store_true", help="print the closing summary as JSON")
+    rp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("signatures", help="work with signature databases")
+    ssub = sp.add_subparsers(dest="sig_command", required=True, parser_class=_Parser)
+    cp = ssub.add_parser("check", help="validate a database and count its signatures")
+    cp.add_argument("path", nargs="?", help="database file (default: the bundled one)")
+    cp.add_argument("--p0f-bugs", action="store_true", help="parse as p0f 3.09b does, bugs included")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_signatures_check)
+    return parser
+
+
+def _replay_filter(args: argparse.Namespace):
+    if args.bpf:
+        err = compile_filter(args.bpf)
+        if err:
+            raise UsageError(f"bad --bpf filter: {err}")
+        return args.bpf
+    if args.all_ports:
+        return ALL_TCP_FILTER
+    ports = args.port or [25]
+
+    def for_link(linktype: int) -> str:
+        expr = ports_filter(ports)
+        # Not every link type can carry the vlan clause; fall back without it.
+        return expr if compile_filter(expr, linktype) is None else ports_filter(ports, vlan=False)
+
+    return for_link
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    db = load_db(args.signatures, args.p0f_bugs)
+    ports = None if (args.all_ports or args.bpf) else (args.port or [25])
+    engine = Engine(Matcher(db), ports=ports, p0f_bugs=args.p0f_bugs)
+    fmt = FORMATTERS[args.format]()
+    bpf = _replay_filter(args)
+    for path in args.files:  # fail before writing anything if a file is unreadable
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{path}: cannot read file")
+    show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    try:
+        out = open(args.output, "w", encoding="utf-8", buffering=1 << 16) if args.output else sys.stdout
+    except OSError as exc:
+        raise UsageError(f"{args.output}: {exc.strerror or exc}") from None
+    try:
+        for path in args.files:
+            _replay_file(path, bpf, engine, fmt, out, show)
+    except CaptureError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    _print_summary(engine.summary(), args.summary_json)
+    return 0
+
+
+def _replay_file(path, bpf, engine: Engine, fmt, out, show: bool) -> None:
+    cap = open_offline(path, bpf)
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cap.size, unit="B", unit_scale=True, desc=Path(path).name, file=sys.stderr, leave=False)
+    linktype = cap.linktype
+    feed = engine.feed
+    write = out.write
+    for batch in cap.batches():
+        lines = []
+        for sec, usec, frame in batch:
+            obs = feed(frame, linktype, sec, usec)
+            if obs is not None:
+                lines.append(fmt(obs))
+        if lines:
+            write("".join(lines))
+        if bar is not None:
+            bar.update(sum(len(f) + 16 for _, _, f in batch))
+    if bar is not None:
+        bar.close()
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary), file=sys.stderr)
+        return
+    fp = summary["fingerprinted"]
+    total_fp = sum(fp.values())
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(fp.items())) or "none"
+    print(f"fingerprintd: {summary['packets']} packets read, {total_fp} fingerprinted ({parts})", file=sys.stderr)
+    skipped = summary["skipped"]
+    if skipped:
+        detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
+        print(f"fingerprintd: {sum(skipped.values())} skipped: {detail}", file=sys.stderr)
+
+
+def cmd_signatures_check(args: argparse.Namespace) -> int:
+    path = args.path or default_signatures()
+    db = load_db(path, args.p0f_bugs)
+    report = {
+        "path": path,
+        "signatures": db.sig_count,
+        "sections": {
+            "mtu": len(db.mtu_lines),
+            "tcp:request": len(db.request),
+            "tcp:response": len(db.response),
+            "http": db.http_sigs,
+        },
+        "classes": {},
+    }
+    for section, sigs in (("tcp:request", db.request), ("tcp:response", db.response)):
+        counts: Counter[str] = Counter()
+        for sig in sigs:
+            counts[f"{sig.label.klass} ({'generic' if sig.generic else 'specific'})"] += 1
+        report["classes"][section] = dict(sorted(counts.items()))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{path}: OK, {db.sig_count} signatures")
+    for name, n in report["sections"].items():
+        print(f"  [{name}] {n}")
+        for klass, k in report["classes"].get(name, {}).items():
+            print(f"      {klass}: {k}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"fingerprintd: {exc}" if not str(exc).startswith("fingerprintd") else str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error worth a trace.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Connection tracking that decides which SYNs and SYN+ACKs get fingerprinted.
+
+p0f does not fingerprint every SYN it sees: a retransmitted SYN (same
+4-tuple, same ISN, flow still tracked) is skipped, a SYN+ACK is only
+fingerprinted for a tracked flow whose SYN it saw, and the SYN+ACK is matched
+with that SYN's MSS in hand.  Which flows are still tracked depends on p0f's
+bounded tables (``process.c``): flows expire 30 s after creation, the table
+holds 1,000 flows and 10,000 hosts, and hitting a cap prunes the oldest 10 %
+of flows (and at most one host).  This module keeps the same books so that a
+replay reports exactly the packets p0f reports.
+
+One approximation: p0f keeps HTTP flows open while it reads their headers;
+here an HTTP flow closes at the server's first payload.  That changes nothing
+but the rare retransmitted-SYN check on the same flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fingerprintd.packet import ACK, FIN, RST, SYN, Packet
+
+EXPIRE_INTERVAL = 50  # p0f runs expiry every 50th packet
+_U32 = 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class Host:
+    first_seen: int
+    last_seen: int
+    use_cnt: int = 0
+    total_conn: int = 0
+
+
+@dataclass(slots=True)
+class Flow:
+    key: tuple  # (ip_ver, client, cport, server, sport)
+    client: Host
+    server: Host
+    created: int
+    next_cli_seq: int
+    syn_mss: int = 0
+    sendsyn: bool = False
+    acked: bool = False
+    next_srv_seq: int = 0
+    http: int = 0  # 0 unknown, 1 HTTP, -1 not HTTP
+    request: bytes = field(default=b"")
+
+
+@dataclass(slots=True)
+class FlowLimits:
+    max_conn: int = 1000
+    max_hosts: int = 10000
+    conn_max_age: int = 30  # seconds
+    host_idle: int = 120 * 60  # seconds
+
+
+class FlowTable:
+    """p0f's flow and host bookkeeping, driven one packet at a time."""
+
+    def __init__(self, limits: FlowLimits | None = None) -> None:
+        self.limits = limits or FlowLimits()
+        self.flows: dict[tuple, Flow] = {}  # insertion order = creation order
+        self.hosts: dict[tuple, Host] = {}  # insertion order = least recently touched first
+        self.packets = 0
+        self._last_expire = 0
+
+    def tick(self, sec: int) -> None:
+        """Count one captured packet (before parsing), expiring like p0f."""
+        self.packets += 1
+        if self.packets % EXPIRE_INTERVAL == 0 and sec != self._last_expire:
+            self._last_expire = sec
+            self._expire(sec)
+
+    def _expire(self, now: int) -> None:
+        lim = self.limits
+        for key in list(self.flows):
+            if (now - self.flows[key].created) & _U32 <= lim.conn_max_age:
+                break
+            self._destroy(key)
+        for key in list(self.hosts):
+            host = self.hosts[key]
+            if (now - host.last_seen) & _U32 <= lim.host_idle:
+                break
+            if not host.use_cnt:
+                del self.hosts[key]
+
+    def _destroy(self, key: tuple) -> None:
+        flow = self.flows.pop(key)
+        flow.client.use_cnt -= 1
+        flow.server.use_cnt -= 1
+
+    def _nuke_flows(self) -> None:
+        for key in list(self.flows)[: 1 + len(self.flows) * 10 // 100]:
+            self._destroy(key)
+
+    def _host(self, ver: int, addr: bytes, now: int) -> Host:
+        key = (ver, addr)
+        host = self.hosts.pop(key, None)
+        if host is None:
+            if len(self.hosts) > self.limits.max_hosts:
+                # p0f prunes flows, then frees the oldest host if idle: one at most.
+                self._nuke_flows()
+                oldest = next(iter(self.hosts), None)
+                if oldest is not None and not self.hosts[oldest].use_cnt:
+                    del self.hosts[oldest]
+            host = Host(now, now)
+        else:
+            host.last_seen = now
+        self.hosts[key] = host
+        return host
+
+    def _lookup(self, pkt: Packet) -> tuple[Flow | None, bool]:
+        flow = self.flows.get((pkt.ip_ver, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        if flow is not None:
+            return flow, True
+        return self.flows.get((pkt.ip_ver, pkt.dst, pkt.dport, pkt.src, pkt.sport)), False
+
+    def syn(self, pkt: Packet) -> Flow | None:
+        """A SYN: the new flow to fingerprint it under, or None for a duplicate."""
+        flow, to_srv = self._lookup(pkt)
+        if flow is not None:
+            if to_srv and (flow.next_cli_seq - 1) & _U32 == pkt.seq:
+                return None
+            self._destroy(flow.key)
+        if len(self.flows) > self.limits.max_conn:
+            self._nuke_flows()
+        now = int(pkt.ts)
+        client = self._host(pkt.ip_ver, pkt.src, now)
+        server = self._host(pkt.ip_ver, pkt.dst, now)
+        client.use_cnt += 1
+        server.use_cnt += 1
+        client.total_conn += 1
+        server.total_conn += 1
+        key = (pkt.ip_ver, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        flow = Flow(key, client, server, now, (pkt.seq + 1) & _U32)
+        flow.sendsyn = pkt.win == 1337 and pkt.mss == 1331 and pkt.tcp_type == SYN
+        self.flows[key] = flow
+        return flow
+
+    def syn_done(self, flow: Flow, pkt: Packet, app: bool) -> None:
+        """After fingerprinting a SYN: tools' flows are dropped, as in p0f."""
+        flow.syn_mss = pkt.mss
+        if app and not flow.sendsyn:
+            self._destroy(flow.key)
+
+    def synack(self, pkt: Packet) -> Flow | None:
+        """A SYN+ACK: its tracked flow if it should be fingerprinted, else None."""
+        flow, to_srv = self._lookup(pkt)
+        if flow is None:
+            return None
+        if flow.sendsyn:
+            return flow
+        if to_srv or flow.acked:
+            return None
+        flow.acked = True
+        return flow
+
+    def synack_done(self, flow: Flow, pkt: Packet, app: bool) -> None:
+        if flow.sendsyn or app:
+            self._destroy(flow.key)
+        else:
+            flow.next_srv_seq = (pkt.seq + 1) & _U32
+
+    def other(self, pkt: Packet) -> None:
+        """ACK, FIN or RST: keep the flow books as p0f does."""
+        flow, to_srv = self._lookup(pkt)
+        if flow is None:
+            return
+        if pkt.tcp_type & (FIN | RST) or flow.sendsyn or not flow.acked:
+            self._destroy(flow.key)
+            return
+        if to_srv:
+            if flow.next_cli_seq != pkt.seq:
+                return
+            flow.next_cli_seq = (flow.next_cli_seq + pkt.pay_len) & _U32
+        else:
+            if flow.next_srv_seq != pkt.seq:
+                return
+            flow.next_srv_seq = (flow.next_srv_seq + pkt.pay_len) & _U32
+        if not pkt.pay_len:
+            return
+        if self._http_needs_more(flow, pkt, to_srv):
+            return
+        self._destroy(flow.key)
+
+    @staticmethod
+    def _http_needs_more(flow: Flow, pkt: Packet, to_srv: bool) -> bool:
+        """p0f keeps a flow open only while it may still read HTTP headers."""
+        if not to_srv or flow.http < 0:
+            return False  # the server spoke (first, or answering), or not HTTP
+        if flow.http == 0:
+            if len(flow.request) < 16:
+                flow.request += pkt.payload[: 16 - len(flow.request)]
+            if len(flow.request) < 15:
+                return True
+            flow.http = 1 if flow.request.startswith((b"GET /", b"HEAD /")) else -1
+        return flow.http > 0
+
+
+__all__ = ["ACK", "FlowTable", "FlowLimits", "Flow", "Host"]

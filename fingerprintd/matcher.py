@@ -1,0 +1,259 @@
+"""Packet x database -> fingerprint, with p0f 3.09b's matching semantics.
+
+The search is p0f's ``fp_tcp.c:tcp_find_match``: candidates are the lines
+with the packet's exact option layout, in file order; the first exact
+specific line wins at once, else the first exact generic line, else the first
+fuzzy line (only ``df``/``id+`` vanishing, ``id-``/``ecn`` appearing, or a TTL
+out of range make a line fuzzy).  A fuzzy tool (``!``) line means no match.
+
+Everything the answer depends on is a handful of header fields, and real
+traffic repeats the same few stacks, so whole results are memoized on those
+fields: a repeated stack costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fingerprintd.packet import (
+    ACK,
+    OPT_EOL,
+    OPT_MSS,
+    OPT_NOP,
+    OPT_SACK,
+    OPT_SACKOK,
+    OPT_TS,
+    OPT_WS,
+    Q_DF,
+    Q_ECN,
+    Q_FLOW,
+    Q_NZ_ID,
+    Q_ZERO_ID,
+    SYN,
+    Packet,
+    quirks_to_str,
+)
+from fingerprintd.signatures import (
+    MAX_DIST,
+    WIN_ANY,
+    WIN_MOD,
+    WIN_MSS,
+    WIN_MTU,
+    WIN_NORMAL,
+    Database,
+    Label,
+    TcpSig,
+    win_multiplier,
+)
+
+SPECIAL_MSS = 1331  # p0f-sendsyn's probe MSS
+SPECIAL_WIN = 1337  # and window
+DEFAULT_CACHE_SIZE = 65536
+
+_FUZZY_DELETABLE = Q_DF | Q_NZ_ID
+_FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
+_MASK_V4 = ~Q_FLOW  # quirks a '*' line cannot demand of an IPv4 packet
+_MASK_V6 = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)  # ... or of an IPv6 packet
+_OPT_NAMES = {OPT_NOP: "nop", OPT_MSS: "mss", OPT_WS: "ws", OPT_SACKOK: "sok", OPT_SACK: "sack", OPT_TS: "ts"}
+
+
+class Fingerprint(NamedTuple):
+    """The verdict on one SYN or SYN+ACK, in p0f's terms."""
+
+    to_server: bool  # True: a SYN ([tcp:request]); False: a SYN+ACK
+    label: Label | None  # the matched line's label; None when unknown
+    line: int  # the matched line, 0 when unknown
+    fuzzy: bool
+    generic: bool
+    random_ttl: bool  # matched an 'N-' line
+    app: bool  # reported as 'app' (a tool, or a p0f-sendsyn exchange)
+    dist: int
+    dist_text: str  # "12", or "<= 12" for random-TTL lines
+    params: str  # p0f's params field: generic, fuzzy, ... or "none"
+    raw_sig: str
+    raw_mtu: int  # MSS + fixed IP/TCP header size; 0 when there is no MSS
+    link: str | None  # the [mtu] label for raw_mtu; None when unknown
+    mtu_reported: bool  # p0f logs an mtu line for this packet
+
+    @property
+    def os_text(self) -> str:
+        return self.label.text if self.label else "???"
+
+
+def guess_dist(ttl: int) -> int:
+    """Hops from the nearest usual initial TTL at or above `ttl`."""
+    if ttl <= 32:
+        return 32 - ttl
+    if ttl <= 64:
+        return 64 - ttl
+    if ttl <= 128:
+        return 128 - ttl
+    return 255 - ttl
+
+
+def layout_to_str(layout: bytes, eol_pad: int) -> str:
+    return ",".join(
+        f"eol+{eol_pad}" if k == OPT_EOL else _OPT_NAMES.get(k) or f"?{k}" for k in layout
+    )
+
+
+class Matcher:
+    """Matches packets against one database; immutable once built."""
+
+    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.db = db
+        self.cache_size = cache_size
+        self.cache: dict[tuple, Fingerprint] = {}
+        self.hits = 0
+        self.misses = 0
+        # Signatures by (direction, option layout), in file order.
+        self._buckets: dict[tuple[bool, bytes], list[TcpSig]] = {}
+        for to_server in (True, False):
+            for sig in db.tcp(to_server):
+                self._buckets.setdefault((to_server, sig.layout), []).append(sig)
+
+    def find(
+        self, pkt: Packet, to_server: bool, syn_mss: int = 0
+    ) -> tuple[TcpSig | None, bool, int]:
+        """(matched line or None, fuzzy, distance) for a packet, uncached."""
+        ttl = pkt.ttl
+        quirks = pkt.quirks
+        multi, use_mtu = win_multiplier(
+            pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss
+        )
+        pclass = 1 if pkt.pay_len else 0
+        fmatch: TcpSig | None = None
+        gmatch: TcpSig | None = None
+        for ref in self._buckets.get((to_server, pkt.opt_layout), ()):
+            fuzzy = False
+            ref_quirks = ref.quirks
+            if ref.ver is None:
+                ref_quirks &= _MASK_V4 if pkt.ip_ver == 4 else _MASK_V6
+            if ref_quirks != quirks:
+                if (
+                    fmatch is not None
+                    or (ref_quirks & ~quirks) & ~_FUZZY_DELETABLE
+                    or (quirks & ~ref_quirks) & ~_FUZZY_ADDABLE
+                ):
+                    continue
+                fuzzy = True
+            if ref.eol_pad != pkt.opt_eol_pad or ref.olen != pkt.ip_opt_len:
+                continue
+            if ref.bad_ttl:
+                if ref.ttl < ttl:
+                    continue
+            elif ref.ttl < ttl or ref.ttl - ttl > MAX_DIST:
+                fuzzy = True  # TTL never rules a line out, it only blurs it
+            if ref.mss is not None and ref.mss != pkt.mss:
+                continue
+            if ref.wscale is not None and ref.wscale != pkt.wscale:
+                continue
+            if ref.pclass is not None and ref.pclass != pclass:
+                continue
+            wt = ref.win_type
+            if wt == WIN_NORMAL:
+                if ref.win != pkt.win:
+                    continue
+            elif wt == WIN_MOD:
+                if pkt.win % ref.win:
+                    continue
+            elif wt == WIN_MSS:
+                if use_mtu or ref.win != multi:
+                    continue
+            elif wt == WIN_MTU:
+                if not use_mtu or ref.win != multi:
+                    continue
+            else:
+                assert wt == WIN_ANY
+            if not fuzzy:
+                if not ref.label.generic:
+                    return ref, False, ref.ttl - ttl
+                if gmatch is None:
+                    gmatch = ref
+            elif fmatch is None:
+                fmatch = ref
+        if gmatch is not None:
+            return gmatch, False, gmatch.ttl - ttl
+        if fmatch is not None and fmatch.label.is_app:
+            return None, False, 0  # no fuzzy matches for tools; p0f leaves dist at 0
+        if (
+            fmatch is None
+            or fmatch.ttl < ttl
+            or (not fmatch.bad_ttl and fmatch.ttl - ttl > MAX_DIST)
+        ):
+            return fmatch, fmatch is not None, guess_dist(ttl)
+        return fmatch, True, fmatch.ttl - ttl
+
+    def fingerprint(
+        self, pkt: Packet, to_server: bool, syn_mss: int = 0, sendsyn: bool = False
+    ) -> Fingerprint:
+        """The memoized verdict for a SYN (to_server) or SYN+ACK."""
+        key = (
+            to_server, pkt.ip_ver, pkt.ttl, pkt.ip_opt_len, pkt.quirks, pkt.opt_layout,
+            pkt.opt_eol_pad, pkt.mss, pkt.win, pkt.wscale, pkt.pay_len > 0, pkt.tot_hdr,
+            pkt.ts1 > 0, syn_mss, pkt.tos, sendsyn, pkt.tcp_type,
+        )
+        fp = self.cache.get(key)
+        if fp is not None:
+            self.hits += 1
+            return fp
+        self.misses += 1
+        fp = self._render(pkt, to_server, syn_mss, sendsyn)
+        if len(self.cache) >= self.cache_size:
+            self.cache.clear()  # a bound, cheap to keep; a flood of junk just refills it
+        self.cache[key] = fp
+        return fp
+
+    def _render(self, pkt: Packet, to_server: bool, syn_mss: int, sendsyn: bool) -> Fingerprint:
+        sig, fuzzy, dist = self.find(pkt, to_server, syn_mss)
+        label = sig.label if sig else None
+        generic = bool(sig and sig.label.generic)
+        random_ttl = bool(sig and sig.bad_ttl)
+
+        params = []
+        if sig:
+            if generic:
+                params.append("generic")
+            if fuzzy:
+                params.append("fuzzy")
+            if random_ttl:
+                params.append("random_ttl")
+        if dist > MAX_DIST:
+            params.append("excess_dist")
+        if pkt.tos:
+            params.append(f"tos:0x{pkt.tos:02x}")
+
+        g = guess_dist(pkt.ttl)
+        ttl_s = f"{pkt.ttl}+?" if g > MAX_DIST else f"{pkt.ttl}+{g}"
+        mss_s = "*" if pkt.mss == SPECIAL_MSS and pkt.tcp_type == SYN | ACK else str(pkt.mss)
+        multi, use_mtu = win_multiplier(
+            pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss
+        )
+        win_s = f"{'mtu' if use_mtu else 'mss'}*{multi}" if multi > 0 else str(pkt.win)
+        raw_sig = (
+            f"{pkt.ip_ver}:{ttl_s}:{pkt.ip_opt_len}:{mss_s}:{win_s},{pkt.wscale}:"
+            f"{layout_to_str(pkt.opt_layout, pkt.opt_eol_pad)}:{quirks_to_str(pkt.quirks)}:"
+            f"{'+' if pkt.pay_len else '0'}"
+        )
+
+        raw_mtu = pkt.mss + (40 if pkt.ip_ver == 4 else 60) if pkt.mss else 0
+        app = bool(label and label.is_app) or sendsyn
+        return Fingerprint(
+            to_server=to_server,
+            label=label,
+            line=sig.line if sig else 0,
+            fuzzy=fuzzy,
+            generic=generic,
+            random_ttl=random_ttl,
+            app=app,
+            dist=dist,
+            dist_text=f"<= {dist}" if random_ttl else str(dist),
+            params=" ".join(params) or "none",
+            raw_sig=raw_sig,
+            raw_mtu=raw_mtu,
+            link=self.db.mtu.get(raw_mtu) if raw_mtu else None,
+            mtu_reported=bool(raw_mtu) and not app,
+        )
+
+    def cache_stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "size": len(self.cache)}

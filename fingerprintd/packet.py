@@ -1,0 +1,427 @@
+"""Raw frame bytes -> an immutable TCP observation.
+
+Pure and ``struct``-based: this runs for every captured packet, so it never
+dissects with scapy and never raises on bad input.  A frame that cannot be
+fingerprinted comes back as a short skip-reason string instead, which the
+caller counts.
+
+The checks and quirks follow p0f 3.09b's ``process.c:parse_packet`` step for
+step (the order of the sanity checks decides which reason a bad frame gets),
+with three documented deviations that ``p0f_bugs=True`` turns back off:
+
+* ``ack+`` means "ACK flag clear and a non-zero ack number"; p0f tests bit 24
+  of the ack number only (a byte-order slip).
+* ``opt+`` also fires when the only non-zero byte after EOL is the last byte
+  of the option area; p0f's scan loop steps past it and misses it.
+* 802.1Q/802.1ad VLAN tags on Ethernet and IPv6 extension headers are walked;
+  p0f reads a tagged frame at a fixed offset of 14 and drops any IPv6 packet
+  whose next header is not TCP.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+# Link-layer types, as pcap files and libpcap's datalink() report them.
+LINK_NULL = 0
+LINK_ETHERNET = 1
+LINK_RAW_BSD = 12  # DLT_RAW on most platforms
+LINK_RAW_OPENBSD = 14
+LINK_RAW = 101  # LINKTYPE_RAW in files
+LINK_LOOP = 108
+LINK_LINUX_SLL = 113
+LINK_IPV4 = 228
+LINK_IPV6 = 229
+LINK_LINUX_SLL2 = 276
+
+LINK_NAMES = {
+    LINK_NULL: "null",
+    LINK_ETHERNET: "ethernet",
+    LINK_RAW_BSD: "raw",
+    LINK_RAW_OPENBSD: "raw",
+    LINK_RAW: "raw",
+    LINK_LOOP: "loop",
+    LINK_LINUX_SLL: "linux-sll",
+    LINK_IPV4: "ipv4",
+    LINK_IPV6: "ipv6",
+    LINK_LINUX_SLL2: "linux-sll2",
+}
+
+# TCP flags.
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+
+# Quirk bits; the values are p0f's own, so the bitmasks read the same.
+Q_ECN = 0x00000001
+Q_DF = 0x00000002
+Q_NZ_ID = 0x00000004
+Q_ZERO_ID = 0x00000008
+Q_NZ_MBZ = 0x00000010
+Q_FLOW = 0x00000020
+Q_ZERO_SEQ = 0x00001000
+Q_NZ_ACK = 0x00002000
+Q_ZERO_ACK = 0x00004000
+Q_NZ_URG = 0x00008000
+Q_URG = 0x00010000
+Q_PUSH = 0x00020000
+Q_OPT_ZERO_TS1 = 0x01000000
+Q_OPT_NZ_TS2 = 0x02000000
+Q_OPT_EOL_NZ = 0x04000000
+Q_OPT_EXWS = 0x08000000
+Q_OPT_BAD = 0x10000000
+
+# Token <-> bit, in the order p0f prints them.
+QUIRK_TOKENS: tuple[tuple[str, int], ...] = (
+    ("df", Q_DF),
+    ("id+", Q_NZ_ID),
+    ("id-", Q_ZERO_ID),
+    ("ecn", Q_ECN),
+    ("0+", Q_NZ_MBZ),
+    ("flow", Q_FLOW),
+    ("seq-", Q_ZERO_SEQ),
+    ("ack+", Q_NZ_ACK),
+    ("ack-", Q_ZERO_ACK),
+    ("uptr+", Q_NZ_URG),
+    ("urgf+", Q_URG),
+    ("pushf+", Q_PUSH),
+    ("ts1-", Q_OPT_ZERO_TS1),
+    ("ts2+", Q_OPT_NZ_TS2),
+    ("opt+", Q_OPT_EOL_NZ),
+    ("exws", Q_OPT_EXWS),
+    ("bad", Q_OPT_BAD),
+)
+
+# TCP option kinds.
+OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACKOK, OPT_SACK, OPT_TS = 0, 1, 2, 3, 4, 5, 8
+MAX_TCP_OPT = 24  # p0f stops recording options past this many
+SNAPLEN = 65535
+
+# IPv6 extension headers we step over (hop-by-hop, routing, destination
+# options, mobility, HIP, shim6); fragment (44) is handled on its own.
+_IPV6_EXT = frozenset((0, 43, 60, 135, 139, 140))
+_VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100))
+
+# Skip reasons (counted by callers).
+R_TRUNCATED = "truncated"
+R_NOT_IP = "not-ip"
+R_NOT_TCP = "not-tcp"
+R_FRAGMENT = "fragment"
+R_BAD_IP = "bad-ip-header"
+R_BAD_TCP = "bad-tcp-header"
+R_BAD_FLAGS = "bad-tcp-flags"
+R_LINK = "unsupported-link"
+R_IPV6_EXT = "ipv6-extension-header"
+R_VLAN = "vlan-tagged"
+
+
+class Packet(NamedTuple):
+    """One parsed TCP segment, with every field p0f's fingerprinting reads."""
+
+    ts: float  # capture time, seconds since the epoch
+    ip_ver: int  # 4 or 6
+    src: bytes  # packed address, 4 or 16 bytes
+    dst: bytes
+    sport: int
+    dport: int
+    ttl: int  # TTL or hop limit
+    tos: int  # DSCP (the top six bits of the TOS / traffic class)
+    ecn_bits: int  # the IP header's two ECN bits
+    ip_opt_len: int  # IPv4 option bytes, or IPv6 extension header bytes
+    df: bool
+    ip_id: int  # IPv4 identification; 0 for IPv6
+    flow: int  # IPv6 flow label; 0 for IPv4
+    flags: int  # all TCP flag bits, including ECE/CWR (NS is in quirks)
+    tcp_type: int  # flags & (SYN|ACK|FIN|RST)
+    seq: int
+    ack: int
+    urg: int
+    win: int
+    mss: int  # 0 when the option is absent
+    wscale: int  # 0 when the option is absent
+    ts1: int  # own timestamp; 0 when absent
+    ts2: int  # peer timestamp; 0 when absent
+    opt_layout: bytes  # option kinds in wire order, at most 24
+    opt_eol_pad: int  # bytes after an EOL option
+    pay_len: int
+    tot_hdr: int  # IP (with options / extensions) + TCP header bytes
+    quirks: int
+    payload: bytes  # the first 16 payload bytes (flow tracking peeks at them)
+
+
+def link_name(linktype: int) -> str:
+    return LINK_NAMES.get(linktype, f"linktype-{linktype}")
+
+
+_unpack_eth_type = struct.Struct("!H").unpack_from
+_unpack_ip4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_unpack_ip6 = struct.Struct("!IHBB16s16s").unpack_from
+_unpack_tcp = struct.Struct("!HHIIBBHHH").unpack_from
+_unpack_u16 = struct.Struct("!H").unpack_from
+_unpack_u32 = struct.Struct("!I").unpack_from
+_unpack_ts = struct.Struct("!II").unpack_from
+
+
+def ip_offset(data: bytes, linktype: int, p0f_bugs: bool = False) -> int | str:
+    """Offset of the IP header in a frame, or a skip reason."""
+    if linktype == LINK_ETHERNET:
+        if len(data) < 14:
+            return R_TRUNCATED
+        etype = _unpack_eth_type(data, 12)[0]
+        off = 14
+        if etype in _VLAN_TYPES:
+            if p0f_bugs:
+                return R_VLAN
+            while etype in _VLAN_TYPES:
+                if len(data) < off + 4:
+                    return R_TRUNCATED
+                etype = _unpack_eth_type(data, off + 2)[0]
+                off += 4
+        if etype != 0x0800 and etype != 0x86DD:
+            return R_NOT_IP
+        return off
+    if linktype == LINK_LINUX_SLL:
+        if len(data) < 16:
+            return R_TRUNCATED
+        etype = _unpack_eth_type(data, 14)[0]
+        off = 16
+    elif linktype == LINK_LINUX_SLL2:
+        if len(data) < 20:
+            return R_TRUNCATED
+        etype = _unpack_eth_type(data, 0)[0]
+        off = 20
+    elif linktype in (LINK_RAW, LINK_RAW_BSD, LINK_RAW_OPENBSD, LINK_IPV4, LINK_IPV6):
+        return 0
+    elif linktype in (LINK_NULL, LINK_LOOP):
+        # A 4-byte address family in either byte order; the IP version
+        # nibble that follows is what counts.
+        return 4
+    else:
+        return R_LINK
+    while etype in _VLAN_TYPES and not p0f_bugs:
+        if len(data) < off + 4:
+            return R_TRUNCATED
+        etype = _unpack_eth_type(data, off + 2)[0]
+        off += 4
+    if etype != 0x0800 and etype != 0x86DD:
+        return R_NOT_IP
+    return off
+
+
+def parse(
+    data: bytes,
+    linktype: int = LINK_ETHERNET,
+    ts: float = 0.0,
+    p0f_bugs: bool = False,
+) -> Packet | str:
+    """Parse one captured frame. Returns a Packet, or a skip-reason string."""
+    off = ip_offset(data, linktype, p0f_bugs)
+    if off.__class__ is str:
+        return off  # type: ignore[return-value]
+    packet_len = min(len(data), SNAPLEN) - off  # type: ignore[operator]
+    if packet_len < 40:
+        return R_TRUNCATED
+    first = data[off]  # type: ignore[index]
+    quirks = 0
+    ver = first >> 4
+    if ver == 4:
+        (vhl, tos_ecn, tot_len, ip_id, flags_off, ttl, proto, _csum, src, dst) = _unpack_ip4(
+            data, off
+        )
+        hdr_len = (vhl & 0x0F) * 4
+        if packet_len > tot_len:
+            packet_len = tot_len  # honour the IP length (etherleak padding)
+        if packet_len < 40:
+            return R_TRUNCATED
+        if hdr_len < 20:
+            return R_BAD_IP
+        if tot_len > packet_len or hdr_len + 20 > packet_len:
+            return R_TRUNCATED
+        if proto != 6:
+            return R_NOT_TCP
+        if flags_off & 0x3FFF:
+            return R_FRAGMENT
+        ecn_bits = tos_ecn & 0x03
+        if ecn_bits:
+            quirks |= Q_ECN
+        if flags_off & 0x8000:
+            quirks |= Q_NZ_MBZ
+        df = bool(flags_off & 0x4000)
+        if df:
+            quirks |= Q_DF
+            if ip_id:
+                quirks |= Q_NZ_ID
+        elif not ip_id:
+            quirks |= Q_ZERO_ID
+        tos = tos_ecn >> 2
+        ip_opt_len = hdr_len - 20
+        flow = 0
+        tcp_off = off + hdr_len  # type: ignore[operator]
+        packet_len -= hdr_len
+        tot_hdr = hdr_len
+    elif ver == 6:
+        ver_tos, pay_len6, nxt, ttl, src, dst = _unpack_ip6(data, off)
+        tot_len = pay_len6 + 40
+        if packet_len > tot_len:
+            packet_len = tot_len
+        if packet_len < 60 or tot_len > packet_len:
+            return R_TRUNCATED
+        tcp_off = off + 40  # type: ignore[operator]
+        ext_len = 0
+        if nxt != 6:
+            if p0f_bugs and (nxt in _IPV6_EXT or nxt == 44):
+                return R_IPV6_EXT
+            end = off + packet_len  # type: ignore[operator]
+            while nxt != 6:
+                if tcp_off + 8 > end:
+                    return R_TRUNCATED
+                if nxt == 44:
+                    # Only an atomic fragment (offset 0, no more fragments)
+                    # holds a whole TCP header.
+                    if _unpack_u16(data, tcp_off + 2)[0] & 0xFFF9:
+                        return R_FRAGMENT
+                    step = 8
+                elif nxt in _IPV6_EXT:
+                    step = (data[tcp_off + 1] + 1) * 8
+                else:
+                    return R_NOT_TCP
+                nxt = data[tcp_off]
+                tcp_off += step
+                ext_len += step
+            if tcp_off + 20 > end:
+                return R_TRUNCATED
+        ip_id = 0
+        df = False
+        flow = ver_tos & 0xFFFFF
+        if flow:
+            quirks |= Q_FLOW
+        ecn_bits = (ver_tos >> 20) & 0x03
+        if ecn_bits:
+            quirks |= Q_ECN
+        tos = (ver_tos >> 22) & 0x3F
+        ip_opt_len = ext_len
+        tot_hdr = 40 + ext_len
+        packet_len -= tot_hdr
+    else:
+        return R_NOT_IP
+
+    sport, dport, seq, ack, doff_rsvd, flags, win, _tcsum, urg = _unpack_tcp(data, tcp_off)
+    doff = (doff_rsvd >> 4) * 4
+    if doff < 20:
+        return R_BAD_TCP
+    if doff > packet_len:
+        return R_TRUNCATED
+    tot_hdr += doff
+    tcp_type = flags & 0x17  # SYN|ACK|FIN|RST
+    if (
+        (flags & SYN and flags & (FIN | RST))
+        or (flags & FIN and flags & RST)
+        or not tcp_type
+    ):
+        return R_BAD_FLAGS
+
+    if flags & (ECE | CWR) or doff_rsvd & 0x01:
+        quirks |= Q_ECN
+    if not seq:
+        quirks |= Q_ZERO_SEQ
+    if flags & ACK:
+        if not ack:
+            quirks |= Q_ZERO_ACK
+    elif not flags & RST:
+        if (ack & 0x01000000) if p0f_bugs else ack:
+            quirks |= Q_NZ_ACK
+    if flags & URG:
+        quirks |= Q_URG
+    elif urg:
+        quirks |= Q_NZ_URG
+    if flags & PSH:
+        quirks |= Q_PUSH
+    pay_len = packet_len - doff
+
+    # Option walk, byte for byte as p0f does it (including its fixed
+    # advances for MSS/WS/SACKOK/TS whatever their length byte says).
+    mss = wscale = ts1 = ts2 = eol_pad = 0
+    layout = b""
+    pos = tcp_off + 20
+    end = tcp_off + doff
+    if pos < end:
+        kinds = bytearray()
+        bad = False
+        while pos < end and len(kinds) < MAX_TCP_OPT:
+            kind = data[pos]
+            kinds.append(kind)
+            pos += 1
+            if kind == OPT_NOP:
+                continue
+            if kind == OPT_EOL:
+                eol_pad = end - pos
+                rest = data[pos:end]
+                if rest.strip(b"\x00"):
+                    # p0f's loop steps past the first non-zero byte before it
+                    # tests, so a lone non-zero last byte escapes it.
+                    if not p0f_bugs or rest.lstrip(b"\x00") != rest[-1:]:
+                        quirks |= Q_OPT_EOL_NZ
+                pos = end
+                break
+            if kind == OPT_MSS:
+                if pos + 3 > end:
+                    bad = True
+                    break
+                if data[pos] != 4:
+                    quirks |= Q_OPT_BAD
+                mss = _unpack_u16(data, pos + 1)[0]
+                pos += 3
+            elif kind == OPT_WS:
+                if pos + 2 > end:
+                    bad = True
+                    break
+                if data[pos] != 3:
+                    quirks |= Q_OPT_BAD
+                wscale = data[pos + 1]
+                if wscale > 14:
+                    quirks |= Q_OPT_EXWS
+                pos += 2
+            elif kind == OPT_SACKOK:
+                if pos + 1 > end:
+                    bad = True
+                    break
+                if data[pos] != 2:
+                    quirks |= Q_OPT_BAD
+                pos += 1
+            elif kind == OPT_TS:
+                if pos + 9 > end:
+                    bad = True
+                    break
+                if data[pos] != 10:
+                    quirks |= Q_OPT_BAD
+                ts1, ts2 = _unpack_ts(data, pos + 1)
+                if not ts1:
+                    quirks |= Q_OPT_ZERO_TS1
+                if ts2 and tcp_type == SYN:
+                    quirks |= Q_OPT_NZ_TS2
+                pos += 9
+            else:
+                # SACK (10..34 bytes) or an unknown option (2..40 bytes),
+                # sized by its length byte.
+                if pos == end:
+                    bad = True
+                    break
+                olen = data[pos]
+                lo, hi = (10, 34) if kind == OPT_SACK else (2, 40)
+                if olen < lo or olen > hi or pos - 1 + olen > end:
+                    bad = True
+                    break
+                pos += olen - 1
+        if bad or pos != end:
+            quirks |= Q_OPT_BAD
+        layout = bytes(kinds)
+
+    return Packet(
+        ts, ver, src, dst, sport, dport, ttl, tos, ecn_bits, ip_opt_len, df, ip_id, flow,
+        flags, tcp_type, seq, ack, urg, win, mss, wscale, ts1, ts2, layout, eol_pad,
+        pay_len, tot_hdr, quirks,
+        data[tcp_off + doff : tcp_off + doff + min(pay_len, 16)] if pay_len > 0 else b"",
+    )
+
+
+def quirks_to_str(quirks: int) -> str:
+    return ",".join(tok for tok, bit in QUIRK_TOKENS if quirks & bit)

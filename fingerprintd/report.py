@@ -1,0 +1,134 @@
+"""Observations -> output lines: p0f's log format, JSON lines, readable text."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+from fingerprintd.engine import Observation
+from fingerprintd.packet import link_name
+
+_unpack_v6 = struct.Struct("!8H").unpack
+
+
+def p0f_addr(addr: bytes) -> str:
+    """An address as p0f prints it: IPv6 as eight uncompressed hex groups."""
+    if len(addr) == 4:
+        return socket.inet_ntoa(addr)
+    return "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}".format(*_unpack_v6(addr))
+
+
+def ip_text(addr: bytes) -> str:
+    """An address in its usual short form."""
+    return str(ipaddress.ip_address(addr))
+
+
+class _Clock:
+    """Local time strings, recomputed only when the second changes."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.sec = -1
+        self.text = ""
+
+    def __call__(self, sec: int) -> str:
+        if sec != self.sec:
+            self.sec = sec
+            self.text = time.strftime(self.fmt, time.localtime(sec))
+        return self.text
+
+
+def p0f_log_formatter() -> Callable[[Observation], str]:
+    """Lines byte-compatible with `p0f -o`: the observation, then its mtu line."""
+    clock = _Clock("%Y/%m/%d %H:%M:%S")
+
+    def fmt(obs: Observation) -> str:
+        pkt, fp = obs.pkt, obs.fp
+        if fp.to_server:
+            cli, srv, subj = f"{p0f_addr(pkt.src)}/{pkt.sport}", f"{p0f_addr(pkt.dst)}/{pkt.dport}", "cli"
+        else:
+            cli, srv, subj = f"{p0f_addr(pkt.dst)}/{pkt.dport}", f"{p0f_addr(pkt.src)}/{pkt.sport}", "srv"
+        head = f"[{clock(int(pkt.ts))}] mod="
+        who = f"|cli={cli}|srv={srv}|subj={subj}|"
+        key = "app" if fp.app and fp.label else "os"
+        line = (
+            f"{head}{obs.mod}{who}{key}={fp.os_text}|dist={fp.dist_text}"
+            f"|params={fp.params}|raw_sig={fp.raw_sig}\n"
+        )
+        if fp.mtu_reported:
+            line += f"{head}mtu{who}link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n"
+        return line
+
+    return fmt
+
+
+def observation_dict(obs: Observation) -> dict:
+    pkt, fp = obs.pkt, obs.fp
+    label = fp.label
+    (cip, cport), (sip, sport) = obs.client, obs.server
+    os_ = app = None
+    if label is not None and label.is_app:
+        app = {"name": label.name, "flavor": label.flavor, "label": label.text}
+    elif label is not None:
+        os_ = {
+            "class": label.klass,
+            "name": label.name,
+            "flavor": label.flavor,
+            "label": label.text,
+            "generic": fp.generic,
+            "fuzzy": fp.fuzzy,
+        }
+    return {
+        "ts": round(pkt.ts, 6),
+        "mod": "syn" if fp.to_server else "syn+ack",
+        "sendsyn": obs.mod.startswith("sendsyn"),
+        "client": {"ip": ip_text(cip), "port": cport},
+        "server": {"ip": ip_text(sip), "port": sport},
+        "os": os_,
+        "app": app,
+        "dist": fp.dist,
+        "random_ttl": fp.random_ttl,
+        "params": [] if fp.params == "none" else fp.params.split(" "),
+        "raw_sig": fp.raw_sig,
+        "link": (fp.link or "???") if fp.raw_mtu else None,
+        "raw_mtu": fp.raw_mtu or None,
+        "sig_line": fp.line or None,
+        "ip_version": pkt.ip_ver,
+        "ttl": pkt.ttl,
+        "capture_link": link_name(obs.linktype),
+    }
+
+
+def jsonl_formatter() -> Callable[[Observation], str]:
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    return lambda obs: dumps(observation_dict(obs)) + "\n"
+
+
+def text_formatter() -> Callable[[Observation], str]:
+    clock = _Clock("%Y-%m-%d %H:%M:%S")
+
+    def fmt(obs: Observation) -> str:
+        pkt, fp = obs.pkt, obs.fp
+        (cip, cport), (sip, sport) = obs.client, obs.server
+        what = f"{'app ' if fp.app and fp.label else ''}{fp.os_text}"
+        if fp.params != "none":
+            what += f" [{fp.params}]"
+        link = f" link={fp.link or '???'}/{fp.raw_mtu}" if fp.mtu_reported else ""
+        arrow = "->" if fp.to_server else "<-"
+        return (
+            f"{clock(int(pkt.ts))} {obs.mod:<7} {ip_text(cip)}:{cport} {arrow} "
+            f"{ip_text(sip)}:{sport}  {what}  dist={fp.dist_text}{link} raw_sig={fp.raw_sig}\n"
+        )
+
+    return fmt
+
+
+FORMATTERS: dict[str, Callable[[], Callable[[Observation], str]]] = {
+    "text": text_formatter,
+    "jsonl": jsonl_formatter,
+    "p0f-log": p0f_log_formatter,
+}

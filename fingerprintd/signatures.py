@@ -1,0 +1,503 @@
+"""p0f v3 ``.fp`` text -> a signature database.
+
+Pure: ``parse_text`` takes the text and a name to blame in errors; only
+``load`` touches the file system.  The grammar and every accepted token are
+p0f 3.09b's (``readfp.c`` and ``fp_tcp.c:tcp_register_sig``), including its
+refusal of a specific signature that an earlier one already covers.  Errors
+are ``SignatureError`` and read ``file:line: what was wrong``.
+
+One p0f bug is fixed and can be restored with ``p0f_bugs=True``: for a
+random-TTL ittl (``64-``) p0f skips the first character of the IP-option
+length that follows, so ``64-:40:`` registers olen 0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fingerprintd.packet import Q_DF, Q_FLOW, Q_NZ_ID, Q_ZERO_ID, QUIRK_TOKENS
+
+MAX_DIST = 35
+MAX_TCP_OPT = 24
+NAME_CHARS = " ./-_!?()"
+
+WIN_ANY, WIN_NORMAL, WIN_MOD, WIN_MSS, WIN_MTU = 0, 1, 2, 3, 4
+
+_OPT_TOKENS = (("nop", 1), ("mss", 2), ("ws", 3), ("sok", 4), ("sack", 5), ("ts", 8))
+_IPV4_ONLY = {"df", "id+", "id-", "0+"}
+
+
+class SignatureError(ValueError):
+    """A problem in a signature file, located by file and line."""
+
+    def __init__(self, source: str, line: int, message: str) -> None:
+        super().__init__(f"{source}:{line}: {message}")
+        self.source = source
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    generic: bool
+    klass: str  # the class as registered in `classes`, or "!" for tools
+    name: str  # first spelling registered for this name (p0f prints that)
+    flavor: str | None
+    label_id: int
+    line: int
+    sys: tuple[str, ...] = ()
+
+    @property
+    def is_app(self) -> bool:
+        return self.klass == "!"
+
+    @property
+    def text(self) -> str:
+        """Name and flavor the way p0f prints them."""
+        return f"{self.name} {self.flavor}" if self.flavor else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSig:
+    """One `sig =` line of a [tcp:*] section."""
+
+    ver: int | None  # 4, 6, or None for '*'
+    ttl: int
+    bad_ttl: bool  # the 'N-' form: N is the largest initial TTL
+    olen: int
+    mss: int | None  # None = '*'
+    win_type: int
+    win: int
+    wscale: int | None
+    layout: bytes
+    eol_pad: int
+    quirks: int
+    pclass: int | None  # None = '*', 0, or 1 for '+'
+    label: Label
+    line: int
+    text: str  # the value as written
+
+    @property
+    def generic(self) -> bool:
+        return self.label.generic
+
+
+@dataclass(slots=True)
+class Database:
+    source: str
+    classes: tuple[str, ...] = ()
+    mtu: dict[int, str] = field(default_factory=dict)
+    mtu_lines: list[tuple[int, str, int]] = field(default_factory=list)  # (mtu, label, line)
+    request: list[TcpSig] = field(default_factory=list)  # [tcp:request], file order
+    response: list[TcpSig] = field(default_factory=list)  # [tcp:response]
+    http_sigs: int = 0  # [http:*] signatures are parsed for syntax only
+    labels: list[Label] = field(default_factory=list)
+
+    def tcp(self, to_server: bool) -> list[TcpSig]:
+        return self.request if to_server else self.response
+
+    @property
+    def sig_count(self) -> int:
+        return len(self.mtu_lines) + len(self.request) + len(self.response) + self.http_sigs
+
+
+def load(path: str | Path, p0f_bugs: bool = False) -> Database:
+    """Read and parse a database file; OSError and SignatureError propagate."""
+    p = Path(path)
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SignatureError(str(p), line, "not valid UTF-8 text") from None
+    return parse_text(text, str(p), p0f_bugs=p0f_bugs)
+
+
+class _Parser:
+    def __init__(self, source: str, p0f_bugs: bool) -> None:
+        self.db = Database(source)
+        self.source = source
+        self.p0f_bugs = p0f_bugs
+        self.state = "sect"  # sect -> label -> (sys) -> sig
+        self.section: str | None = None
+        self.names: dict[str, str] = {}  # lower-case -> first spelling
+        self.label: Label | None = None
+        self.label_id = 0
+        self.mtu_label: str | None = None
+        self.line = 0
+
+    def fail(self, message: str) -> SignatureError:
+        return SignatureError(self.source, self.line, message)
+
+    def intern(self, name: str) -> str:
+        return self.names.setdefault(name.lower(), name)
+
+    def feed(self, raw: str) -> None:
+        line = raw.lstrip(" \t")
+        if not line or line.startswith(";"):
+            return
+        if line.startswith("["):
+            self.section_line(line)
+            return
+        m = re.match(r"([A-Za-z_]*)[ \t]*=[ \t]*", line)
+        if not m or not m.group(1):
+            raise self.fail("expected 'name = value' or a [section] header")
+        key, val = m.group(1), line[m.end():]
+        handler = {
+            "classes": self.classes_line,
+            "label": self.label_line,
+            "sys": self.sys_line,
+            "sig": self.sig_line,
+            "ua_os": self.ua_os_line,
+        }.get(key)
+        if handler is None:
+            raise self.fail(f"unknown field {key!r} (expected classes, label, sys, sig or ua_os)")
+        handler(val)
+
+    def section_line(self, line: str) -> None:
+        if line in ("[mtu]", "[tcp:request]", "[tcp:response]", "[http:request]", "[http:response]"):
+            self.section = line[1:-1]
+            self.state = "label"
+            return
+        hint = " (trailing blanks or a \\r are not allowed)" if line.rstrip() != line else ""
+        raise self.fail(
+            f"unknown section {line!r}{hint}; expected [mtu], [tcp:request], "
+            "[tcp:response], [http:request] or [http:response]"
+        )
+
+    def classes_line(self, val: str) -> None:
+        if self.state != "sect":
+            raise self.fail("'classes' must come before the first section")
+        classes = _comma_list(val, r"[A-Za-z0-9]+")
+        if classes is None:
+            raise self.fail("malformed classes; expected comma-separated letters and digits")
+        self.db.classes = self.db.classes + tuple(classes)
+
+    def find_class(self, name: str) -> str:
+        for c in self.db.classes:
+            if c.lower() == name.lower():
+                return c
+        known = ", ".join(self.db.classes) or "none declared"
+        raise self.fail(f"unknown class {name!r} (declared classes: {known})")
+
+    def label_line(self, val: str) -> None:
+        if self.state not in ("label", "sig"):
+            raise self.fail(
+                "misplaced 'label': expected after a [section] header or a sig"
+                + (" ('sys' must follow a '!' label)" if self.state == "sys" else "")
+            )
+        if self.section == "mtu":
+            if not val:
+                raise self.fail("empty [mtu] label")
+            self.mtu_label = val
+            self.state = "sig"
+            return
+        m = re.match(r"([sg]):([A-Za-z0-9!]+):", val)
+        if not m:
+            raise self.fail("malformed label; expected 'label = s|g:class|!:name:flavor'")
+        klass = "!" if m.group(2) == "!" else self.find_class(m.group(2))
+        rest = val[m.end():]
+        nm = re.match(r"[A-Za-z0-9 ./\-_!?()]+:", rest)
+        if not nm or not rest[: nm.end() - 1].isascii():
+            raise self.fail(
+                f"malformed name in label; names use letters, digits and {NAME_CHARS!r}, "
+                "followed by ':'"
+            )
+        name = self.intern(rest[: nm.end() - 1])
+        flavor = rest[nm.end():] or None
+        self.label_id += 1
+        self.label = Label(m.group(1) == "g", klass, name, flavor, self.label_id, self.line)
+        self.db.labels.append(self.label)
+        self.state = "sys" if klass == "!" else "sig"
+
+    def sys_line(self, val: str) -> None:
+        if self.state != "sys":
+            raise self.fail("misplaced 'sys': it belongs right after a '!' (application) label")
+        items = _comma_list(val, r"@?[A-Za-z0-9 ./\-_!?()]+")
+        if items is None or any(i == "@" for i in items):
+            raise self.fail("malformed sys; expected comma-separated OS names or @class")
+        entries = [
+            "@" + self.find_class(i[1:]) if i.startswith("@") else self.intern(i) for i in items
+        ]
+        assert self.label is not None
+        self.label = Label(
+            self.label.generic, self.label.klass, self.label.name, self.label.flavor,
+            self.label.label_id, self.label.line, tuple(entries),
+        )
+        self.db.labels[-1] = self.label
+        self.state = "sig"
+
+    def ua_os_line(self, val: str) -> None:
+        if self.section != "http:request" or self.state != "label":
+            raise self.fail("misplaced 'ua_os': it belongs at the top of [http:request]")
+
+    def sig_line(self, val: str) -> None:
+        if self.state != "sig":
+            raise self.fail(
+                "misplaced 'sig': expected after a label"
+                + (" and its 'sys' line" if self.state == "sys" else "")
+            )
+        if self.section == "mtu":
+            if not re.fullmatch(r"[0-9]+", val) or not 0 < int(val) <= 65535:
+                raise self.fail(f"malformed MTU {val!r}; expected a number from 1 to 65535")
+            assert self.mtu_label is not None
+            mtu = int(val)
+            self.db.mtu_lines.append((mtu, self.mtu_label, self.line))
+            self.db.mtu.setdefault(mtu, self.mtu_label)  # first line wins, as in p0f
+        elif self.section in ("tcp:request", "tcp:response"):
+            self.tcp_sig(val)
+        else:
+            self.db.http_sigs += 1
+
+    def tcp_sig(self, val: str) -> None:
+        assert self.label is not None
+        fields = val.split(":", 4)
+        if len(fields) < 5:
+            raise self.fail("malformed signature; expected ver:ittl:olen:mss:wsize,scale:olayout:quirks:pclass")
+        ver_s, ittl_s, olen_s, mss_s, rest = fields
+        if ver_s not in ("4", "6", "*"):
+            raise self.fail(f"IP version must be 4, 6 or *, not {ver_s!r}")
+        ver = None if ver_s == "*" else int(ver_s)
+
+        # Numbers follow p0f's atol(): an empty field reads as 0.
+        m = re.fullmatch(r"([0-9]+)(?:(-)|\+([0-9]*))?", ittl_s)
+        if not m:
+            raise self.fail(f"malformed initial TTL {ittl_s!r}; expected N, N- or N+D")
+        ttl = int(m.group(1))
+        if not 1 <= ttl <= 255:
+            raise self.fail(f"initial TTL {ttl} out of range 1..255")
+        bad_ttl = m.group(2) is not None
+        if bad_ttl and self.p0f_bugs:
+            olen_s = olen_s[1:]  # p0f skips the first character of olen after 'N-:'
+        elif m.group(3) is not None:
+            ttl += _num(m.group(3) or "0")
+            if ttl > 255:
+                raise self.fail(f"initial TTL {ittl_s} adds up past 255")
+        olen = self.number(olen_s, 0, 255, "IP option length")
+        mss = None if mss_s == "*" else self.number(mss_s, 0, 65535, "MSS ('*' or a number)")
+
+        win_s, sep, rest = rest.partition(",")
+        if not sep:
+            raise self.fail("malformed window; expected 'wsize,scale'")
+        win_type, win = self.window(win_s)
+        scale_s, sep, rest = rest.partition(":")
+        if not sep:
+            raise self.fail("malformed signature; expected ':' after the window scale")
+        wscale = None if scale_s == "*" else self.number(scale_s, 0, 255, "window scale ('*' or a number)")
+
+        layout_s, sep, rest = rest.partition(":")
+        if not sep:
+            raise self.fail("malformed signature; expected ':' after the option layout")
+        layout, eol_pad = self.options(layout_s)
+        quirks_s, sep, pclass_s = rest.partition(":")
+        if not sep:
+            raise self.fail("malformed signature; expected ':' before the payload class")
+        quirks = self.quirks(quirks_s, ver)
+        pclass_map = {"*": None, "0": 0, "+": 1}
+        if pclass_s not in pclass_map:
+            hint = " (trailing blanks or a \\r are not allowed)" if pclass_s.rstrip() in pclass_map else ""
+            raise self.fail(f"malformed payload class {pclass_s!r}; expected *, 0 or +{hint}")
+
+        sig = TcpSig(
+            ver, ttl, bad_ttl, olen, mss, win_type, win, wscale, layout, eol_pad, quirks,
+            pclass_map[pclass_s], self.label, self.line, val,
+        )
+        sigs = self.db.tcp(self.section == "tcp:request")
+        covering = _covering(sig, sigs)
+        if covering is not None:
+            raise self.fail(f"signature is already covered by line {covering.line}")
+        sigs.append(sig)
+
+    def number(self, s: str, lo: int, hi: int, what: str) -> int:
+        if not re.fullmatch(r"[0-9]*", s):
+            raise self.fail(f"malformed {what}: {s!r}")
+        n = _num(s)
+        if not lo <= n <= hi:
+            raise self.fail(f"{what} {n} out of range {lo}..{hi}")
+        return n
+
+    def window(self, s: str) -> tuple[int, int]:
+        if s == "*":
+            return WIN_ANY, 0
+        if s.startswith("%"):
+            return WIN_MOD, self.number(s[1:], 2, 65535, "window modulus (%N)")
+        if s[:4] in ("mss*", "mtu*"):
+            return (WIN_MSS if s[1] == "s" else WIN_MTU), self.number(s[4:], 1, 1000, "window multiplier")
+        if not re.fullmatch(r"[0-9]*", s):
+            raise self.fail(f"malformed window {s!r}; expected *, N, %N, mss*N or mtu*N")
+        return WIN_NORMAL, self.number(s, 0, 65535, "window size")
+
+    def options(self, s: str) -> tuple[bytes, int]:
+        if not s:
+            return b"", 0
+        kinds = bytearray()
+        eol_pad = 0
+        items = _items(s)
+        for i, tok in enumerate(items):
+            if len(kinds) >= MAX_TCP_OPT:
+                raise self.fail(f"more than {MAX_TCP_OPT} TCP options")
+            if tok.startswith("eol"):
+                m = re.fullmatch(r"eol\+([0-9]*)", tok)
+                if not m:
+                    raise self.fail(f"malformed EOL option {tok!r}; expected eol+N")
+                if i != len(items) - 1:
+                    raise self.fail("eol+N must be the last option")
+                kinds.append(0)
+                eol_pad = self.number(m.group(1), 0, 255, "EOL padding")
+            elif tok.startswith("?"):
+                kinds.append(self.number(tok[1:], 0, 255, "option kind (?N)"))
+            else:
+                for name, kind in _OPT_TOKENS:
+                    if tok == name:
+                        kinds.append(kind)
+                        break
+                else:
+                    raise self.fail(
+                        f"unknown TCP option {tok!r}; expected eol+N, nop, mss, ws, sok, sack, ts or ?N"
+                    )
+        return bytes(kinds), eol_pad
+
+    def quirks(self, s: str, ver: int | None) -> int:
+        if not s:
+            return 0
+        bits = dict(QUIRK_TOKENS)
+        quirks = 0
+        for tok in _items(s):
+            if tok not in bits:
+                raise self.fail(f"unknown quirk {tok!r}; expected one of {', '.join(bits)}")
+            if ver == 6 and tok in _IPV4_ONLY:
+                raise self.fail(f"quirk {tok!r} is not valid for IPv6")
+            if ver == 4 and tok == "flow":
+                raise self.fail("quirk 'flow' is not valid for IPv4")
+            quirks |= bits[tok]
+        return quirks
+
+
+def _covering(new: TcpSig, sigs: list[TcpSig]) -> TcpSig | None:
+    """The earlier specific signature that matches everything `new` does.
+
+    This is p0f's registration check: the new line, treated as a packet, is
+    matched exactly (no fuzz) against the specific lines before it.
+    """
+    for ref in sigs:
+        if ref.generic or ref.layout != new.layout:
+            continue
+        ref_quirks = ref.quirks
+        if ref.ver is None:
+            ref_quirks &= ~(Q_DF | Q_NZ_ID | Q_ZERO_ID) if new.ver != 4 else ~Q_FLOW
+        if ref_quirks != new.quirks:
+            continue
+        if ref.eol_pad != new.eol_pad or ref.olen != new.olen:
+            continue
+        if ref.bad_ttl:
+            if ref.ttl < new.ttl:
+                continue
+        elif ref.ttl < new.ttl or ref.ttl - new.ttl > MAX_DIST:
+            continue
+        if ref.mss is not None and ref.mss != new.mss:
+            continue
+        if ref.wscale is not None and ref.wscale != new.wscale:
+            continue
+        if ref.pclass is not None and ref.pclass != new.pclass:
+            continue
+        if new.win_type != WIN_NORMAL:
+            if ref.win_type != new.win_type or ref.win != new.win:
+                continue
+        elif ref.win_type == WIN_NORMAL:
+            if ref.win != new.win:
+                continue
+        elif ref.win_type == WIN_MOD:
+            if new.win % ref.win:
+                continue
+        elif ref.win_type != WIN_ANY:
+            # A literal window in the new line is read as a packet would be:
+            # it may be a multiple of its own literal MSS.
+            multi, use_mtu = win_multiplier(
+                new.win, -1 if new.mss is None else new.mss, 0, new.ver or 0, 0, 0
+            )
+            if use_mtu != (ref.win_type == WIN_MTU) or multi != ref.win:
+                continue
+        return ref
+    return None
+
+
+def win_multiplier(
+    win: int, mss: int, ts1: int, ip_ver: int, tot_hdr: int, syn_mss: int
+) -> tuple[int, bool]:
+    """(N, use_mtu) when the window is N times an MSS- or MTU-derived size.
+
+    p0f's detect_win_multi: the first divisor that divides the window wins,
+    in this order; (-1, False) when none does, the window is 0, or the MSS
+    is under 100.
+    """
+    if not win or mss < 100:
+        return -1, False
+    if win % mss == 0:
+        return win // mss, False
+    if ts1 and win % (mss - 12) == 0:
+        return win // (mss - 12), False
+    for div in (1460, 1448) + ((1440, 1428) if ip_ver == 6 else ()):
+        if win % div == 0:
+            return win // div, False
+    for div in (mss + 40, mss + tot_hdr) + ((mss + 60,) if ip_ver == 6 else ()) + (1500,):
+        if win % div == 0:
+            return win // div, True
+    if syn_mss:
+        for div in (syn_mss, syn_mss - 12):
+            if div > 0 and win % div == 0:  # p0f divides by zero at syn_mss 12
+                return win // div, False
+    return -1, False
+
+
+def parse_text(text: str, source: str = "<string>", p0f_bugs: bool = False) -> Database:
+    """Parse database text; `source` names it in error messages."""
+    parser = _Parser(source, p0f_bugs)
+    for number, raw in enumerate(text.split("\n"), 1):
+        parser.line = number
+        parser.feed(raw)
+    return parser.db
+
+
+__all__ = [
+    "Database",
+    "Label",
+    "TcpSig",
+    "SignatureError",
+    "load",
+    "parse_text",
+    "MAX_DIST",
+    "win_multiplier",
+]
+
+
+def _comma_list(val: str, item: str) -> list[str] | None:
+    """Split a classes/sys value the way p0f does, or None if it would refuse it.
+
+    Blanks and commas before an item are skipped; an item runs to the next
+    comma or the end; an empty item (a trailing comma) is an error.
+    """
+    out = []
+    pos = 0
+    pattern = re.compile(item)
+    while pos < len(val):
+        while pos < len(val) and val[pos] in " \t,":
+            pos += 1
+        if pos == len(val) and out:
+            return None if val.rstrip(" \t").endswith(",") else out
+        m = pattern.match(val, pos)
+        if not m or (m.end() < len(val) and val[m.end()] != ","):
+            return None
+        out.append(m.group(0))
+        pos = m.end()
+    return out
+
+
+def _num(s: str) -> int:
+    return int(s) if s else 0
+
+
+def _items(s: str) -> list[str]:
+    """Comma-separated tokens; p0f tolerates one trailing comma before ':'."""
+    return s[:-1].split(",") if s.endswith(",") else s.split(",")

@@ -1,0 +1,410 @@
+; fingerprintd's default signature database.
+;
+; The TCP and MTU signatures below are the facts of p0f 3.09b's database
+; (p0f by Michal Zalewski, LGPL-2.1), in p0f v3 syntax and in the same order,
+; so that fingerprintd gives p0f's verdicts line for line. See README.md here
+; for credits, the format, and how to add a signature. HTTP sections are left
+; out: fingerprintd fingerprints TCP only.
+
+classes = win,unix,other
+
+; --------------------------------------------------------------------------
+; Link types by MTU (MSS + 40 for IPv4, + 60 for IPv6).
+; --------------------------------------------------------------------------
+
+[mtu]
+
+label = Ethernet or modem
+sig   = 576
+sig   = 1500
+
+label = DSL
+sig   = 1452
+sig   = 1454
+sig   = 1492
+
+label = GIF
+sig   = 1240
+sig   = 1280
+
+label = generic tunnel or VPN
+sig   = 1300
+sig   = 1400
+sig   = 1420
+sig   = 1440
+sig   = 1450
+sig   = 1460
+
+label = IPSec or GRE
+sig   = 1476
+
+label = IPIP or SIT
+sig   = 1480
+
+label = PPTP
+sig   = 1490
+
+label = AX.25 radio modem
+sig   = 256
+
+label = SLIP
+sig   = 552
+
+label = Google
+sig   = 1470
+
+label = VLAN
+sig   = 1496
+
+label = Ericsson HIS modem
+sig   = 1656
+
+label = jumbo Ethernet
+sig   = 9000
+
+label = loopback
+sig   = 3924
+sig   = 16384
+sig   = 16436
+; --------------------------------------------------------------------------
+; Client SYNs. First exact specific line wins, then the first exact generic
+; line, then the first fuzzy one; keep specific lines above wildcard ones.
+; --------------------------------------------------------------------------
+
+[tcp:request]
+
+; Linux 3.11+: initial window 10 segments -> mss*20 with the usual rmem.
+label = s:unix:Linux:3.11 and newer
+sig   = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*20,7:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:3.1-3.10
+sig   = *:64:0:*:mss*10,4:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*10,5:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*10,6:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*10,7:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.6.x
+sig   = *:64:0:*:mss*4,6:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*4,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*4,8:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.4.x
+sig   = *:64:0:*:mss*4,0:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*4,1:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*4,2:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.2.x
+sig   = *:64:0:*:mss*11,0:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*20,0:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*22,0:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.0
+sig   = *:64:0:*:mss*12,0:mss::0
+sig   = *:64:0:*:16384,0:mss::0
+
+; Linux over loopback: MSS 16396 (MTU 16436) or 65495 (MTU 65535).
+label = s:unix:Linux:3.x (loopback)
+sig   = *:64:0:16396:mss*2,4:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:16376:mss*2,4:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.6.x (loopback)
+sig   = *:64:0:16396:mss*2,2:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:16376:mss*2,2:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.4.x (loopback)
+sig   = *:64:0:16396:mss*2,0:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.2.x (loopback)
+sig   = *:64:0:3884:mss*8,0:mss,sok,ts,nop,ws:df,id+:0
+
+label = s:unix:Linux:2.6.x (Google crawler)
+sig   = 4:64:0:1430:mss*4,6:mss,sok,ts,nop,ws::0
+
+label = s:unix:Linux:(Android)
+sig   = *:64:0:*:mss*44,1:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*44,3:mss,sok,ts,nop,ws:df,id+:0
+
+; Generic Linux fallbacks for shapes the specific lines above miss.
+label = g:unix:Linux:3.x
+sig   = *:64:0:*:mss*10,*:mss,sok,ts,nop,ws:df,id+:0
+
+label = g:unix:Linux:2.4.x-2.6.x
+sig   = *:64:0:*:mss*4,*:mss,sok,ts,nop,ws:df,id+:0
+
+label = g:unix:Linux:2.2.x-3.x
+sig   = *:64:0:*:*,*:mss,sok,ts,nop,ws:df,id+:0
+
+label = g:unix:Linux:2.2.x-3.x (no timestamps)
+sig   = *:64:0:*:*,*:mss,nop,nop,sok,nop,ws:df,id+:0
+
+label = g:unix:Linux:2.2.x-3.x (barebone)
+sig   = *:64:0:*:*,0:mss:df,id+:0
+
+; Windows NT 5.x and 6.x stacks: no timestamps, NOPs around WS and SACK-OK.
+label = s:win:Windows:XP
+sig   = *:128:0:*:16384,0:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,0:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,0:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,1:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,2:mss,nop,ws,nop,nop,sok:df,id+:0
+
+label = s:win:Windows:7 or 8
+sig   = *:128:0:*:8192,0:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:8192,2:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:8192,2:mss,nop,ws,sok,ts:df,id+:0
+
+label = s:win:Windows:7 (Websense crawler)
+sig   = *:64:0:1380:mss*4,6:mss,nop,nop,ts,nop,ws:df,id+:0
+sig   = *:64:0:1380:mss*4,7:mss,nop,nop,ts,nop,ws:df,id+:0
+
+label = g:win:Windows:NT kernel 5.x
+sig   = *:128:0:*:16384,*:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,*:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:16384,*:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,*:mss,nop,ws,nop,nop,sok:df,id+:0
+
+label = g:win:Windows:NT kernel 6.x
+sig   = *:128:0:*:8192,*:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:8192,*:mss,nop,ws,nop,nop,sok:df,id+:0
+
+label = g:win:Windows:NT kernel
+sig   = *:128:0:*:*,*:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:*,*:mss,nop,ws,nop,nop,sok:df,id+:0
+
+; Apple stacks: timestamps and a trailing EOL pad.
+label = s:unix:Mac OS X:10.x
+sig   = *:64:0:*:65535,1:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,3:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+
+label = s:unix:MacOS X:10.9 or newer (sometimes iPhone or iPad)
+sig   = *:64:0:*:65535,4:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+
+label = s:unix:iOS:iPhone or iPad
+sig   = *:64:0:*:65535,2:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+
+label = g:unix:Mac OS X:
+sig   = *:64:0:*:65535,*:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+
+; BSD family.
+label = s:unix:FreeBSD:9.x or newer
+sig   = *:64:0:*:65535,6:mss,nop,ws,sok,ts:df,id+:0
+
+label = s:unix:FreeBSD:8.x
+sig   = *:64:0:*:65535,3:mss,nop,ws,sok,ts:df,id+:0
+
+label = g:unix:FreeBSD:
+sig   = *:64:0:*:65535,*:mss,nop,ws,sok,ts:df,id+:0
+
+label = s:unix:OpenBSD:3.x
+sig   = *:64:0:*:16384,0:mss,nop,nop,sok,nop,ws,nop,nop,ts:df,id+:0
+
+label = s:unix:OpenBSD:4.x-5.x
+sig   = *:64:0:*:16384,3:mss,nop,nop,sok,nop,ws,nop,nop,ts:df,id+:0
+
+; Commercial Unix.
+label = s:unix:Solaris:8
+sig   = *:64:0:*:32850,1:nop,ws,nop,nop,ts,nop,nop,sok,mss:df,id+:0
+
+label = s:unix:Solaris:10
+sig   = *:64:0:*:mss*34,0:mss,nop,ws,nop,nop,sok:df,id+:0
+
+label = s:unix:OpenVMS:8.x
+sig   = 4:128:0:1460:mtu*2,0:mss,nop,ws::0
+
+label = s:unix:OpenVMS:7.x
+sig   = 4:64:0:1460:61440,0:mss,nop,ws::0
+
+label = s:other:NeXTSTEP:
+sig   = 4:64:0:1024:mss*4,0:mss::0
+
+label = s:unix:Tru64:4.x
+sig   = 4:64:0:1460:32768,0:mss,nop,ws:df,id+:0
+
+; Scanners. Their TTLs are random up to N, hence 'N-'; tools need 'sys'.
+label = s:!:NMap:SYN scan
+sys   = @unix,@win
+sig   = *:64-:0:1460:1024,0:mss::0
+sig   = *:64-:0:1460:2048,0:mss::0
+sig   = *:64-:0:1460:3072,0:mss::0
+sig   = *:64-:0:1460:4096,0:mss::0
+
+label = s:!:NMap:OS detection
+sys   = @unix,@win
+sig   = *:64-:0:265:512,0:mss,sok,ts:ack+:0
+sig   = *:64-:0:0:4,10:sok,ts,ws,eol+0:ack+:0
+sig   = *:64-:0:1460:1,10:ws,nop,mss,ts,sok:ack+:0
+sig   = *:64-:0:536:16,10:mss,sok,ts,ws,eol+0:ack+:0
+sig   = *:64-:0:640:4,5:ts,nop,nop,ws,nop,mss:ack+:0
+sig   = *:64-:0:1400:63,0:mss,ws,sok,ts,eol+0:ack+:0
+sig   = *:64-:0:265:31337,10:ws,nop,mss,ts,sok:ack+:0
+sig   = *:64-:0:1460:3,10:ws,nop,mss,sok,nop,nop:ecn,uptr+:0
+
+; p0f-sendsyn probes (window 1337, MSS 1331), for collecting SYN+ACK sigs.
+label = s:unix:p0f:sendsyn utility
+sig   = *:192:0:1331:1337,0:mss,nop,eol+18::0
+sig   = *:192:0:1331:1337,0:mss,ts,nop,eol+8::0
+sig   = *:192:0:1331:1337,5:mss,ws,nop,eol+15::0
+sig   = *:192:0:1331:1337,0:mss,sok,nop,eol+16::0
+sig   = *:192:0:1331:1337,5:mss,ws,ts,nop,eol+5::0
+sig   = *:192:0:1331:1337,0:mss,sok,ts,nop,eol+6::0
+sig   = *:192:0:1331:1337,5:mss,ws,sok,nop,eol+13::0
+sig   = *:192:0:1331:1337,5:mss,ws,sok,ts,nop,eol+3::0
+
+; Devices and crawlers.
+label = s:other:Blackberry:
+sig   = *:128:0:1452:65535,0:mss,nop,nop,sok,nop,nop,ts::0
+
+label = s:other:Nintendo:3DS
+sig   = *:64:0:1360:32768,0:mss,nop,nop,sok:df,id+:0
+
+label = s:other:Nintendo:Wii
+sig   = 4:64:0:1460:32768,0:mss,nop,nop,sok:df,id+:0
+
+label = s:unix:BaiduSpider:
+sig   = *:64:0:1460:mss*4,7:mss,sok,nop,nop,nop,nop,nop,nop,nop,nop,nop,nop,nop,ws:df,id+:0
+sig   = *:64:0:1460:mss*4,2:mss,sok,nop,nop,nop,nop,nop,nop,nop,nop,nop,nop,nop,ws:df,id+:0
+; --------------------------------------------------------------------------
+; Server SYN+ACKs. Windows here are often a multiple of the client's MSS.
+; --------------------------------------------------------------------------
+
+[tcp:response]
+
+label = s:unix:Linux:3.x
+sig   = *:64:0:*:mss*10,0:mss:df:0
+sig   = *:64:0:*:mss*10,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*10,0:mss,nop,nop,ts:df:0
+sig   = *:64:0:*:mss*10,0:mss,nop,nop,sok:df:0
+sig   = *:64:0:*:mss*10,*:mss,nop,ws:df:0
+sig   = *:64:0:*:mss*10,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*10,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*10,*:mss,nop,nop,sok,nop,ws:df:0
+
+label = s:unix:Linux:2.4-2.6
+sig   = *:64:0:*:mss*4,0:mss:df:0
+sig   = *:64:0:*:mss*4,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*4,0:mss,nop,nop,ts:df:0
+sig   = *:64:0:*:mss*4,0:mss,nop,nop,sok:df:0
+
+label = s:unix:Linux:2.4.x
+sig   = *:64:0:*:mss*4,0:mss,nop,ws:df:0
+sig   = *:64:0:*:mss*4,0:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*4,0:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*4,0:mss,nop,nop,sok,nop,ws:df:0
+
+label = s:unix:Linux:2.6.x
+sig   = *:64:0:*:mss*4,*:mss,nop,ws:df:0
+sig   = *:64:0:*:mss*4,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*4,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*4,*:mss,nop,nop,sok,nop,ws:df:0
+
+; Windows NT 5.x and 6.x stacks: no timestamps, NOPs around WS and SACK-OK.
+label = s:win:Windows:XP
+sig   = *:128:0:*:65535,0:mss:df,id+:0
+sig   = *:128:0:*:65535,0:mss,nop,ws:df,id+:0
+sig   = *:128:0:*:65535,0:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,0:mss,nop,nop,ts:df,id+,ts1-:0
+sig   = *:128:0:*:65535,0:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,0:mss,nop,ws,nop,nop,ts:df,id+,ts1-:0
+sig   = *:128:0:*:65535,0:mss,nop,nop,ts,nop,nop,sok:df,id+,ts1-:0
+sig   = *:128:0:*:65535,0:mss,nop,ws,nop,nop,ts,nop,nop,sok:df,id+,ts1-:0
+sig   = *:128:0:*:16384,0:mss:df,id+:0
+sig   = *:128:0:*:16384,0:mss,nop,ws:df,id+:0
+sig   = *:128:0:*:16384,0:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:16384,0:mss,nop,nop,ts:df,id+,ts1-:0
+sig   = *:128:0:*:16384,0:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:16384,0:mss,nop,ws,nop,nop,ts:df,id+,ts1-:0
+sig   = *:128:0:*:16384,0:mss,nop,nop,ts,nop,nop,sok:df,id+,ts1-:0
+sig   = *:128:0:*:16384,0:mss,nop,ws,nop,nop,ts,nop,nop,sok:df,id+,ts1-:0
+
+label = s:win:Windows:7 or 8
+sig   = *:128:0:*:8192,0:mss:df,id+:0
+sig   = *:128:0:*:8192,0:mss,sok,ts:df,id+:0
+sig   = *:128:0:*:8192,8:mss,nop,ws:df,id+:0
+sig   = *:128:0:*:8192,0:mss,nop,nop,ts:df,id+:0
+sig   = *:128:0:*:8192,0:mss,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:8192,8:mss,nop,ws,sok,ts:df,id+:0
+sig   = *:128:0:*:8192,8:mss,nop,ws,nop,nop,ts:df,id+:0
+sig   = *:128:0:*:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0
+
+label = s:unix:FreeBSD:9.x
+sig   = *:64:0:*:65535,6:mss,nop,ws:df,id+:0
+sig   = *:64:0:*:65535,6:mss,nop,ws,sok,ts:df,id+:0
+sig   = *:64:0:*:65535,6:mss,nop,ws,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,6:mss,nop,ws,nop,nop,ts:df,id+:0
+
+label = s:unix:FreeBSD:8.x
+sig   = *:64:0:*:65535,3:mss,nop,ws:df,id+:0
+sig   = *:64:0:*:65535,3:mss,nop,ws,sok,ts:df,id+:0
+sig   = *:64:0:*:65535,3:mss,nop,ws,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,3:mss,nop,ws,nop,nop,ts:df,id+:0
+
+label = s:unix:FreeBSD:8.x-9.x
+sig   = *:64:0:*:65535,0:mss,sok,ts:df,id+:0
+sig   = *:64:0:*:65535,0:mss,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,0:mss,nop,nop,ts:df,id+:0
+
+label = s:unix:OpenBSD:5.x
+sig   = *:64:0:1460:16384,0:mss,nop,nop,sok:df,id+:0
+sig   = *:64:0:1460:16384,3:mss,nop,ws:df,id+:0
+sig   = *:64:0:1460:16384,3:mss,nop,nop,sok,nop,ws:df,id+:0
+sig   = *:64:0:1460:16384,0:mss,nop,nop,ts:df,id+:0
+sig   = *:64:0:1460:16384,0:mss,nop,nop,sok,nop,nop,ts:df,id+:0
+sig   = *:64:0:1460:16384,3:mss,nop,ws,nop,nop,ts:df,id+:0
+sig   = *:64:0:1460:16384,3:mss,nop,nop,sok,nop,ws,nop,nop,ts:df,id+:0
+
+; Apple stacks: timestamps and a trailing EOL pad.
+label = s:unix:Mac OS X:10.x
+sig   = *:64:0:*:65535,0:mss,nop,ws:df,id+:0
+sig   = *:64:0:*:65535,0:mss,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,0:mss,nop,nop,ts:df,id+:0
+sig   = *:64:0:*:65535,0:mss,nop,ws,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,0:mss,nop,ws,nop,nop,ts:df,id+:0
+sig   = *:64:0:*:65535,0:mss,nop,nop,ts,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,0:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+
+label = s:unix:Solaris:6
+sig   = 4:255:0:*:mss*7,0:mss:df,id+:0
+sig   = 4:255:0:*:mss*7,0:nop,ws,mss:df,id+:0
+sig   = 4:255:0:*:mss*7,0:nop,nop,ts,mss:df,id+:0
+sig   = 4:255:0:*:mss*7,0:nop,nop,ts,nop,ws,mss:df,id+:0
+
+; Commercial Unix.
+label = s:unix:Solaris:8
+sig   = *:64:0:*:mss*19,0:mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,ws,mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,nop,ts,mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,nop,sok,mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,nop,ts,nop,ws,mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,ws,nop,nop,sok,mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,nop,ts,nop,nop,sok,mss:df,id+:0
+sig   = *:64:0:*:mss*19,0:nop,nop,ts,nop,ws,nop,nop,sok,mss:df,id+:0
+
+label = s:unix:Solaris:10
+sig   = *:64:0:*:mss*37,0:mss:df,id+:0
+sig   = *:64:0:*:mss*37,0:mss,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*37,0:nop,nop,ts,mss:df,id+:0
+sig   = *:64:0:*:mss*37,0:mss,nop,nop,sok:df,id+:0
+sig   = *:64:0:*:mss*37,0:nop,nop,ts,mss,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*37,0:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:64:0:*:mss*37,0:nop,nop,ts,mss,nop,nop,sok:df,id+:0
+sig   = *:64:0:*:mss*37,0:nop,nop,ts,mss,nop,ws,nop,nop,sok:df,id+:0
+
+label = s:unix:HP-UX:11.x
+sig   = *:64:0:*:32768,0:mss:df,id+:0
+sig   = *:64:0:*:32768,0:mss,ws,nop:df,id+:0
+sig   = *:64:0:*:32768,0:mss,nop,nop,ts:df,id+:0
+sig   = *:64:0:*:32768,0:mss,nop,nop,sok:df,id+:0
+sig   = *:64:0:*:32768,0:mss,ws,nop,nop,nop,ts:df,id+:0
+sig   = *:64:0:*:32768,0:mss,nop,nop,sok,ws,nop:df,id+:0
+sig   = *:64:0:*:32768,0:mss,nop,nop,sok,nop,nop,ts:df,id+:0
+sig   = *:64:0:*:32768,0:mss,nop,nop,sok,ws,nop,nop,nop,ts:df,id+:0
+
+label = s:other:OpenVMS:7.x
+sig   = 4:64:0:1460:3993,0:mss::0
+sig   = 4:64:0:1460:3993,0:mss,nop,ws::0
+
+label = s:unix:Tru64:4.x
+sig   = 4:64:0:1460:mss*25,0:mss,nop,ws:df,id+:0
+sig   = 4:64:0:1460:mss*25,0:mss:df,id+:0
