@@ -36,23 +36,34 @@ class CaptureError(Exception):
     """A capture that cannot be opened or read; the message says why."""
 
 
-def ports_filter(ports: list[int] | tuple[int, ...], vlan: bool = True) -> str:
-    """BPF for SYNs and SYN+ACKs on the given ports, IPv4 and IPv6, VLAN too.
+def ports_filter(ports: list[int] | tuple[int, ...], vlan: bool = True, extended: bool = True) -> str:
+    """BPF for SYNs and SYN+ACKs on the given ports, IPv4 and IPv6.
 
     ``tcp[13]`` only compiles for IPv4, so IPv6 tests the flags byte at its
-    fixed offset, and IPv6 packets with extension headers are let through
-    for the parser to judge.
+    fixed offset.  `extended` also lets through IPv6 packets with extension
+    headers (for the parser to judge) and double VLAN tags, which p0f never
+    reads.
     """
     port = " or ".join(f"port {p}" for p in ports)
-    base = (
-        f"(tcp[13] & 2 != 0 and ({port})) or "
-        f"(ip6 and tcp and ({port}) and ip6[53] & 2 != 0) or "
-        "(ip6 protochain 6 and not ip6 proto 6)"
-    )
-    return f"({base}) or (vlan and ({base}))" if vlan else base
+    base = f"(tcp[13] & 2 != 0 and ({port})) or (ip6 and tcp and ({port}) and ip6[53] & 2 != 0)"
+    if extended:
+        base += " or (ip6 protochain 6 and not ip6 proto 6)"
+    return _with_vlans(base, vlan, extended)
 
 
-ALL_TCP_FILTER = "tcp or (vlan and tcp)"  # p0f's own default
+def all_tcp_filter(vlan: bool = True, extended: bool = True) -> str:
+    """Every TCP packet: p0f's own default, plus what `extended` adds."""
+    base = "tcp or (ip6 protochain 6)" if extended else "tcp"
+    return _with_vlans(base, vlan, extended)
+
+
+def _with_vlans(base: str, vlan: bool, extended: bool) -> str:
+    if not vlan:
+        return base
+    expr = f"({base}) or (vlan and ({base}))"
+    # libpcap's `vlan` shifts the offsets of everything after it, so a second
+    # `vlan` branch reads behind two tags (802.1ad QinQ).
+    return expr + f" or (vlan and ({base}))" if extended else expr
 
 
 @dataclass

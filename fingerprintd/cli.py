@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from fingerprintd import __version__
-from fingerprintd.capture import ALL_TCP_FILTER, CaptureError, compile_filter, open_offline, ports_filter
+from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, ports_filter
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS
@@ -96,14 +96,19 @@ def _replay_filter(args: argparse.Namespace):
         if err:
             raise UsageError(f"bad --bpf filter: {err}")
         return args.bpf
-    if args.all_ports:
-        return ALL_TCP_FILTER
     ports = args.port or [25]
+    extended = not args.p0f_bugs  # p0f-bugs mode reads exactly the packets p0f reads
+    if args.all_ports:
+        def make(vlan: bool) -> str:
+            return all_tcp_filter(vlan, extended)
+    else:
+        def make(vlan: bool) -> str:
+            return ports_filter(ports, vlan, extended)
 
     def for_link(linktype: int) -> str:
-        expr = ports_filter(ports)
         # Not every link type can carry the vlan clause; fall back without it.
-        return expr if compile_filter(expr, linktype) is None else ports_filter(ports, vlan=False)
+        expr = make(True)
+        return expr if compile_filter(expr, linktype) is None else make(False)
 
     return for_link
 

@@ -1,0 +1,72 @@
+"""Shared fixtures: the p0f oracle, the shared corpus, and replay helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fingerprintd import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+CORPUS = SHARED / "corpus"
+GOLDEN = SHARED / "reference" / "p0f-golden"
+STOCK_DB = Path("/etc/p0f/p0f.fp")
+OUR_DB = ROOT / "signatures" / "p0f.fp"
+# The observation kinds both p0f and fingerprintd log (p0f's NAT and uptime
+# lines are not produced by fingerprintd's replay).
+COMPARED_MODS = ("mod=syn|", "mod=syn+ack|", "mod=mtu|", "mod=sendsyn probe|", "mod=sendsyn response|")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when a prerequisite is missing, except in CI, where it must be there."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI must provide this: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def p0f_bin() -> str:
+    path = shutil.which("p0f") or ("/usr/sbin/p0f" if Path("/usr/sbin/p0f").exists() else None)
+    need(path is not None and STOCK_DB.exists(), "p0f 3.09b is not installed (apt-get install p0f)")
+    return path  # type: ignore[return-value]
+
+
+def run_p0f(p0f: str, pcap: Path, log: Path, db: Path = STOCK_DB, bpf: str | None = None) -> list[str]:
+    """p0f's -o log lines for a capture, restricted to the compared kinds."""
+    if log.exists():
+        log.unlink()
+    cmd = [p0f, "-f", str(db), "-r", str(pcap), "-o", str(log)]
+    if bpf:
+        cmd.append(bpf)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if not log.exists():
+        return []
+    lines = log.read_text(errors="replace").splitlines()
+    return [ln for ln in lines if any(m in ln for m in COMPARED_MODS)]
+
+
+def run_replay(pcap: Path, out: Path, *args: str, db: Path = STOCK_DB) -> list[str]:
+    """fingerprintd's p0f-log lines for a capture, run in-process through the CLI."""
+    rc = cli.main(["replay", "--format", "p0f-log", "--signatures", str(db), "--progress", "off",
+                   "-o", str(out), *args, str(pcap)])
+    assert rc == 0
+    return out.read_text().splitlines()
+
+
+def diff_report(expected: list[str], got: list[str], limit: int = 8) -> str:
+    import difflib
+
+    lines = list(difflib.unified_diff(expected, got, "p0f", "fingerprintd", lineterm="", n=0))
+    return "\n".join(lines[: limit * 3])
