@@ -33,7 +33,6 @@ from fingerprintd.packet import QUIRK_TOKENS
 from fingerprintd.signatures import WIN_ANY, WIN_MOD, WIN_MSS, WIN_MTU, WIN_NORMAL, TcpSig
 
 
-
 @dataclass
 class Shape:
     """Everything about a SYN that a fingerprint can see."""
