@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections import Counter
 from importlib import resources
@@ -147,7 +148,10 @@ def _replay_file(path, bpf, engine: Engine, fmt, out, show: bool) -> None:
     if show:
         from tqdm import tqdm
 
-        bar = tqdm(total=cap.size, unit="B", unit_scale=True, desc=Path(path).name, file=sys.stderr, leave=False)
+        # A terminal that reports no size (some ptys) still gets a bar.
+        cols, rows = shutil.get_terminal_size()
+        bar = tqdm(total=cap.size, unit="B", unit_scale=True, desc=Path(path).name, file=sys.stderr, leave=False,
+                   ncols=cols, nrows=rows)
     linktype = cap.linktype
     feed = engine.feed
     write = out.write

@@ -131,8 +131,10 @@ class NetnsPair:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
 
     def capture(self, path: Path, bpf: str = "tcp port 25") -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", self.srv, "tcpdump", "-i", self.vsrv, "-s", "256", "-U", "--immediate-mode",
-                              "-w", str(path), bpf], stderr=subprocess.PIPE, text=True)
+        # --immediate-mode: otherwise frames wait in libpcap's ring for a timeout
+        # that SIGINT can cut short, and the capture misses its tail.
+        cmd = ["tcpdump", "-i", self.vsrv, "-s", "256", "-U", "--immediate-mode", "-w", str(path), bpf]
+        p = subprocess.Popen(["ip", "netns", "exec", self.srv, *cmd], stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         assert p.stderr is not None
         deadline = time.monotonic() + 10

@@ -1,0 +1,148 @@
+"""The .fp parser: p0f's grammar, its refusals (file:line), and the shipped database."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from scapy.all import IP, UDP, Ether  # type: ignore[attr-defined]
+
+from fingerprintd.signatures import WIN_MSS, SignatureError, load, parse_text
+from tests.conftest import OUR_DB, STOCK_DB
+from tests.craft import write_pcap
+
+HEAD = "classes = win,unix,other\n[tcp:request]\nlabel = s:unix:Linux:test\n"
+MTU_HEAD = "classes = win,unix,other\n[mtu]\nlabel = Ethernet\n"
+
+# (database text, line of the error or None when it must load)
+CASES = [
+    (HEAD + "sig = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0\n", None),
+    (HEAD + "sig = 4:64+10:0:1460:%8192,*:mss,nop,eol+3:ecn:+\n", None),
+    (HEAD + "sig = 6:128:0:*:mtu*4,2:?30,nop,sack,ts:flow,seq-,ack+,ack-,uptr+,urgf+,pushf+:*\n", None),
+    (HEAD + "sig = *:64::*:*,*:mss,:df,:0\n", None),  # empty olen reads 0; a trailing comma is fine
+    (HEAD + "sig = *:64:0:*:*,*::ts1-,ts2+,opt+,exws,bad,0+,id-:0\n", None),
+    (HEAD + "sig = 5:64:0:*:*,*:::0\n", 4),
+    (HEAD + "sig = *:0:0:*:*,*:::0\n", 4),
+    (HEAD + "sig = *:256:0:*:*,*:::0\n", 4),
+    (HEAD + "sig = *:250+10:0:*:*,*:::0\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*:::0 \n", 4),  # trailing blank
+    (HEAD + "sig = *:64:0:*:*,*:::0\r\n", 4),  # CRLF
+    (HEAD + "sig = *:64:0:70000:*,*:::0\n", 4),
+    (HEAD + "sig = *:64:0:*:mss*0,*:::0\n", 4),
+    (HEAD + "sig = *:64:0:*:mss*1001,*:::0\n", 4),
+    (HEAD + "sig = *:64:0:*:%1,*:::0\n", 4),
+    (HEAD + "sig = *:64:0:*:*,300:::0\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*:mss,eol+1,nop::0\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*:mss,foo::0\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*::df,foo:0\n", 4),
+    (HEAD + "sig = 6:64:0:*:*,*::df:0\n", 4),
+    (HEAD + "sig = 4:64:0:*:*,*::flow:0\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*:::x\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*::\n", 4),
+    (HEAD + "sig = *:64:0:*:*,*:::0\nsig = *:64:0:*:*,*:::0\n", 5),  # covered by the line before
+    (HEAD + "sig = *:64:0:*:mss*10,*:mss::0\nsig = *:64:0:1460:14600,*:mss::0\n", 5),  # 14600 = mss*10
+    (HEAD + "sig = *:64:0:1460:14600,*:mss::0\nsig = *:64:0:*:mss*10,*:mss::0\n", None),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = g:unix:Linux:a\nsig = *:64:0:*:*,*:::0\n"
+     "label = g:unix:Linux:b\nsig = *:64:0:*:*,*:::0\n", None),  # generic lines never cover
+    ("classes = win,unix,other\n[tcp:request]\nsig = *:64:0:*:*,*:::0\n", 3),  # sig before label
+    ("classes = win,unix,other\nlabel = s:unix:Linux:x\n", 2),  # label before a section
+    ("classes = win,unix,other\n[tcp:request ]\n", 2),
+    ("classes = win,unix,other\n[udp:request]\n", 2),
+    ("classes = win,unix,other\n[tcp:request]\nfoo = bar\n", 3),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = x:unix:Linux:x\n", 3),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:bsd:FreeBSD:x\n", 3),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:unix:Lin*ux:x\n", 3),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:!:NMap:scan\nsig = *:64-:0:*:*,*:::0\n", 4),  # no sys
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:!:NMap:scan\nsys = @unix,Windows\n"
+     "sig = *:64-:0:*:*,*:::0\n", None),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:!:NMap:scan\nsys = @bsd\n", 4),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:!:NMap:scan\nsys = Linux,\n", 4),
+    ("classes = win,unix,other\n[tcp:request]\nlabel = s:unix:Linux:x\nsys = Linux\n", 4),
+    ("classes = win,unix,other\n[tcp:request]\nclasses = foo\n", 3),
+    ("classes = win,unix,\n", 1),
+    ("classes = win, unix ,other\n", 1),
+    (MTU_HEAD + "sig = 1500\nsig = 9000\n", None),
+    (MTU_HEAD + "sig = 0\n", 4),
+    (MTU_HEAD + "sig = 15x\n", 4),
+    ("classes = win,unix,other\n[mtu]\nlabel = \n", 3),
+    ("classes = win,unix,other\n[http:request]\nua_os = Linux,Windows\nlabel = s:!:Firefox:2.x\n"
+     "sys = Windows,@unix\nsig = *:Host:Accept:Firefox/\n", None),
+    ("  ; indented comment\n\tclasses = win\n", None),
+]
+
+
+@pytest.mark.parametrize("text,line", CASES)
+def test_parser_accepts_and_refuses_with_file_and_line(text, line):
+    if line is None:
+        parse_text(text, "test.fp")
+        return
+    with pytest.raises(SignatureError) as err:
+        parse_text(text, "test.fp")
+    assert err.value.line == line
+    assert str(err.value).startswith(f"test.fp:{line}: ")
+
+
+@pytest.fixture(scope="module")
+def one_packet_pcap(tmp_path_factory):
+    path = tmp_path_factory.mktemp("one") / "one.pcap"
+    write_pcap(path, [Ether() / IP(dst="192.0.2.1") / UDP()])
+    return path
+
+
+@pytest.mark.parametrize("text,line", CASES)
+def test_p0f_agrees_on_what_loads(p0f_bin, one_packet_pcap, tmp_path, text, line):
+    """p0f itself is the oracle for accept/refuse (and for the line it names)."""
+    db = tmp_path / "case.fp"
+    db.write_text(text)
+    proc = subprocess.run([p0f_bin, "-f", str(db), "-r", str(one_packet_pcap)], capture_output=True, text=True,
+                          timeout=30)
+    out = proc.stdout + proc.stderr
+    if line is None:
+        assert proc.returncode == 0, out
+    else:
+        assert proc.returncode != 0 and "PROGRAM ABORT" in out, out
+        assert f"line {line}" in out, out
+
+
+def test_stock_and_bundled_databases_load():
+    ours = load(OUR_DB)
+    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 91, 101)
+    if STOCK_DB.exists():
+        stock = load(STOCK_DB)
+        assert stock.sig_count == 322  # what p0f 3.09b reports: "Loaded 322 signatures"
+        assert [s.text for s in stock.request] == [s.text for s in ours.request]
+        assert [s.text for s in stock.response] == [s.text for s in ours.response]
+        assert [(s.label.text, s.label.klass, s.label.generic) for s in stock.request] == \
+               [(s.label.text, s.label.klass, s.label.generic) for s in ours.request]
+        assert stock.mtu == ours.mtu
+
+
+def test_names_keep_their_first_spelling():
+    db = parse_text("classes = unix\n[tcp:request]\nlabel = s:unix:Linux:a\nsig = *:64:0:*:*,*:::0\n"
+                    "label = s:UNIX:linux:b\nsig = *:64:0:*:*,*:mss::0\n")
+    assert [s.label.name for s in db.request] == ["Linux", "Linux"]
+    assert [s.label.klass for s in db.request] == ["unix", "unix"]
+
+
+def test_sig_fields():
+    db = parse_text(HEAD + "sig = 4:64+10:4:1460:mss*20,7:mss,nop,eol+3:df,id+:+\n")
+    sig = db.request[0]
+    assert (sig.ver, sig.ttl, sig.olen, sig.mss, sig.win_type, sig.win, sig.wscale) == (4, 74, 4, 1460, WIN_MSS, 20, 7)
+    assert (sig.layout, sig.eol_pad, sig.pclass, sig.line) == (b"\x02\x01\x00", 3, 1, 4)
+
+
+def test_random_ttl_olen(tmp_path):
+    text = "classes = unix\n[tcp:request]\nlabel = s:!:Tool:x\nsys = @unix\nsig = *:64-:40:*:*,*:::0\n"
+    assert parse_text(text).request[0].olen == 40
+    assert parse_text(text, p0f_bugs=True).request[0].olen == 0
+    assert parse_text(text.replace(":40:", ":12:"), p0f_bugs=True).request[0].olen == 2
+
+
+def test_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.fp"
+    bad.write_bytes(b"classes = unix\n\xff\xfe\n")
+    with pytest.raises(SignatureError, match=r"bad.fp:2: not valid UTF-8"):
+        load(bad)
+    with pytest.raises(OSError):
+        load(Path(tmp_path / "missing.fp"))
