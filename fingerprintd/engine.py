@@ -68,11 +68,31 @@ class Engine:
         """Process one captured frame; the observation it yields, if any."""
         self.packets += 1
         self.flows.tick(sec)
-        pkt = packet.parse(frame, linktype, sec + usec / 1e6, self.p0f_bugs)
+        pkt = packet.parse(frame, linktype, sec + usec * 1e-6, self.p0f_bugs)
         if pkt.__class__ is str:
             self.skipped[pkt] += 1  # type: ignore[index]
             return None
         return self.feed_packet(pkt, linktype)  # type: ignore[arg-type]
+
+    def feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
+        """`feed` for a batch of (sec, usec, frame): the observations, in order."""
+        out = []
+        parse = packet.parse
+        bugs = self.p0f_bugs
+        tick = self.flows.tick
+        skipped = self.skipped
+        feed_packet = self.feed_packet
+        for sec, usec, frame in batch:
+            tick(sec)
+            pkt = parse(frame, linktype, sec + usec * 1e-6, bugs)
+            if pkt.__class__ is str:
+                skipped[pkt] += 1  # type: ignore[index]
+                continue
+            obs = feed_packet(pkt, linktype)  # type: ignore[arg-type]
+            if obs is not None:
+                out.append(obs)
+        self.packets += len(batch)
+        return out
 
     def feed_packet(self, pkt: Packet, linktype: int) -> Observation | None:
         tcp_type = pkt.tcp_type

@@ -16,7 +16,8 @@ but the rare retransmitted-SYN check on the same flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from fingerprintd.packet import ACK, FIN, RST, SYN, Packet
 
@@ -24,27 +25,36 @@ EXPIRE_INTERVAL = 50  # p0f runs expiry every 50th packet
 _U32 = 0xFFFFFFFF
 
 
-@dataclass(slots=True)
 class Host:
-    first_seen: int
-    last_seen: int
-    use_cnt: int = 0
-    total_conn: int = 0
+    """One address's entry in p0f's host table."""
+
+    __slots__ = ("first_seen", "last_seen", "use_cnt", "total_conn")
+
+    def __init__(self, first_seen: int, last_seen: int) -> None:
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.use_cnt = 0  # flows that reference it; p0f never frees a host in use
+        self.total_conn = 0
 
 
-@dataclass(slots=True)
 class Flow:
-    key: tuple  # (ip_ver, client, cport, server, sport)
-    client: Host
-    server: Host
-    created: int
-    next_cli_seq: int
-    syn_mss: int = 0
-    sendsyn: bool = False
-    acked: bool = False
-    next_srv_seq: int = 0
-    http: int = 0  # 0 unknown, 1 HTTP, -1 not HTTP
-    request: bytes = field(default=b"")
+    """A connection from its SYN until p0f would forget it."""
+
+    __slots__ = ("key", "client", "server", "created", "next_cli_seq", "syn_mss", "sendsyn", "acked",
+                 "next_srv_seq", "http", "request")
+
+    def __init__(self, key: tuple, client: Host, server: Host, created: int, next_cli_seq: int) -> None:
+        self.key = key  # (ip_ver, client, cport, server, sport)
+        self.client = client
+        self.server = server
+        self.created = created
+        self.next_cli_seq = next_cli_seq
+        self.syn_mss = 0
+        self.sendsyn = False
+        self.acked = False
+        self.next_srv_seq = 0
+        self.http = 0  # 0 unknown, 1 HTTP, -1 not HTTP
+        self.request = b""
 
 
 @dataclass(slots=True)
@@ -60,8 +70,11 @@ class FlowTable:
 
     def __init__(self, limits: FlowLimits | None = None) -> None:
         self.limits = limits or FlowLimits()
-        self.flows: dict[tuple, Flow] = {}  # insertion order = creation order
-        self.hosts: dict[tuple, Host] = {}  # insertion order = least recently touched first
+        # Oldest first: flows by creation, hosts by last touch.  OrderedDict,
+        # not dict: popping from the front of a plain dict leaves a trail of
+        # dead slots that makes finding the oldest entry O(n).
+        self.flows: OrderedDict[tuple, Flow] = OrderedDict()
+        self.hosts: OrderedDict[tuple, Host] = OrderedDict()
         self.packets = 0
         self._last_expire = 0
 
@@ -74,16 +87,21 @@ class FlowTable:
 
     def _expire(self, now: int) -> None:
         lim = self.limits
-        for key in list(self.flows):
-            if (now - self.flows[key].created) & _U32 <= lim.conn_max_age:
+        old = []
+        for key, flow in self.flows.items():
+            if (now - flow.created) & _U32 <= lim.conn_max_age:
                 break
+            old.append(key)
+        for key in old:
             self._destroy(key)
-        for key in list(self.hosts):
-            host = self.hosts[key]
+        idle = []
+        for key, host in self.hosts.items():
             if (now - host.last_seen) & _U32 <= lim.host_idle:
                 break
             if not host.use_cnt:
-                del self.hosts[key]
+                idle.append(key)
+        for key in idle:
+            del self.hosts[key]
 
     def _destroy(self, key: tuple) -> None:
         flow = self.flows.pop(key)
@@ -91,23 +109,27 @@ class FlowTable:
         flow.server.use_cnt -= 1
 
     def _nuke_flows(self) -> None:
-        for key in list(self.flows)[: 1 + len(self.flows) * 10 // 100]:
-            self._destroy(key)
+        popitem = self.flows.popitem
+        for _ in range(min(len(self.flows), 1 + len(self.flows) * 10 // 100)):
+            flow = popitem(last=False)[1]
+            flow.client.use_cnt -= 1
+            flow.server.use_cnt -= 1
 
-    def _host(self, ver: int, addr: bytes, now: int) -> Host:
-        key = (ver, addr)
-        host = self.hosts.pop(key, None)
+    def _host(self, key: tuple, now: int) -> Host:
+        hosts = self.hosts
+        host = hosts.get(key)
         if host is None:
-            if len(self.hosts) > self.limits.max_hosts:
+            if len(hosts) > self.limits.max_hosts:
                 # p0f prunes flows, then frees the oldest host if idle: one at most.
                 self._nuke_flows()
-                oldest = next(iter(self.hosts), None)
-                if oldest is not None and not self.hosts[oldest].use_cnt:
-                    del self.hosts[oldest]
-            host = Host(now, now)
+                if hosts:
+                    oldest = next(iter(hosts))
+                    if not hosts[oldest].use_cnt:
+                        del hosts[oldest]
+            host = hosts[key] = Host(now, now)
         else:
             host.last_seen = now
-        self.hosts[key] = host
+            hosts.move_to_end(key)
         return host
 
     def _lookup(self, pkt: Packet) -> tuple[Flow | None, bool]:
@@ -118,21 +140,26 @@ class FlowTable:
 
     def syn(self, pkt: Packet) -> Flow | None:
         """A SYN: the new flow to fingerprint it under, or None for a duplicate."""
-        flow, to_srv = self._lookup(pkt)
+        key = (pkt.ip_ver, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        flows = self.flows
+        flow = flows.get(key)
         if flow is not None:
-            if to_srv and (flow.next_cli_seq - 1) & _U32 == pkt.seq:
+            if (flow.next_cli_seq - 1) & _U32 == pkt.seq:
                 return None
-            self._destroy(flow.key)
-        if len(self.flows) > self.limits.max_conn:
+            self._destroy(key)
+        else:
+            flow = flows.get((pkt.ip_ver, pkt.dst, pkt.dport, pkt.src, pkt.sport))
+            if flow is not None:  # the other side opened the same pair
+                self._destroy(flow.key)
+        if len(flows) > self.limits.max_conn:
             self._nuke_flows()
         now = int(pkt.ts)
-        client = self._host(pkt.ip_ver, pkt.src, now)
-        server = self._host(pkt.ip_ver, pkt.dst, now)
+        client = self._host((pkt.ip_ver, pkt.src), now)
+        server = self._host((pkt.ip_ver, pkt.dst), now)
         client.use_cnt += 1
         server.use_cnt += 1
         client.total_conn += 1
         server.total_conn += 1
-        key = (pkt.ip_ver, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         flow = Flow(key, client, server, now, (pkt.seq + 1) & _U32)
         flow.sendsyn = pkt.win == 1337 and pkt.mss == 1331 and pkt.tcp_type == SYN
         self.flows[key] = flow

@@ -154,11 +154,12 @@ def link_name(linktype: int) -> str:
 
 _unpack_eth_type = struct.Struct("!H").unpack_from
 _unpack_ip4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_unpack_ip4_tcp = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH").unpack_from  # no IP options: one call
 _unpack_ip6 = struct.Struct("!IHBB16s16s").unpack_from
 _unpack_tcp = struct.Struct("!HHIIBBHHH").unpack_from
 _unpack_u16 = struct.Struct("!H").unpack_from
-_unpack_u32 = struct.Struct("!I").unpack_from
 _unpack_ts = struct.Struct("!II").unpack_from
+_new_packet = tuple.__new__
 
 
 def ip_offset(data: bytes, linktype: int, p0f_bugs: bool = False) -> int | str:
@@ -214,20 +215,25 @@ def parse(
     p0f_bugs: bool = False,
 ) -> Packet | str:
     """Parse one captured frame. Returns a Packet, or a skip-reason string."""
-    off = ip_offset(data, linktype, p0f_bugs)
-    if off.__class__ is str:
-        return off  # type: ignore[return-value]
-    packet_len = min(len(data), SNAPLEN) - off  # type: ignore[operator]
+    if linktype == LINK_ETHERNET and data[12:14] == b"\x08\x00":
+        off = 14  # the common case, without the general link walk
+    else:
+        off = ip_offset(data, linktype, p0f_bugs)  # type: ignore[assignment]
+        if off.__class__ is str:
+            return off  # type: ignore[return-value]
+    packet_len = min(len(data), SNAPLEN) - off
     if packet_len < 40:
         return R_TRUNCATED
-    first = data[off]  # type: ignore[index]
+    first = data[off]
     quirks = 0
     ver = first >> 4
     if ver == 4:
-        (vhl, tos_ecn, tot_len, ip_id, flags_off, ttl, proto, _csum, src, dst) = _unpack_ip4(
-            data, off
-        )
-        hdr_len = (vhl & 0x0F) * 4
+        hdr_len = (first & 0x0F) * 4
+        if hdr_len == 20:
+            (_vhl, tos_ecn, tot_len, ip_id, flags_off, ttl, proto, _csum, src, dst,
+             sport, dport, seq, ack, doff_rsvd, flags, win, _tcsum, urg) = _unpack_ip4_tcp(data, off)
+        else:
+            (_vhl, tos_ecn, tot_len, ip_id, flags_off, ttl, proto, _csum, src, dst) = _unpack_ip4(data, off)
         if packet_len > tot_len:
             packet_len = tot_len  # honour the IP length (etherleak padding)
         if packet_len < 40:
@@ -242,22 +248,22 @@ def parse(
             return R_FRAGMENT
         ecn_bits = tos_ecn & 0x03
         if ecn_bits:
-            quirks |= Q_ECN
+            quirks = Q_ECN
         if flags_off & 0x8000:
             quirks |= Q_NZ_MBZ
-        df = bool(flags_off & 0x4000)
+        df = flags_off & 0x4000 != 0
         if df:
-            quirks |= Q_DF
-            if ip_id:
-                quirks |= Q_NZ_ID
+            quirks |= Q_DF | Q_NZ_ID if ip_id else Q_DF
         elif not ip_id:
             quirks |= Q_ZERO_ID
-        tos = tos_ecn >> 2
-        ip_opt_len = hdr_len - 20
-        flow = 0
-        tcp_off = off + hdr_len  # type: ignore[operator]
+        tcp_off = off + hdr_len
+        if hdr_len != 20:
+            sport, dport, seq, ack, doff_rsvd, flags, win, _tcsum, urg = _unpack_tcp(data, tcp_off)
         packet_len -= hdr_len
         tot_hdr = hdr_len
+        ip_opt_len = hdr_len - 20
+        tos = tos_ecn >> 2
+        flow = 0
     elif ver == 6:
         ver_tos, pay_len6, nxt, ttl, src, dst = _unpack_ip6(data, off)
         tot_len = pay_len6 + 40
@@ -265,12 +271,12 @@ def parse(
             packet_len = tot_len
         if packet_len < 60 or tot_len > packet_len:
             return R_TRUNCATED
-        tcp_off = off + 40  # type: ignore[operator]
+        tcp_off = off + 40
         ext_len = 0
         if nxt != 6:
             if p0f_bugs and (nxt in _IPV6_EXT or nxt == 44):
                 return R_IPV6_EXT
-            end = off + packet_len  # type: ignore[operator]
+            end = off + packet_len
             while nxt != 6:
                 if tcp_off + 8 > end:
                     return R_TRUNCATED
@@ -289,11 +295,12 @@ def parse(
                 ext_len += step
             if tcp_off + 20 > end:
                 return R_TRUNCATED
+        sport, dport, seq, ack, doff_rsvd, flags, win, _tcsum, urg = _unpack_tcp(data, tcp_off)
         ip_id = 0
         df = False
         flow = ver_tos & 0xFFFFF
         if flow:
-            quirks |= Q_FLOW
+            quirks = Q_FLOW
         ecn_bits = (ver_tos >> 20) & 0x03
         if ecn_bits:
             quirks |= Q_ECN
@@ -304,7 +311,6 @@ def parse(
     else:
         return R_NOT_IP
 
-    sport, dport, seq, ack, doff_rsvd, flags, win, _tcsum, urg = _unpack_tcp(data, tcp_off)
     doff = (doff_rsvd >> 4) * 4
     if doff < 20:
         return R_BAD_TCP
@@ -312,11 +318,7 @@ def parse(
         return R_TRUNCATED
     tot_hdr += doff
     tcp_type = flags & 0x17  # SYN|ACK|FIN|RST
-    if (
-        (flags & SYN and flags & (FIN | RST))
-        or (flags & FIN and flags & RST)
-        or not tcp_type
-    ):
+    if (flags & SYN and flags & (FIN | RST)) or (flags & FIN and flags & RST) or not tcp_type:
         return R_BAD_FLAGS
 
     if flags & (ECE | CWR) or doff_rsvd & 0x01:
@@ -337,90 +339,133 @@ def parse(
         quirks |= Q_PUSH
     pay_len = packet_len - doff
 
-    # Option walk, byte for byte as p0f does it (including its fixed
-    # advances for MSS/WS/SACKOK/TS whatever their length byte says).
-    mss = wscale = ts1 = ts2 = eol_pad = 0
-    layout = b""
-    pos = tcp_off + 20
-    end = tcp_off + doff
-    if pos < end:
-        kinds = bytearray()
-        bad = False
-        while pos < end and len(kinds) < MAX_TCP_OPT:
-            kind = data[pos]
-            kinds.append(kind)
-            pos += 1
-            if kind == OPT_NOP:
-                continue
-            if kind == OPT_EOL:
-                eol_pad = end - pos
-                rest = data[pos:end]
-                if rest.strip(b"\x00"):
-                    # p0f's loop steps past the first non-zero byte before it
-                    # tests, so a lone non-zero last byte escapes it.
-                    if not p0f_bugs or rest.lstrip(b"\x00") != rest[-1:]:
-                        quirks |= Q_OPT_EOL_NZ
-                pos = end
-                break
-            if kind == OPT_MSS:
-                if pos + 3 > end:
-                    bad = True
-                    break
-                if data[pos] != 4:
-                    quirks |= Q_OPT_BAD
-                mss = _unpack_u16(data, pos + 1)[0]
-                pos += 3
-            elif kind == OPT_WS:
-                if pos + 2 > end:
-                    bad = True
-                    break
-                if data[pos] != 3:
-                    quirks |= Q_OPT_BAD
-                wscale = data[pos + 1]
-                if wscale > 14:
-                    quirks |= Q_OPT_EXWS
-                pos += 2
-            elif kind == OPT_SACKOK:
-                if pos + 1 > end:
-                    bad = True
-                    break
-                if data[pos] != 2:
-                    quirks |= Q_OPT_BAD
-                pos += 1
-            elif kind == OPT_TS:
-                if pos + 9 > end:
-                    bad = True
-                    break
-                if data[pos] != 10:
-                    quirks |= Q_OPT_BAD
-                ts1, ts2 = _unpack_ts(data, pos + 1)
-                if not ts1:
-                    quirks |= Q_OPT_ZERO_TS1
-                if ts2 and tcp_type == SYN:
-                    quirks |= Q_OPT_NZ_TS2
-                pos += 9
-            else:
-                # SACK (10..34 bytes) or an unknown option (2..40 bytes),
-                # sized by its length byte.
-                if pos == end:
-                    bad = True
-                    break
-                olen = data[pos]
-                lo, hi = (10, 34) if kind == OPT_SACK else (2, 40)
-                if olen < lo or olen > hi or pos - 1 + olen > end:
-                    bad = True
-                    break
-                pos += olen - 1
-        if bad or pos != end:
-            quirks |= Q_OPT_BAD
-        layout = bytes(kinds)
+    if doff > 20:
+        opt_start = tcp_off + 20
+        layout, eol_pad, mss, wscale, opt_quirks, ts_at = options(data[opt_start : tcp_off + doff], p0f_bugs)
+        quirks |= opt_quirks
+        if ts_at >= 0:
+            ts1, ts2 = _unpack_ts(data, opt_start + ts_at)
+            if not ts1:
+                quirks |= Q_OPT_ZERO_TS1
+            if ts2 and tcp_type == SYN:
+                quirks |= Q_OPT_NZ_TS2
+        else:
+            ts1 = ts2 = 0
+    else:
+        layout, eol_pad, mss, wscale, ts1, ts2 = b"", 0, 0, 0, 0, 0
 
-    return Packet(
+    return _new_packet(Packet, (
         ts, ver, src, dst, sport, dport, ttl, tos, ecn_bits, ip_opt_len, df, ip_id, flow,
         flags, tcp_type, seq, ack, urg, win, mss, wscale, ts1, ts2, layout, eol_pad,
         pay_len, tot_hdr, quirks,
         data[tcp_off + doff : tcp_off + doff + min(pay_len, 16)] if pay_len > 0 else b"",
-    )
+    ))
+
+
+_OptionsInfo = tuple[bytes, int, int, int, int, int]
+# By (p0f_bugs, timestamp cut out of the key): a cut key must never meet an uncut one.
+_option_memo: dict[tuple[bool, bool], dict[bytes, _OptionsInfo]] = {
+    (bugs, cut): {} for bugs in (False, True) for cut in (False, True)
+}
+_OPTION_MEMO_MAX = 8192
+
+
+def options(opts: bytes, p0f_bugs: bool = False) -> _OptionsInfo:
+    """(layout, eol_pad, mss, wscale, quirks, offset of the TS values or -1).
+
+    Memoized: the option bytes of one stack differ from packet to packet only
+    in their timestamp values, so those eight bytes are cut out of the key.
+    The cut is trusted only where the walk found a timestamp option there.
+    """
+    at = opts.find(b"\x08\x0a")
+    cut = at >= 0 and at + 10 <= len(opts)
+    memo = _option_memo[p0f_bugs, cut]
+    key = opts[: at + 2] + opts[at + 10 :] if cut else opts
+    info = memo.get(key)
+    if info is not None and (not cut or info[5] == at + 2):
+        return info
+    info = _walk_options(opts, p0f_bugs)
+    # Cache only when the cut bytes were the timestamp values the walk read.
+    if not cut or info[5] == at + 2:
+        if len(memo) >= _OPTION_MEMO_MAX:
+            memo.clear()
+        memo[key] = info
+    return info
+
+
+def _walk_options(opts: bytes, p0f_bugs: bool) -> _OptionsInfo:
+    """The option walk, byte for byte as p0f does it (including its fixed
+    advances for MSS/WS/SACKOK/TS whatever their length byte says)."""
+    quirks = mss = wscale = eol_pad = 0
+    ts_at = -1
+    end = len(opts)
+    pos = 0
+    kinds = bytearray()
+    bad = False
+    while pos < end and len(kinds) < MAX_TCP_OPT:
+        kind = opts[pos]
+        kinds.append(kind)
+        pos += 1
+        if kind == OPT_NOP:
+            continue
+        if kind == OPT_EOL:
+            eol_pad = end - pos
+            rest = opts[pos:]
+            if rest.strip(b"\x00"):
+                # p0f's loop steps past the first non-zero byte before it
+                # tests, so a lone non-zero last byte escapes it.
+                if not p0f_bugs or rest.lstrip(b"\x00") != rest[-1:]:
+                    quirks |= Q_OPT_EOL_NZ
+            pos = end
+            break
+        if kind == OPT_MSS:
+            if pos + 3 > end:
+                bad = True
+                break
+            if opts[pos] != 4:
+                quirks |= Q_OPT_BAD
+            mss = _unpack_u16(opts, pos + 1)[0]
+            pos += 3
+        elif kind == OPT_WS:
+            if pos + 2 > end:
+                bad = True
+                break
+            if opts[pos] != 3:
+                quirks |= Q_OPT_BAD
+            wscale = opts[pos + 1]
+            if wscale > 14:
+                quirks |= Q_OPT_EXWS
+            pos += 2
+        elif kind == OPT_SACKOK:
+            if pos + 1 > end:
+                bad = True
+                break
+            if opts[pos] != 2:
+                quirks |= Q_OPT_BAD
+            pos += 1
+        elif kind == OPT_TS:
+            if pos + 9 > end:
+                bad = True
+                break
+            if opts[pos] != 10:
+                quirks |= Q_OPT_BAD
+            ts_at = pos + 1
+            pos += 9
+        else:
+            # SACK (10..34 bytes) or an unknown option (2..40 bytes),
+            # sized by its length byte.
+            if pos == end:
+                bad = True
+                break
+            olen = opts[pos]
+            lo, hi = (10, 34) if kind == OPT_SACK else (2, 40)
+            if olen < lo or olen > hi or pos - 1 + olen > end:
+                bad = True
+                break
+            pos += olen - 1
+    if bad or pos != end:
+        quirks |= Q_OPT_BAD
+    return bytes(kinds), eol_pad, mss, wscale, quirks, ts_at
 
 
 def quirks_to_str(quirks: int) -> str:

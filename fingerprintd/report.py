@@ -45,23 +45,31 @@ class _Clock:
 def p0f_log_formatter() -> Callable[[Observation], str]:
     """Lines byte-compatible with `p0f -o`: the observation, then its mtu line."""
     clock = _Clock("%Y/%m/%d %H:%M:%S")
+    # The verdict's part of the lines, by verdict: the matcher hands out the
+    # same Fingerprint object for the same stack, so this is rendered once.
+    tails: dict[int, tuple] = {}
 
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp
+        tail = tails.get(id(fp))
+        if tail is None or tail[0] is not fp:
+            key = "app" if fp.app and fp.label else "os"
+            tail = (
+                fp,
+                f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
+                f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
+            )
+            if len(tails) >= 65536:
+                tails.clear()
+            tails[id(fp)] = tail  # holding fp keeps its id from being reused
         if fp.to_server:
-            cli, srv, subj = f"{p0f_addr(pkt.src)}/{pkt.sport}", f"{p0f_addr(pkt.dst)}/{pkt.dport}", "cli"
+            who = f"|cli={p0f_addr(pkt.src)}/{pkt.sport}|srv={p0f_addr(pkt.dst)}/{pkt.dport}|subj=cli|"
         else:
-            cli, srv, subj = f"{p0f_addr(pkt.dst)}/{pkt.dport}", f"{p0f_addr(pkt.src)}/{pkt.sport}", "srv"
+            who = f"|cli={p0f_addr(pkt.dst)}/{pkt.dport}|srv={p0f_addr(pkt.src)}/{pkt.sport}|subj=srv|"
         head = f"[{clock(int(pkt.ts))}] mod="
-        who = f"|cli={cli}|srv={srv}|subj={subj}|"
-        key = "app" if fp.app and fp.label else "os"
-        line = (
-            f"{head}{obs.mod}{who}{key}={fp.os_text}|dist={fp.dist_text}"
-            f"|params={fp.params}|raw_sig={fp.raw_sig}\n"
-        )
-        if fp.mtu_reported:
-            line += f"{head}mtu{who}link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n"
-        return line
+        if tail[2] is None:
+            return f"{head}{obs.mod}{who}{tail[1]}"
+        return f"{head}{obs.mod}{who}{tail[1]}{head}mtu{who}{tail[2]}"
 
     return fmt
 

@@ -225,3 +225,18 @@ def test_never_raises_and_counters_add_up(frames, p0f_bugs):
             seen += 1
     assert sum(engine.fingerprinted.values()) == seen
     assert engine.packets == len(frames) == seen + sum(engine.skipped.values())
+
+
+_OPTION_TOKENS = st.sampled_from([b"\x01", b"\x00", b"\x02\x04\x05\xb4", b"\x02\x04\x08\x0a", b"\x03\x03\x07",
+                                  b"\x04\x02", b"\x08\x0a", b"\x08\x0a\x00\x00\x00\x01\x00\x00\x00\x00",
+                                  b"\x05\x0a", b"\x1e\x02", b"\x08"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(st.lists(_OPTION_TOKENS, max_size=8), st.binary(max_size=8)), min_size=1, max_size=6),
+       st.booleans())
+def test_option_memo_agrees_with_the_walk(batches, p0f_bugs):
+    """Memoized option parsing (timestamp values cut from the key) never changes an answer."""
+    for tokens, tail in batches:
+        opts = b"".join(tokens) + tail
+        assert packet.options(opts, p0f_bugs) == packet._walk_options(opts, p0f_bugs), opts.hex()

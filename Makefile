@@ -1,0 +1,44 @@
+# fingerprintd: two commands set everything up on a fresh Debian machine.
+#   make run   - create .venv, install, replay the bundled capture of real kernel SYNs
+#   make test  - also install what the tests need (Debian packages when root) and run pytest
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+# Debian packages: building pcapy-ng needs libpcap's headers and a compiler.
+RUN_DEBS  := libpcap-dev gcc python3-dev python3-venv
+TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time
+
+.PHONY: run test bench lint sample debs-run debs-test clean
+
+run: debs-run $(VENV)/.installed
+	$(VENV)/bin/fingerprintd replay samples/kernel-syn.pcap
+
+test: debs-test $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+bench: debs-test $(VENV)/.installed
+	$(VENV)/bin/pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+# Re-record samples/kernel-syn.pcap from real kernel SYNs (root: network namespaces).
+sample: debs-test $(VENV)/.installed
+	$(PY) -m tests.netns samples/kernel-syn.pcap
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# apt-get only when root and only for what is missing.
+debs-run:
+	@sh scripts/debs.sh $(RUN_DEBS)
+
+debs-test:
+	@sh scripts/debs.sh $(TEST_DEBS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks *.egg-info

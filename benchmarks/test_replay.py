@@ -1,0 +1,149 @@
+"""fingerprintd against p0f 3.09b, same files, same run; results as ratios.
+
+    make bench        (or: pytest benchmarks --benchmark-only)
+
+Each benchmark stores its numbers in pytest-benchmark's extra_info (see
+--benchmark-json) and prints a one-line summary with the ratio to p0f.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fingerprintd import packet
+from fingerprintd.matcher import Matcher
+from fingerprintd.signatures import load
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = ROOT / "signatures" / "p0f.fp"
+COMPARED = ("mod=syn|", "mod=mtu|", "mod=syn+ack|")
+
+
+def timed(cmd: list[str]) -> dict:
+    """Wall and CPU seconds and peak RSS of one child process.
+
+    The RSS comes from GNU time run as the child: wait4's ru_maxrss would
+    also count the pages the child shared with this (large) process before exec.
+    """
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        assert os.waitstatus_to_exitcode(status) == 0, cmd
+        maxrss_kb = int(rss.read().split()[-1])
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_mb": maxrss_kb / 1024}
+
+
+def run_p0f(p0f: str, pcap: Path, log: Path) -> dict:
+    log.unlink(missing_ok=True)
+    return timed([p0f, "-f", str(DB), "-r", str(pcap), "-o", str(log)])
+
+
+def run_ours(pcap: Path, log: Path) -> dict:
+    return timed([sys.executable, "-m", "fingerprintd", "replay", "--format", "p0f-log", "--signatures", str(DB),
+                  "--progress", "off", "-o", str(log), str(pcap)])
+
+
+def _best(runs: list[dict]) -> dict:
+    return min(runs, key=lambda r: r["wall"])
+
+
+@pytest.fixture(scope="session")
+def p0f_per_syn(p0f_bin, syn_200k, tmp_path_factory) -> float:
+    """p0f's CPU seconds per SYN on the 200k file (best of 3), for the micro ratios."""
+    log = tmp_path_factory.mktemp("p0f") / "p0f.log"
+    return _best([run_p0f(p0f_bin, syn_200k, log) for _ in range(3)])["cpu"] / 200_000
+
+
+def test_replay_200k_vs_p0f(benchmark, p0f_bin, syn_200k, tmp_path):
+    p0f_log, our_log = tmp_path / "p0f.log", tmp_path / "ours.log"
+    p0f_runs, our_runs = [], []
+
+    def one_round() -> None:  # interleaved, so machine load hits both alike
+        p0f_runs.append(run_p0f(p0f_bin, syn_200k, p0f_log))
+        our_runs.append(run_ours(syn_200k, our_log))
+
+    benchmark.pedantic(one_round, rounds=3, iterations=1)
+    p0f, ours = _best(p0f_runs), _best(our_runs)
+    expected = [ln for ln in p0f_log.read_text().splitlines() if ln.split("] ", 1)[1].startswith(COMPARED)]
+    identical = our_log.read_text().splitlines() == expected
+    info = {
+        "syns": 200_000,
+        "p0f_wall_s": round(p0f["wall"], 3), "ours_wall_s": round(ours["wall"], 3),
+        "p0f_cpu_s": round(p0f["cpu"], 3), "ours_cpu_s": round(ours["cpu"], 3),
+        "p0f_syn_per_s": round(200_000 / p0f["wall"]), "ours_syn_per_s": round(200_000 / ours["wall"]),
+        "speedup_wall": round(p0f["wall"] / ours["wall"], 2),
+        "speedup_cpu": round(p0f["cpu"] / ours["cpu"], 2),
+        "p0f_maxrss_mb": round(p0f["maxrss_mb"], 1), "ours_maxrss_mb": round(ours["maxrss_mb"], 1),
+        "identical_output": identical,
+    }
+    benchmark.extra_info.update(info)
+    print(f"\nreplay 200k SYNs: fingerprintd {info['ours_syn_per_s']}/s, p0f -o {info['p0f_syn_per_s']}/s, "
+          f"ratio {info['speedup_wall']}x wall, {info['speedup_cpu']}x CPU; identical output: {identical}")
+    assert identical  # a benchmark of wrong answers measures nothing
+
+
+def test_memory_flat_with_file_size(benchmark, syn_50k, syn_200k, tmp_path):
+    small = benchmark.pedantic(lambda: run_ours(syn_50k, tmp_path / "a.log"), rounds=1, iterations=1)
+    large = run_ours(syn_200k, tmp_path / "b.log")
+    benchmark.extra_info.update({"maxrss_50k_mb": round(small["maxrss_mb"], 1),
+                                 "maxrss_200k_mb": round(large["maxrss_mb"], 1)})
+    print(f"\npeak RSS: 50k SYNs {small['maxrss_mb']:.1f} MB, 200k SYNs {large['maxrss_mb']:.1f} MB")
+
+
+def _frames(pcap: Path, n: int) -> list[bytes]:
+    import pcapy
+
+    r = pcapy.open_offline(str(pcap))
+    out = []
+    while len(out) < n:
+        hdr, data = r.next()
+        if hdr is None:
+            break
+        out.append(data)
+    return out
+
+
+def test_parse(benchmark, syn_200k, p0f_per_syn):
+    frames = _frames(syn_200k, 20_000)
+    parse = packet.parse
+
+    def run() -> None:
+        for f in frames:
+            parse(f, 1, 0.0)
+
+    benchmark(run)
+    per = benchmark.stats.stats.median / len(frames)
+    benchmark.extra_info.update({"us_per_syn": round(per * 1e6, 2), "p0f_us_per_syn_whole": round(p0f_per_syn * 1e6, 2)})
+    print(f"\nparse: {per * 1e6:.2f} us/SYN (p0f's whole pipeline: {p0f_per_syn * 1e6:.2f} us/SYN)")
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["cold", "cached"])
+def test_match(benchmark, syn_200k, p0f_per_syn, cached):
+    pkts = [p for p in (packet.parse(f, 1, 0.0) for f in _frames(syn_200k, 20_000)) if not isinstance(p, str)]
+    matcher = Matcher(load(DB))
+
+    def run() -> None:
+        if not cached:
+            matcher.cache.clear()
+        fp = matcher.fingerprint
+        for p in pkts:
+            fp(p, True)
+
+    if cached:
+        run()
+    benchmark(run)
+    per = benchmark.stats.stats.median / len(pkts)
+    benchmark.extra_info.update({"us_per_syn": round(per * 1e6, 2), "distinct_keys": len(matcher.cache),
+                                 "p0f_us_per_syn_whole": round(p0f_per_syn * 1e6, 2)})
+    print(f"\nmatch ({'cached' if cached else 'cold'}): {per * 1e6:.2f} us/SYN, {len(matcher.cache)} distinct keys "
+          f"(p0f's whole pipeline: {p0f_per_syn * 1e6:.2f} us/SYN)")
