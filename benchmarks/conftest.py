@@ -28,6 +28,12 @@ def syn_200k() -> Path:
 
 
 @pytest.fixture(scope="session")
+def syn_200k_h8k() -> Path:
+    """200k SYNs from 8,000 sources: repeat senders, as at a real MX."""
+    return synthetic("syn_200k_h8k", 200_000, seed=3, hosts=8000)
+
+
+@pytest.fixture(scope="session")
 def syn_50k() -> Path:
     return synthetic("syn_50k", 50_000, seed=2)
 

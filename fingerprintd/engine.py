@@ -66,65 +66,53 @@ class Engine:
 
     def feed(self, frame: bytes, linktype: int, sec: int, usec: int = 0) -> Observation | None:
         """Process one captured frame; the observation it yields, if any."""
-        self.packets += 1
-        self.flows.tick(sec)
-        pkt = packet.parse(frame, linktype, sec + usec * 1e-6, self.p0f_bugs)
-        if pkt.__class__ is str:
-            self.skipped[pkt] += 1  # type: ignore[index]
-            return None
-        return self.feed_packet(pkt, linktype)  # type: ignore[arg-type]
+        out = self.feed_batch([(sec, usec, frame)], linktype)
+        return out[0] if out else None
 
     def feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
-        """`feed` for a batch of (sec, usec, frame): the observations, in order."""
+        """Process captured frames, given as (sec, usec, frame); their observations, in order."""
         out = []
         parse = packet.parse
         bugs = self.p0f_bugs
-        tick = self.flows.tick
+        flows = self.flows
+        fingerprint = self.matcher.fingerprint
+        ports = self.ports
         skipped = self.skipped
-        feed_packet = self.feed_packet
+        done = self.fingerprinted
         for sec, usec, frame in batch:
-            tick(sec)
+            flows.tick(sec)
             pkt = parse(frame, linktype, sec + usec * 1e-6, bugs)
             if pkt.__class__ is str:
                 skipped[pkt] += 1  # type: ignore[index]
                 continue
-            obs = feed_packet(pkt, linktype)  # type: ignore[arg-type]
-            if obs is not None:
-                out.append(obs)
+            tcp_type = pkt.tcp_type  # type: ignore[union-attr]
+            if tcp_type != SYN and tcp_type != SYN | ACK:
+                flows.other(pkt)  # type: ignore[arg-type]
+                skipped[R_NOT_SYN] += 1
+                continue
+            if ports is not None and pkt.dport not in ports and pkt.sport not in ports:  # type: ignore[union-attr]
+                skipped[R_OTHER_PORT] += 1
+                continue
+            if tcp_type == SYN:
+                flow = flows.syn(pkt)  # type: ignore[arg-type]
+                if flow is None:
+                    skipped[R_RETRANSMIT] += 1
+                    continue
+                fp = fingerprint(pkt, True, 0, flow.sendsyn)  # type: ignore[arg-type]
+                flows.syn_done(flow, pkt, fp.app)  # type: ignore[arg-type]
+                mod = "sendsyn probe" if flow.sendsyn else "syn"
+            else:
+                flow = flows.synack(pkt)  # type: ignore[arg-type]
+                if flow is None:
+                    skipped[R_STRAY_SYNACK] += 1
+                    continue
+                fp = fingerprint(pkt, False, flow.syn_mss, flow.sendsyn)  # type: ignore[arg-type]
+                flows.synack_done(flow, pkt, fp.app)  # type: ignore[arg-type]
+                mod = "sendsyn response" if flow.sendsyn else "syn+ack"
+            done[mod] += 1
+            out.append(Observation(mod, pkt, fp, linktype))  # type: ignore[arg-type]
         self.packets += len(batch)
         return out
-
-    def feed_packet(self, pkt: Packet, linktype: int) -> Observation | None:
-        tcp_type = pkt.tcp_type
-        ports = self.ports
-        if tcp_type == SYN:
-            if ports is not None and pkt.dport not in ports and pkt.sport not in ports:
-                self.skipped[R_OTHER_PORT] += 1
-                return None
-            flow = self.flows.syn(pkt)
-            if flow is None:
-                self.skipped[R_RETRANSMIT] += 1
-                return None
-            fp = self.matcher.fingerprint(pkt, True, 0, flow.sendsyn)
-            self.flows.syn_done(flow, pkt, fp.app)
-            mod = "sendsyn probe" if flow.sendsyn else "syn"
-        elif tcp_type == SYN | ACK:
-            if ports is not None and pkt.dport not in ports and pkt.sport not in ports:
-                self.skipped[R_OTHER_PORT] += 1
-                return None
-            flow = self.flows.synack(pkt)
-            if flow is None:
-                self.skipped[R_STRAY_SYNACK] += 1
-                return None
-            fp = self.matcher.fingerprint(pkt, False, flow.syn_mss, flow.sendsyn)
-            self.flows.synack_done(flow, pkt, fp.app)
-            mod = "sendsyn response" if flow.sendsyn else "syn+ack"
-        else:
-            self.flows.other(pkt)
-            self.skipped[R_NOT_SYN] += 1
-            return None
-        self.fingerprinted[mod] += 1
-        return Observation(mod, pkt, fp, linktype)
 
     def summary(self) -> dict:
         return {

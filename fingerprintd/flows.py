@@ -44,7 +44,7 @@ class Flow:
                  "next_srv_seq", "http", "request")
 
     def __init__(self, key: tuple, client: Host, server: Host, created: int, next_cli_seq: int) -> None:
-        self.key = key  # (ip_ver, client, cport, server, sport)
+        self.key = key  # (client, client port, server, server port)
         self.client = client
         self.server = server
         self.created = created
@@ -115,7 +115,8 @@ class FlowTable:
             flow.client.use_cnt -= 1
             flow.server.use_cnt -= 1
 
-    def _host(self, key: tuple, now: int) -> Host:
+    def _host(self, key: bytes, now: int) -> Host:
+        """Look up or create an address's host entry, touching it (p0f's order)."""
         hosts = self.hosts
         host = hosts.get(key)
         if host is None:
@@ -132,15 +133,19 @@ class FlowTable:
             hosts.move_to_end(key)
         return host
 
+    # Keys: a host is its packed address (4 or 16 bytes, so the IP version is
+    # implied); a flow is (client, client port, server, server port).
+
     def _lookup(self, pkt: Packet) -> tuple[Flow | None, bool]:
-        flow = self.flows.get((pkt.ip_ver, pkt.src, pkt.sport, pkt.dst, pkt.dport))
+        flow = self.flows.get((pkt.src, pkt.sport, pkt.dst, pkt.dport))
         if flow is not None:
             return flow, True
-        return self.flows.get((pkt.ip_ver, pkt.dst, pkt.dport, pkt.src, pkt.sport)), False
+        return self.flows.get((pkt.dst, pkt.dport, pkt.src, pkt.sport)), False
 
     def syn(self, pkt: Packet) -> Flow | None:
         """A SYN: the new flow to fingerprint it under, or None for a duplicate."""
-        key = (pkt.ip_ver, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        src, sport, dst, dport = pkt.src, pkt.sport, pkt.dst, pkt.dport
+        key = (src, sport, dst, dport)
         flows = self.flows
         flow = flows.get(key)
         if flow is not None:
@@ -148,14 +153,14 @@ class FlowTable:
                 return None
             self._destroy(key)
         else:
-            flow = flows.get((pkt.ip_ver, pkt.dst, pkt.dport, pkt.src, pkt.sport))
+            flow = flows.get((dst, dport, src, sport))
             if flow is not None:  # the other side opened the same pair
                 self._destroy(flow.key)
         if len(flows) > self.limits.max_conn:
             self._nuke_flows()
         now = int(pkt.ts)
-        client = self._host((pkt.ip_ver, pkt.src), now)
-        server = self._host((pkt.ip_ver, pkt.dst), now)
+        client = self._host(src, now)
+        server = self._host(dst, now)
         client.use_cnt += 1
         server.use_cnt += 1
         client.total_conn += 1

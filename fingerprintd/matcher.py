@@ -188,11 +188,7 @@ class Matcher:
         self, pkt: Packet, to_server: bool, syn_mss: int = 0, sendsyn: bool = False
     ) -> Fingerprint:
         """The memoized verdict for a SYN (to_server) or SYN+ACK."""
-        key = (
-            to_server, pkt.ip_ver, pkt.ttl, pkt.ip_opt_len, pkt.quirks, pkt.opt_layout,
-            pkt.opt_eol_pad, pkt.mss, pkt.win, pkt.wscale, pkt.pay_len > 0, pkt.tot_hdr,
-            pkt.ts1 > 0, syn_mss, pkt.tos, sendsyn, pkt.tcp_type,
-        )
+        key = (pkt.shape, to_server, syn_mss, sendsyn)
         fp = self.cache.get(key)
         if fp is not None:
             self.hits += 1

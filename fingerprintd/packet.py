@@ -146,6 +146,10 @@ class Packet(NamedTuple):
     tot_hdr: int  # IP (with options / extensions) + TCP header bytes
     quirks: int
     payload: bytes  # the first 16 payload bytes (flow tracking peeks at them)
+    # Every field a fingerprint depends on, as one hashable key (memo key):
+    # (ip_ver, ttl, tos, ip_opt_len, quirks, tcp_type, win, mss, wscale,
+    #  ts1 != 0, opt_layout, opt_eol_pad, pay_len != 0, tot_hdr)
+    shape: tuple
 
 
 def link_name(linktype: int) -> str:
@@ -359,6 +363,8 @@ def parse(
         flags, tcp_type, seq, ack, urg, win, mss, wscale, ts1, ts2, layout, eol_pad,
         pay_len, tot_hdr, quirks,
         data[tcp_off + doff : tcp_off + doff + min(pay_len, 16)] if pay_len > 0 else b"",
+        (ver, ttl, tos, ip_opt_len, quirks, tcp_type, win, mss, wscale, ts1 != 0, layout, eol_pad,
+         pay_len != 0, tot_hdr),
     ))
 
 

@@ -27,6 +27,11 @@ def ip_text(addr: bytes) -> str:
     return str(ipaddress.ip_address(addr))
 
 
+def endpoint(addr: bytes, port: int) -> str:
+    """ip:port, with IPv6 in brackets."""
+    return f"{ip_text(addr)}:{port}" if len(addr) == 4 else f"[{ip_text(addr)}]:{port}"
+
+
 class _Clock:
     """Local time strings, recomputed only when the second changes."""
 
@@ -48,6 +53,7 @@ def p0f_log_formatter() -> Callable[[Observation], str]:
     # The verdict's part of the lines, by verdict: the matcher hands out the
     # same Fingerprint object for the same stack, so this is rendered once.
     tails: dict[int, tuple] = {}
+    ntoa = socket.inet_ntoa
 
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp
@@ -62,10 +68,13 @@ def p0f_log_formatter() -> Callable[[Observation], str]:
             if len(tails) >= 65536:
                 tails.clear()
             tails[id(fp)] = tail  # holding fp keeps its id from being reused
+        src, dst = pkt.src, pkt.dst
+        src = ntoa(src) if len(src) == 4 else p0f_addr(src)
+        dst = ntoa(dst) if len(dst) == 4 else p0f_addr(dst)
         if fp.to_server:
-            who = f"|cli={p0f_addr(pkt.src)}/{pkt.sport}|srv={p0f_addr(pkt.dst)}/{pkt.dport}|subj=cli|"
+            who = f"|cli={src}/{pkt.sport}|srv={dst}/{pkt.dport}|subj=cli|"
         else:
-            who = f"|cli={p0f_addr(pkt.dst)}/{pkt.dport}|srv={p0f_addr(pkt.src)}/{pkt.sport}|subj=srv|"
+            who = f"|cli={dst}/{pkt.dport}|srv={src}/{pkt.sport}|subj=srv|"
         head = f"[{clock(int(pkt.ts))}] mod="
         if tail[2] is None:
             return f"{head}{obs.mod}{who}{tail[1]}"
@@ -128,8 +137,8 @@ def text_formatter() -> Callable[[Observation], str]:
         link = f" link={fp.link or '???'}/{fp.raw_mtu}" if fp.mtu_reported else ""
         arrow = "->" if fp.to_server else "<-"
         return (
-            f"{clock(int(pkt.ts))} {obs.mod:<7} {ip_text(cip)}:{cport} {arrow} "
-            f"{ip_text(sip)}:{sport}  {what}  dist={fp.dist_text}{link} raw_sig={fp.raw_sig}\n"
+            f"{clock(int(pkt.ts))} {obs.mod:<7} {endpoint(cip, cport)} {arrow} "
+            f"{endpoint(sip, sport)}  {what}  dist={fp.dist_text}{link} raw_sig={fp.raw_sig}\n"
         )
 
     return fmt
