@@ -46,6 +46,9 @@ class Observation(NamedTuple):
         return (p.dst, p.dport) if self.fp.to_server else (p.src, p.sport)
 
 
+_new_observation = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
+
 class Engine:
     """Stateful (flow books, memo, counters) but free of I/O."""
 
@@ -110,7 +113,7 @@ class Engine:
                 flows.synack_done(flow, pkt, fp.app)  # type: ignore[arg-type]
                 mod = "sendsyn response" if flow.sendsyn else "syn+ack"
             done[mod] += 1
-            out.append(Observation(mod, pkt, fp, linktype))  # type: ignore[arg-type]
+            out.append(_new_observation(Observation, (mod, pkt, fp, linktype)))
         self.packets += len(batch)
         return out
 
