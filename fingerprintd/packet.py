@@ -399,6 +399,10 @@ def options(opts: bytes, p0f_bugs: bool = False) -> _OptionsInfo:
     return info
 
 
+# Options p0f reads at a fixed size: kind -> (bytes after the kind, expected length byte).
+_FIXED_OPTIONS = {OPT_MSS: (3, 4), OPT_WS: (2, 3), OPT_SACKOK: (1, 2), OPT_TS: (9, 10)}
+
+
 def _walk_options(opts: bytes, p0f_bugs: bool) -> _OptionsInfo:
     """The option walk, byte for byte as p0f does it (including its fixed
     advances for MSS/WS/SACKOK/TS whatever their length byte says)."""
@@ -424,39 +428,23 @@ def _walk_options(opts: bytes, p0f_bugs: bool) -> _OptionsInfo:
                     quirks |= Q_OPT_EOL_NZ
             pos = end
             break
-        if kind == OPT_MSS:
-            if pos + 3 > end:
+        fixed = _FIXED_OPTIONS.get(kind)
+        if fixed is not None:
+            step, length = fixed
+            if pos + step > end:
                 bad = True
                 break
-            if opts[pos] != 4:
-                quirks |= Q_OPT_BAD
-            mss = _unpack_u16(opts, pos + 1)[0]
-            pos += 3
-        elif kind == OPT_WS:
-            if pos + 2 > end:
-                bad = True
-                break
-            if opts[pos] != 3:
-                quirks |= Q_OPT_BAD
-            wscale = opts[pos + 1]
-            if wscale > 14:
-                quirks |= Q_OPT_EXWS
-            pos += 2
-        elif kind == OPT_SACKOK:
-            if pos + 1 > end:
-                bad = True
-                break
-            if opts[pos] != 2:
-                quirks |= Q_OPT_BAD
-            pos += 1
-        elif kind == OPT_TS:
-            if pos + 9 > end:
-                bad = True
-                break
-            if opts[pos] != 10:
-                quirks |= Q_OPT_BAD
-            ts_at = pos + 1
-            pos += 9
+            if opts[pos] != length:
+                quirks |= Q_OPT_BAD  # flagged, but p0f reads it at its usual size anyway
+            if kind == OPT_MSS:
+                mss = _unpack_u16(opts, pos + 1)[0]
+            elif kind == OPT_WS:
+                wscale = opts[pos + 1]
+                if wscale > 14:
+                    quirks |= Q_OPT_EXWS
+            elif kind == OPT_TS:
+                ts_at = pos + 1
+            pos += step
         else:
             # SACK (10..34 bytes) or an unknown option (2..40 bytes),
             # sized by its length byte.

@@ -278,22 +278,13 @@ class _Parser:
         olen = self.number(olen_s, 0, 255, "IP option length")
         mss = None if mss_s == "*" else self.number(mss_s, 0, 65535, "MSS ('*' or a number)")
 
-        win_s, sep, rest = rest.partition(",")
-        if not sep:
-            raise self.fail("malformed window; expected 'wsize,scale'")
+        win_s, rest = self.split(rest, ",", "malformed window; expected 'wsize,scale'")
         win_type, win = self.window(win_s)
-        scale_s, sep, rest = rest.partition(":")
-        if not sep:
-            raise self.fail("malformed signature; expected ':' after the window scale")
+        scale_s, rest = self.split(rest, ":", "malformed signature; expected ':' after the window scale")
         wscale = None if scale_s == "*" else self.number(scale_s, 0, 255, "window scale ('*' or a number)")
-
-        layout_s, sep, rest = rest.partition(":")
-        if not sep:
-            raise self.fail("malformed signature; expected ':' after the option layout")
+        layout_s, rest = self.split(rest, ":", "malformed signature; expected ':' after the option layout")
         layout, eol_pad = self.options(layout_s)
-        quirks_s, sep, pclass_s = rest.partition(":")
-        if not sep:
-            raise self.fail("malformed signature; expected ':' before the payload class")
+        quirks_s, pclass_s = self.split(rest, ":", "malformed signature; expected ':' before the payload class")
         quirks = self.quirks(quirks_s, ver)
         pclass_map = {"*": None, "0": 0, "+": 1}
         if pclass_s not in pclass_map:
@@ -309,6 +300,12 @@ class _Parser:
         if covering is not None:
             raise self.fail(f"signature is already covered by line {covering.line}")
         sigs.append(sig)
+
+    def split(self, text: str, sep: str, expected: str) -> tuple[str, str]:
+        head, found, rest = text.partition(sep)
+        if not found:
+            raise self.fail(expected)
+        return head, rest
 
     def number(self, s: str, lo: int, hi: int, what: str) -> int:
         if not re.fullmatch(r"[0-9]*", s):
