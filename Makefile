@@ -18,7 +18,7 @@ test: debs-test $(VENV)/.installed
 	$(VENV)/bin/pytest -q
 
 bench: debs-test $(VENV)/.installed
-	$(VENV)/bin/pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds
+	$(VENV)/bin/pytest -q -s benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

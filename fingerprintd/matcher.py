@@ -48,7 +48,7 @@ from fingerprintd.signatures import (
 
 SPECIAL_MSS = 1331  # p0f-sendsyn's probe MSS
 SPECIAL_WIN = 1337  # and window
-DEFAULT_CACHE_SIZE = 65536
+DEFAULT_CACHE_SIZE = 16384  # distinct stacks; real traffic has a few hundred
 
 _FUZZY_DELETABLE = Q_DF | Q_NZ_ID
 _FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN

@@ -65,7 +65,7 @@ def p0f_log_formatter() -> Callable[[Observation], str]:
                 f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
                 f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
             )
-            if len(tails) >= 65536:
+            if len(tails) >= 16384:
                 tails.clear()
             tails[id(fp)] = tail  # holding fp keeps its id from being reused
         src, dst = pkt.src, pkt.dst
