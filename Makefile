@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 RUN_DEBS  := libpcap-dev gcc python3-dev python3-venv
 TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time
 
-.PHONY: run test bench lint sample debs-run debs-test clean
+.PHONY: run test bench lint proto sample debs-run debs-test clean
 
 run: debs-run $(VENV)/.installed
 	$(VENV)/bin/fingerprintd replay samples/kernel-syn.pcap
@@ -22,6 +22,11 @@ bench: debs-test $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# Regenerate the gRPC code from proto/ (tests/test_proto.py checks it is current).
+proto: $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \
+		proto/fingerprintd/v1/fingerprintd.proto
 
 # Re-record samples/kernel-syn.pcap from real kernel SYNs (root: network namespaces).
 sample: debs-test $(VENV)/.installed

@@ -36,34 +36,35 @@ class CaptureError(Exception):
     """A capture that cannot be opened or read; the message says why."""
 
 
-def ports_filter(ports: list[int] | tuple[int, ...], vlan: bool = True, extended: bool = True) -> str:
+def ports_filter(ports: list[int] | tuple[int, ...], vlan: bool = True, qinq: bool = True,
+                 ext_headers: bool = True) -> str:
     """BPF for SYNs and SYN+ACKs on the given ports, IPv4 and IPv6.
 
     ``tcp[13]`` only compiles for IPv4, so IPv6 tests the flags byte at its
-    fixed offset.  `extended` also lets through IPv6 packets with extension
-    headers (for the parser to judge) and double VLAN tags, which p0f never
-    reads.
+    fixed offset.  `ext_headers` also lets through IPv6 packets with extension
+    headers, for the parser to judge (offline only: the kernel refuses the
+    loop that walks them); `qinq` reads behind two VLAN tags.  p0f reads
+    neither.
     """
     port = " or ".join(f"port {p}" for p in ports)
     base = f"(tcp[13] & 2 != 0 and ({port})) or (ip6 and tcp and ({port}) and ip6[53] & 2 != 0)"
-    if extended:
+    if ext_headers:
         base += " or (ip6 protochain 6 and not ip6 proto 6)"
-    return _with_vlans(base, vlan, extended)
+    return _with_vlans(base, vlan, qinq)
 
 
-def all_tcp_filter(vlan: bool = True, extended: bool = True) -> str:
-    """Every TCP packet: p0f's own default, plus what `extended` adds."""
-    base = "tcp or (ip6 protochain 6)" if extended else "tcp"
-    return _with_vlans(base, vlan, extended)
+def all_tcp_filter(vlan: bool = True, qinq: bool = True, ext_headers: bool = True) -> str:
+    """Every TCP packet: p0f's own default, plus what the options add."""
+    return _with_vlans("tcp or (ip6 protochain 6)" if ext_headers else "tcp", vlan, qinq)
 
 
-def _with_vlans(base: str, vlan: bool, extended: bool) -> str:
+def _with_vlans(base: str, vlan: bool, qinq: bool) -> str:
     if not vlan:
         return base
     expr = f"({base}) or (vlan and ({base}))"
     # libpcap's `vlan` shifts the offsets of everything after it, so a second
     # `vlan` branch reads behind two tags (802.1ad QinQ).
-    return expr + f" or (vlan and ({base}))" if extended else expr
+    return expr + f" or (vlan and ({base}))" if qinq else expr
 
 
 @dataclass
@@ -150,3 +151,88 @@ def compile_filter(bpf: str, linktype: int = 1) -> str | None:
     except pcapy.PcapError as exc:
         return str(exc)
     return None
+
+
+class PrivilegeError(CaptureError):
+    """Capturing needs CAP_NET_RAW (and CAP_NET_ADMIN for some interfaces)."""
+
+
+@dataclass
+class Live:
+    """One open live capture handle (non-blocking, selectable)."""
+
+    interface: str
+    handle: object
+    linktype: int
+
+    def fileno(self) -> int:
+        return self.handle.getfd()  # type: ignore[attr-defined]
+
+    def read_batch(self) -> list[tuple[int, int, bytes]]:
+        """What libpcap has ready now; empty when nothing is."""
+        try:
+            blob, meta = self.handle.next_batch(BATCH)  # type: ignore[attr-defined]
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"{self.interface}: {exc}") from None
+        return [(s, u, blob[o : o + n]) for s, u, o, n in _META.iter_unpack(meta)]
+
+    def stats(self) -> tuple[int, int, int]:
+        """(received, dropped by the kernel, dropped by the interface) since opening."""
+        try:
+            return tuple(self.handle.stats())  # type: ignore[attr-defined,return-value]
+        except pcapy.PcapError:
+            return (0, 0, 0)
+
+    def close(self) -> None:
+        self.handle.close()  # type: ignore[attr-defined]
+
+
+# pcap_activate()'s failure codes (pcap/pcap.h).
+_ACTIVATE_ERRORS = {
+    -1: "generic error",
+    -4: "the interface is already active",
+    -5: "no such device",
+    -6: "rfmon not supported",
+    -7: "not supported",
+    -8: "permission denied",
+    -9: "the interface is not up",
+    -11: "permission denied (promiscuous mode)",
+    -12: "the requested timestamp precision is not supported",
+}
+
+
+def open_live(interface: str, bpf: Callable[[int], str], snaplen: int = 256, buffer_mb: int = 8,
+              timeout_ms: int = 10) -> Live:
+    """Open an interface ("any" for all) with a kernel BPF filter.
+
+    The read timeout bounds how long a captured SYN can wait in libpcap's
+    ring before we see it (TPACKET_V3 hands over blocks on timeout), so it
+    is short: a milter asks about a connection milliseconds after its SYN.
+    """
+    try:
+        h = pcapy.create(interface)
+        h.set_snaplen(snaplen)
+        h.set_promisc(0)
+        h.set_timeout(timeout_ms)
+        h.set_buffer_size(buffer_mb << 20)
+        status = h.activate()  # pcapy-ng returns libpcap's status code rather than raising
+        if status in _ACTIVATE_ERRORS:
+            raise pcapy.PcapError(_ACTIVATE_ERRORS[status])
+    except pcapy.PcapError as exc:
+        text = str(exc)
+        if "ermission" in text or "not permitted" in text:
+            raise PrivilegeError(
+                f"cannot capture on {interface}: {text}. Capturing needs CAP_NET_RAW: run as root "
+                f"(and use --user to drop privileges after opening), or grant it with "
+                f"'setcap cap_net_raw,cap_net_admin=eip {os.path.realpath(sys.executable)}'"
+            ) from None
+        raise CaptureError(f"cannot capture on {interface}: {text}") from None
+    linktype = h.datalink()
+    expr = bpf(linktype)
+    try:
+        h.setfilter(expr)
+    except pcapy.PcapError as exc:
+        h.close()
+        raise CaptureError(f"bad filter {expr!r} on {interface}: {exc}") from None
+    h.setnonblock(1)
+    return Live(interface, h, linktype)

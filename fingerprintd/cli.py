@@ -13,11 +13,11 @@ import os
 import shutil
 import sys
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 
 from fingerprintd import __version__
 from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, ports_filter
+from fingerprintd.data import default_signatures
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS
@@ -26,14 +26,6 @@ from fingerprintd.signatures import Database, SignatureError, load
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
-
-
-def default_signatures() -> str:
-    """The bundled database: signatures/ in a checkout, package data when installed."""
-    checkout = Path(__file__).resolve().parent.parent / "signatures" / "p0f.fp"
-    if checkout.is_file():
-        return str(checkout)
-    return str(resources.files("fingerprintd._db").joinpath("p0f.fp"))
 
 
 def load_db(path: str | None, p0f_bugs: bool = False) -> Database:
@@ -82,6 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--summary-json", action="store_true", help="print the closing summary as JSON")
     rp.set_defaults(func=cmd_replay)
 
+    sv = sub.add_parser("serve", help="capture SYNs live and answer lookups over gRPC")
+    sv.add_argument("--config", metavar="FILE", help="TOML configuration (flags override it)")
+    sv.add_argument("--interface", "-i", action="append", metavar="IFACE", help="repeatable (default: any)")
+    sv.add_argument("--port", type=_port, action="append", metavar="N", help="watched port, repeatable (default 25)")
+    sv.add_argument("--grpc", action="append", metavar="ADDR",
+                    help="listen on HOST:PORT or unix:PATH, repeatable (default 127.0.0.1:50051)")
+    sv.add_argument("--signatures", metavar="PATH")
+    sv.add_argument("--policy", metavar="PATH")
+    sv.add_argument("--max-connections", type=int, metavar="N")
+    sv.add_argument("--max-hosts", type=int, metavar="N")
+    sv.add_argument("--ttl", type=float, metavar="SECONDS", help="how long SYNs are remembered (default 600)")
+    sv.add_argument("--user", metavar="NAME", help="drop to this user once the capture is open")
+    sv.add_argument("--token", metavar="SECRET", help="require 'authorization: Bearer SECRET' on API calls")
+    sv.add_argument("--tls-cert", metavar="PEM")
+    sv.add_argument("--tls-key", metavar="PEM")
+    sv.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    sv.add_argument("--p0f-bugs", action="store_true", default=None)
+    sv.set_defaults(func=cmd_serve)
+
+    lk = sub.add_parser("lookup", help="ask a running service about a client")
+    lk.add_argument("ip")
+    lk.add_argument("--port", type=int, default=0, help="client source port (default: latest SYN from ip)")
+    lk.add_argument("--wait-ms", type=int, default=0)
+    lk.add_argument("--server", default="127.0.0.1:50051", metavar="ADDR", help="HOST:PORT or unix:PATH")
+    lk.add_argument("--token", metavar="SECRET")
+    lk.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA")
+    lk.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    lk.add_argument("--json", action="store_true")
+    lk.set_defaults(func=cmd_lookup)
+
     sp = sub.add_parser("signatures", help="work with signature databases")
     ssub = sp.add_subparsers(dest="sig_command", required=True, parser_class=_Parser)
     cp = ssub.add_parser("check", help="validate a database and count its signatures")
@@ -102,10 +124,10 @@ def _replay_filter(args: argparse.Namespace):
     extended = not args.p0f_bugs  # p0f-bugs mode reads exactly the packets p0f reads
     if args.all_ports:
         def make(vlan: bool) -> str:
-            return all_tcp_filter(vlan, extended)
+            return all_tcp_filter(vlan, extended, extended)
     else:
         def make(vlan: bool) -> str:
-            return ports_filter(ports, vlan, extended)
+            return ports_filter(ports, vlan, extended, extended)
 
     def for_link(linktype: int) -> str:
         # Not every link type can carry the vlan clause; fall back without it.
@@ -213,6 +235,78 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
         for klass, k in report["classes"].get(name, {}).items():
             print(f"      {klass}: {k}")
     return 0
+
+
+_SERVE_FLAGS = {"interface": "interfaces", "port": "ports", "grpc": "listen", "signatures": "signatures",
+                "policy": "policy", "max_connections": "max_connections", "max_hosts": "max_hosts",
+                "ttl": "ttl_seconds", "user": "user", "token": "token", "tls_cert": "tls_cert", "tls_key": "tls_key",
+                "log_level": "log_level", "p0f_bugs": "p0f_bugs"}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fingerprintd.capture import CaptureError
+    from fingerprintd.config import Config, ConfigError, check, load_config
+    from fingerprintd.policy import PolicyError
+    from fingerprintd.service import Service, setup_logging
+
+    try:
+        cfg = load_config(args.config) if args.config else Config()
+        for flag, key in _SERVE_FLAGS.items():
+            value = getattr(args, flag)
+            if value is not None:
+                setattr(cfg, key, value)
+        check(cfg)
+    except (ConfigError, OSError) as exc:
+        raise UsageError(str(exc).replace("command line:0: ", "")) from None
+    setup_logging(cfg.log_level)
+    try:
+        service = Service(cfg)
+        return service.run()
+    except (SignatureError, PolicyError) as exc:
+        raise UsageError(str(exc)) from None
+    except CaptureError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot start: {exc}") from None
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from fingerprintd.v1 import fingerprintd_pb2 as pb
+    from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"port out of range 0..65535: {args.port}")
+    if args.wait_ms < 0:
+        raise UsageError("--wait-ms must be >= 0")
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as fh:
+            channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials(fh.read()))
+    else:
+        channel = grpc.insecure_channel(args.server)
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    try:
+        with channel:
+            stub = pb_grpc.FingerprintStub(channel)
+            reply = stub.Lookup(pb.LookupRequest(ip=args.ip, port=args.port, wait_ms=args.wait_ms),
+                                timeout=args.timeout + args.wait_ms / 1000, metadata=metadata)
+    except grpc.RpcError as exc:
+        raise UsageError(f"{args.server}: {exc.code().name}: {exc.details()}") from None
+    if args.json:
+        out = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True,
+                                        preserving_proto_field_name=True)
+        out["found"] = reply.found
+        print(json.dumps(out, indent=2))
+    elif reply.found:
+        o, v = reply.observation, reply.verdict
+        print(f"{o.client_ip}:{o.client_port} {o.label}{' (generic)' if o.generic else ''}"
+              f"{' (fuzzy)' if o.fuzzy else ''} dist={o.distance} link={o.link} raw_sig={o.raw_sig}")
+        print(f"verdict: score {v.score:g}, action {v.action}, rules {','.join(v.rules) or '-'}; header: {v.header}")
+    else:
+        print(f"{args.ip}{':' + str(args.port) if args.port else ''}: not found")
+    return 0 if reply.found else 1
 
 
 def main(argv: list[str] | None = None) -> int:

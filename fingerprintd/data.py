@@ -1,0 +1,22 @@
+"""Where the bundled signature database and policy are."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def bundled(name: str) -> str:
+    """signatures/NAME in a checkout, or the installed package's copy."""
+    checkout = Path(__file__).resolve().parent.parent / "signatures" / name
+    if checkout.is_file():
+        return str(checkout)
+    return str(resources.files("fingerprintd._db").joinpath(name))
+
+
+def default_signatures() -> str:
+    return bundled("p0f.fp")
+
+
+def default_policy() -> str:
+    return bundled("policy.toml")

@@ -1,0 +1,183 @@
+"""Fingerprint -> verdict: a spam score, an action, and a header value.
+
+Pure.  Rules come from a TOML file (``signatures/policy.toml`` is the
+default) and are tried in order; every rule whose conditions all hold fires,
+adding its score, until one marked ``final`` fires.  The action is the most
+severe one among the rules that fired.  Clients in trusted networks score
+nothing (like amavisd's @mynetworks: your own Windows relays are not spam).
+
+The header value starts with the OS string, so `\\A`-anchored SpamAssassin
+header rules written for p0f/amavisd keep working:
+``Windows XP; dist: 12; link: Ethernet or modem; score: 2.3``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fingerprintd.matcher import Fingerprint
+from fingerprintd.tomlfile import Located, TomlError
+
+ACTIONS = ("tag", "tempfail", "reject")  # least to most severe
+_REGEX_KEYS = ("os_class", "os_name", "flavor", "label", "link")
+_BOOL_KEYS = ("unknown", "app", "generic", "fuzzy")
+_INT_KEYS = ("dist_min", "dist_max")
+_RULE_KEYS = {"name", "score", "action", "final", "description", *_REGEX_KEYS, *_BOOL_KEYS, *_INT_KEYS}
+_SETTINGS_KEYS = {"trusted_networks", "reject_message", "tempfail_message"}
+
+
+PolicyError = TomlError  # errors read "file:line: message"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    score: float
+    action: str
+    final: bool
+    regexes: tuple[tuple[str, re.Pattern], ...]
+    flags: tuple[tuple[str, bool], ...]
+    dist_min: int | None
+    dist_max: int | None
+
+    def matches(self, fp: Fingerprint) -> bool:
+        label = fp.label
+        for key, want in self.flags:
+            have = {
+                "unknown": label is None,
+                "app": label is not None and label.is_app,
+                "generic": fp.generic,
+                "fuzzy": fp.fuzzy,
+            }[key]
+            if have != want:
+                return False
+        for key, rx in self.regexes:
+            if key == "link":
+                text = fp.link or ""
+            elif label is None:
+                return False
+            else:
+                text = {"os_class": label.klass, "os_name": label.name, "flavor": label.flavor or "",
+                        "label": label.text}[key]
+            if not rx.search(text):
+                return False
+        if self.dist_min is not None and fp.dist < self.dist_min:
+            return False
+        return self.dist_max is None or fp.dist <= self.dist_max
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    score: float
+    action: str  # "tag", "tempfail", "reject", or "accept" for trusted clients
+    rules: tuple[str, ...]
+    header: str
+    trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    source: str
+    rules: tuple[Rule, ...]
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    reject_message: str = "550 5.7.1 Your host looks like a compromised desktop, not a mail server"
+    tempfail_message: str = "451 4.7.1 Please try again later"
+
+    def is_trusted(self, ip: bytes) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return any(addr in net for net in self.trusted)
+
+    def verdict(self, fp: Fingerprint, client_ip: bytes) -> Verdict:
+        os_text = fp.os_text
+        head = f"{os_text}; dist: {fp.dist}; link: {fp.link or '???'}"
+        if self.is_trusted(client_ip):
+            return Verdict(0.0, "accept", ("trusted_network",), f"{head}; score: 0 (trusted)", True)
+        score = 0.0
+        fired = []
+        action = "tag"
+        for rule in self.rules:
+            if rule.matches(fp):
+                score += rule.score
+                fired.append(rule.name)
+                if ACTIONS.index(rule.action) > ACTIONS.index(action):
+                    action = rule.action
+                if rule.final:
+                    break
+        score = round(score, 3)
+        return Verdict(score, action, tuple(fired), f"{head}; score: {score:g}")
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    return parse_policy(p.read_text(encoding="utf-8"), str(p))
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse a policy; every error names source:line."""
+    doc = Located(text, source)
+    data, fail = doc.data, doc.error
+    for key in data:
+        if key not in ("settings", "rule"):
+            raise fail((key,), None, f"unknown table {key!r} (expected [settings] and [[rule]])")
+    settings = data.get("settings", {})
+    for key in settings:
+        if key not in _SETTINGS_KEYS:
+            raise fail(("settings",), key, f"unknown setting {key!r} (expected one of {sorted(_SETTINGS_KEYS)})")
+    trusted = []
+    for net in settings.get("trusted_networks", []):
+        try:
+            trusted.append(ipaddress.ip_network(net, strict=False))
+        except (ValueError, TypeError):
+            raise fail(("settings",), "trusted_networks", f"not a network: {net!r}") from None
+    rules = []
+    raw_rules = data.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise fail(("rule",), None, "rules are written [[rule]]")
+    for i, raw in enumerate(raw_rules):
+        rules.append(_rule(raw, ("rule", i), fail))
+    extra = {k: settings[k] for k in ("reject_message", "tempfail_message") if k in settings}
+    for key, value in extra.items():
+        if not isinstance(value, str) or not re.match(r"[45]\d\d [45]\.\d{1,3}\.\d{1,3} ", value):
+            raise fail(("settings",), key, f"{key} must be an SMTP reply like '550 5.7.1 text'")
+    return Policy(source, tuple(rules), tuple(trusted), **extra)
+
+
+def _rule(raw: dict, sec: tuple, fail) -> Rule:
+    for key in raw:
+        if key not in _RULE_KEYS:
+            raise fail(sec, key, f"unknown rule key {key!r} (expected one of {sorted(_RULE_KEYS)})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise fail(sec, "name", "every rule needs a name")
+    score = raw.get("score", 0.0)
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise fail(sec, "score", f"rule {name!r}: score must be a number")
+    action = raw.get("action", "tag")
+    if action not in ACTIONS:
+        raise fail(sec, "action", f"rule {name!r}: action must be one of {', '.join(ACTIONS)}")
+    regexes = []
+    for key in _REGEX_KEYS:
+        if key in raw:
+            try:
+                regexes.append((key, re.compile(raw[key])))
+            except (re.error, TypeError) as exc:
+                raise fail(sec, key, f"rule {name!r}: bad regular expression for {key}: {exc}") from None
+    flags = []
+    for key in _BOOL_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
+            flags.append((key, raw[key]))
+    dist = []
+    for key in _INT_KEYS:
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise fail(sec, key, f"rule {name!r}: {key} must be a whole number >= 0")
+        dist.append(v)
+    final = raw.get("final", False)
+    if not isinstance(final, bool):
+        raise fail(sec, "final", f"rule {name!r}: final must be true or false")
+    return Rule(name, float(score), action, final, tuple(regexes), tuple(flags), dist[0], dist[1])

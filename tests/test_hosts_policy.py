@@ -1,0 +1,167 @@
+"""The host table (bounds, history, waiting) and the policy (scores, errors)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import pytest
+
+from fingerprintd.engine import Engine
+from fingerprintd.hosts import AddressError, HostTable, normalize_ip
+from fingerprintd.matcher import Matcher
+from fingerprintd.policy import PolicyError, load_policy, parse_policy
+from fingerprintd.signatures import load
+from tests.conftest import OUR_DB, ROOT
+from tests.craft import Shape, frame
+
+DB = load(OUR_DB)
+POLICY = load_policy(ROOT / "signatures" / "policy.toml")
+RNG = random.Random(11)
+
+# Shapes that p0f's database names (verified by the conformance tests).
+STACKS = {
+    "linux": Shape(ttl=55, mss=1460, win=29200, wscale=7),  # Linux 3.11 and newer
+    "win7": Shape(ttl=117, mss=1460, win=8192, wscale=8, layout=("mss", "nop", "ws", "nop", "nop", "sok")),
+    "winxp": Shape(ttl=113, mss=1460, win=65535, wscale=0, layout=("mss", "nop", "nop", "sok")),
+    "freebsd": Shape(ttl=60, mss=1460, win=65535, wscale=6, layout=("mss", "nop", "ws", "sok", "ts")),
+    "unknown": Shape(ttl=60, mss=1460, win=1234, wscale=3, layout=("mss", "ws", "nop", "sok")),
+    "nmap": Shape(ttl=50, mss=1460, win=1024, wscale=0, layout=("mss",), quirks=frozenset()),
+}
+
+
+def observe(stack: str, src: str = "203.0.113.7", sport: int = 40000, ts: float = 1_700_000_000.0):
+    eng = Engine(Matcher(DB))
+    obs = eng.feed(bytes(frame(STACKS[stack], src, "192.0.2.25", sport, 25, RNG, seq=RNG.randrange(1, 1 << 31))),
+                   1, int(ts), int(ts % 1 * 1e6))
+    assert obs is not None
+    return obs
+
+
+@pytest.mark.parametrize("text,want", [
+    ("192.0.2.1", "192.0.2.1"), ("::ffff:192.0.2.1", "192.0.2.1"), ("IPv6:2001:db8::1", "2001:db8::1"),
+    ("ipv6:::ffff:10.0.0.1", "10.0.0.1"), ("[2001:db8::1]", "2001:db8::1"), (" 2001:DB8::1 ", "2001:db8::1"),
+])
+def test_normalize_ip(text, want):
+    import ipaddress
+
+    assert normalize_ip(text) == ipaddress.ip_address(want).packed
+
+
+@pytest.mark.parametrize("bad", ["", "1.2.3", "example.org", "1.2.3.4:25", "IPv6:", "::g"])
+def test_normalize_ip_refuses(bad):
+    with pytest.raises(AddressError):
+        normalize_ip(bad)
+
+
+def test_connection_and_latest_lookup():
+    table = HostTable()
+    a = observe("linux", sport=40001)
+    b = observe("win7", sport=40002, ts=1_700_000_001)
+    table.add(a)
+    table.add(b)
+    ip = normalize_ip("203.0.113.7")
+    assert table.lookup(ip, 40001)[0] is a
+    assert table.lookup(ip, 40002)[0] is b
+    obs, host = table.lookup(ip, 0)
+    assert obs is b and host.count == 2 and host.host_changed and host.os_names == ["Linux", "Windows"]
+    assert len(host.signatures) == 2 and host.last_change == b.pkt.ts
+    assert table.lookup(ip, 40003) == (None, host)
+    assert table.lookup(normalize_ip("198.51.100.1"), 0) == (None, None)
+
+
+def test_flood_stays_within_bound_oldest_go_first():
+    table = HostTable(max_connections=1000, max_hosts=500)
+    base = observe("linux")
+    for i in range(20_000):
+        src = bytes([10, i >> 16 & 255, i >> 8 & 255, i & 255])
+        table.add(base._replace(pkt=base.pkt._replace(src=src, sport=1024 + i % 60000)))
+    sizes = table.sizes()
+    assert sizes == {"connections": 1000, "hosts": 500}
+    newest = bytes([10, 0, 78, 31])  # i = 19999
+    assert table.lookup(newest, 1024 + 19999 % 60000)[0] is not None
+    assert table.lookup(bytes([10, 0, 0, 1]), 0) == (None, None)
+
+
+def test_entries_expire():
+    now = [0.0]
+    table = HostTable(ttl=600, timer=lambda: now[0])
+    obs = observe("linux")
+    table.add(obs)
+    now[0] = 599
+    assert table.lookup(obs.pkt.src, obs.pkt.sport)[0] is obs
+    now[0] = 601
+    assert table.lookup(obs.pkt.src, obs.pkt.sport) == (None, None)
+
+
+def test_lookup_waits_for_a_syn_not_captured_yet():
+    table = HostTable()
+    obs = observe("linux")
+    threading.Timer(0.05, table.add, (obs,)).start()
+    t0 = time.monotonic()
+    assert table.lookup(obs.pkt.src, obs.pkt.sport, wait=2.0)[0] is obs
+    assert time.monotonic() - t0 < 1.5
+    t0 = time.monotonic()
+    assert table.lookup(obs.pkt.src, 1, wait=0.1)[0] is None
+    assert 0.09 <= time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.parametrize("stack,score,rule", [
+    ("winxp", 2.3, "windows_xp"), ("win7", 1.3, "windows"), ("unknown", 0.8, "unknown"),
+    ("freebsd", -1.0, "unix_server"), ("linux", -0.1, "linux"), ("nmap", 3.0, "scanner"),
+])
+def test_default_policy(stack, score, rule):
+    obs = observe(stack)
+    v = POLICY.verdict(obs.fp, obs.pkt.src)
+    assert (v.score, v.rules, v.action) == (score, (rule,), "tag")
+    assert v.header.startswith(f"{obs.fp.os_text}; dist: {obs.fp.dist}; link: Ethernet or modem; score: ")
+
+
+def test_trusted_networks_score_nothing():
+    obs = observe("winxp", src="192.168.1.20")
+    v = POLICY.verdict(obs.fp, obs.pkt.src)
+    assert (v.score, v.action, v.trusted) == (0.0, "accept", True)
+    assert v.header.startswith("Windows XP; dist: ")
+
+
+def test_rules_add_up_and_the_severest_action_wins():
+    policy = parse_policy("""
+[[rule]]
+name = "far"
+dist_min = 10
+score = 0.5
+action = "tempfail"
+[[rule]]
+name = "win"
+os_class = "^win$"
+generic = false
+score = 1.0
+[[rule]]
+name = "never"
+os_name = "^Linux$"
+score = 9
+action = "reject"
+""")
+    obs = observe("win7")
+    v = policy.verdict(obs.fp, obs.pkt.src)
+    assert (v.score, v.rules, v.action) == (1.5, ("far", "win"), "tempfail")
+    near = obs.fp._replace(dist=3)
+    assert policy.verdict(near, obs.pkt.src).rules == ("win",)
+
+
+@pytest.mark.parametrize("text,line,needle", [
+    ("[settings]\ntrusted_networks = ['not-a-net']\n", 2, "not a network"),
+    ("[[rule]]\nname = 'a'\nos_name = '('\n", 3, "bad regular expression"),
+    ("[[rule]]\nname = 'a'\n\n[[rule]]\nname = 'b'\nscore = 'high'\n", 6, "score must be a number"),
+    ("[[rule]]\nname = 'a'\naction = 'drop'\n", 3, "action must be one of"),
+    ("[[rule]]\nname = 'a'\nos = 'Linux'\n", 3, "unknown rule key 'os'"),
+    ("[[rule]]\nscore = 1\n", 1, "every rule needs a name"),
+    ("[settings]\nreject_message = 'go away'\n", 2, "SMTP reply"),
+    ("[rules]\n", 1, "unknown table"),
+    ("x = [\n", 1, "Invalid value"),
+    ("[[rule]]\nname = 'a'\ndist_min = -1\n", 3, "whole number"),
+])
+def test_policy_errors_name_the_line(text, line, needle):
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "my.toml")
+    assert str(err.value).startswith(f"my.toml:{line}: ") and needle in str(err.value)

@@ -1,0 +1,167 @@
+"""The gRPC API contract: answers, every INVALID_ARGUMENT, streaming, auth, health."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from fingerprintd.config import Config
+from fingerprintd.server import build_server
+from fingerprintd.service import Service
+from fingerprintd.v1 import fingerprintd_pb2 as pb
+from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+from tests.test_hosts_policy import STACKS, frame
+
+RNG = random.Random(4)
+
+
+def syn(stack: str, src: str, sport: int, dport: int = 25) -> tuple[int, int, bytes]:
+    shape = STACKS[stack]
+    if ":" in src:
+        shape = replace(shape, ver=6, quirks=shape.quirks - {"df", "id+"})
+    data = bytes(frame(shape, src, "192.0.2.25" if ":" not in src else "2001:db8::25", sport, dport, RNG,
+                       seq=RNG.randrange(1, 1 << 31)))
+    return (int(time.time()), 0, data)
+
+
+@pytest.fixture
+def api(tmp_path):
+    service = Service(Config(listen=[f"unix:{tmp_path}/api.sock"], max_batch=100, max_wait_ms=2000))
+    server, _ = build_server(service, service.cfg.listen)
+    server.start()
+    channel = grpc.insecure_channel(f"unix:{tmp_path}/api.sock")
+    yield service, pb_grpc.FingerprintStub(channel), channel
+    channel.close()
+    server.stop(0)
+
+
+def test_lookup_by_connection_and_by_ip(api):
+    service, stub, _ = api
+    service.ingest([syn("linux", "203.0.113.5", 40001), syn("winxp", "203.0.113.5", 40002),
+                    syn("linux", "2001:db8::5", 40003)], 1)
+    r = stub.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40001))
+    assert r.found and r.observation.os_name == "Linux" and r.observation.label == "Linux 3.11 and newer"
+    assert r.verdict.score == pytest.approx(-0.1) and r.verdict.header.startswith("Linux 3.11 and newer; dist: 9;")
+    latest = stub.Lookup(pb.LookupRequest(ip="::ffff:203.0.113.5"))
+    assert latest.observation.client_port == 40002 and latest.verdict.rules == ["windows_xp"]
+    assert latest.host.seen_count == 2 and latest.host.host_changed and list(latest.host.os_names) == ["Linux",
+                                                                                                        "Windows"]
+    v6 = stub.Lookup(pb.LookupRequest(ip="IPv6:2001:DB8::5", port=40003))
+    assert v6.found and v6.observation.ip_version == 6 and v6.observation.client_ip == "2001:db8::5"
+    miss = stub.Lookup(pb.LookupRequest(ip="198.51.100.9", port=1))
+    assert not miss.found and not miss.HasField("observation")
+
+
+def test_lookup_waits_for_the_syn(api):
+    service, stub, _ = api
+    threading.Timer(0.1, service.ingest, ([syn("win7", "203.0.113.6", 41000)], 1)).start()
+    t0 = time.monotonic()
+    r = stub.Lookup(pb.LookupRequest(ip="203.0.113.6", port=41000, wait_ms=1500))
+    assert r.found and r.observation.os_name == "Windows" and time.monotonic() - t0 < 1.2
+
+
+def test_batch_keeps_order(api):
+    service, stub, _ = api
+    service.ingest([syn("linux", f"203.0.113.{i}", 42000 + i) for i in range(1, 51)], 1)
+    queries = [pb.LookupRequest(ip=f"203.0.113.{i}", port=42000 + i) for i in range(1, 61)]
+    r = stub.LookupBatch(pb.LookupBatchRequest(queries=queries))
+    assert [x.found for x in r.results] == [True] * 50 + [False] * 10
+    assert [x.observation.client_port for x in r.results[:50]] == list(range(42001, 42051))
+
+
+@pytest.mark.parametrize("call,request_,needle", [
+    ("Lookup", pb.LookupRequest(ip="not-an-ip"), "not an IP address"),
+    ("Lookup", pb.LookupRequest(ip=""), "not an IP address"),
+    ("Lookup", pb.LookupRequest(ip="192.0.2.1", port=70000), "port out of range"),
+    ("Lookup", pb.LookupRequest(ip="192.0.2.1", wait_ms=60000), "over the limit"),
+    ("LookupBatch", pb.LookupBatchRequest(queries=[pb.LookupRequest(ip="192.0.2.1")] * 101), "over the limit"),
+    ("LookupBatch", pb.LookupBatchRequest(queries=[pb.LookupRequest(ip="192.0.2.1"), pb.LookupRequest(ip="x")]),
+     "not an IP address"),
+])
+def test_invalid_argument(api, call, request_, needle):
+    _, stub, _ = api
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request_)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
+
+
+def test_watch_streams_filtered_observations(api):
+    service, stub, _ = api
+    stream = stub.Watch(pb.WatchRequest(os_name_regex="^Windows$"))
+    got = []
+    reader = threading.Thread(target=lambda: got.extend([next(stream), next(stream)]))
+    reader.start()
+    time.sleep(0.3)
+    service.ingest([syn("linux", "203.0.113.20", 43001), syn("win7", "203.0.113.21", 43002),
+                    syn("unknown", "203.0.113.22", 43003), syn("winxp", "203.0.113.23", 43004)], 1)
+    reader.join(5)
+    stream.cancel()
+    assert [o.client_port for o in got] == [43002, 43004]
+    with pytest.raises(grpc.RpcError) as err:
+        next(stub.Watch(pb.WatchRequest(os_name_regex="(")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stats_add_up(api):
+    service, stub, _ = api
+    first = syn("linux", "203.0.113.30", 44001)
+    service.ingest([first, first, (0, 0, b"\x00" * 30), syn("win7", "203.0.113.31", 44002, dport=80)], 1)
+    stub.Lookup(pb.LookupRequest(ip="203.0.113.30", port=44001))
+    s = stub.Stats(pb.StatsRequest())
+    assert s.packets == 4 and s.fingerprinted == 1
+    assert dict(s.skipped) == {"retransmitted-syn": 1, "not-ip": 1, "other-port": 1}
+    assert s.packets == s.fingerprinted + sum(s.skipped.values())
+    assert s.connections == 1 and s.hosts == 1 and s.lookups == 1 and s.lookup_hits == 1
+    assert s.match_cache_misses >= 1 and s.uptime_seconds > 0
+
+
+def test_health_and_reflection(api):
+    _, _, channel = api
+    h = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="fingerprintd.v1.Fingerprint"))
+    assert h.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert "fingerprintd.v1.Fingerprint" in names and "grpc.health.v1.Health" in names
+
+
+def test_token(tmp_path):
+    service = Service(Config(listen=[f"unix:{tmp_path}/t.sock"]))
+    server, _ = build_server(service, service.cfg.listen, token="s3cret")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"unix:{tmp_path}/t.sock") as ch:
+            stub = pb_grpc.FingerprintStub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Lookup(pb.LookupRequest(ip="192.0.2.1"))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Lookup(pb.LookupRequest(ip="192.0.2.1"), metadata=[("authorization", "Bearer wrong")])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = stub.Lookup(pb.LookupRequest(ip="192.0.2.1"), metadata=[("authorization", "Bearer s3cret")])
+            assert not ok.found
+            h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert h.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
+
+
+def test_reload_keeps_the_old_files_on_error(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[[rule]]\nname = 'linux'\nos_name = '^Linux$'\nscore = 1.5\n")
+    service = Service(Config(listen=[f"unix:{tmp_path}/r.sock"], policy=str(policy)))
+    service.ingest([syn("linux", "203.0.113.40", 45001)], 1)
+    obs, _ = service.hosts.lookup(bytes([203, 0, 113, 40]), 45001)
+    assert service.policy.verdict(obs.fp, obs.pkt.src).score == 1.5
+    policy.write_text("[[rule]]\nname = 'linux'\nos_name = '^Linux$'\nscore = 2.5\n")
+    assert service.reload() and service.policy.verdict(obs.fp, obs.pkt.src).score == 2.5
+    policy.write_text("[[rule]]\nname = 'linux'\nos_name = '(\n")
+    assert not service.reload() and service.policy.verdict(obs.fp, obs.pkt.src).score == 2.5
+    assert service.reloads == 1
