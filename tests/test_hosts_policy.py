@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+
 import pytest
 
 from fingerprintd.engine import Engine
