@@ -1,5 +1,6 @@
 # fingerprintd: two commands set everything up on a fresh Debian machine.
-#   make run   - create .venv, install, replay the bundled capture of real kernel SYNs
+#   make run   - create .venv, install, start the service on embedded defaults
+#                (capture on all interfaces, port 25; gRPC on 127.0.0.1:50051; needs root)
 #   make test  - also install what the tests need (Debian packages when root) and run pytest
 VENV    ?= .venv
 PYTHON  ?= python3
@@ -8,9 +9,13 @@ PY      := $(VENV)/bin/python
 RUN_DEBS  := libpcap-dev gcc python3-dev python3-venv
 TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time
 
-.PHONY: run test bench lint proto sample debs-run debs-test clean
+.PHONY: run sample-replay test bench lint proto sample debs-run debs-test clean
 
 run: debs-run $(VENV)/.installed
+	$(VENV)/bin/fingerprintd serve
+
+# Replay the bundled capture of real kernel SYNs (no privileges needed).
+sample-replay: $(VENV)/.installed
 	$(VENV)/bin/fingerprintd replay samples/kernel-syn.pcap
 
 test: debs-test $(VENV)/.installed

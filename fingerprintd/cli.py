@@ -244,6 +244,7 @@ _SERVE_FLAGS = {"interface": "interfaces", "port": "ports", "grpc": "listen", "s
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our own messages say what failed, in one line
     from fingerprintd.capture import CaptureError
     from fingerprintd.config import Config, ConfigError, check, load_config
     from fingerprintd.policy import PolicyError
@@ -271,6 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import grpc
     from google.protobuf import json_format
 

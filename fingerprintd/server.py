@@ -177,7 +177,10 @@ def build_server(backend: Backend, listen: list[str], token: str = "", tls: tupl
             path = addr[5:]
             if os.path.exists(path):
                 os.unlink(path)  # a stale socket from an earlier run
-        bound = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+        try:
+            bound = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
+        except RuntimeError:  # grpcio raises this when bind() fails
+            bound = 0
         if not bound and not addr.startswith("unix:"):
-            raise OSError(f"cannot listen on {addr}")
+            raise OSError(f"cannot listen on {addr} (address in use, or not a local address)")
     return server, health_servicer

@@ -76,3 +76,23 @@ def test_serve_without_cap_net_raw_says_how_to_grant_it(tmp_path):
     proc = _serve("-i", "lo", "--grpc", f"unix:{tmp_path}/s.sock", user=65534)
     assert proc.returncode == 2, proc.stderr
     assert "CAP_NET_RAW" in proc.stderr and "setcap" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_with_the_api_address_taken(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _serve("-i", "lo", "--grpc", f"127.0.0.1:{port}")
+    if proc.returncode == 2 and "cannot capture" in proc.stderr:
+        pytest.skip("needs capture privileges to get as far as the API")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]  # JSON log lines aside
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]
+
+
+def test_example_config_loads():
+    cfg = load_config(ROOT / "contrib" / "fingerprintd.toml")
+    assert cfg == Config()  # the example spells out the embedded defaults
