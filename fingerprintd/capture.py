@@ -37,17 +37,18 @@ class CaptureError(Exception):
 
 
 def ports_filter(ports: list[int] | tuple[int, ...], vlan: bool = True, qinq: bool = True,
-                 ext_headers: bool = True) -> str:
+                 ext_headers: bool = True, synack: bool = True) -> str:
     """BPF for SYNs and SYN+ACKs on the given ports, IPv4 and IPv6.
 
     ``tcp[13]`` only compiles for IPv4, so IPv6 tests the flags byte at its
     fixed offset.  `ext_headers` also lets through IPv6 packets with extension
     headers, for the parser to judge (offline only: the kernel refuses the
     loop that walks them); `qinq` reads behind two VLAN tags.  p0f reads
-    neither.
+    neither.  Without `synack`, only SYNs (no ACK flag) pass.
     """
     port = " or ".join(f"port {p}" for p in ports)
-    base = f"(tcp[13] & 2 != 0 and ({port})) or (ip6 and tcp and ({port}) and ip6[53] & 2 != 0)"
+    flags = "& 2 != 0" if synack else "& 0x12 == 2"
+    base = f"(tcp[13] {flags} and ({port})) or (ip6 and tcp and ({port}) and ip6[53] {flags})"
     if ext_headers:
         base += " or (ip6 protochain 6 and not ip6 proto 6)"
     return _with_vlans(base, vlan, qinq)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from fingerprintd import packet
-from fingerprintd.flows import FlowLimits, FlowTable
+from fingerprintd.flows import FlowLimits, FlowTable, RecentSyns
 from fingerprintd.matcher import Fingerprint, Matcher
 from fingerprintd.packet import ACK, SYN, Packet
 
@@ -58,11 +58,12 @@ class Engine:
         ports: Iterable[int] | None = (25,),
         p0f_bugs: bool = False,
         limits: FlowLimits | None = None,
+        flows: FlowTable | RecentSyns | None = None,
     ) -> None:
         self.matcher = matcher
         self.ports = frozenset(ports) if ports is not None else None  # None: every port
         self.p0f_bugs = p0f_bugs
-        self.flows = FlowTable(limits)
+        self.flows = flows if flows is not None else FlowTable(limits)  # p0f's books unless told otherwise
         self.packets = 0
         self.fingerprinted: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()

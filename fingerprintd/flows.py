@@ -230,4 +230,57 @@ class FlowTable:
         return flow.http > 0
 
 
-__all__ = ["ACK", "FlowTable", "FlowLimits", "Flow", "Host"]
+class _SynOnly:
+    """What RecentSyns hands the engine for a new SYN: no flow state at all."""
+
+    __slots__ = ("sendsyn", "syn_mss")
+
+    def __init__(self, sendsyn: bool) -> None:
+        self.sendsyn = sendsyn
+        self.syn_mss = 0
+
+
+class RecentSyns:
+    """Flow books for the live service: skip retransmitted SYNs, track nothing else.
+
+    The service only answers questions about clients, so it needs neither
+    p0f's SYN+ACK pairing nor its host table; keeping p0f's books would cost
+    a third of the per-SYN budget.  A SYN is a retransmission when the same
+    4-tuple was seen with the same ISN among the last `size` SYNs.
+    """
+
+    _PLAIN = _SynOnly(False)
+    _SENDSYN = _SynOnly(True)
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self.seen: OrderedDict[tuple, int] = OrderedDict()
+
+    def tick(self, sec: int) -> None:
+        pass
+
+    def syn(self, pkt: Packet) -> _SynOnly | None:
+        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        seen = self.seen
+        if seen.get(key) == pkt.seq:
+            return None
+        seen[key] = pkt.seq
+        seen.move_to_end(key)
+        if len(seen) > self.size:
+            seen.popitem(last=False)
+        return self._SENDSYN if pkt.win == 1337 and pkt.mss == 1331 else self._PLAIN
+
+    def syn_done(self, flow, pkt: Packet, app: bool) -> None:
+        pass
+
+    def synack(self, pkt: Packet) -> None:
+        return None  # not tracked: reported as a SYN+ACK without a tracked SYN
+
+    def synack_done(self, flow, pkt: Packet, app: bool) -> None:
+        pass
+
+    def other(self, pkt: Packet) -> None:
+        pass
+
+
+__all__ = ["ACK", "FlowTable", "FlowLimits", "Flow", "Host", "RecentSyns"]

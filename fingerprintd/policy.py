@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fingerprintd.matcher import Fingerprint
@@ -78,23 +78,46 @@ class Verdict:
     trusted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Policy:
     source: str
     rules: tuple[Rule, ...]
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     reject_message: str = "550 5.7.1 Your host looks like a compromised desktop, not a mail server"
     tempfail_message: str = "451 4.7.1 Please try again later"
+    # Derived: trusted networks as (address length, network, mask) integers, and
+    # verdicts by fingerprint (the matcher hands out one object per stack).
+    _ranges: tuple = field(init=False, repr=False, compare=False)
+    _memo: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ranges = tuple((n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in self.trusted)
+        object.__setattr__(self, "_ranges", ranges)
+        object.__setattr__(self, "_memo", {})
 
     def is_trusted(self, ip: bytes) -> bool:
-        addr = ipaddress.ip_address(ip)
-        return any(addr in net for net in self.trusted)
+        value = int.from_bytes(ip, "big")
+        for length, network, mask in self._ranges:
+            if len(ip) == length and value & mask == network:
+                return True
+        return False
 
     def verdict(self, fp: Fingerprint, client_ip: bytes) -> Verdict:
         os_text = fp.os_text
         head = f"{os_text}; dist: {fp.dist}; link: {fp.link or '???'}"
         if self.is_trusted(client_ip):
             return Verdict(0.0, "accept", ("trusted_network",), f"{head}; score: 0 (trusted)", True)
+        memo = self._memo
+        cached = memo.get(id(fp))
+        if cached is not None and cached[0] is fp:
+            return cached[1]
+        verdict = self._score(fp, head)
+        if len(memo) >= 16384:
+            memo.clear()
+        memo[id(fp)] = (fp, verdict)  # holding fp keeps its id from being reused
+        return verdict
+
+    def _score(self, fp: Fingerprint, head: str) -> Verdict:
         score = 0.0
         fired = []
         action = "tag"

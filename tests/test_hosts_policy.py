@@ -125,6 +125,13 @@ def test_trusted_networks_score_nothing():
     assert v.header.startswith("Windows XP; dist: ")
 
 
+@pytest.mark.parametrize("ip,trusted", [("127.0.0.1", True), ("10.1.2.3", True), ("172.31.0.1", True),
+                                        ("172.32.0.1", False), ("192.0.2.1", False), ("::1", True),
+                                        ("fd00::5", True), ("2001:db8::1", False), ("::ffff:10.0.0.1", True)])
+def test_trusted_network_membership(ip, trusted):
+    assert POLICY.is_trusted(normalize_ip(ip)) is trusted
+
+
 def test_rules_add_up_and_the_severest_action_wins():
     policy = parse_policy("""
 [[rule]]

@@ -1,0 +1,98 @@
+"""Helpers for the service benchmarks: SYN injection on a veth, and API servers.
+
+`python -m benchmarks.live api SOCK N` serves a Service whose table holds N
+synthetic SYNs; `python -m benchmarks.live empty SOCK` serves grpcio with an
+empty unary handler (grpcio's own floor, for comparison).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+
+SENDER = r"""
+import socket, struct, sys, time
+frames = [bytearray.fromhex(l) for l in open(sys.argv[2]).read().split()]
+rate, seconds = float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+s.bind((sys.argv[1], 0))
+total = int(rate * seconds)
+t0 = time.perf_counter()
+sent = 0
+send = s.send
+n = len(frames)
+pack = struct.Struct("!I").pack_into
+while sent < total:
+    due = int((time.perf_counter() - t0) * rate) + 64
+    while sent < min(due, total):
+        frame = frames[sent % n]
+        if sent >= n:  # a new ISN on every pass: never a retransmission of an earlier SYN
+            pack(frame, 38, (sent // n) << 24 | sent % n)
+        send(frame)
+        sent += 1
+    if sent < due - 64:
+        continue
+    time.sleep(0.0005)
+print(sent, time.perf_counter() - t0)
+"""
+
+
+def syn_frames(n: int, dst_ip: str) -> list[bytes]:
+    """n Linux-shaped SYNs to dst_ip:25 from n distinct sources (other-host MAC: the IP stack ignores them)."""
+    opts = bytes.fromhex("020405b4") + b"\x04\x02" + b"\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07"
+    dst = socket.inet_aton(dst_ip)
+    out = []
+    for i in range(n):
+        src = struct.pack("!I", 0x0C000000 + i * 7919 % (1 << 24))
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 60, i & 0xFFFF or 1, 0x4000, 50, 6, 0, src, dst)
+        tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 25, i + 1, 0, 0xA0, 0x02, 29200, 0, 0)
+        out.append(b"\x02\x00\x00\x00\x00\x09\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp + opts)
+    return out
+
+
+def serve_api(sock: str, count: int) -> None:
+    from fingerprintd.config import Config
+    from fingerprintd.server import build_server
+    from fingerprintd.service import Service
+
+    service = Service(Config(listen=[sock]))
+    frames = syn_frames(count, "192.0.2.25")
+    now = int(time.time())
+    for i in range(0, count, 512):
+        service.ingest([(now, 0, f) for f in frames[i : i + 512]], 1)
+    import gc
+    if os.environ.get("FREEZE"):
+        gc.freeze()
+    server, _ = build_server(service, [sock])
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+def serve_empty(sock: str) -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def handler(request, context):
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    generic = grpc.method_handlers_generic_handler(
+        "bench.Empty", {"Call": grpc.unary_unary_rpc_method_handler(handler, lambda b: b, lambda b: b)})
+    server.add_generic_rpc_handlers((generic,))
+    server.add_insecure_port(sock)
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "api":
+        serve_api(sys.argv[2], int(sys.argv[3]))
+    else:
+        serve_empty(sys.argv[2])

@@ -1,0 +1,236 @@
+"""The service against p0f's live mode and API socket, and against grpcio's own floor.
+
+    make bench    (needs root: network namespaces, p0f on a veth)
+
+* Lookup: calls/s and p50/p99 latency with 1 and 16 concurrent clients, for
+  fingerprintd's gRPC Lookup, an empty grpcio unary handler (the floor), and
+  p0f 3.09b's API socket holding the same SYNs; LookupBatch(100) address rate.
+* Capture: SYNs injected on a veth at rising rates; the highest rate each of
+  fingerprintd and `p0f -i` keeps with zero loss.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.live import SENDER, syn_frames
+from tests.netns import NetnsPair, can_use_netns
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = 20_000  # SYNs in the tables queried
+
+
+def need_root() -> None:
+    ok, why = can_use_netns()
+    if not ok:
+        pytest.skip(why)
+
+
+def measure(call, clients: int, seconds: float = 3.0) -> dict:
+    lat: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        mine = []
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            call(rng)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            lat.extend(mine)
+
+    call(random.Random(0))  # warm the channel
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"calls_per_s": round(len(lat) / wall), "p50_ms": round(lat[len(lat) // 2] * 1e3, 3),
+            "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3)}
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _client_ip(i: int) -> str:
+    return socket.inet_ntoa(struct.pack("!I", 0x0C000000 + i * 7919 % (1 << 24)))
+
+
+def test_lookup_latency(benchmark, tmp_path):
+    import grpc
+
+    from fingerprintd.v1 import fingerprintd_pb2 as pb
+    from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+
+    results: dict = {}
+    empty = _start([sys.executable, "-m", "benchmarks.live", "empty", f"unix:{tmp_path}/empty.sock"])
+    api = _start([sys.executable, "-m", "benchmarks.live", "api", f"unix:{tmp_path}/api.sock", str(TABLE)])
+    try:
+        with grpc.insecure_channel(f"unix:{tmp_path}/empty.sock") as ch:
+            call = ch.unary_unary("/bench.Empty/Call", request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+            for n in (1, 16):
+                results[f"floor_{n}"] = measure(lambda rng: call(b""), n)
+        with grpc.insecure_channel(f"unix:{tmp_path}/api.sock") as ch:
+            stub = pb_grpc.FingerprintStub(ch)
+            for n in (1, 16):
+                results[f"lookup_{n}"] = measure(
+                    lambda rng: stub.Lookup(pb.LookupRequest(ip=_client_ip(rng.randrange(TABLE)))), n)
+            batch = measure(lambda rng: stub.LookupBatch(pb.LookupBatchRequest(
+                queries=[pb.LookupRequest(ip=_client_ip(rng.randrange(TABLE))) for _ in range(100)])), 1)
+            results["batch100_addresses_per_s"] = batch["calls_per_s"] * 100
+            assert stub.Lookup(pb.LookupRequest(ip=_client_ip(5))).found
+    finally:
+        empty.kill()
+        api.kill()
+    results["p0f"] = _p0f_api(tmp_path) if os.geteuid() == 0 else "skipped: needs root"
+    r = results
+    r["ratio_16_clients_throughput_floor_over_ours"] = round(
+        r["floor_16"]["calls_per_s"] / r["lookup_16"]["calls_per_s"], 2)
+    r["ratio_16_clients_p99_ours_over_floor"] = round(r["lookup_16"]["p99_ms"] / r["floor_16"]["p99_ms"], 2)
+    r["batch_vs_single_address_rate"] = round(r["batch100_addresses_per_s"] / r["lookup_1"]["calls_per_s"], 1)
+    benchmark.extra_info.update(r)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for key, value in r.items():
+        print(f"\n{key}: {value}", end="")
+    print()
+
+
+def _p0f_api(tmp_path: Path) -> dict:
+    """p0f 3.09b live on a veth, fed the same SYNs, queried on its API socket."""
+    need_root()
+    out = {}
+    with NetnsPair(net=79) as pair:
+        sock = tmp_path / "p0f.sock"
+        p0f = subprocess.Popen(["ip", "netns", "exec", pair.srv, "p0f", "-i", pair.vsrv, "-s", str(sock), "-S", "20",
+                                "-m", f"1000,{TABLE * 2}", "tcp dst port 25"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            frames = tmp_path / "frames.hex"
+            frames.write_text("\n".join(f.hex() for f in syn_frames(TABLE, "192.0.2.25")))
+            subprocess.run(["ip", "netns", "exec", pair.cli, sys.executable, "-c", SENDER, pair.vcli, str(frames),
+                            "10000", str(TABLE / 10000)], check=True, capture_output=True, timeout=120)
+            time.sleep(1.0)
+
+            def query(rng) -> None:
+                s = local.s if hasattr(local, "s") else None
+                if s is None:
+                    s = local.s = socket.socket(socket.AF_UNIX)
+                    s.connect(str(sock))
+                addr = socket.inet_aton(_client_ip(rng.randrange(TABLE)))
+                s.sendall(struct.pack("=IB16s", 0x50304601, 4, addr))
+                got = b""
+                while len(got) < 232:
+                    got += s.recv(232 - len(got))
+                assert struct.unpack_from("=I", got, 4)[0] in (0x10, 0x20)
+
+            local = threading.local()
+            for n in (1, 16):
+                out[f"api_{n}"] = measure(query, n)
+        finally:
+            p0f.send_signal(signal.SIGTERM)
+            p0f.wait(5)
+    return out
+
+
+def _inject(pair: NetnsPair, frames_path: Path, rate: int, seconds: float) -> tuple[int, float]:
+    """Frames sent, and the rate actually reached (the sender is Python too)."""
+    r = subprocess.run(["ip", "netns", "exec", pair.cli, sys.executable, "-c", SENDER, pair.vcli, str(frames_path),
+                        str(rate), str(seconds)], check=True, capture_output=True, text=True, timeout=120)
+    sent, elapsed = r.stdout.split()
+    return int(sent), int(sent) / float(elapsed)
+
+
+RATES = (10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 120_000)
+
+
+def test_capture_zero_drop_rate(benchmark, tmp_path):
+    need_root()
+    import grpc
+
+    from fingerprintd.v1 import fingerprintd_pb2 as pb
+    from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+
+    frames_path = tmp_path / "frames.hex"
+    frames_path.write_text("\n".join(f.hex() for f in syn_frames(65_536, "192.0.2.25")))
+    results: dict = {"fingerprintd": {}, "p0f": {}}
+    with NetnsPair(net=80) as pair:
+        pair.set_mtu(1500)
+        log = open(tmp_path / "serve.log", "w")
+        serve = subprocess.Popen(["ip", "netns", "exec", pair.srv, sys.executable, "-m", "fingerprintd", "serve",
+                                  "-i", pair.vsrv, "--grpc", f"unix:{tmp_path}/api.sock", "--ttl", "5"],
+                                 stderr=log, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 20
+            while '"msg": "serving"' not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with grpc.insecure_channel(f"unix:{tmp_path}/api.sock") as ch:
+                stub = pb_grpc.FingerprintStub(ch)
+                for rate in RATES:
+                    before = stub.Stats(pb.StatsRequest())
+                    sent, reached = _inject(pair, frames_path, rate, 2.0)
+                    time.sleep(1.0)
+                    after = stub.Stats(pb.StatsRequest())
+                    got = after.packets - before.packets
+                    results["fingerprintd"][rate] = {"sent": sent, "reached_per_s": round(reached), "processed": got,
+                                                     "lost": sent - got,
+                                                     "kernel_dropped": after.kernel_dropped - before.kernel_dropped}
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(10)
+            log.close()
+        p0f_log = tmp_path / "p0f.log"
+        p0f = subprocess.Popen(["ip", "netns", "exec", pair.srv, "p0f", "-i", pair.vsrv, "-o", str(p0f_log),
+                                "tcp dst port 25"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.5)
+            for rate in RATES:
+                before = p0f_log.read_text().count("mod=syn|") if p0f_log.exists() else 0
+                sent, reached = _inject(pair, frames_path, rate, 2.0)
+                time.sleep(1.5)
+                got = p0f_log.read_text().count("mod=syn|") - before
+                results["p0f"][rate] = {"sent": sent, "reached_per_s": round(reached), "processed": got,
+                                        "lost": sent - got}
+        finally:
+            p0f.send_signal(signal.SIGTERM)
+            p0f.wait(5)
+    for who in ("fingerprintd", "p0f"):
+        ok = [r for r in RATES if results[who][r]["lost"] == 0]
+        knee = 0
+        for r in RATES:  # the highest rate with this and every lower rate lossless
+            if r not in ok:
+                break
+            knee = r
+        results[f"{who}_zero_loss_syn_per_s"] = knee
+    benchmark.extra_info.update({k: v if not isinstance(v, dict) else {str(r): x for r, x in v.items()}
+                                 for k, v in results.items()})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for who in ("fingerprintd", "p0f"):
+        print(f"\n{who}: zero-loss up to {results[f'{who}_zero_loss_syn_per_s']} SYN/s; "
+              + "; ".join(f"{r}/s (reached {x['reached_per_s']}/s) lost {x['lost']}"
+                          for r, x in results[who].items()), end="")
+    print()
+
+
