@@ -7,7 +7,6 @@ empty unary handler (grpcio's own floor, for comparison).
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import sys
@@ -57,16 +56,14 @@ def syn_frames(n: int, dst_ip: str) -> list[bytes]:
 def serve_api(sock: str, count: int) -> None:
     from fingerprintd.config import Config
     from fingerprintd.server import build_server
-    from fingerprintd.service import Service
+    from fingerprintd.service import Service, tune_gc
 
     service = Service(Config(listen=[sock]))
     frames = syn_frames(count, "192.0.2.25")
     now = int(time.time())
     for i in range(0, count, 512):
         service.ingest([(now, 0, f) for f in frames[i : i + 512]], 1)
-    import gc
-    if os.environ.get("FREEZE"):
-        gc.freeze()
+    tune_gc()  # as `fingerprintd serve` does
     server, _ = build_server(service, [sock])
     server.start()
     print("ready", flush=True)

@@ -65,6 +65,21 @@ def measure(call, clients: int, seconds: float = 3.0) -> dict:
             "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3)}
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds a process has used (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_server(pid: int, call, clients: int) -> dict:
+    """`measure`, plus the server's CPU per call: the cost that is the server's own."""
+    before = _cpu(pid)
+    out = measure(call, clients)
+    calls = out["calls_per_s"] * 3.0
+    out["server_cpu_us_per_call"] = round((_cpu(pid) - before) / calls * 1e6, 1)
+    return out
+
+
 def _start(cmd: list[str]) -> subprocess.Popen:
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -89,12 +104,12 @@ def test_lookup_latency(benchmark, tmp_path):
             call = ch.unary_unary("/bench.Empty/Call", request_serializer=lambda b: b,
                                   response_deserializer=lambda b: b)
             for n in (1, 16):
-                results[f"floor_{n}"] = measure(lambda rng: call(b""), n)
+                results[f"floor_{n}"] = measure_server(empty.pid, lambda rng: call(b""), n)
         with grpc.insecure_channel(f"unix:{tmp_path}/api.sock") as ch:
             stub = pb_grpc.FingerprintStub(ch)
             for n in (1, 16):
-                results[f"lookup_{n}"] = measure(
-                    lambda rng: stub.Lookup(pb.LookupRequest(ip=_client_ip(rng.randrange(TABLE)))), n)
+                results[f"lookup_{n}"] = measure_server(
+                    api.pid, lambda rng: stub.Lookup(pb.LookupRequest(ip=_client_ip(rng.randrange(TABLE)))), n)
             batch = measure(lambda rng: stub.LookupBatch(pb.LookupBatchRequest(
                 queries=[pb.LookupRequest(ip=_client_ip(rng.randrange(TABLE))) for _ in range(100)])), 1)
             results["batch100_addresses_per_s"] = batch["calls_per_s"] * 100
@@ -108,6 +123,8 @@ def test_lookup_latency(benchmark, tmp_path):
         r["floor_16"]["calls_per_s"] / r["lookup_16"]["calls_per_s"], 2)
     r["ratio_16_clients_p99_ours_over_floor"] = round(r["lookup_16"]["p99_ms"] / r["floor_16"]["p99_ms"], 2)
     r["batch_vs_single_address_rate"] = round(r["batch100_addresses_per_s"] / r["lookup_1"]["calls_per_s"], 1)
+    r["server_cpu_per_call_ours_over_floor_16"] = round(
+        r["lookup_16"]["server_cpu_us_per_call"] / r["floor_16"]["server_cpu_us_per_call"], 2)
     benchmark.extra_info.update(r)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     for key, value in r.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import socket
 import time
 from concurrent import futures
 from typing import Protocol
@@ -20,7 +21,6 @@ from grpc_reflection.v1alpha import reflection
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
 from fingerprintd.policy import Policy
-from fingerprintd.report import ip_text
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 
@@ -42,18 +42,37 @@ class Backend(Protocol):
     def stats(self) -> dict: ...
 
 
-def observation_pb(obs: Observation) -> pb.Observation:
-    pkt, fp = obs.pkt, obs.fp
+_fp_parts: dict[int, tuple] = {}  # id(fingerprint) -> (fingerprint, its part of an Observation)
+
+
+def _fp_part(fp) -> pb.Observation:
+    """The verdict's fields of an Observation message, built once per stack."""
+    hit = _fp_parts.get(id(fp))
+    if hit is not None and hit[0] is fp:
+        return hit[1]
     label = fp.label
-    return pb.Observation(
-        client_ip=ip_text(pkt.src), client_port=pkt.sport, server_ip=ip_text(pkt.dst), server_port=pkt.dport,
-        time=pkt.ts, matched=label is not None,
-        os_class=label.klass if label else "", os_name=label.name if label else "",
-        os_flavor=(label.flavor or "") if label else "", label=fp.os_text,
-        generic=fp.generic, fuzzy=fp.fuzzy, tool=bool(label and label.is_app), distance=fp.dist,
-        raw_sig=fp.raw_sig, link=fp.link or "???", mtu=fp.raw_mtu, ip_version=pkt.ip_ver, ttl=pkt.ttl,
-        params=fp.params,
+    part = pb.Observation(
+        matched=label is not None, os_class=label.klass if label else "", os_name=label.name if label else "",
+        os_flavor=(label.flavor or "") if label else "", label=fp.os_text, generic=fp.generic, fuzzy=fp.fuzzy,
+        tool=bool(label and label.is_app), distance=fp.dist, raw_sig=fp.raw_sig, link=fp.link or "???",
+        mtu=fp.raw_mtu, params=fp.params,
     )
+    if len(_fp_parts) >= 16384:
+        _fp_parts.clear()
+    _fp_parts[id(fp)] = (fp, part)  # holding fp keeps its id from being reused
+    return part
+
+
+def _ip(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def observation_pb(obs: Observation) -> pb.Observation:
+    pkt = obs.pkt
+    msg = pb.Observation(client_ip=_ip(pkt.src), client_port=pkt.sport, server_ip=_ip(pkt.dst),
+                         server_port=pkt.dport, time=pkt.ts, ip_version=pkt.ip_ver, ttl=pkt.ttl)
+    msg.MergeFrom(_fp_part(obs.fp))
+    return msg
 
 
 def host_pb(host: HostRecord) -> pb.Host:

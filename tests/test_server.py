@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -165,3 +166,26 @@ def test_reload_keeps_the_old_files_on_error(tmp_path):
     policy.write_text("[[rule]]\nname = 'linux'\nos_name = '(\n")
     assert not service.reload() and service.policy.verdict(obs.fp, obs.pkt.src).score == 2.5
     assert service.reloads == 1
+
+
+def test_tls(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                           "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert),
+                           "-days", "1"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    service = Service(Config(listen=["localhost:0"]))
+    server, _ = build_server(service, [], tls=(key.read_bytes(), cert.read_bytes()))
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    server.start()
+    try:
+        service.ingest([syn("linux", "203.0.113.50", 46001)], 1)
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{port}", creds) as ch:
+            r = pb_grpc.FingerprintStub(ch).Lookup(pb.LookupRequest(ip="203.0.113.50", port=46001), timeout=10)
+            assert r.found and r.observation.os_name == "Linux"
+        with grpc.insecure_channel(f"localhost:{port}") as ch:  # plaintext to a TLS port fails
+            with pytest.raises(grpc.RpcError):
+                pb_grpc.FingerprintStub(ch).Lookup(pb.LookupRequest(ip="203.0.113.50"), timeout=3)
+    finally:
+        server.stop(0)

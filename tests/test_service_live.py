@@ -219,3 +219,17 @@ def test_sighup_reload_and_sigterm(pair, tmp_path):
         assert served.stop() == 0
         assert time.monotonic() - t0 < 5
     assert '"msg": "stopped"' in log.read_text()
+
+
+def test_drops_privileges_after_opening_the_capture(pair, tmp_path):
+    os.chmod(tmp_path, 0o755)
+    served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"), "--user", "nobody")
+    try:
+        status = open(f"/proc/{served.proc.pid}/status").read()
+        uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+        assert set(uid_line.split()[1:]) == {"65534"}, uid_line
+        assert os.stat(tmp_path / "api.sock").st_uid == 65534
+        pair.connect(pair.server4, 1, 0, 35000)  # still capturing, still answering
+        assert served.lookup(pair.client4, 35000, wait_ms=2000)["found"]
+    finally:
+        assert served.stop() == 0
