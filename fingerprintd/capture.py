@@ -44,9 +44,10 @@ def ports_filter(ports: list[int] | tuple[int, ...], vlan: bool = True, qinq: bo
     fixed offset.  `ext_headers` also lets through IPv6 packets with extension
     headers, for the parser to judge (offline only: the kernel refuses the
     loop that walks them); `qinq` reads behind two VLAN tags.  p0f reads
-    neither.  Without `synack`, only SYNs (no ACK flag) pass.
+    neither.  Without `synack`, only SYNs (no ACK flag) *to* the ports pass:
+    what a service answering about its clients needs.
     """
-    port = " or ".join(f"port {p}" for p in ports)
+    port = " or ".join(f"{'' if synack else 'dst '}port {p}" for p in ports)
     flags = "& 2 != 0" if synack else "& 0x12 == 2"
     base = f"(tcp[13] {flags} and ({port})) or (ip6 and tcp and ({port}) and ip6[53] {flags})"
     if ext_headers:
