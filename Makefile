@@ -18,9 +18,15 @@ run: debs-run $(VENV)/.installed
 sample-replay: $(VENV)/.installed
 	$(VENV)/bin/fingerprintd replay samples/kernel-syn.pcap
 
-test: debs-test $(VENV)/.installed
+test: debs-test $(VENV)/.installed tests/node/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
+
+# Real p0f clients from the npm registry, for the p0f-socket tests (needs node and npm).
+tests/node/.installed: tests/node/package.json
+	@if command -v npm >/dev/null; then \
+		npm install --prefix tests/node --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: the Haraka client test will skip" >&2; fi
 
 bench: debs-test $(VENV)/.installed
 	$(VENV)/bin/pytest -q -s benchmarks --benchmark-only --benchmark-columns=min,median,max,rounds

@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-key", metavar="PEM")
     sv.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     sv.add_argument("--p0f-bugs", action="store_true", default=None)
+    sv.add_argument("--p0f-socket", metavar="PATH", help="also answer p0f v3 API queries on this unix socket")
+    sv.add_argument("--p0f-socket-mode", metavar="OCTAL", help="its file mode (default 0660)")
+    sv.add_argument("--p0f-socket-owner", metavar="USER[:GROUP]")
+    sv.add_argument("--analyzer-udp", metavar="HOST:PORT",
+                    help="also answer the p0f-analyzer UDP protocol (amavisd-new), e.g. 127.0.0.1:2345")
+    sv.add_argument("--analyzer-allow", action="append", metavar="CIDR",
+                    help="networks the analyzer answers, repeatable (default loopback)")
+    sv.add_argument("--log", metavar="FILE", help="append every observation in p0f's -o log format")
     sv.set_defaults(func=cmd_serve)
 
     lk = sub.add_parser("lookup", help="ask a running service about a client")
@@ -240,7 +248,9 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
 _SERVE_FLAGS = {"interface": "interfaces", "port": "ports", "grpc": "listen", "signatures": "signatures",
                 "policy": "policy", "max_connections": "max_connections", "max_hosts": "max_hosts",
                 "ttl": "ttl_seconds", "user": "user", "token": "token", "tls_cert": "tls_cert", "tls_key": "tls_key",
-                "log_level": "log_level", "p0f_bugs": "p0f_bugs"}
+                "log_level": "log_level", "p0f_bugs": "p0f_bugs", "p0f_socket": "p0f_socket",
+                "p0f_socket_mode": "p0f_socket_mode", "p0f_socket_owner": "p0f_socket_owner",
+                "analyzer_udp": "analyzer_udp", "analyzer_allow": "analyzer_allow", "log": "log_file"}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -269,6 +279,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot start: {exc}") from None
+    except KeyError as exc:  # pwd/grp lookups for --user and --p0f-socket-owner
+        raise UsageError(f"unknown user or group: {exc.args[0]}") from None
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:

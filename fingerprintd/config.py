@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -31,12 +33,19 @@ class Config:
     p0f_bugs: bool = False
     max_batch: int = 1000
     max_wait_ms: int = 5000
+    p0f_socket: str = ""  # p0f v3 API socket path; empty: off
+    p0f_socket_mode: str = "0660"
+    p0f_socket_owner: str = ""  # user[:group]
+    analyzer_udp: str = ""  # p0f-analyzer HOST:PORT; empty: off
+    analyzer_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    log_file: str = ""  # p0f-format log of every observation; empty: off
 
 
 # Where each option lives in the file: [section] key.
 SECTIONS = {
     "capture": ("interfaces", "ports", "snaplen", "buffer_mb", "timeout_ms", "p0f_bugs"),
     "api": ("listen", "token", "tls_cert", "tls_key", "max_batch", "max_wait_ms"),
+    "compat": ("p0f_socket", "p0f_socket_mode", "p0f_socket_owner", "analyzer_udp", "analyzer_allow", "log_file"),
     "table": ("max_connections", "max_hosts", "ttl_seconds"),
     "files": ("signatures", "policy"),
     "daemon": ("user", "log_level"),
@@ -98,3 +107,12 @@ def check(cfg: Config, doc: Located | None = None) -> None:
         raise fail("tls_cert", "tls_cert and tls_key go together")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise fail("log_level", "log_level must be debug, info, warning or error")
+    if not re.fullmatch(r"0?[0-7]{3}", cfg.p0f_socket_mode):
+        raise fail("p0f_socket_mode", "p0f_socket_mode is an octal mode like 0660")
+    if cfg.analyzer_udp and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}", cfg.analyzer_udp):
+        raise fail("analyzer_udp", "analyzer_udp is HOST:PORT, e.g. 127.0.0.1:2345 or [::1]:2345")
+    for net in cfg.analyzer_allow:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise fail("analyzer_allow", f"not a network: {net!r}") from None

@@ -59,7 +59,7 @@ class HostRecord:
     """One client address's history within the table's window."""
 
     __slots__ = ("first_seen", "last_seen", "count", "last_distance", "signatures", "os_names", "last_change",
-                 "changes", "latest")
+                 "changes", "latest", "last_match")
 
     def __init__(self, obs: Observation) -> None:
         fp = obs.fp
@@ -71,6 +71,8 @@ class HostRecord:
         self.last_change = 0.0  # when the matched OS name last changed
         self.changes = 0
         self.latest = obs
+        # The latest SYN that matched an OS (not a tool): what p0f's API reports.
+        self.last_match = obs if fp.label is not None and not fp.label.is_app else None
 
     def update(self, obs: Observation) -> None:
         pkt, fp = obs.pkt, obs.fp
@@ -84,6 +86,7 @@ class HostRecord:
             del sigs[:-MAX_SIGNATURES_PER_HOST]
         label = fp.label
         if label is not None and not label.is_app:
+            self.last_match = obs
             names = self.os_names
             if names and names[-1] != label.name:
                 self.changes += 1

@@ -22,6 +22,7 @@ import threading
 import time
 
 from fingerprintd.capture import CaptureError, Live, open_live, ports_filter
+from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config
 from fingerprintd.data import default_policy, default_signatures
 from fingerprintd.engine import Engine, Observation
@@ -29,6 +30,7 @@ from fingerprintd.flows import RecentSyns
 from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher
 from fingerprintd.policy import PolicyError, load_policy
+from fingerprintd.report import p0f_log_formatter
 from fingerprintd.server import build_server
 from fingerprintd.signatures import SignatureError, load
 
@@ -87,8 +89,31 @@ class Service:
         self._reload = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = False
+        self._log = None
+        self._log_format = p0f_log_formatter()
+        self._compat: list = []
 
     # --- capture ----------------------------------------------------------
+
+    def open_compat(self) -> None:
+        """The p0f API socket, the p0f-analyzer UDP port and the p0f log, as configured."""
+        cfg = self.cfg
+        if cfg.log_file:
+            self._log = open(cfg.log_file, "a", encoding="utf-8")
+        if cfg.p0f_socket:
+            owner = None
+            if cfg.p0f_socket_owner:
+                user, _, group = cfg.p0f_socket_owner.partition(":")
+                pw = pwd.getpwnam(user)
+                owner = (pw.pw_uid, grp.getgrnam(group).gr_gid if group else pw.pw_gid)
+            self._compat.append(P0fSocketServer(cfg.p0f_socket, self.hosts, int(cfg.p0f_socket_mode, 8), owner))
+            event(logging.INFO, "p0f API socket", path=cfg.p0f_socket, mode=cfg.p0f_socket_mode)
+        if cfg.analyzer_udp:
+            host, _, port = cfg.analyzer_udp.rpartition(":")
+            self._compat.append(AnalyzerServer(host.strip("[]"), int(port), self.hosts, cfg.analyzer_allow))
+            event(logging.INFO, "p0f-analyzer UDP", listen=cfg.analyzer_udp, allow=cfg.analyzer_allow)
+        for server in self._compat:
+            server.start()
 
     def open_captures(self) -> None:
         ports = self.cfg.ports
@@ -115,10 +140,14 @@ class Service:
                     self.ingest(batch, cap.linktype)
 
     def ingest(self, batch: list[tuple[int, int, bytes]], linktype: int) -> None:
-        """Captured frames -> the host table and the Watch streams."""
-        for obs in self.engine.feed_batch(batch, linktype):
+        """Captured frames -> the host table, the Watch streams and the log."""
+        observations = self.engine.feed_batch(batch, linktype)
+        for obs in observations:
             self.hosts.add(obs)
             self._publish(obs)
+        if self._log is not None and observations:
+            self._log.write("".join(self._log_format(obs) for obs in observations))
+            self._log.flush()
 
     def _publish(self, obs: Observation) -> None:
         if not self._watchers:
@@ -188,6 +217,7 @@ class Service:
         """Serve until SIGTERM/SIGINT. Returns the exit status."""
         tune_gc()
         self.open_captures()
+        self.open_compat()
         tls = None
         if self.cfg.tls_cert:
             with open(self.cfg.tls_key, "rb") as k, open(self.cfg.tls_cert, "rb") as c:
@@ -223,6 +253,10 @@ class Service:
         event(logging.INFO, "stopped", **{k: v for k, v in self.stats().items() if k != "skipped"})
         for cap in self.captures:
             cap.close()
+        for server in self._compat:
+            server.stop()
+        if self._log is not None:
+            self._log.close()
         return 1 if self._failed else 0
 
     def _capture_guarded(self) -> None:

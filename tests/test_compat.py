@@ -1,0 +1,250 @@
+"""Drop-in compatibility with real p0f clients: the p0f v3 API socket and p0f-analyzer UDP.
+
+The clients are other people's code: PyPI's `p0f` (the p0f3 API client) and
+Haraka's `haraka-plugin-p0f` (its P0FClient, pipelining) from the npm
+registry; the analyzer queries are the exact datagrams amavisd-new sends.
+Every answer comes from real kernel SYNs captured on a veth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from fingerprintd import compat
+from fingerprintd.hosts import HostTable
+from tests.conftest import ROOT, need
+from tests.netns import NetnsPair, can_use_netns
+from tests.test_hosts_policy import observe
+from tests.test_service_live import Served
+
+NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
+
+
+# --- encoders, no network ------------------------------------------------------
+
+def _query(addr: bytes, kind: int = 4, magic: int = compat.QUERY_MAGIC) -> bytes:
+    return struct.pack("=IB16s", magic, kind, addr)
+
+
+def _fields(resp: bytes) -> tuple:
+    assert len(resp) == compat.RESPONSE_SIZE == 232
+    return struct.unpack("=IIIIIIIIIhBB32s32s32s32s32s32s", resp)
+
+
+def test_p0f_answers():
+    table = HostTable()
+    table.add(observe("win7", src="203.0.113.9"))
+    table.add(observe("linux", src="203.0.113.9", sport=40001, ts=1_700_000_005))
+    ok = _fields(compat.p0f_answer(_query(socket.inet_aton("203.0.113.9")), table))
+    assert ok[:2] == (compat.RESPONSE_MAGIC, compat.STATUS_OK)
+    assert (ok[2], ok[3], ok[4]) == (1_700_000_000, 1_700_000_005, 2)  # first/last seen, connections
+    assert ok[8] == 1_700_000_005 and ok[9] == 9  # last change, distance
+    assert ok[12].rstrip(b"\0") == b"Linux" and ok[13].rstrip(b"\0") == b"3.11 and newer" and ok[11] == 0
+    assert ok[16].rstrip(b"\0") == b"Ethernet or modem"
+    mapped = compat.p0f_answer(_query(b"\0" * 10 + b"\xff\xff" + socket.inet_aton("203.0.113.9"), 6), table)
+    assert _fields(mapped)[1] == compat.STATUS_OK
+    assert _fields(compat.p0f_answer(_query(socket.inet_aton("198.51.100.1")), table))[1] == compat.STATUS_NO_MATCH
+    assert _fields(compat.p0f_answer(_query(b"\0" * 16, 5), table))[1] == compat.STATUS_BAD_QUERY
+    assert _fields(compat.p0f_answer(_query(b"\0" * 16, 4, 0x12345678), table))[:2] == (compat.RESPONSE_MAGIC, 0)
+
+
+def test_strings_are_always_terminated():
+    table = HostTable()
+    obs = observe("linux", src="203.0.113.10")
+    long_label = obs.fp.label.__class__(False, "unix", "MacOS X", "10.9 or newer (sometimes iPhone or iPad)", 1, 1)
+    table.add(obs._replace(fp=obs.fp._replace(label=long_label)))
+    flavor = _fields(compat.p0f_answer(_query(socket.inet_aton("203.0.113.10")), table))[13]
+    assert flavor.endswith(b"\0") and flavor.rstrip(b"\0") == b"10.9 or newer (sometimes iPhone"
+
+
+@pytest.mark.parametrize("datagram,reply", [
+    (b"[203.0.113.11]:40000 abc123", "[203.0.113.11]:40000 abc123 Linux 3.11 and newer; dist: 9; link: Ethernet or "
+                                     "modem; params: none; raw_mtu: 1500; raw_sig: 4:55+9:0:1460:mss*20,7:mss,sok,"
+                                     "ts,nop,ws:df,id+:0\r\n"),
+    (b"[203.0.113.11]:40001 n2", "[203.0.113.11]:40001 n2 \r\n"),  # unknown connection: empty result
+    (b"[IPv6:::ffff:203.0.113.11]:40000 n3", "[IPv6:::ffff:203.0.113.11]:40000 n3 Linux 3.11 and newer; "),
+    (b"[203.0.113.11] n4", "[203.0.113.11] n4 Linux 3.11 and newer; dist: 9"),  # latest from the address
+    (b"203.0.113.11 n5", "203.0.113.11 n5 Linux 3.11 and newer;"),
+    (b"[198.51.100.7]:25 x", "[198.51.100.7]:25 x \r\n"),
+    (b"[203.0.113.11]:40000 ", "[203.0.113.11]:40000  Linux"),  # an empty nonce is still a nonce
+    (b"nonsense", None), (b"[203.0.113.11]:40000 bad\x01nonce", None), (b"[not-an-ip]:25 n", None),
+    (b"[203.0.113.11]:70000 n", None), (b"[203.0.113.11]:40000 " + b"x" * 1025, None),
+])
+def test_analyzer_protocol(datagram, reply):
+    table = HostTable()
+    table.add(observe("linux", src="203.0.113.11", sport=40000))
+    got = compat.analyzer_reply(datagram, table)
+    if reply is None:
+        assert got is None
+    else:
+        assert got is not None and got.decode().startswith(reply) and got.endswith(b"\r\n")
+
+
+# --- real clients against the running service -------------------------------------
+
+@pytest.fixture
+def served(tmp_path):
+    ok, why = can_use_netns()
+    need(ok, why)
+    os.chmod(tmp_path, 0o755)
+    with NetnsPair(net=81) as pair:
+        pair.start_listener()
+        s = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),
+                   "--p0f-socket", str(tmp_path / "p0f.sock"), "--analyzer-udp", "0.0.0.0:2345",
+                   "--analyzer-allow", "127.0.0.0/8", "--log", str(tmp_path / "p0f.log"))
+        try:
+            for port in (36001, 36002, 36003):
+                pair.connect(pair.server4, 1, 0, port)
+            pair.connect(pair.server6, 1, 0, 36010)
+            assert s.lookup(pair.client4, 36003, wait_ms=2000)["found"]
+            assert s.lookup(pair.client6, 36010, wait_ms=2000)["found"]
+            yield pair, s, tmp_path
+        finally:
+            s.stop()
+
+
+def test_pypi_p0f_client(served):
+    from p0f import P0f
+
+    pair, s, tmp = served
+    client = P0f(str(tmp / "p0f.sock"), timeout=2)
+    info = client.get_info(pair.client4, return_raw_data=True)
+    assert info["magic"] == compat.RESPONSE_MAGIC and info["status"] == compat.STATUS_OK
+    assert info["os_name"].rstrip(b"\0") == b"Linux" and info["total_conn"] == 3 and info["distance"] == 0
+    assert info["link_type"].rstrip(b"\0") == b"Ethernet or modem"
+    with pytest.raises(KeyError):  # the client's way of saying "no match"
+        client.get_info("198.51.100.77")
+    client.close()
+    # IPv6: the PyPI client sends type 4 for IPv6 (broken upstream), so ours:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(tmp / "p0f.sock"))
+        sock.sendall(_query(socket.inet_pton(socket.AF_INET6, pair.client6), 6))
+        got = _fields(_recv(sock, 232))
+    assert got[1] == compat.STATUS_OK and got[4] == 1
+
+
+def _recv(sock, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk
+        data += chunk
+    return data
+
+
+HARAKA = r"""
+const { P0FClient } = require(process.argv[1] + '/haraka-plugin-p0f');  // node -e: argv[1] is the first argument
+const client = new P0FClient(process.argv[2]);
+const ips = JSON.parse(process.argv[3]);
+const results = {};
+let pending = ips.length;
+for (const ip of ips) {   // all queued at once: pipelined on one connection
+  client.query(ip, (err, r) => {
+    results[ip] = err ? { error: err.message } : r;
+    if (--pending === 0) { console.log(JSON.stringify(results)); process.exit(0); }
+  });
+}
+setTimeout(() => { console.log(JSON.stringify({ timeout: true, results })); process.exit(1); }, 10000);
+"""
+
+
+def test_haraka_p0f_client_pipelining(served):
+    need(shutil.which("node") is not None and (NODE_MODULES / "haraka-plugin-p0f").is_dir(),
+         "node and haraka-plugin-p0f (make test installs it into tests/node) are needed")
+    pair, s, tmp = served
+    ips = [pair.client4, pair.client6, "198.51.100.1", pair.client4, "::ffff:" + pair.client4] * 4
+    out = subprocess.run(["node", "-e", HARAKA, str(NODE_MODULES), str(tmp / "p0f.sock"), json.dumps(ips)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads(out.stdout)
+    assert results[pair.client4]["os_name"] == "Linux" and results[pair.client4]["total_conn"] == 3
+    assert results[pair.client4]["link_type"] == "Ethernet or modem"
+    assert results[pair.client6]["total_conn"] == 1
+    assert results["198.51.100.1"] is None  # no match
+    assert results["::ffff:" + pair.client4]["os_name"] == "Linux"
+
+
+def test_many_clients_and_a_rude_one(served):
+    pair, s, tmp = served
+    socks = []
+    for _ in range(50):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(tmp / "p0f.sock"))
+        socks.append(c)
+    rude = socket.socket(socket.AF_UNIX)
+    rude.connect(str(tmp / "p0f.sock"))
+    rude.sendall(_query(socket.inet_aton(pair.client4))[:10])  # half a query, then gone
+    rude.close()
+    q = _query(socket.inet_aton(pair.client4))
+    for c in socks:
+        c.sendall(q * 3)
+    for c in socks:
+        answers = _recv(c, 232 * 3)
+        assert all(_fields(answers[i:i + 232])[1] == compat.STATUS_OK for i in range(0, 696, 232))
+        c.close()
+    assert oct(os.stat(tmp / "p0f.sock").st_mode & 0o777) == "0o660"
+
+
+AMAVISD = r"""
+import socket, sys, time, random
+# What amavisd-new does: one datagram "[ip]:port nonce", then a 50 ms budget for the reply.
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+out = []
+for query in sys.argv[1:]:
+    nonce = "%08x" % random.randrange(0x7fffffff)
+    t0 = time.monotonic()
+    s.sendto(f"{query} {nonce}".encode(), ("127.0.0.1", 2345))
+    s.settimeout(0.050)
+    try:
+        reply = s.recv(2048).decode()
+    except TimeoutError:
+        out.append("TIMEOUT")
+        continue
+    q, n, result = reply.split(" ", 2)
+    assert (q, n) == (query, nonce) and result.endswith("\r\n"), reply
+    out.append(f"{(time.monotonic() - t0) * 1000:.1f}ms {result.strip()}")
+print("\n".join(out))
+"""
+
+
+def test_amavisd_style_queries(served):
+    pair, s, tmp = served
+    queries = [f"[{pair.client4}]:36001", f"[{pair.client4}]:36999", f"[IPv6:{pair.client6}]:36010",
+               f"[{pair.client4}]", "garbage-without-nonce"]
+    out = subprocess.run(["ip", "netns", "exec", pair.srv, "python3", "-c", AMAVISD, *queries[:4]],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert " Linux 2.2.x-3.x; dist: 0; link: Ethernet or modem; params: generic; raw_mtu: 1500; raw_sig: 4:64+0:" \
+        in lines[0]
+    assert lines[1].rstrip().endswith("ms")  # empty result for an unknown connection (after a 30 ms wait)
+    assert " ???; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 6:64+0:" in lines[2]
+    assert "Linux 2.2.x-3.x" in lines[3]
+    assert all(float(ln.split("ms")[0]) < 50 for ln in lines)
+    # Not from an allowed network (the client namespace): no reply at all.
+    probe = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5);"
+             f"s.sendto(b'[{pair.client4}]:36001 x', ('{pair.server4}', 2345));"
+             "print(s.recv(100) if 0 else '', end='')\ntry:\n s.recv(100); print('REPLY')\nexcept OSError: "
+             "print('SILENT')")
+    silent = subprocess.run(["ip", "netns", "exec", pair.cli, "python3", "-c", probe], capture_output=True, text=True,
+                            timeout=10)
+    assert silent.stdout.strip() == "SILENT", silent.stderr
+
+
+def test_p0f_log_of_the_live_service(served):
+    pair, s, tmp = served
+    lines = (tmp / "p0f.log").read_text().splitlines()
+    syn = [ln for ln in lines if "mod=syn|" in ln]
+    assert len(syn) == 4 and all("|srv=" in ln and "|subj=cli|os=" in ln for ln in syn)
+    assert any(f"|cli={pair.client4}/36002|" in ln for ln in syn)
+    assert len([ln for ln in lines if "mod=mtu|" in ln]) == 4
+
+
