@@ -132,6 +132,64 @@ def test_lookup_latency(benchmark, tmp_path):
     print()
 
 
+def _socket_query(path: Path, local: threading.local):
+    """A p0f v3 API client: one connection per thread, one query at a time."""
+
+    def query(rng) -> None:
+        s = getattr(local, "s", None)
+        if s is None:
+            s = local.s = socket.socket(socket.AF_UNIX)
+            s.connect(str(path))
+        s.sendall(struct.pack("=IB16s", 0x50304601, 4, socket.inet_aton(_client_ip(rng.randrange(TABLE)))))
+        got = b""
+        while len(got) < 232:
+            got += s.recv(232 - len(got))
+        assert struct.unpack_from("=I", got, 4)[0] in (0x10, 0x20)
+
+    return query
+
+
+def test_p0f_socket_vs_p0f(benchmark, tmp_path):
+    """Both daemons sniff the same veth at once, get the same SYNs, and are asked by the same client."""
+    need_root()
+    os.chmod(tmp_path, 0o755)
+    results: dict = {}
+    with NetnsPair(net=82) as pair:
+        ours = tmp_path / "ours.sock"
+        theirs = tmp_path / "p0f.sock"
+        log = open(tmp_path / "serve.log", "w")
+        serve = subprocess.Popen(["ip", "netns", "exec", pair.srv, sys.executable, "-m", "fingerprintd", "serve",
+                                  "-i", pair.vsrv, "--grpc", f"unix:{tmp_path}/api.sock", "--p0f-socket", str(ours)],
+                                 stderr=log, cwd=ROOT)
+        p0f = subprocess.Popen(["ip", "netns", "exec", pair.srv, "p0f", "-i", pair.vsrv, "-s", str(theirs), "-S", "100",
+                                "-m", f"1000,{TABLE * 2}", "tcp dst port 25"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while not (ours.exists() and theirs.exists()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            frames = tmp_path / "frames.hex"
+            frames.write_text("\n".join(f.hex() for f in syn_frames(TABLE, "192.0.2.25")))
+            _inject(pair, frames, 10_000, TABLE / 10_000)
+            time.sleep(1.0)
+            for name, path in (("fingerprintd", ours), ("p0f", theirs)):
+                for n in (1, 50):
+                    results[f"{name}_{n}"] = measure(_socket_query(path, threading.local()), n)
+        finally:
+            for proc in (serve, p0f):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+            log.close()
+    for n in (1, 50):
+        results[f"throughput_ratio_ours_over_p0f_{n}"] = round(
+            results[f"fingerprintd_{n}"]["calls_per_s"] / results[f"p0f_{n}"]["calls_per_s"], 2)
+    benchmark.extra_info.update(results)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for key, value in results.items():
+        print(f"\n{key}: {value}", end="")
+    print()
+
+
 def _p0f_api(tmp_path: Path) -> dict:
     """p0f 3.09b live on a veth, fed the same SYNs, queried on its API socket."""
     need_root()
