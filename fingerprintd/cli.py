@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -111,6 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
     lk.add_argument("--json", action="store_true")
     lk.set_defaults(func=cmd_lookup)
+
+    for name, helptext in (("milter", "a milter adding X-OS-Fingerprint headers (pymilter)"),
+                           ("policyd", "a Postfix policy service (check_policy_service)")):
+        mp = sub.add_parser(name, help=helptext)
+        default = "unix:/run/fingerprintd/milter.sock" if name == "milter" else "unix:/run/fingerprintd/policy.sock"
+        mp.add_argument("--listen", default=default, metavar="SPEC",
+                        help=f"unix:PATH or {'inet:PORT@HOST' if name == 'milter' else 'inet:HOST:PORT'}"
+                             f" (default {default})")
+        mp.add_argument("--server", default="127.0.0.1:50051", metavar="ADDR",
+                        help="the fingerprintd service: HOST:PORT or unix:PATH")
+        mp.add_argument("--token", metavar="SECRET")
+        mp.add_argument("--timeout-ms", type=int, default=250, help="give up on the service after this (fail open)")
+        mp.add_argument("--wait-ms", type=int, default=50, help="wait this long for a SYN still in flight")
+        mp.add_argument("--enforce", action="store_true",
+                        help="apply the policy's tempfail/reject actions (default: tag only)")
+        mp.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+        mp.set_defaults(func=cmd_mail, kind=name)
 
     sp = sub.add_parser("signatures", help="work with signature databases")
     ssub = sp.add_subparsers(dest="sig_command", required=True, parser_class=_Parser)
@@ -281,6 +299,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot start: {exc}") from None
     except KeyError as exc:  # pwd/grp lookups for --user and --p0f-socket-owner
         raise UsageError(f"unknown user or group: {exc.args[0]}") from None
+
+
+def cmd_mail(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from fingerprintd import mail
+    from fingerprintd.service import setup_logging
+
+    if args.timeout_ms < 1 or args.wait_ms < 0:
+        raise UsageError("--timeout-ms must be >= 1 and --wait-ms >= 0")
+    setup_logging(args.log_level)
+    client = mail.VerdictClient(args.server, args.timeout_ms / 1000, args.wait_ms, args.token or "")
+    if args.kind == "milter":
+        if not args.listen.startswith(("unix:", "inet:", "inet6:", "local:")):
+            raise UsageError(f"--listen must be unix:PATH or inet:PORT@HOST, not {args.listen!r}")
+        try:
+            mail.run_milter(args.listen, client, args.enforce)
+        except ImportError:
+            raise UsageError("the milter needs pymilter (pip install pymilter; Debian: libmilter-dev)") from None
+        return 0
+    try:
+        srv = mail.policy_server(args.listen, mail.PolicyDecider(client, args.enforce))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
+    try:
+        srv.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
