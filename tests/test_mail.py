@@ -175,7 +175,8 @@ def stack():
 
 
 def test_headers_for_the_exact_connection(stack):
-    sent = stack.send("127.0.0.1", stack.base + 0, ["--add-header", "X-OS-Fingerprint: FreeBSD 9.x; dist: 0; score: -1"])
+    forged = "X-OS-Fingerprint: FreeBSD 9.x; dist: 0; score: -1"
+    sent = stack.send("127.0.0.1", stack.base + 0, ["--add-header", forged])
     assert sent.returncode == 0, sent.stdout[-2000:]
     msg = stack.delivered(f"test {stack.base + 0}")
     values = msg.get_all("X-OS-Fingerprint")
