@@ -1,0 +1,145 @@
+"""SpamAssassin with fingerprintd's rules (through spamd/spamc) and its plugin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, need
+from tests.netns import NetnsPair, can_use_netns
+from tests.test_service_live import Served
+
+CONTRIB = ROOT / "contrib" / "spamassassin"
+
+
+def message(*fingerprints: str, received_from: str = "") -> bytes:
+    head = ""
+    if received_from:
+        head += (f"Received: from client.example (client.example [{received_from}])\r\n"
+                 "\tby mx.test.example (Postfix) with ESMTP id 4ABC123; Sun, 29 Nov 2026 04:00:00 +0000 (UTC)\r\n")
+    head += "".join(f"X-OS-Fingerprint: {fp}\r\n" for fp in fingerprints)
+    return (head + "From: a@example.net\r\nTo: user@test.example\r\nSubject: t\r\n"
+            "Date: Sun, 29 Nov 2026 04:00:00 +0000\r\nMessage-ID: <t@example.net>\r\n\r\nhello\r\n").encode()
+
+
+def site_dir() -> Path:
+    """A site config dir spamd's unprivileged children can read, with the stock .pre files
+    (they load the Check plugin and friends; --siteconfigpath replaces the whole directory)."""
+    site = Path(tempfile.mkdtemp(prefix="fpd-sa-"))
+    os.chmod(site, 0o755)
+    for pre in Path("/etc/spamassassin").glob("*.pre"):
+        shutil.copy(pre, site / pre.name)
+    return site
+
+
+@pytest.fixture(scope="module")
+def spamd(tmp_path_factory):
+    need(shutil.which("spamd") is not None and shutil.which("spamc") is not None,
+         "SpamAssassin is not installed (make test installs spamassassin and spamc as root)")
+    site = site_dir()
+    shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
+    (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\ndns_available no\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["spamd", "-L", "-i", "127.0.0.1", "-p", str(port), "-A", "127.0.0.1",
+                             f"--siteconfigpath={site}", "--max-children=1", "-u", "nobody", "-x",
+                             "--pidfile", str(site / "spamd.pid")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.3)
+    yield port
+    proc.terminate()
+    proc.wait(20)
+    shutil.rmtree(site, ignore_errors=True)
+
+
+def spamc(port: int, msg: bytes) -> dict[str, float]:
+    out = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(port), "-R"], input=msg, capture_output=True,
+                         timeout=60).stdout.decode()
+    hits = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].startswith("FPD_"):
+            hits[parts[1]] = float(parts[0])
+    return hits
+
+
+@pytest.mark.parametrize("fingerprints,rule,score", [
+    (["Windows XP; dist: 12; link: Ethernet or modem; score: 2.3"], "FPD_WINXP", 2.3),
+    (["Windows 7 or 8; dist: 11; link: Ethernet or modem; score: 1.3"], "FPD_WINDOWS", 1.3),
+    (["???; dist: 0; link: ???; score: 0.8"], "FPD_UNKNOWN", 0.8),
+    (["FreeBSD 9.x or newer; dist: 3; link: Ethernet or modem; score: -1"], "FPD_UNIX", -1.0),
+    (["Linux 3.11 and newer; dist: 5; link: Ethernet or modem; score: -0.1"], "FPD_LINUX", -0.1),
+    (["NMap SYN scan; dist: 14; link: ???; score: 3"], "FPD_SCANNER", 2.0),
+    # Only the first instance counts: a later (forged) one changes nothing.
+    (["Linux 2.2.x-3.x; dist: 0; link: ???; score: -0.1", "Windows XP; dist: 0; score: 2.3"], "FPD_LINUX", -0.1),
+])
+def test_rules(spamd, fingerprints, rule, score):
+    hits = spamc(spamd, message(*fingerprints))
+    assert hits == {rule: score}, hits
+
+
+def test_no_header_no_hits(spamd):
+    assert spamc(spamd, message()) == {}
+
+
+PLUGIN_CF = """loadplugin Mail::SpamAssassin::Plugin::FingerprintD {pm}
+fingerprintd_server 127.0.0.1:2345
+fingerprintd_timeout 0.2
+trusted_networks 127.0.0.0/8
+internal_networks 127.0.0.0/8
+use_bayes 0
+skip_rbl_checks 1
+header FPD_P_LINUX   eval:fingerprintd_os('Linux')
+score  FPD_P_LINUX   -0.1
+header FPD_P_WINDOWS eval:fingerprintd_os('Windows')
+score  FPD_P_WINDOWS 1.3
+header FPD_P_UNKNOWN eval:fingerprintd_unknown()
+score  FPD_P_UNKNOWN 0.8
+header FPD_P_NEAR    eval:fingerprintd_dist_below(9)
+score  FPD_P_NEAR    0.01
+"""
+
+
+def test_plugin_queries_the_service_in_taint_mode(tmp_path):
+    need(shutil.which("spamassassin") is not None, "SpamAssassin is not installed")
+    ok, why = can_use_netns()
+    need(ok, why)
+    os.chmod(tmp_path, 0o755)
+    site = site_dir()
+    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=CONTRIB / "FingerprintD.pm"))
+    with NetnsPair(net=84) as pair:
+        pair.start_listener()
+        served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),
+                        "--analyzer-udp", "127.0.0.1:2345")
+        try:
+            pair.connect(pair.server4, 1, 0, 38001)
+            assert served.lookup(pair.client4, 38001, wait_ms=2000)["found"]
+
+            def score(msg: bytes) -> str:
+                # perl -T: the plugin must be taint-clean.
+                out = subprocess.run(["ip", "netns", "exec", pair.srv, "perl", "-T", "/usr/bin/spamassassin", "-L",
+                                      "-t", f"--siteconfigpath={site}"], input=msg, capture_output=True,
+                                     timeout=120)
+                return out.stdout.decode() + out.stderr.decode()
+
+            known = score(message(received_from=pair.client4))
+            assert "FPD_P_LINUX" in known and "FPD_P_NEAR" in known, known
+            assert "FPD_P_WINDOWS" not in known and "FPD_P_UNKNOWN" not in known
+            unknown = score(message(received_from="198.51.100.23"))
+            assert "FPD_P_" not in unknown.split("Content analysis details")[-1], unknown
+        finally:
+            served.stop()
+            shutil.rmtree(site, ignore_errors=True)
