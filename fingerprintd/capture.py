@@ -204,7 +204,7 @@ _ACTIVATE_ERRORS = {
 
 
 def open_live(interface: str, bpf: Callable[[int], str], snaplen: int = 256, buffer_mb: int = 8,
-              timeout_ms: int = 10) -> Live:
+              timeout_ms: int = 1) -> Live:
     """Open an interface ("any" for all) with a kernel BPF filter.
 
     The read timeout bounds how long a captured SYN can wait in libpcap's

@@ -18,7 +18,7 @@ class Config:
     ports: list[int] = field(default_factory=lambda: [25])
     snaplen: int = 256
     buffer_mb: int = 8
-    timeout_ms: int = 10
+    timeout_ms: int = 1  # how long a SYN may wait in the kernel ring: filters ask within ms
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
     token: str = ""
     tls_cert: str = ""
