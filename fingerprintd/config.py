@@ -17,7 +17,7 @@ class Config:
     interfaces: list[str] = field(default_factory=lambda: ["any"])
     ports: list[int] = field(default_factory=lambda: [25])
     snaplen: int = 256
-    buffer_mb: int = 8
+    buffer_mb: int = 32  # many small blocks at a 1 ms timeout: room for Python pauses
     timeout_ms: int = 1  # how long a SYN may wait in the kernel ring: filters ask within ms
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
     token: str = ""
