@@ -186,6 +186,19 @@ def test_headers_for_the_exact_connection(stack):
     assert "FreeBSD" not in msg.as_string()
     # The milter asked about this very connection (ip and source port).
     assert f"milter connect 127.0.0.1 port {stack.base}: Linux" in (stack.d / "milter.log").read_text()
+    # SpamAssassin with fingerprintd's rules scores the delivered message.
+    if shutil.which("spamassassin"):
+        from tests.test_spamassassin import CONTRIB, site_dir
+
+        site = site_dir()
+        try:
+            shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
+            (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\n")
+            report = subprocess.run(["spamassassin", "-L", "-t", f"--siteconfigpath={site}"],
+                                    input=msg.as_bytes(), capture_output=True, timeout=120).stdout.decode()
+        finally:
+            shutil.rmtree(site, ignore_errors=True)
+        assert re.search(r"^\s*-0\.1 FPD_LINUX ", report, re.M), report[-1500:]
     # The policy service's header stands above Received, the milter's at the end.
     headers = [k for k, _ in msg.items()]
     assert headers.index("X-OS-Fingerprint") < headers.index("Received")
