@@ -166,43 +166,29 @@ _unpack_ts = struct.Struct("!II").unpack_from
 _new_packet = tuple.__new__
 
 
+# Link types with an EtherType: (where the EtherType is, where the payload starts).
+_ETHERTYPE_LINKS = {LINK_ETHERNET: (12, 14), LINK_LINUX_SLL: (14, 16), LINK_LINUX_SLL2: (0, 20)}
+_RAW_LINKS = frozenset((LINK_RAW, LINK_RAW_BSD, LINK_RAW_OPENBSD, LINK_IPV4, LINK_IPV6))
+
+
 def ip_offset(data: bytes, linktype: int, p0f_bugs: bool = False) -> int | str:
     """Offset of the IP header in a frame, or a skip reason."""
-    if linktype == LINK_ETHERNET:
-        if len(data) < 14:
-            return R_TRUNCATED
-        etype = _unpack_eth_type(data, 12)[0]
-        off = 14
-        if etype in _VLAN_TYPES:
-            if p0f_bugs:
-                return R_VLAN
-            while etype in _VLAN_TYPES:
-                if len(data) < off + 4:
-                    return R_TRUNCATED
-                etype = _unpack_eth_type(data, off + 2)[0]
-                off += 4
-        if etype != 0x0800 and etype != 0x86DD:
-            return R_NOT_IP
-        return off
-    if linktype == LINK_LINUX_SLL:
-        if len(data) < 16:
-            return R_TRUNCATED
-        etype = _unpack_eth_type(data, 14)[0]
-        off = 16
-    elif linktype == LINK_LINUX_SLL2:
-        if len(data) < 20:
-            return R_TRUNCATED
-        etype = _unpack_eth_type(data, 0)[0]
-        off = 20
-    elif linktype in (LINK_RAW, LINK_RAW_BSD, LINK_RAW_OPENBSD, LINK_IPV4, LINK_IPV6):
-        return 0
-    elif linktype in (LINK_NULL, LINK_LOOP):
-        # A 4-byte address family in either byte order; the IP version
-        # nibble that follows is what counts.
-        return 4
-    else:
+    where = _ETHERTYPE_LINKS.get(linktype)
+    if where is None:
+        if linktype in _RAW_LINKS:
+            return 0
+        if linktype in (LINK_NULL, LINK_LOOP):
+            # A 4-byte address family in either byte order; the IP version
+            # nibble that follows is what counts.
+            return 4
         return R_LINK
-    while etype in _VLAN_TYPES and not p0f_bugs:
+    type_at, off = where
+    if len(data) < off:
+        return R_TRUNCATED
+    etype = _unpack_eth_type(data, type_at)[0]
+    if etype in _VLAN_TYPES and p0f_bugs:
+        return R_VLAN
+    while etype in _VLAN_TYPES:  # 802.1Q / 802.1ad tags, stacked
         if len(data) < off + 4:
             return R_TRUNCATED
         etype = _unpack_eth_type(data, off + 2)[0]
