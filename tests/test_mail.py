@@ -170,7 +170,7 @@ def stack():
         s.stop_postfix()
         for name in list(s.procs):
             s.stop(name)
-        if not os.environ.get("FPD_KEEP"):
+        if not os.environ.get("FPD_KEEP"):  # FPD_KEEP=1 keeps the Postfix logs for debugging
             shutil.rmtree(d, ignore_errors=True)
 
 
