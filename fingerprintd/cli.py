@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--p0f-bugs", action="store_true", help="parse as p0f 3.09b does, bugs included")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_signatures_check)
+    ep = ssub.add_parser("explain", help="which line matches a raw signature, and why the others do not")
+    ep.add_argument("raw_sig", help="p0f's raw_sig text, e.g. 4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0")
+    ep.add_argument("--signatures", metavar="PATH", help="database (default: the bundled one)")
+    ep.add_argument("--syn-ack", action="store_true", help="match against [tcp:response] instead of [tcp:request]")
+    ep.add_argument("--all", action="store_true", help="also list lines with another option layout")
+    ep.set_defaults(func=cmd_signatures_explain)
     return parser
 
 
@@ -252,10 +258,17 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
         for sig in sigs:
             counts[f"{sig.label.klass} ({'generic' if sig.generic else 'specific'})"] += 1
         report["classes"][section] = dict(sorted(counts.items()))
+    from fingerprintd.signatures import shadowed
+
+    report["shadowed"] = [{"section": sec, "line": sig.line, "covered_by": ref.line, "label": sig.label.text}
+                          for sec, sig, ref in shadowed(db)]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{path}: OK, {db.sig_count} signatures")
+    for item in report["shadowed"]:
+        print(f"{path}:{item['line']}: warning: never wins: [{item['section']}] line {item['covered_by']} "
+              f"matches everything it does ({item['label']})")
     for name, n in report["sections"].items():
         print(f"  [{name}] {n}")
         for klass, k in report["classes"].get(name, {}).items():
@@ -370,6 +383,35 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     else:
         print(f"{args.ip}{':' + str(args.port) if args.port else ''}: not found")
     return 0 if reply.found else 1
+
+
+def cmd_signatures_explain(args: argparse.Namespace) -> int:
+    from fingerprintd.matcher import guess_dist, parse_raw_sig
+
+    db = load_db(args.signatures)
+    try:
+        probe = parse_raw_sig(args.raw_sig.strip())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    matcher = Matcher(db)
+    to_server = not args.syn_ack
+    sig, fuzzy, dist = matcher.find_probe(probe, to_server)
+    if sig is None:
+        print(f"verdict: ??? (no line matches; dist {guess_dist(probe.ttl)})")
+    else:
+        kind = "generic " if sig.generic else ""
+        print(f"verdict: {sig.label.text} ({kind}{'fuzzy ' if fuzzy else ''}match, line {sig.line}, dist {dist})")
+    section = "tcp:request" if to_server else "tcp:response"
+    other = 0
+    for ref, status, why in matcher.explain(probe, to_server):
+        if ref.layout != probe.layout and not args.all:
+            other += 1
+            continue
+        mark = {"exact": "=", "fuzzy": "~", None: "x"}[status]
+        print(f"  {mark} line {ref.line:4d} {'g' if ref.generic else 's'} {ref.label.text:<40} {why}")
+    if other:
+        print(f"  ({other} more lines of [{section}] want another option layout; --all lists them)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

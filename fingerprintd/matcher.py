@@ -80,6 +80,102 @@ class Fingerprint(NamedTuple):
         return self.label.text if self.label else "???"
 
 
+class Probe(NamedTuple):
+    """What a signature line is compared with: a packet's fields, or a raw_sig's."""
+
+    ip_ver: int
+    ttl: int
+    olen: int
+    quirks: int
+    layout: bytes
+    eol_pad: int
+    mss: int
+    win: int
+    wscale: int
+    pclass: int  # 1 when there is payload
+    multi: int  # the window's MSS/MTU multiplier, -1 when none
+    use_mtu: bool
+
+    @classmethod
+    def of(cls, pkt: Packet, syn_mss: int = 0) -> Probe:
+        multi, use_mtu = win_multiplier(pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss)
+        return cls(pkt.ip_ver, pkt.ttl, pkt.ip_opt_len, pkt.quirks, pkt.opt_layout, pkt.opt_eol_pad, pkt.mss,
+                   pkt.win, pkt.wscale, 1 if pkt.pay_len else 0, multi, use_mtu)
+
+
+def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, str]:
+    """One line against a probe with the same option layout, as p0f's tcp_find_match does.
+
+    ("exact" | "fuzzy" | None, why).  Only `df`/`id+` vanishing, `id-`/`ecn`
+    appearing, or a TTL out of range make a line fuzzy; anything else that
+    differs rules it out.  The reason is only spelled out when asked for.
+    """
+    fuzzy = ""
+    ref_quirks = ref.quirks
+    if ref.ver is None:
+        ref_quirks &= _MASK_V4 if p.ip_ver == 4 else _MASK_V6
+    if ref_quirks != p.quirks:
+        missing, extra = ref_quirks & ~p.quirks, p.quirks & ~ref_quirks
+        if missing & ~_FUZZY_DELETABLE or extra & ~_FUZZY_ADDABLE:
+            return None, (f"quirks differ: wants {quirks_to_str(ref_quirks) or 'none'}, "
+                          f"has {quirks_to_str(p.quirks) or 'none'}") if explain else ""
+        fuzzy = (f"quirks: missing {quirks_to_str(missing) or '-'}, extra {quirks_to_str(extra) or '-'}"
+                 if explain else "quirks")
+    if ref.eol_pad != p.eol_pad:
+        return None, f"EOL padding differs: wants {ref.eol_pad}, has {p.eol_pad}" if explain else ""
+    if ref.olen != p.olen:
+        return None, f"IP option length differs: wants {ref.olen}, has {p.olen}" if explain else ""
+    if ref.bad_ttl:
+        if ref.ttl < p.ttl:
+            return None, f"TTL {p.ttl} is above the line's random-TTL maximum {ref.ttl}" if explain else ""
+    elif ref.ttl < p.ttl or ref.ttl - p.ttl > MAX_DIST:
+        ttl_note = f"TTL {p.ttl} out of range for initial TTL {ref.ttl}" if explain else "ttl"
+        fuzzy = f"{fuzzy}; {ttl_note}" if fuzzy else ttl_note  # TTL never rules a line out
+    if ref.mss is not None and ref.mss != p.mss:
+        return None, f"MSS differs: wants {ref.mss}, has {p.mss}" if explain else ""
+    if ref.wscale is not None and ref.wscale != p.wscale:
+        return None, f"window scale differs: wants {ref.wscale}, has {p.wscale}" if explain else ""
+    if ref.pclass is not None and ref.pclass != p.pclass:
+        return None, "payload class differs" if explain else ""
+    wt = ref.win_type
+    if (
+        (wt == WIN_NORMAL and ref.win != p.win)
+        or (wt == WIN_MOD and p.win % ref.win)
+        or (wt == WIN_MSS and (p.use_mtu or ref.win != p.multi))
+        or (wt == WIN_MTU and (not p.use_mtu or ref.win != p.multi))
+    ):
+        if not explain:
+            return None, ""
+        want = {WIN_NORMAL: str(ref.win), WIN_MOD: f"%{ref.win}", WIN_MSS: f"mss*{ref.win}",
+                WIN_MTU: f"mtu*{ref.win}"}[wt]
+        have = f"{'mtu' if p.use_mtu else 'mss'}*{p.multi}" if p.multi > 0 else str(p.win)
+        return None, f"window differs: wants {want}, has {have}"
+    return ("fuzzy", fuzzy) if fuzzy else ("exact", "matches")
+
+
+def parse_raw_sig(raw: str) -> Probe:
+    """A probe from p0f's raw_sig text (`4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0`)."""
+    from fingerprintd.signatures import SignatureError, parse_text
+
+    head = "classes = x\n[tcp:request]\nlabel = s:x:probe:\nsig = "
+    try:
+        sig = parse_text(head + raw.replace("+?:", "+0:", 1) + "\n", "raw_sig").request[0]
+    except SignatureError as exc:
+        raise ValueError(f"not a raw signature: {exc.message}") from None
+    if sig.ver is None or sig.mss is None or sig.wscale is None or sig.pclass is None or sig.win_type in (
+            WIN_ANY, WIN_MOD):
+        raise ValueError("a raw signature has no wildcards: ver, mss, window, scale and payload must be values")
+    observed_ttl = int(raw.split(":", 2)[1].split("+", 1)[0])
+    if sig.win_type in (WIN_MSS, WIN_MTU):
+        # raw_sig shows the multiplier, not the window: take the usual divisor back.
+        multi, use_mtu = sig.win, sig.win_type == WIN_MTU
+        win = min(65535, multi * (sig.mss + 40 if use_mtu else sig.mss))
+    else:
+        multi, use_mtu, win = -1, False, sig.win
+    return Probe(sig.ver, observed_ttl, sig.olen, sig.quirks, sig.layout, sig.eol_pad, sig.mss, win, sig.wscale,
+                 sig.pclass, multi, use_mtu)
+
+
 def guess_dist(ttl: int) -> int:
     """Hops from the nearest usual initial TTL at or above `ttl`."""
     if ttl <= 32:
@@ -116,56 +212,17 @@ class Matcher:
         self, pkt: Packet, to_server: bool, syn_mss: int = 0
     ) -> tuple[TcpSig | None, bool, int]:
         """(matched line or None, fuzzy, distance) for a packet, uncached."""
-        ttl = pkt.ttl
-        quirks = pkt.quirks
-        multi, use_mtu = win_multiplier(
-            pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss
-        )
-        pclass = 1 if pkt.pay_len else 0
+        return self.find_probe(Probe.of(pkt, syn_mss), to_server)
+
+    def find_probe(self, probe: Probe, to_server: bool) -> tuple[TcpSig | None, bool, int]:
+        ttl = probe.ttl
         fmatch: TcpSig | None = None
         gmatch: TcpSig | None = None
-        for ref in self._buckets.get((to_server, pkt.opt_layout), ()):
-            fuzzy = False
-            ref_quirks = ref.quirks
-            if ref.ver is None:
-                ref_quirks &= _MASK_V4 if pkt.ip_ver == 4 else _MASK_V6
-            if ref_quirks != quirks:
-                if (
-                    fmatch is not None
-                    or (ref_quirks & ~quirks) & ~_FUZZY_DELETABLE
-                    or (quirks & ~ref_quirks) & ~_FUZZY_ADDABLE
-                ):
-                    continue
-                fuzzy = True
-            if ref.eol_pad != pkt.opt_eol_pad or ref.olen != pkt.ip_opt_len:
+        for ref in self._buckets.get((to_server, probe.layout), ()):
+            status = compare(ref, probe)[0]
+            if status is None:
                 continue
-            if ref.bad_ttl:
-                if ref.ttl < ttl:
-                    continue
-            elif ref.ttl < ttl or ref.ttl - ttl > MAX_DIST:
-                fuzzy = True  # TTL never rules a line out, it only blurs it
-            if ref.mss is not None and ref.mss != pkt.mss:
-                continue
-            if ref.wscale is not None and ref.wscale != pkt.wscale:
-                continue
-            if ref.pclass is not None and ref.pclass != pclass:
-                continue
-            wt = ref.win_type
-            if wt == WIN_NORMAL:
-                if ref.win != pkt.win:
-                    continue
-            elif wt == WIN_MOD:
-                if pkt.win % ref.win:
-                    continue
-            elif wt == WIN_MSS:
-                if use_mtu or ref.win != multi:
-                    continue
-            elif wt == WIN_MTU:
-                if not use_mtu or ref.win != multi:
-                    continue
-            else:
-                assert wt == WIN_ANY
-            if not fuzzy:
+            if status == "exact":
                 if not ref.label.generic:
                     return ref, False, ref.ttl - ttl
                 if gmatch is None:
@@ -183,6 +240,16 @@ class Matcher:
         ):
             return fmatch, fmatch is not None, guess_dist(ttl)
         return fmatch, True, fmatch.ttl - ttl
+
+    def explain(self, probe: Probe, to_server: bool = True) -> list[tuple[TcpSig, str | None, str]]:
+        """Every line of the direction, with its verdict on the probe and why."""
+        out = []
+        for ref in self.db.tcp(to_server):
+            if ref.layout != probe.layout:
+                out.append((ref, None, f"option layout differs: wants {layout_to_str(ref.layout, ref.eol_pad)}"))
+            else:
+                out.append((ref, *compare(ref, probe, explain=True)))
+        return out
 
     def fingerprint(
         self, pkt: Packet, to_server: bool, syn_mss: int = 0, sendsyn: bool = False

@@ -372,14 +372,33 @@ class _Parser:
         return quirks
 
 
-def _covering(new: TcpSig, sigs: list[TcpSig]) -> TcpSig | None:
-    """The earlier specific signature that matches everything `new` does.
+def shadowed(db: Database) -> list[tuple[str, TcpSig, TcpSig]]:
+    """Lines that can never win: (section, line, the earlier line that covers it).
+
+    Any line covered by an earlier specific line is already an error (as in
+    p0f); what is left is a generic line behind an earlier generic line that
+    matches everything it does: the first generic match always wins.
+    """
+    out = []
+    for section, sigs in (("tcp:request", db.request), ("tcp:response", db.response)):
+        for i, sig in enumerate(sigs):
+            if sig.generic:
+                ref = _covering(sig, [s for s in sigs[:i] if s.generic], include_generic=True)
+                if ref is not None:
+                    out.append((section, sig, ref))
+    return out
+
+
+def _covering(new: TcpSig, sigs: list[TcpSig], include_generic: bool = False) -> TcpSig | None:
+    """The earlier signature that matches everything `new` does.
 
     This is p0f's registration check: the new line, treated as a packet, is
-    matched exactly (no fuzz) against the specific lines before it.
+    matched exactly (no fuzz) against the specific lines before it.  With
+    `include_generic` (the shadow report, not p0f's check) generic lines count
+    too, and a `*` window covers every window form, as it does for packets.
     """
     for ref in sigs:
-        if ref.generic or ref.layout != new.layout:
+        if (ref.generic and not include_generic) or ref.layout != new.layout:
             continue
         ref_quirks = ref.quirks
         if ref.ver is None:
@@ -399,7 +418,9 @@ def _covering(new: TcpSig, sigs: list[TcpSig]) -> TcpSig | None:
             continue
         if ref.pclass is not None and ref.pclass != new.pclass:
             continue
-        if new.win_type != WIN_NORMAL:
+        if include_generic and ref.win_type == WIN_ANY:
+            pass
+        elif new.win_type != WIN_NORMAL:
             if ref.win_type != new.win_type or ref.win != new.win:
                 continue
         elif ref.win_type == WIN_NORMAL:
@@ -466,6 +487,7 @@ __all__ = [
     "parse_text",
     "MAX_DIST",
     "win_multiplier",
+    "shadowed",
 ]
 
 
