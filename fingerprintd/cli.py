@@ -177,7 +177,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     gc.set_threshold(100_000, 50, 50)
     db = load_db(args.signatures, args.p0f_bugs)
     ports = None if (args.all_ports or args.bpf) else (args.port or [25])
-    engine = Engine(Matcher(db), ports=ports, p0f_bugs=args.p0f_bugs)
+    engine = Engine(Matcher(db, p0f_bugs=args.p0f_bugs), ports=ports, p0f_bugs=args.p0f_bugs)
     fmt = FORMATTERS[args.format]()
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable

@@ -95,12 +95,27 @@ class Probe(NamedTuple):
     pclass: int  # 1 when there is payload
     multi: int  # the window's MSS/MTU multiplier, -1 when none
     use_mtu: bool
+    flow: bool = False  # an IPv6 flow label, held out of `quirks` (see flow_twin)
 
     @classmethod
-    def of(cls, pkt: Packet, syn_mss: int = 0) -> Probe:
+    def of(cls, pkt: Packet, syn_mss: int = 0, flow_twin: bool = True) -> Probe:
         multi, use_mtu = win_multiplier(pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss)
-        return cls(pkt.ip_ver, pkt.ttl, pkt.ip_opt_len, pkt.quirks, pkt.opt_layout, pkt.opt_eol_pad, pkt.mss,
-                   pkt.win, pkt.wscale, 1 if pkt.pay_len else 0, multi, use_mtu)
+        probe = cls(pkt.ip_ver, pkt.ttl, pkt.ip_opt_len, pkt.quirks, pkt.opt_layout, pkt.opt_eol_pad, pkt.mss,
+                    pkt.win, pkt.wscale, 1 if pkt.pay_len else 0, multi, use_mtu)
+        return probe.twin() if flow_twin else probe
+
+    def twin(self) -> Probe:
+        """The IPv6 flow-label rule (a deliberate deviation from p0f).
+
+        Linux, macOS and Windows all set a flow label on IPv6 SYNs, and p0f's
+        database has no line with `flow`, so p0f calls every such SYN `???`.
+        Here the label is held aside: a line without `flow` is compared as if
+        the SYN had none, so an IPv6 SYN gets its IPv4 twin's verdict; a line
+        that asks for `flow` still gets it.  raw_sig still shows `flow`.
+        """
+        if self.ip_ver != 6 or not self.quirks & Q_FLOW:
+            return self
+        return self._replace(quirks=self.quirks & ~Q_FLOW, flow=True)
 
 
 def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, str]:
@@ -114,11 +129,12 @@ def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, s
     ref_quirks = ref.quirks
     if ref.ver is None:
         ref_quirks &= _MASK_V4 if p.ip_ver == 4 else _MASK_V6
-    if ref_quirks != p.quirks:
-        missing, extra = ref_quirks & ~p.quirks, p.quirks & ~ref_quirks
+    quirks = p.quirks | Q_FLOW if p.flow and ref_quirks & Q_FLOW else p.quirks
+    if ref_quirks != quirks:
+        missing, extra = ref_quirks & ~quirks, quirks & ~ref_quirks
         if missing & ~_FUZZY_DELETABLE or extra & ~_FUZZY_ADDABLE:
             return None, (f"quirks differ: wants {quirks_to_str(ref_quirks) or 'none'}, "
-                          f"has {quirks_to_str(p.quirks) or 'none'}") if explain else ""
+                          f"has {quirks_to_str(quirks) or 'none'}") if explain else ""
         fuzzy = (f"quirks: missing {quirks_to_str(missing) or '-'}, extra {quirks_to_str(extra) or '-'}"
                  if explain else "quirks")
     if ref.eol_pad != p.eol_pad:
@@ -153,7 +169,7 @@ def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, s
     return ("fuzzy", fuzzy) if fuzzy else ("exact", "matches")
 
 
-def parse_raw_sig(raw: str) -> Probe:
+def parse_raw_sig(raw: str, flow_twin: bool = True) -> Probe:
     """A probe from p0f's raw_sig text (`4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0`)."""
     from fingerprintd.signatures import SignatureError, parse_text
 
@@ -172,8 +188,9 @@ def parse_raw_sig(raw: str) -> Probe:
         win = min(65535, multi * (sig.mss + 40 if use_mtu else sig.mss))
     else:
         multi, use_mtu, win = -1, False, sig.win
-    return Probe(sig.ver, observed_ttl, sig.olen, sig.quirks, sig.layout, sig.eol_pad, sig.mss, win, sig.wscale,
-                 sig.pclass, multi, use_mtu)
+    probe = Probe(sig.ver, observed_ttl, sig.olen, sig.quirks, sig.layout, sig.eol_pad, sig.mss, win, sig.wscale,
+                  sig.pclass, multi, use_mtu)
+    return probe.twin() if flow_twin else probe
 
 
 def guess_dist(ttl: int) -> int:
@@ -196,8 +213,9 @@ def layout_to_str(layout: bytes, eol_pad: int) -> str:
 class Matcher:
     """Matches packets against one database; immutable once built."""
 
-    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool = False) -> None:
         self.db = db
+        self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
         self.cache_size = cache_size
         self.cache: dict[tuple, Fingerprint] = {}
         self.hits = 0
@@ -212,7 +230,7 @@ class Matcher:
         self, pkt: Packet, to_server: bool, syn_mss: int = 0
     ) -> tuple[TcpSig | None, bool, int]:
         """(matched line or None, fuzzy, distance) for a packet, uncached."""
-        return self.find_probe(Probe.of(pkt, syn_mss), to_server)
+        return self.find_probe(Probe.of(pkt, syn_mss, self.flow_twin), to_server)
 
     def find_probe(self, probe: Probe, to_server: bool) -> tuple[TcpSig | None, bool, int]:
         ttl = probe.ttl

@@ -75,7 +75,8 @@ class Service:
         self.policy_path = cfg.policy or default_policy()
         db = load(self.db_path, p0f_bugs=cfg.p0f_bugs)  # errors propagate: startup fails with file:line
         self.policy = load_policy(self.policy_path)
-        self.engine = Engine(Matcher(db), ports=cfg.ports, p0f_bugs=cfg.p0f_bugs, flows=RecentSyns())
+        self.engine = Engine(Matcher(db, p0f_bugs=cfg.p0f_bugs), ports=cfg.ports, p0f_bugs=cfg.p0f_bugs,
+                             flows=RecentSyns())
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
@@ -179,7 +180,8 @@ class Service:
         except (SignatureError, PolicyError, OSError) as exc:
             event(logging.ERROR, "reload failed, keeping the previous signatures and policy", error=str(exc))
             return False
-        self.engine.matcher = Matcher(db)  # one reference swap each: the readers see old or new, whole
+        # One reference swap each: readers see the old or the new, whole.
+        self.engine.matcher = Matcher(db, p0f_bugs=self.cfg.p0f_bugs)
         self.policy = policy
         self.reloads += 1
         event(logging.INFO, "reloaded", signatures=self.db_path, signature_count=db.sig_count,

@@ -65,6 +65,26 @@ def run_replay(pcap: Path, out: Path, *args: str, db: Path = STOCK_DB) -> list[s
     return out.read_text().splitlines()
 
 
+def flow_neutral(lines: list[str]) -> list[str]:
+    """Lines without the observations of packets that carried an IPv6 flow label.
+
+    Their verdict is where fingerprintd deliberately differs from p0f (the
+    flow-label rule, Probe.twin: p0f says ??? for all of them), and a changed
+    verdict can change what else p0f logs (an mtu line; after a SYN, the
+    connection's SYN+ACK); `--p0f-bugs` runs compare them in full, and
+    tests/test_conformance_crafted.py checks the rule itself.
+    """
+    def key(ln: str) -> str:
+        return ln.split("|cli=")[1].split("|")[0] + "|" + ln.split("|srv=")[1].split("|")[0]
+
+    def flowed(ln: str) -> bool:
+        return "|raw_sig=6:" in ln and "flow" in ln.split("|raw_sig=")[1].split(":")[-2].split(",")
+
+    syn = {key(ln) for ln in lines if ("mod=syn|" in ln or "mod=sendsyn probe|" in ln) and flowed(ln)}
+    synack = {key(ln) for ln in lines if ("mod=syn+ack|" in ln or "mod=sendsyn response|" in ln) and flowed(ln)}
+    return [ln for ln in lines if key(ln) not in syn and not (key(ln) in synack and "|subj=srv|" in ln)]
+
+
 def diff_report(expected: list[str], got: list[str], limit: int = 8) -> str:
     import difflib
 

@@ -209,9 +209,9 @@ def test_ipv6(stack):
     assert sent.returncode == 0, sent.stdout[-2000:]
     msg = stack.delivered(f"test {stack.base + 1}")
     values = msg.get_all("X-OS-Fingerprint")
-    # Loopback IPv6 SYNs carry a flow label: p0f's database has no line for them.
-    assert values and all(v.startswith("???; dist: 0; link: ???; score: 0.8") for v in values), values
-    assert msg["X-OS-Fingerprint-Score"] == "0.8"
+    # Loopback IPv6 SYNs carry a flow label: named like their IPv4 twin (p0f: ???).
+    assert values and all(v.startswith("Linux 2.2.x-3.x; dist: 0; link: ???; score: -0.1") for v in values), values
+    assert msg["X-OS-Fingerprint-Score"] == "-0.1"
 
 
 def test_fails_open_when_the_service_is_down(stack):
