@@ -42,7 +42,9 @@ from fingerprintd.signatures import (
     WIN_NORMAL,
     Database,
     Label,
+    SignatureError,
     TcpSig,
+    parse_text,
     win_multiplier,
 )
 
@@ -171,8 +173,6 @@ def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, s
 
 def parse_raw_sig(raw: str, flow_twin: bool = True) -> Probe:
     """A probe from p0f's raw_sig text (`4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0`)."""
-    from fingerprintd.signatures import SignatureError, parse_text
-
     head = "classes = x\n[tcp:request]\nlabel = s:x:probe:\nsig = "
     try:
         sig = parse_text(head + raw.replace("+?:", "+0:", 1) + "\n", "raw_sig").request[0]
