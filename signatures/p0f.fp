@@ -2,9 +2,10 @@
 ;
 ; The TCP and MTU signatures below are the facts of p0f 3.09b's database
 ; (p0f by Michal Zalewski, LGPL-2.1), in p0f v3 syntax and in the same order,
-; so that fingerprintd gives p0f's verdicts line for line. See README.md here
-; for credits, the format, and how to add a signature. HTTP sections are left
-; out: fingerprintd fingerprints TCP only.
+; plus fingerprintd's additions for today's stacks, each marked and sourced.
+; See README.md here for credits, the format, and how to add a signature.
+; HTTP sections are left out: fingerprintd fingerprints TCP only. p0f 3.09b
+; itself loads this file (p0f -f signatures/p0f.fp).
 
 classes = win,unix,other
 
@@ -73,6 +74,38 @@ sig   = 16436
 
 [tcp:request]
 
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Linux 4.19+ (commit "tcp: up initial rmem to 128KB and SYN rwin to around
+; 64KB"): the SYN window is the largest multiple of the MSS under 65535, so
+; the multiplier follows the MSS: 44 for 1460 (IPv4 Ethernet), 45 for 1440
+; (IPv6) and 1452, 46 for 1400-1420, 47 for 1380, 48 for 1340-1360. The scale
+; follows net.ipv4.tcp_rmem's maximum: 7 for the usual 6 MB, up to 10.
+; Sources: real Linux 6.18 SYNs captured in network namespaces by
+; tests/netns.py (IPv4 and IPv6, MTU 1400/1500/9000, tcp_rmem varied); the
+; labeled captures ndpi__ocsp, ndpi__xss and slips__malicious-ssh-bruteforce
+; (Linux, 64240 with scale 7); peace-maker's p0f table ("Linux 4.x and newer").
+label = s:unix:Linux:4.19 and newer
+sig   = *:64:0:*:mss*44,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*44,8:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*44,9:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*44,10:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*45,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*45,8:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*45,9:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*45,10:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*46,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*46,8:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*46,9:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*46,10:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*47,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*47,8:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*47,9:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*47,10:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*48,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*48,8:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*48,9:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*48,10:mss,sok,ts,nop,ws:df,id+:0
+
 ; Linux 3.11+: initial window 10 segments -> mss*20 with the usual rmem.
 label = s:unix:Linux:3.11 and newer
 sig   = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0
@@ -140,6 +173,17 @@ sig   = *:64:0:*:*,*:mss,nop,nop,sok,nop,ws:df,id+:0
 
 label = g:unix:Linux:2.2.x-3.x (barebone)
 sig   = *:64:0:*:*,0:mss:df,id+:0
+
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Windows 10 and 11 (and Server 2016+, which sends the same SYN): window
+; 64240 (44 x 1460, whatever the MSS) or 65535, scale 8. p0f 3.09b calls these
+; the generic "NT kernel" (or "NT kernel 5.x", the XP era, for 65535).
+; Sources: labeled captures ndpi__emotet (a Windows 10 spambot's SMTP session),
+; ndpi__http-proxy, ndpi__http_asymmetric, ndpi__http_connect, ndpi__trickbot
+; (Windows 10/11 by their User-Agents); huginn-net's and peace-maker's tables.
+label = s:win:Windows:10 or 11
+sig   = *:128:0:*:mss*44,8:mss,nop,ws,nop,nop,sok:df,id+:0
+sig   = *:128:0:*:65535,8:mss,nop,ws,nop,nop,sok:df,id+:0
 
 ; Windows NT 5.x and 6.x stacks: no timestamps, NOPs around WS and SACK-OK.
 label = s:win:Windows:XP

@@ -223,13 +223,13 @@ def test_amavisd_style_queries(served):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert " Linux 2.2.x-3.x; dist: 0; link: Ethernet or modem; params: generic; raw_mtu: 1500; raw_sig: 4:64+0:" \
+    assert " Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 4:64+0:" \
         in lines[0]
     assert lines[1].rstrip().endswith("ms")  # empty result for an unknown connection (after a 30 ms wait)
     # IPv6 with a flow label: named like its IPv4 twin (p0f would say ???).
-    assert " Linux 2.2.x-3.x; dist: 0; link: Ethernet or modem; params: generic; raw_mtu: 1500; raw_sig: 6:64+0:" \
+    assert " Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 6:64+0:" \
         in lines[2]
-    assert "Linux 2.2.x-3.x" in lines[3]
+    assert "Linux 4.19 and newer" in lines[3]
     assert all(float(ln.split("ms")[0]) < 50 for ln in lines)
     # Not from an allowed network (the client namespace): no reply at all.
     probe = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5);"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CORPUS, GOLDEN, OUR_DB, diff_report, flow_neutral, need, run_p0f, run_replay
+from tests.conftest import CORPUS, GOLDEN, OUR_DB, STOCK_DB, diff_report, flow_neutral, need, run_p0f, run_replay
 
 PCAPS = sorted((CORPUS / "pcaps").glob("*")) if (CORPUS / "pcaps").is_dir() else []
 
@@ -75,8 +75,9 @@ def test_golden_vectors(tmp_path, p0f_bugs):
     """p0f's recorded verdicts on 60 crafted SYNs (no p0f binary needed)."""
     need((GOLDEN / "quirk_cases.json").exists(), f"the golden set is not present at {GOLDEN}")
     cases = [c for c in json.loads((GOLDEN / "quirk_cases.json").read_text()) if "kind" in c]
+    need(STOCK_DB.exists(), "p0f's database is not installed: the golden verdicts are its verdicts")
     lines = run_replay(GOLDEN / "quirk_cases.pcap", tmp_path / "golden.log", "--all-ports",
-                       *(["--p0f-bugs"] if p0f_bugs else []), db=OUR_DB)
+                       *(["--p0f-bugs"] if p0f_bugs else []), db=STOCK_DB)
     got = _observations(lines)
     assert len(got) == len(cases)
     keys = ("os", "dist", "params", "raw_sig", "link", "raw_mtu")
@@ -94,3 +95,12 @@ def test_golden_vectors(tmp_path, p0f_bugs):
             continue
         assert {k: obs.get(k) for k in keys} == {k: case.get(k) for k in keys}, case["case"]
     assert deviations == (0 if p0f_bugs else 4)  # 2 ack+, 2 IPv6 flow labels
+
+
+def test_bundled_database_names_modern_stacks(corpus_present, tmp_path):
+    """The additions on the labeled captures they were learned from (p0f 3.09b: generic NT kernel / Linux)."""
+    cases = {"ndpi__emotet.pcap": "Windows 10 or 11", "ndpi__http-proxy.pcapng": "Windows 10 or 11",
+             "ndpi__ocsp.pcapng": "Linux 4.19 and newer", "ndpi__xss.pcap": "Linux 4.19 and newer"}
+    for name, label in cases.items():
+        lines = run_replay(CORPUS / "pcaps" / name, tmp_path / "ours.log", "--all-ports", db=OUR_DB)
+        assert any(f"|os={label}|" in ln for ln in lines if "mod=syn|" in ln), name

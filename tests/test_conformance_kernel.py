@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import diff_report, flow_neutral, need, run_p0f, run_replay
+from tests.conftest import OUR_DB, diff_report, flow_neutral, need, run_p0f, run_replay
 from tests.netns import VARIANTS, can_use_netns, capture_kernel_syns
 
 
@@ -47,3 +47,14 @@ def test_kernel_ipv6_syns_get_their_ipv4_twins_verdict(kernel_capture, tmp_path)
     for v4, v6 in pairs:
         assert verdicts[v6] == verdicts[v4], (v4, verdicts[v4], verdicts[v6])
     assert sum(1 for v4, v6 in pairs if not verdicts[v6].startswith("???")) >= len(VARIANTS) - 3
+
+
+def test_bundled_database_names_modern_linux(kernel_capture, tmp_path):
+    """The bundled database's additions: today's Linux kernel, IPv4 and IPv6 (p0f 3.09b: generic or ???)."""
+    pcap, _ = kernel_capture
+    lines = run_replay(pcap, tmp_path / "ours.log", db=OUR_DB)
+    syn = {int(ln.split("|cli=")[1].split("|")[0].rsplit("/", 1)[1]): ln for ln in lines if "mod=syn|" in ln}
+    # Defaults and MTU 1400 (mss*44..48), IPv4 and IPv6. Jumbo frames (mss*7) stay generic.
+    for port in (30000, 30001, 30050, 30051, 31000, 31001, 31050, 31051):
+        assert "|os=Linux 4.19 and newer|" in syn[port], syn[port]
+    assert "|os=Linux 2.2.x-3.x|" in syn[31100]

@@ -105,17 +105,30 @@ def test_p0f_agrees_on_what_loads(p0f_bin, one_packet_pcap, tmp_path, text, line
         assert f"line {line}" in out, out
 
 
+ADDED_LABELS = {"Linux 4.19 and newer", "Windows 10 or 11"}  # fingerprintd's additions to p0f's lines
+
+
 def test_stock_and_bundled_databases_load():
     ours = load(OUR_DB)
-    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 91, 101)
+    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 113, 101)
     if STOCK_DB.exists():
         stock = load(STOCK_DB)
         assert stock.sig_count == 322  # what p0f 3.09b reports: "Loaded 322 signatures"
-        assert [s.text for s in stock.request] == [s.text for s in ours.request]
+        # Ours is p0f's lines, in p0f's order, plus the additions.
+        kept = [s for s in ours.request if s.label.text not in ADDED_LABELS]
+        assert [(s.text, s.label.text, s.label.klass, s.label.generic) for s in kept] == \
+               [(s.text, s.label.text, s.label.klass, s.label.generic) for s in stock.request]
         assert [s.text for s in stock.response] == [s.text for s in ours.response]
-        assert [(s.label.text, s.label.klass, s.label.generic) for s in stock.request] == \
-               [(s.label.text, s.label.klass, s.label.generic) for s in ours.request]
         assert stock.mtu == ours.mtu
+
+
+def test_p0f_loads_our_database(p0f_bin, tmp_path):
+    from scapy.all import IP, UDP, Ether  # type: ignore[attr-defined]
+
+    pcap = tmp_path / "one.pcap"
+    write_pcap(pcap, [Ether() / IP(dst="192.0.2.1") / UDP()])
+    out = subprocess.run([p0f_bin, "-f", str(OUR_DB), "-r", str(pcap)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and f"Loaded {load(OUR_DB).sig_count} signatures" in out.stdout, out.stdout
 
 
 def test_names_keep_their_first_spelling():
