@@ -104,3 +104,20 @@ def test_bundled_database_names_modern_stacks(corpus_present, tmp_path):
     for name, label in cases.items():
         lines = run_replay(CORPUS / "pcaps" / name, tmp_path / "ours.log", "--all-ports", db=OUR_DB)
         assert any(f"|os={label}|" in ln for ln in lines if "mod=syn|" in ln), name
+
+
+def test_accuracy_report_never_worse_than_p0f(corpus_present):
+    """benchmarks/accuracy.py on the labeled corpus: every family at least as often right as with p0f's database."""
+    need(STOCK_DB.exists(), "p0f's database is not installed")
+    from benchmarks.accuracy import OUTCOMES, report
+
+    results = report(CORPUS)
+    ours, p0f = results["fingerprintd"], results["p0f 3.09b"]
+    labeled = sum(1 for _ in open(CORPUS / "labels.csv")) - 1
+    assert sum(ours["all"].values()) == sum(p0f["all"].values()) == labeled
+    for family, counts in p0f.items():
+        right = counts.get("correct-specific", 0) + counts.get("correct-generic", 0)
+        ours_right = ours[family].get("correct-specific", 0) + ours[family].get("correct-generic", 0)
+        assert ours_right >= right, family
+    assert ours["all"].get("correct-specific", 0) > p0f["all"].get("correct-specific", 0)
+    assert set(ours["all"]) <= set(OUTCOMES) | {"no SYN seen"}
