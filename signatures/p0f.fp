@@ -315,6 +315,22 @@ sig   = *:64:0:1460:mss*4,2:mss,sok,nop,nop,nop,nop,nop,nop,nop,nop,nop,nop,nop,
 
 [tcp:response]
 
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Linux 4.19+ answering: window 45 segments of MSS-12 with timestamps (65160
+; for MSS 1460, 64260 for IPv6's 1440), scale per tcp_rmem. Source: SYN+ACKs of
+; a Linux 6.18 listener captured by tests/netns.py (IPv4 and IPv6).
+label = s:unix:Linux:4.19 and newer
+sig   = *:64:0:*:mss*45,7:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*45,8:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*45,9:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*45,10:mss,sok,ts,nop,ws:df:0
+
+; Linux 3.x and newer answering a client that offered no timestamps. Source:
+; the SYN+ACKs of the Ubuntu Postfix host in the labeled captures
+; chrissanders__mail_sender_* (PPA, by its SMTP banner).
+label = s:unix:Linux:3.x and newer
+sig   = *:64:0:*:mss*20,7:mss,nop,nop,sok,nop,ws:df:0
+
 label = s:unix:Linux:3.x
 sig   = *:64:0:*:mss*10,0:mss:df:0
 sig   = *:64:0:*:mss*10,0:mss,sok,ts:df:0

@@ -112,9 +112,9 @@ def test_errors_exit_2_with_one_line(args, needle, tmp_path):
 
 def test_signatures_check(tmp_path):
     out = fpd("signatures", "check", check=True).stdout
-    assert "OK, 239 signatures" in out and "[tcp:request] 113" in out
+    assert "OK, 244 signatures" in out and "[tcp:request] 113" in out
     js = json.loads(fpd("signatures", "check", "--json", str(OUR_DB), check=True).stdout)
-    assert js["sections"] == {"mtu": 25, "tcp:request": 113, "tcp:response": 101, "http": 0}
+    assert js["sections"] == {"mtu": 25, "tcp:request": 113, "tcp:response": 106, "http": 0}
     assert js["classes"]["tcp:request"]["win (specific)"] == 13  # p0f's 11 and Windows 10 or 11
 
 
