@@ -230,7 +230,7 @@ def analyzer_reply(datagram: bytes, hosts: HostTable, wait: float = 0.0) -> byte
 class AnalyzerServer:
     """p0f-analyzer's UDP protocol, answering allowed networks only."""
 
-    def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.03) -> None:
+    def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.02) -> None:
         self.hosts = hosts
         self.wait = wait
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
