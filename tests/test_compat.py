@@ -225,7 +225,7 @@ def test_amavisd_style_queries(served):
     lines = out.stdout.splitlines()
     assert " Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 4:64+0:" \
         in lines[0]
-    assert lines[1].rstrip().endswith("ms")  # empty result for an unknown connection (after a 20 ms wait for a SYN in flight)
+    assert lines[1].rstrip().endswith("ms")  # unknown connection: empty result, after a 20 ms wait
     # IPv6 with a flow label: named like its IPv4 twin (p0f would say ???).
     assert " Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 6:64+0:" \
         in lines[2]
