@@ -330,6 +330,8 @@ def cmd_mail(args: argparse.Namespace) -> int:
             mail.run_milter(args.listen, client, args.enforce)
         except ImportError:
             raise UsageError("the milter needs pymilter (pip install pymilter; Debian: libmilter-dev)") from None
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
         return 0
     try:
         srv = mail.policy_server(args.listen, mail.PolicyDecider(client, args.enforce))

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
+from fingerprintd.unixsock import remove_stale_socket
 
 log = logging.getLogger("fingerprintd")
 
@@ -91,10 +92,7 @@ class P0fSocketServer:
         self.max_connections = max_connections
         self.queries = 0
         self.bad_queries = 0
-        if os.path.exists(path):
-            if not _is_socket(path):
-                raise OSError(f"{path} exists and is not a socket")
-            os.unlink(path)  # a stale socket from an earlier run
+        remove_stale_socket(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         os.chmod(path, mode)
@@ -173,12 +171,6 @@ class P0fSocketServer:
         except (KeyError, ValueError):
             pass
         conn.close()
-
-
-def _is_socket(path: str) -> bool:
-    import stat
-
-    return stat.S_ISSOCK(os.lstat(path).st_mode)
 
 
 # --- p0f-analyzer -------------------------------------------------------------

@@ -29,6 +29,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 
 import grpc
 
+from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 
@@ -151,8 +152,7 @@ def run_milter(socket_spec: str, client: VerdictClient, enforce: bool = False, t
     Milter.factory = make_milter(client, enforce)
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
     if socket_spec.startswith("unix:"):
-        if os.path.exists(socket_spec[5:]):
-            os.unlink(socket_spec[5:])
+        remove_stale_socket(socket_spec[5:])
         # libmilter creates the socket; Postfix's smtpd (its own user) must be able
         # to connect: restrict access with the directory's permissions instead.
         os.umask(0o000)
@@ -249,8 +249,7 @@ def policy_server(listen: str, decider: PolicyDecider) -> socketserver.BaseServe
     """A policy server bound to unix:/path or inet:host:port; call serve_forever()."""
     if listen.startswith("unix:"):
         path = listen[5:]
-        if os.path.exists(path):
-            os.unlink(path)
+        remove_stale_socket(path)
         srv: socketserver.BaseServer = _UnixServer(path, PolicyHandler)
         os.chmod(path, 0o666)  # Postfix's smtpd runs as its own user
     elif listen.startswith("inet:"):

@@ -6,7 +6,6 @@ answers come from the host table and the policy.
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import socket
@@ -21,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
 from fingerprintd.policy import Policy
+from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 
@@ -193,9 +193,7 @@ def build_server(backend: Backend, listen: list[str], token: str = "", tls: tupl
     creds = grpc.ssl_server_credentials([(tls[0], tls[1])]) if tls else None
     for addr in listen:
         if addr.startswith("unix:"):
-            path = addr[5:]
-            if os.path.exists(path):
-                os.unlink(path)  # a stale socket from an earlier run
+            remove_stale_socket(addr[5:])
         try:
             bound = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
         except RuntimeError:  # grpcio raises this when bind() fails
