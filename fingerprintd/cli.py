@@ -22,7 +22,7 @@ from fingerprintd.data import default_signatures
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS
-from fingerprintd.signatures import Database, SignatureError, load
+from fingerprintd.signatures import Database, SignatureError, load, shadowed
 
 
 class UsageError(Exception):
@@ -258,8 +258,6 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
         for sig in sigs:
             counts[f"{sig.label.klass} ({'generic' if sig.generic else 'specific'})"] += 1
         report["classes"][section] = dict(sorted(counts.items()))
-    from fingerprintd.signatures import shadowed
-
     report["shadowed"] = [{"section": sec, "line": sig.line, "covered_by": ref.line, "label": sig.label.text}
                           for sec, sig, ref in shadowed(db)]
     if args.json:
@@ -286,7 +284,6 @@ _SERVE_FLAGS = {"interface": "interfaces", "port": "ports", "grpc": "listen", "s
 
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our own messages say what failed, in one line
-    from fingerprintd.capture import CaptureError
     from fingerprintd.config import Config, ConfigError, check, load_config
     from fingerprintd.policy import PolicyError
     from fingerprintd.service import Service, setup_logging
@@ -304,9 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         service = Service(cfg)
         return service.run()
-    except (SignatureError, PolicyError) as exc:
-        raise UsageError(str(exc)) from None
-    except CaptureError as exc:
+    except (SignatureError, PolicyError, CaptureError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot start: {exc}") from None
