@@ -13,7 +13,8 @@ fields: a repeated stack costs one dict lookup.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Generic, NamedTuple, TypeVar
 
 from fingerprintd.packet import (
     ACK,
@@ -51,6 +52,7 @@ from fingerprintd.signatures import (
 SPECIAL_MSS = 1331  # p0f-sendsyn's probe MSS
 SPECIAL_WIN = 1337  # and window
 DEFAULT_CACHE_SIZE = 16384  # distinct stacks; real traffic has a few hundred
+T = TypeVar("T")
 
 _FUZZY_DELETABLE = Q_DF | Q_NZ_ID
 _FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
@@ -80,6 +82,32 @@ class Fingerprint(NamedTuple):
     @property
     def os_text(self) -> str:
         return self.label.text if self.label else "???"
+
+
+class PerFingerprint(Generic[T]):
+    """A value derived from a Fingerprint (a header, a message), made once per stack.
+
+    The matcher hands out one Fingerprint object per stack from its cache,
+    so keying by identity is exact and cheaper than hashing the tuple.  Each
+    entry holds its Fingerprint, which keeps the id from being reused.
+    """
+
+    __slots__ = ("make", "size", "_memo")
+
+    def __init__(self, make: Callable[[Fingerprint], T], size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.make = make
+        self.size = size
+        self._memo: dict[int, tuple[Fingerprint, T]] = {}
+
+    def __call__(self, fp: Fingerprint) -> T:
+        hit = self._memo.get(id(fp))
+        if hit is not None and hit[0] is fp:
+            return hit[1]
+        value = self.make(fp)
+        if len(self._memo) >= self.size:
+            self._memo.clear()
+        self._memo[id(fp)] = (fp, value)
+        return value
 
 
 class Probe(NamedTuple):

@@ -16,9 +16,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from fingerprintd.matcher import Fingerprint
+from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.tomlfile import Located, TomlError
 
 ACTIONS = ("tag", "tempfail", "reject")  # least to most severe
@@ -86,14 +87,15 @@ class Policy:
     reject_message: str = "550 5.7.1 Your host looks like a compromised desktop, not a mail server"
     tempfail_message: str = "451 4.7.1 Please try again later"
     # Derived: trusted networks as (address length, network, mask) integers, and
-    # verdicts by fingerprint (the matcher hands out one object per stack).
+    # the untrusted verdict, made once per stack.
     _ranges: tuple = field(init=False, repr=False, compare=False)
-    _memo: dict = field(init=False, repr=False, compare=False)
+    _scored: PerFingerprint[Verdict] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ranges = tuple((n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in self.trusted)
         object.__setattr__(self, "_ranges", ranges)
-        object.__setattr__(self, "_memo", {})
+        # Built on the rules, not on self: no reference cycle to outlive a reload.
+        object.__setattr__(self, "_scored", PerFingerprint(partial(_score, self.rules)))
 
     def is_trusted(self, ip: bytes) -> bool:
         value = int.from_bytes(ip, "big")
@@ -103,34 +105,30 @@ class Policy:
         return False
 
     def verdict(self, fp: Fingerprint, client_ip: bytes) -> Verdict:
-        os_text = fp.os_text
-        head = f"{os_text}; dist: {fp.dist}; link: {fp.link or '???'}"
         if self.is_trusted(client_ip):
-            return Verdict(0.0, "accept", ("trusted_network",), f"{head}; score: 0 (trusted)", True)
-        memo = self._memo
-        cached = memo.get(id(fp))
-        if cached is not None and cached[0] is fp:
-            return cached[1]
-        verdict = self._score(fp, head)
-        if len(memo) >= 16384:
-            memo.clear()
-        memo[id(fp)] = (fp, verdict)  # holding fp keeps its id from being reused
-        return verdict
+            return Verdict(0.0, "accept", ("trusted_network",), f"{_head(fp)}; score: 0 (trusted)", True)
+        return self._scored(fp)
 
-    def _score(self, fp: Fingerprint, head: str) -> Verdict:
-        score = 0.0
-        fired = []
-        action = "tag"
-        for rule in self.rules:
-            if rule.matches(fp):
-                score += rule.score
-                fired.append(rule.name)
-                if ACTIONS.index(rule.action) > ACTIONS.index(action):
-                    action = rule.action
-                if rule.final:
-                    break
-        score = round(score, 3)
-        return Verdict(score, action, tuple(fired), f"{head}; score: {score:g}")
+
+def _score(rules: tuple[Rule, ...], fp: Fingerprint) -> Verdict:
+    """Every rule in order until a final one fires; the most severe action wins."""
+    score = 0.0
+    fired = []
+    action = "tag"
+    for rule in rules:
+        if rule.matches(fp):
+            score += rule.score
+            fired.append(rule.name)
+            if ACTIONS.index(rule.action) > ACTIONS.index(action):
+                action = rule.action
+            if rule.final:
+                break
+    score = round(score, 3)
+    return Verdict(score, action, tuple(fired), f"{_head(fp)}; score: {score:g}")
+
+
+def _head(fp: Fingerprint) -> str:
+    return f"{fp.os_text}; dist: {fp.dist}; link: {fp.link or '???'}"
 
 
 def load_policy(path: str | Path) -> Policy:

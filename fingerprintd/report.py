@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from fingerprintd.engine import Observation
+from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.packet import link_name
 
 _unpack_v6 = struct.Struct("!8H").unpack
@@ -50,24 +51,21 @@ class _Clock:
 def p0f_log_formatter() -> Callable[[Observation], str]:
     """Lines byte-compatible with `p0f -o`: the observation, then its mtu line."""
     clock = _Clock("%Y/%m/%d %H:%M:%S")
-    # The verdict's part of the lines, by verdict: the matcher hands out the
-    # same Fingerprint object for the same stack, so this is rendered once.
-    tails: dict[int, tuple] = {}
     ntoa = socket.inet_ntoa
+
+    def make_tails(fp: Fingerprint) -> tuple[str, str | None]:
+        """The verdict's part of the observation line, and of the mtu line if any."""
+        key = "app" if fp.app and fp.label else "os"
+        return (
+            f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
+            f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
+        )
+
+    tails = PerFingerprint(make_tails)
 
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp
-        tail = tails.get(id(fp))
-        if tail is None or tail[0] is not fp:
-            key = "app" if fp.app and fp.label else "os"
-            tail = (
-                fp,
-                f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
-                f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
-            )
-            if len(tails) >= 16384:
-                tails.clear()
-            tails[id(fp)] = tail  # holding fp keeps its id from being reused
+        tail = tails(fp)
         src, dst = pkt.src, pkt.dst
         src = ntoa(src) if len(src) == 4 else p0f_addr(src)
         dst = ntoa(dst) if len(dst) == 4 else p0f_addr(dst)
@@ -76,9 +74,9 @@ def p0f_log_formatter() -> Callable[[Observation], str]:
         else:
             who = f"|cli={dst}/{pkt.dport}|srv={src}/{pkt.sport}|subj=srv|"
         head = f"[{clock(int(pkt.ts))}] mod="
-        if tail[2] is None:
-            return f"{head}{obs.mod}{who}{tail[1]}"
-        return f"{head}{obs.mod}{who}{tail[1]}{head}mtu{who}{tail[2]}"
+        if tail[1] is None:
+            return f"{head}{obs.mod}{who}{tail[0]}"
+        return f"{head}{obs.mod}{who}{tail[0]}{head}mtu{who}{tail[1]}"
 
     return fmt
 

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
+from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.policy import Policy
 from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
@@ -42,25 +43,18 @@ class Backend(Protocol):
     def stats(self) -> dict: ...
 
 
-_fp_parts: dict[int, tuple] = {}  # id(fingerprint) -> (fingerprint, its part of an Observation)
-
-
-def _fp_part(fp) -> pb.Observation:
-    """The verdict's fields of an Observation message, built once per stack."""
-    hit = _fp_parts.get(id(fp))
-    if hit is not None and hit[0] is fp:
-        return hit[1]
+def _make_fp_part(fp: Fingerprint) -> pb.Observation:
+    """The verdict's fields of an Observation message."""
     label = fp.label
-    part = pb.Observation(
+    return pb.Observation(
         matched=label is not None, os_class=label.klass if label else "", os_name=label.name if label else "",
         os_flavor=(label.flavor or "") if label else "", label=fp.os_text, generic=fp.generic, fuzzy=fp.fuzzy,
         tool=bool(label and label.is_app), distance=fp.dist, raw_sig=fp.raw_sig, link=fp.link or "???",
         mtu=fp.raw_mtu, params=fp.params,
     )
-    if len(_fp_parts) >= 16384:
-        _fp_parts.clear()
-    _fp_parts[id(fp)] = (fp, part)  # holding fp keeps its id from being reused
-    return part
+
+
+_fp_part = PerFingerprint(_make_fp_part)  # built once per stack
 
 
 def _ip(addr: bytes) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from fingerprintd.engine import Engine
 from fingerprintd.hosts import AddressError, HostTable, normalize_ip
-from fingerprintd.matcher import Matcher
+from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import PolicyError, load_policy, parse_policy
 from fingerprintd.signatures import load
 from tests.conftest import OUR_DB, ROOT
@@ -155,6 +155,18 @@ action = "reject"
     assert (v.score, v.rules, v.action) == (1.5, ("far", "win"), "tempfail")
     near = obs.fp._replace(dist=3)
     assert policy.verdict(near, obs.pkt.src).rules == ("win",)
+
+
+def test_per_fingerprint_makes_once_per_object_within_its_bound():
+    made = []
+    memo = PerFingerprint(lambda fp: made.append(fp) or len(made), size=2)
+    a = observe("win7").fp
+    twin = a._replace()  # equal, but another object: not the matcher's
+    assert (memo(a), memo(a), memo(twin)) == (1, 1, 2)
+    assert made == [a, twin] and made[1] is twin
+    b = observe("linux").fp
+    assert memo(b) == 3 and len(memo._memo) == 1  # full: cleared, then b
+    assert memo(a) == 4
 
 
 @pytest.mark.parametrize("text,line,needle", [
