@@ -36,6 +36,8 @@ from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 log = logging.getLogger("fingerprintd")
 HEADER = "X-OS-Fingerprint"
 SCORE_HEADER = "X-OS-Fingerprint-Score"
+REJECT_TEXT = "Your host looks like a desktop, not a mail server"  # with --enforce, for "reject"
+TEMPFAIL_TEXT = "Please try again later"  # and for "tempfail"
 
 
 class VerdictClient:
@@ -84,8 +86,7 @@ def header_value(reply: pb.LookupResponse | None) -> str | None:
 # --- milter ----------------------------------------------------------------------
 
 def make_milter(client: VerdictClient, enforce: bool = False, score_header: bool = True,
-                reject_message: str = "Your host looks like a desktop, not a mail server",
-                tempfail_message: str = "Please try again later"):
+                reject_message: str = REJECT_TEXT, tempfail_message: str = TEMPFAIL_TEXT):
     import Milter  # pymilter: imported here so the rest of fingerprintd does not need libmilter
 
     class FingerprintMilter(Milter.Base):
@@ -195,9 +196,8 @@ class PolicyHandler(socketserver.StreamRequestHandler):
 class PolicyDecider:
     """Policy request attributes -> a Postfix action."""
 
-    def __init__(self, client: VerdictClient, enforce: bool = False,
-                 reject_message: str = "Your host looks like a desktop, not a mail server",
-                 tempfail_message: str = "Please try again later") -> None:
+    def __init__(self, client: VerdictClient, enforce: bool = False, reject_message: str = REJECT_TEXT,
+                 tempfail_message: str = TEMPFAIL_TEXT) -> None:
         self.client = client
         self.enforce = enforce
         self.reject_message = reject_message
