@@ -147,7 +147,6 @@ class ExpiringLRU:
                 data.move_to_end(key, last=False)
                 break
 
-
     def __len__(self) -> int:
         return len(self._data)
 
