@@ -103,6 +103,23 @@ class Database:
         return len(self.mtu_lines) + len(self.request) + len(self.response) + self.http_sigs
 
 
+ADDITIONS_START = "; --- fingerprintd additions"
+ADDITIONS_END = "; --- end of fingerprintd additions"
+
+
+def marked_additions(text: str) -> set[int]:
+    """Line numbers inside the file's marked addition blocks (lines not from p0f's database)."""
+    inside, out = False, set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(ADDITIONS_START):
+            inside = True
+        elif line.startswith(ADDITIONS_END):
+            inside = False
+        elif inside:
+            out.add(number)
+    return out
+
+
 def load(path: str | Path, p0f_bugs: bool = False) -> Database:
     """Read and parse a database file; OSError and SignatureError propagate."""
     p = Path(path)

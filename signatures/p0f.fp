@@ -105,6 +105,33 @@ sig   = *:64:0:*:mss*48,7:mss,sok,ts,nop,ws:df,id+:0
 sig   = *:64:0:*:mss*48,8:mss,sok,ts,nop,ws:df,id+:0
 sig   = *:64:0:*:mss*48,9:mss,sok,ts,nop,ws:df,id+:0
 sig   = *:64:0:*:mss*48,10:mss,sok,ts,nop,ws:df,id+:0
+; The same kernels with options switched off by sysctl (tcp_timestamps,
+; tcp_sack, tcp_window_scaling: 0), and on 9000-byte jumbo frames (MSS 8960,
+; or 8940 over IPv6: 7 segments). Source: real Linux 6.18 SYNs of those
+; variants captured by tests/netns.py (IPv4 and IPv6).
+sig   = *:64:0:*:mss*44,*:mss,nop,nop,sok,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*45,*:mss,nop,nop,sok,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*46,*:mss,nop,nop,sok,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*47,*:mss,nop,nop,sok,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*48,*:mss,nop,nop,sok,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*44,*:mss,nop,nop,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*45,*:mss,nop,nop,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*46,*:mss,nop,nop,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*47,*:mss,nop,nop,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*48,*:mss,nop,nop,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:mss*44,0:mss,sok,ts:df,id+:0
+sig   = *:64:0:*:mss*45,0:mss,sok,ts:df,id+:0
+sig   = *:64:0:*:mss*46,0:mss,sok,ts:df,id+:0
+sig   = *:64:0:*:mss*47,0:mss,sok,ts:df,id+:0
+sig   = *:64:0:*:mss*48,0:mss,sok,ts:df,id+:0
+sig   = *:64:0:*:mss*44,0:mss:df,id+:0
+sig   = *:64:0:*:mss*45,0:mss:df,id+:0
+sig   = *:64:0:*:mss*46,0:mss:df,id+:0
+sig   = *:64:0:*:mss*47,0:mss:df,id+:0
+sig   = *:64:0:*:mss*48,0:mss:df,id+:0
+sig   = 4:64:0:8960:mss*7,*:mss,sok,ts,nop,ws:df,id+:0
+sig   = 6:64:0:8940:mss*7,*:mss,sok,ts,nop,ws::0
+; --- end of fingerprintd additions -----------------------------------------
 
 ; Linux 3.11+: initial window 10 segments -> mss*20 with the usual rmem.
 label = s:unix:Linux:3.11 and newer
@@ -158,6 +185,22 @@ label = s:unix:Linux:(Android)
 sig   = *:64:0:*:mss*44,1:mss,sok,ts,nop,ws:df,id+:0
 sig   = *:64:0:*:mss*44,3:mss,sok,ts,nop,ws:df,id+:0
 
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Android 8 and newer: the Linux option order with a SYN window of exactly
+; 65535 (Android's init-rwnd, not rounded to the MSS as upstream 4.19+ does),
+; scale 7 to 10. A desktop Linux with a hand-raised initial window can send
+; the same; the labeled corpus has two such "Linux" hosts (ndpi__conncheck).
+; Sources: labeled captures ndpi__alexa-app, ndpi__android, ndpi__waze,
+; ndpi__sites, ndpi__mpeg-dash, ndpi__xiaomi, ndpi__http_ua_splitted_in_two_pkts
+; (Android by User-Agent); zardaxt's 2021 GPL-2.0 records (Android 8-10 UAs:
+; 65535 with scale 7, 8 and 9); huginn-net's table (65535 with 6 and 8).
+label = s:unix:Linux:Android 8 and newer
+sig   = *:64:0:*:65535,7:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:65535,8:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:65535,9:mss,sok,ts,nop,ws:df,id+:0
+sig   = *:64:0:*:65535,10:mss,sok,ts,nop,ws:df,id+:0
+; --- end of fingerprintd additions -----------------------------------------
+
 ; Generic Linux fallbacks for shapes the specific lines above miss.
 label = g:unix:Linux:3.x
 sig   = *:64:0:*:mss*10,*:mss,sok,ts,nop,ws:df,id+:0
@@ -184,6 +227,7 @@ sig   = *:64:0:*:*,0:mss:df,id+:0
 label = s:win:Windows:10 or 11
 sig   = *:128:0:*:mss*44,8:mss,nop,ws,nop,nop,sok:df,id+:0
 sig   = *:128:0:*:65535,8:mss,nop,ws,nop,nop,sok:df,id+:0
+; --- end of fingerprintd additions -----------------------------------------
 
 ; Windows NT 5.x and 6.x stacks: no timestamps, NOPs around WS and SACK-OK.
 label = s:win:Windows:XP
@@ -227,6 +271,26 @@ sig   = *:64:0:*:65535,4:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
 
 label = s:unix:iOS:iPhone or iPad
 sig   = *:64:0:*:65535,2:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Apple's stack since OS X 10.10 / iOS 8: window 65535, scale 5 or 6 (6 on
+; every macOS 11+ and iOS 14+ record seen), options as below. macOS and iOS
+; send the same SYN, so the label names both.
+; Sources: labeled captures huginn-net__macos_tcp_flags and
+; huginn-net__macos_safari_tls_extensions (macOS, scale 6, ground truth),
+; chrissanders__http_dvwa_*, chrissanders__sessionhijacking, ndpi__ookla,
+; ndpi__anyconnect-vpn (macOS, scale 5), ndpi__netflix (iOS, scale 5);
+; zardaxt's 2021 GPL-2.0 records (UAs "Mac OS X 10_15" incl. macOS 11, and
+; iOS 14: scale 5 and 6); huginn-net's table.
+label = s:unix:Mac OS X:10.10 and newer, or iOS
+sig   = *:64:0:*:65535,5:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+sig   = *:64:0:*:65535,6:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
+; Recent macOS asks for ECN on the SYN and sends IP ID 0, with or without DF
+; (huginn-net__macos_tcp_flags: df,ecn; huginn-net__macos_safari_tls_extensions:
+; id-,ecn; both ground truth).
+sig   = *:64:0:*:65535,6:mss,nop,ws,nop,nop,ts,sok,eol+1:df,ecn:0
+sig   = *:64:0:*:65535,6:mss,nop,ws,nop,nop,ts,sok,eol+1:id-,ecn:0
+; --- end of fingerprintd additions -----------------------------------------
 
 label = g:unix:Mac OS X:
 sig   = *:64:0:*:65535,*:mss,nop,ws,nop,nop,ts,sok,eol+1:df,id+:0
@@ -273,6 +337,25 @@ sig   = *:64-:0:1460:1024,0:mss::0
 sig   = *:64-:0:1460:2048,0:mss::0
 sig   = *:64-:0:1460:3072,0:mss::0
 sig   = *:64-:0:1460:4096,0:mss::0
+
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Mass scanners, measured here: tests/test_scanners.py runs each Debian tool
+; once against a host in a network namespace and checks these lines.
+; nmap 7.93 -sS over IPv6: hop limit 255 (not random as over IPv4), window 1024.
+label = s:!:NMap:SYN scan
+sys   = @unix,@win
+sig   = 6:255:0:1460:1024,0:mss::0
+
+; masscan 1.3.2: TTL 255, window 1024, no options, no DF.
+label = s:!:masscan:
+sys   = @unix,@win
+sig   = 4:255:0:0:1024,0:::0
+
+; zmap 2.1.1: TTL 255, window 65535, no options, no DF (IP ID 54321).
+label = s:!:zmap:
+sys   = @unix,@win
+sig   = 4:255:0:0:65535,0:::0
+; --- end of fingerprintd additions -----------------------------------------
 
 label = s:!:NMap:OS detection
 sys   = @unix,@win
@@ -324,12 +407,49 @@ sig   = *:64:0:*:mss*45,7:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*45,8:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*45,9:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*45,10:mss,sok,ts,nop,ws:df:0
+; Answering clients of every MSS (49 segments for IPv6 at MTU 1400), clients
+; that offer fewer options (no timestamps, no SACK, no window scaling, none),
+; and on jumbo frames. With timestamps the segment is MSS-12, so 44 segments
+; would need an MTU over 1500: those lines are left out.
+; Source: the same listener's SYN+ACKs to each sysctl variant's client.
+sig   = *:64:0:*:mss*44,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*46,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*47,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*48,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*49,*:mss,sok,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*44,*:mss,nop,nop,sok,nop,ws:df:0
+sig   = *:64:0:*:mss*45,*:mss,nop,nop,sok,nop,ws:df:0
+sig   = *:64:0:*:mss*46,*:mss,nop,nop,sok,nop,ws:df:0
+sig   = *:64:0:*:mss*47,*:mss,nop,nop,sok,nop,ws:df:0
+sig   = *:64:0:*:mss*48,*:mss,nop,nop,sok,nop,ws:df:0
+sig   = *:64:0:*:mss*45,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*46,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*47,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*48,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*49,*:mss,nop,nop,ts,nop,ws:df:0
+sig   = *:64:0:*:mss*45,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*46,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*47,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*48,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*49,0:mss,sok,ts:df:0
+sig   = *:64:0:*:mss*44,0:mss:df:0
+sig   = *:64:0:*:mss*45,0:mss:df:0
+sig   = *:64:0:*:mss*46,0:mss:df:0
+sig   = *:64:0:*:mss*47,0:mss:df:0
+sig   = *:64:0:*:mss*48,0:mss:df:0
+sig   = 4:64:0:8960:mss*7,*:mss,sok,ts,nop,ws:df:0
+sig   = 6:64:0:8940:mss*7,*:mss,sok,ts,nop,ws::0
 
 ; Linux 3.x and newer answering a client that offered no timestamps. Source:
 ; the SYN+ACKs of the Ubuntu Postfix host in the labeled captures
 ; chrissanders__mail_sender_* (PPA, by its SMTP banner).
 label = s:unix:Linux:3.x and newer
 sig   = *:64:0:*:mss*20,7:mss,nop,nop,sok,nop,ws:df:0
+; The same host answering a client that offered timestamps: 20 segments of
+; MSS-12 (28960 for MSS 1460). Source: chrissanders__mail_*_server_* (the
+; second Ubuntu Postfix host, by its SMTP banner).
+sig   = *:64:0:*:mss*20,7:mss,sok,ts,nop,ws:df:0
+; --- end of fingerprintd additions -----------------------------------------
 
 label = s:unix:Linux:3.x
 sig   = *:64:0:*:mss*10,0:mss:df:0
@@ -358,6 +478,14 @@ sig   = *:64:0:*:mss*4,*:mss,nop,ws:df:0
 sig   = *:64:0:*:mss*4,*:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*4,*:mss,nop,nop,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*4,*:mss,nop,nop,sok,nop,ws:df:0
+
+; --- fingerprintd additions (not in p0f 3.09b) -------------------------------
+; Windows 2000/XP answering on Ethernet: the default 17520-byte window, 12
+; segments of 1460. Source: chrissanders__ppa1e_evilprogram (an XP host's
+; SYN+ACKs; XP by its User-Agent).
+label = s:win:Windows:XP
+sig   = *:128:0:*:mss*12,0:mss,nop,nop,sok:df,id+:0
+; --- end of fingerprintd additions -----------------------------------------
 
 ; Windows NT 5.x and 6.x stacks: no timestamps, NOPs around WS and SACK-OK.
 label = s:win:Windows:XP

@@ -168,6 +168,22 @@ VARIANTS: list[dict] = [
     {"name": "rcvbuf8k", "rcvbuf": 8192},
     {"name": "mtu1400", "mtu": 1400},
     {"name": "mtu9000", "mtu": 9000},
+    # The window's MSS multiple at other MTUs (1440: 46 over IPv4, 47 over IPv6; 1400: 48), for each
+    # option set, and the scale that tcp_rmem's maximum sets (7, 8, 9).
+    {"name": "mtu1440", "mtu": 1440},
+    {"name": "no-timestamps-mtu1440", "net.ipv4.tcp_timestamps": 0, "mtu": 1440},
+    {"name": "no-timestamps-mtu1400", "net.ipv4.tcp_timestamps": 0, "mtu": 1400},
+    {"name": "no-sack-mtu1440", "net.ipv4.tcp_sack": 0, "mtu": 1440},
+    {"name": "no-sack-mtu1400", "net.ipv4.tcp_sack": 0, "mtu": 1400},
+    {"name": "no-wscale-mtu1440", "net.ipv4.tcp_window_scaling": 0, "mtu": 1440},
+    {"name": "no-wscale-mtu1400", "net.ipv4.tcp_window_scaling": 0, "mtu": 1400},
+    {"name": "bare-mtu1440", "net.ipv4.tcp_timestamps": 0, "net.ipv4.tcp_sack": 0,
+     "net.ipv4.tcp_window_scaling": 0, "mtu": 1440},
+    {"name": "bare-mtu1400", "net.ipv4.tcp_timestamps": 0, "net.ipv4.tcp_sack": 0,
+     "net.ipv4.tcp_window_scaling": 0, "mtu": 1400},
+    {"name": "rmem6m", "net.ipv4.tcp_rmem": "4096 131072 6291456"},
+    {"name": "rmem8m", "net.ipv4.tcp_rmem": "4096 131072 8388608"},
+    {"name": "rmem16m", "net.ipv4.tcp_rmem": "4096 131072 16777216"},
 ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from scapy.all import IP, UDP, Ether  # type: ignore[attr-defined]
 
-from fingerprintd.signatures import WIN_MSS, SignatureError, load, parse_text
+from fingerprintd.signatures import WIN_MSS, SignatureError, load, marked_additions, parse_text
 from tests.conftest import OUR_DB, STOCK_DB
 from tests.craft import write_pcap
 
@@ -105,21 +105,20 @@ def test_p0f_agrees_on_what_loads(p0f_bin, one_packet_pcap, tmp_path, text, line
         assert f"line {line}" in out, out
 
 
-ADDED_LABELS = {"Linux 4.19 and newer", "Windows 10 or 11", "Linux 3.x and newer"}  # additions to p0f's lines
-
-
 def test_stock_and_bundled_databases_load():
     ours = load(OUR_DB)
-    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 113, 106)
+    added = marked_additions(OUR_DB.read_text())
+    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 146, 135)
+    # p0f 3.09b has 91 request and 101 response lines; the rest are ours, marked.
+    assert sum(s.line in added for s in ours.request + ours.response) == (146 - 91) + (135 - 101)
     if STOCK_DB.exists():
         stock = load(STOCK_DB)
         assert stock.sig_count == 322  # what p0f 3.09b reports: "Loaded 322 signatures"
-        # Ours is p0f's lines, in p0f's order, plus the additions.
-        kept = [s for s in ours.request if s.label.text not in ADDED_LABELS]
+        # Ours is p0f's lines, in p0f's order, plus the marked additions.
+        kept = [s for s in ours.request if s.line not in added]
         assert [(s.text, s.label.text, s.label.klass, s.label.generic) for s in kept] == \
                [(s.text, s.label.text, s.label.klass, s.label.generic) for s in stock.request]
-        assert [s.text for s in stock.response] == \
-               [s.text for s in ours.response if s.label.text not in ADDED_LABELS]
+        assert [s.text for s in stock.response] == [s.text for s in ours.response if s.line not in added]
         assert stock.mtu == ours.mtu
 
 
