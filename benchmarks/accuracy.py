@@ -14,7 +14,17 @@ counted once per database as:
 
 A host with several SYNs takes its most common verdict.  Families: Windows,
 Linux (Android is Linux's family too, but counted as its own row), macOS
-(with iOS), tool (scanners), other.
+(with iOS), tool (scanners), other.  A label that starts with an OS name is
+that OS even when it names the program too ("Linux (kernel connect() from a
+brute-forcer)": the SYN is the kernel's).  The row "2015+" counts the hosts
+whose label names an OS released in 2015 or later (Windows 10/11, macOS, iOS,
+Android), the ones p0f 3.09b's database predates.
+
+    python -m benchmarks.accuracy --netns
+
+adds real Linux-kernel SYNs and SYN+ACKs made here in network namespaces
+(tests/netns.py: every sysctl variant, IPv4 and IPv6; needs root), labeled
+"Linux" by construction.
 """
 
 from __future__ import annotations
@@ -38,8 +48,6 @@ OUTCOMES = ("correct-specific", "correct-generic", "unknown", "wrong")
 
 def family_of_label(label: str) -> str:
     low = label.lower()
-    if any(w in low for w in ("nmap", "scan", "flood", "tool")):
-        return "tool"
     if low.startswith("android"):
         return "Android"
     if low.startswith(("macos", "ios", "mac os")):
@@ -48,7 +56,14 @@ def family_of_label(label: str) -> str:
         return "Windows"
     if low.startswith("linux"):
         return "Linux"
+    if any(w in low for w in ("nmap", "scan", "flood", "tool")):
+        return "tool"
     return "other"
+
+
+def is_2015_or_later(label: str) -> bool:
+    low = label.lower()
+    return low.startswith(("windows 10", "windows 11", "macos", "ios", "android"))
 
 
 def family_of_verdict(klass: str, name: str) -> str:
@@ -64,8 +79,9 @@ def family_of_verdict(klass: str, name: str) -> str:
     return "other:" + name
 
 
-def _verdicts(pcap: Path, db_path: Path) -> dict[tuple[bytes, bool], list[tuple[str, str, bool]]]:
-    """(address, sent SYNs?) -> [(class, name, generic)] for every SYN / SYN+ACK in the capture."""
+def _verdicts(pcap: Path, db_path: Path) -> dict[tuple, list[tuple[str, str, bool]]]:
+    """(address, sent SYNs?) and (address, sent SYNs?, client port) -> [(class, name, generic)]
+    for every SYN / SYN+ACK in the capture."""
     engine = Engine(Matcher(load(db_path)), ports=None)
     cap = open_offline(str(pcap), lambda lt: all_tcp_filter(compile_filter(all_tcp_filter(), lt) is None))
     out: dict = defaultdict(list)
@@ -74,21 +90,30 @@ def _verdicts(pcap: Path, db_path: Path) -> dict[tuple[bytes, bool], list[tuple[
             label = obs.fp.label
             verdict = (label.klass, label.name, label.generic) if label else ("", "???", False)
             out[(obs.pkt.src, obs.fp.to_server)].append(verdict)
+            client_port = obs.pkt.sport if obs.fp.to_server else obs.pkt.dport
+            out[(obs.pkt.src, obs.fp.to_server, client_port)].append(verdict)
     return out
 
 
 def evaluate(corpus: Path, db_path: Path) -> dict:
+    rows = list(csv.DictReader(open(corpus / "labels.csv", newline="")))
+    return score(rows, corpus / "pcaps", db_path)
+
+
+def score(rows: list[dict], pcaps: Path, db_path: Path) -> dict:
+    """Outcome counts per family for labels.csv-style rows (pcap, host_ip, role, label; and
+    optionally client_port, to score one connection rather than a host)."""
     import ipaddress
 
-    rows = list(csv.DictReader(open(corpus / "labels.csv", newline="")))
     cache: dict[Path, dict] = {}
     table: dict[str, Counter] = defaultdict(Counter)
     for row in rows:
-        pcap = corpus / "pcaps" / row["pcap"]
+        pcap = pcaps / row["pcap"]
         if pcap not in cache:
             cache[pcap] = _verdicts(pcap, db_path)
         addr = ipaddress.ip_address(row["host_ip"]).packed
-        seen = cache[pcap].get((addr, row["role"] == "S"), [])
+        key = (addr, row["role"] == "S") + ((int(row["client_port"]),) if row.get("client_port") else ())
+        seen = cache[pcap].get(key, [])
         want = family_of_label(row["label"])
         if not seen:
             table[want]["no SYN seen"] += 1
@@ -101,9 +126,12 @@ def evaluate(corpus: Path, db_path: Path) -> dict:
         else:
             outcome = "wrong"
         table[want][outcome] += 1
+        if is_2015_or_later(row["label"]):
+            table["2015+"][outcome] += 1
     total: Counter = Counter()
-    for counts in table.values():
-        total.update(counts)
+    for fam, counts in table.items():
+        if fam != "2015+":
+            total.update(counts)
     table["all"] = total
     return {fam: dict(c) for fam, c in sorted(table.items())}
 
@@ -115,13 +143,39 @@ def report(corpus: Path) -> dict:
     return out
 
 
+def kernel_rows(pcap: Path, sent: list, net: int) -> list[dict]:
+    """Rows labeling both ends of every connection tests.netns.capture_kernel_syns made "Linux"."""
+    from tests.netns import NetnsPair
+
+    ends = NetnsPair(net=net)
+    rows = []
+    for variant, server, first_port, count in sent:
+        client = ends.client6 if ":" in server else ends.client4
+        for port in range(first_port, first_port + count):
+            for host, role in ((client, "S"), (server, "SA")):
+                rows.append({"pcap": pcap.name, "host_ip": host, "role": role, "client_port": str(port),
+                             "label": f"Linux ({variant})"})
+    return rows
+
+
+def kernel_report(folder: Path) -> dict:
+    from tests.netns import capture_kernel_syns
+
+    pcap = folder / "kernel.pcap"
+    rows = kernel_rows(pcap, capture_kernel_syns(pcap, net=78), net=78)
+    out = {"fingerprintd": score(rows, folder, OURS)}
+    if STOCK.exists():
+        out["p0f 3.09b"] = score(rows, folder, STOCK)
+    return out
+
+
 def _pct(counts: dict, keys: tuple[str, ...]) -> str:
     hosts = sum(v for k, v in counts.items() if k != "no SYN seen")
     return f"{100 * sum(counts.get(k, 0) for k in keys) / hosts:5.1f}%" if hosts else "    -"
 
 
 def print_table(results: dict) -> None:
-    fams = sorted({f for r in results.values() for f in r}, key=lambda f: (f == "all", f))
+    fams = sorted({f for r in results.values() for f in r}, key=lambda f: (f in ("2015+", "all"), f))
     print(f"{'family':<10} {'database':<13} {'hosts':>5}  {'family ok':>9}  {'specific':>8}  "
           f"{'generic':>8}  {'unknown':>8}  {'wrong':>8}")
     for fam in fams:
@@ -138,8 +192,15 @@ if __name__ == "__main__":
     corpus = Path(args[0]) if args else ROOT.parent / "shared" / "corpus"
     if not (corpus / "labels.csv").exists():
         sys.exit(f"no labels.csv in {corpus}")
-    results = report(corpus)
+    results = {"labeled corpus": report(corpus)}
+    if "--netns" in sys.argv:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            results["kernel SYNs made here"] = kernel_report(Path(tmp))
     if "--json" in sys.argv:
         print(json.dumps(results, indent=2))
     else:
-        print_table(results)
+        for title, table in results.items():
+            print(f"# {title}")
+            print_table(table)
