@@ -22,6 +22,7 @@ import threading
 import time
 
 from fingerprintd.capture import CaptureError, Live, open_live, ports_filter
+from fingerprintd.classes import ClassesError, default_classes, load_classes
 from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config
 from fingerprintd.data import default_policy, default_signatures
@@ -73,10 +74,12 @@ class Service:
         self.cfg = cfg
         self.db_path = cfg.signatures or default_signatures()
         self.policy_path = cfg.policy or default_policy()
+        self.classes_path = cfg.classes
         db = load(self.db_path, p0f_bugs=cfg.p0f_bugs)  # errors propagate: startup fails with file:line
+        classes = load_classes(self.classes_path) if self.classes_path else default_classes()
         self.policy = load_policy(self.policy_path)
-        self.engine = Engine(Matcher(db, p0f_bugs=cfg.p0f_bugs), ports=cfg.ports, p0f_bugs=cfg.p0f_bugs,
-                             flows=RecentSyns())
+        self.engine = Engine(Matcher(db, p0f_bugs=cfg.p0f_bugs, classes=classes), ports=cfg.ports,
+                             p0f_bugs=cfg.p0f_bugs, flows=RecentSyns())
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
@@ -87,7 +90,6 @@ class Service:
         self._watchers: set[queue.Queue] = set()
         self._watch_lock = threading.Lock()
         self._stop = threading.Event()
-        self._reload = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = False
         self._log = None
@@ -173,15 +175,16 @@ class Service:
     # --- control ------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Load the signatures and policy again; on any error keep both old ones."""
+        """Load the signatures, mail classes and policy again; on any error keep all the old ones."""
         try:
             db = load(self.db_path, p0f_bugs=self.cfg.p0f_bugs)
+            classes = load_classes(self.classes_path) if self.classes_path else default_classes()
             policy = load_policy(self.policy_path)
-        except (SignatureError, PolicyError, OSError) as exc:
+        except (SignatureError, ClassesError, PolicyError, OSError) as exc:
             event(logging.ERROR, "reload failed, keeping the previous signatures and policy", error=str(exc))
             return False
         # One reference swap each: readers see the old or the new, whole.
-        self.engine.matcher = Matcher(db, p0f_bugs=self.cfg.p0f_bugs)
+        self.engine.matcher = Matcher(db, p0f_bugs=self.cfg.p0f_bugs, classes=classes)
         self.policy = policy
         self.reloads += 1
         event(logging.INFO, "reloaded", signatures=self.db_path, signature_count=db.sig_count,
@@ -231,17 +234,25 @@ class Service:
                 os.chmod(addr[5:], 0o660)
         if self.cfg.user:
             self.drop_privileges(self.cfg.user)
+        # The handlers only queue the signal: Event.set() there could deadlock on the
+        # lock the interrupted main thread already holds inside Event.wait() (seen: a
+        # SIGTERM that never stopped the service). Installed before "serving" is
+        # logged, so whoever waits for that line may signal at once.
+        pending: list[int] = []
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, _frame: pending.append(signum))
         event(logging.INFO, "serving", listen=self.cfg.listen, signatures=self.db_path, policy=self.policy_path)
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         self._thread = threading.Thread(target=self._capture_guarded, name="capture", daemon=True)
         self._thread.start()
         next_full_gc = time.monotonic() + 3600
         while not self._stop.wait(0.2):
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
+            got = set()
+            while pending:
+                got.add(pending.pop())
+            if got - {signal.SIGHUP}:
+                break
+            if got:
+                self.reload()  # once for any number of SIGHUPs since the last look
             if time.monotonic() > next_full_gc:
                 t0 = time.monotonic()
                 found = gc.collect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -219,6 +220,28 @@ def test_sighup_reload_and_sigterm(pair, tmp_path):
         assert served.stop() == 0
         assert time.monotonic() - t0 < 5
     assert '"msg": "stopped"' in log.read_text()
+
+
+def test_sigterm_stops_it_amid_a_storm_of_signals(pair, tmp_path):
+    """Signals land at any point of the main loop. Hundreds of SIGHUPs at random moments while it
+    serves, then SIGTERM: it answers, reloads (SIGHUPs that arrive together coalesce into one reload)
+    and stops. (A handler that took a lock, Event.set, could deadlock against the Event.wait it
+    interrupted; that window is microseconds wide, so this storm only sometimes reached it.)"""
+    log = tmp_path / "serve.log"
+    served = Served(pair, str(tmp_path / "api.sock"), str(log))
+    rng = random.Random(5)
+    try:
+        for _ in range(400):
+            os.kill(served.proc.pid, signal.SIGHUP)
+            time.sleep(rng.uniform(0, 0.003))
+        pair.connect(pair.server4, 1, 0, 34500)
+        assert served.lookup(pair.client4, 34500, wait_ms=2000)["found"]
+    finally:
+        t0 = time.monotonic()
+        assert served.stop() == 0
+        assert time.monotonic() - t0 < 5
+    text = log.read_text()
+    assert '"msg": "reloaded"' in text and '"msg": "stopped"' in text
 
 
 def test_drops_privileges_after_opening_the_capture(pair, tmp_path):
