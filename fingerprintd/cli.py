@@ -12,17 +12,17 @@ import json
 import os
 import shutil
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
 from fingerprintd import __version__
 from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, ports_filter
+from fingerprintd.classes import ClassesError, ClassMap, default_classes, load_classes
 from fingerprintd.data import default_signatures
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS
-from fingerprintd.signatures import Database, SignatureError, load, shadowed
+from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
 
 
 class UsageError(Exception):
@@ -34,6 +34,17 @@ def load_db(path: str | None, p0f_bugs: bool = False) -> Database:
     try:
         return load(path, p0f_bugs=p0f_bugs)
     except SignatureError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
+def load_class_map(path: str | None) -> ClassMap:
+    if not path:
+        return default_classes()
+    try:
+        return load_classes(path)
+    except ClassesError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
@@ -63,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng, optionally gzip-compressed")
     rp.add_argument("--format", choices=sorted(FORMATTERS), default="text")
     rp.add_argument("--signatures", metavar="PATH", help="signature database (default: the bundled one)")
+    rp.add_argument("--classes", metavar="PATH", help="mail classes by label (default: the bundled classes.toml)")
     rp.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     rp.add_argument("--port", type=_port, action="append", metavar="N",
                     help="watched server port, repeatable (default 25)")
@@ -82,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--grpc", action="append", metavar="ADDR",
                     help="listen on HOST:PORT or unix:PATH, repeatable (default 127.0.0.1:50051)")
     sv.add_argument("--signatures", metavar="PATH")
+    sv.add_argument("--classes", metavar="PATH", help="mail classes by label (default: the bundled classes.toml)")
     sv.add_argument("--policy", metavar="PATH")
     sv.add_argument("--max-connections", type=int, metavar="N")
     sv.add_argument("--max-hosts", type=int, metavar="N")
@@ -136,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("path", nargs="?", help="database file (default: the bundled one)")
     cp.add_argument("--p0f-bugs", action="store_true", help="parse as p0f 3.09b does, bugs included")
     cp.add_argument("--json", action="store_true")
+    cp.add_argument("--coverage", action="append", metavar="CAPTURE",
+                    help="report the signature lines no SYN or SYN+ACK in these captures matches exactly; repeatable")
+    cp.add_argument("--all-lines", action="store_true",
+                    help="with --coverage: every line, not only the file's marked fingerprintd additions")
     cp.set_defaults(func=cmd_signatures_check)
     ep = ssub.add_parser("explain", help="which line matches a raw signature, and why the others do not")
     ep.add_argument("raw_sig", help="p0f's raw_sig text, e.g. 4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0")
@@ -177,7 +194,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     gc.set_threshold(100_000, 50, 50)
     db = load_db(args.signatures, args.p0f_bugs)
     ports = None if (args.all_ports or args.bpf) else (args.port or [25])
-    engine = Engine(Matcher(db, p0f_bugs=args.p0f_bugs), ports=ports, p0f_bugs=args.p0f_bugs)
+    classes = load_class_map(args.classes)
+    engine = Engine(Matcher(db, p0f_bugs=args.p0f_bugs, classes=classes), ports=ports, p0f_bugs=args.p0f_bugs)
     fmt = FORMATTERS[args.format]()
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable
@@ -260,6 +278,8 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
         report["classes"][section] = dict(sorted(counts.items()))
     report["shadowed"] = [{"section": sec, "line": sig.line, "covered_by": ref.line, "label": sig.label.text}
                           for sec, sig, ref in shadowed(db)]
+    if args.coverage:
+        report["coverage"] = _coverage(path, db, args.coverage, args.all_lines)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -267,6 +287,13 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
     for item in report["shadowed"]:
         print(f"{path}:{item['line']}: warning: never wins: [{item['section']}] line {item['covered_by']} "
               f"matches everything it does ({item['label']})")
+    if args.coverage:
+        cov = report["coverage"]
+        for item in cov["unmatched"]:
+            print(f"{path}:{item['line']}: note: no packet in the captures matches: [{item['section']}] "
+                  f"{item['label']}: {item['sig']}")
+        print(f"  coverage: {cov['matched']} of {cov['lines']} {cov['scope']} matched by "
+              f"{cov['packets']} fingerprinted packets")
     for name, n in report["sections"].items():
         print(f"  [{name}] {n}")
         for klass, k in report["classes"].get(name, {}).items():
@@ -274,9 +301,40 @@ def cmd_signatures_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage(path: str, db: Database, captures: list[str], all_lines: bool) -> dict:
+    """Which signature lines the SYNs and SYN+ACKs of some captures match exactly (a line no
+    capture reaches is one no real packet has vouched for)."""
+    try:
+        added = marked_additions(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    engine = Engine(Matcher(db), ports=None)
+    hit: set[int] = set()
+    packets = 0
+    for capture in captures:
+        if not os.access(capture, os.R_OK):
+            raise UsageError(f"{capture}: cannot read file")
+        try:
+            cap = open_offline(capture, lambda lt: all_tcp_filter(compile_filter(all_tcp_filter(), lt) is None))
+            for batch in cap.batches():
+                for obs in engine.feed_batch(batch, cap.linktype):
+                    packets += 1
+                    if not obs.fp.fuzzy:  # a fuzzy match vouches for nothing
+                        hit.add(obs.fp.line)
+        except CaptureError as exc:
+            raise UsageError(str(exc)) from None
+    scope = [(sec, sig) for sec, sigs in (("tcp:request", db.request), ("tcp:response", db.response))
+             for sig in sigs if all_lines or sig.line in added]
+    unmatched = [{"section": sec, "line": sig.line, "label": sig.label.text, "sig": sig.text}
+                 for sec, sig in scope if sig.line not in hit]
+    return {"scope": "signature lines" if all_lines else "added signature lines", "lines": len(scope),
+            "matched": len(scope) - len(unmatched), "packets": packets, "unmatched": unmatched}
+
+
 _SERVE_FLAGS = {"interface": "interfaces", "port": "ports", "grpc": "listen", "signatures": "signatures",
-                "policy": "policy", "max_connections": "max_connections", "max_hosts": "max_hosts",
-                "ttl": "ttl_seconds", "user": "user", "token": "token", "tls_cert": "tls_cert", "tls_key": "tls_key",
+                "policy": "policy", "classes": "classes", "max_connections": "max_connections",
+                "max_hosts": "max_hosts", "ttl": "ttl_seconds", "user": "user", "token": "token",
+                "tls_cert": "tls_cert", "tls_key": "tls_key",
                 "log_level": "log_level", "p0f_bugs": "p0f_bugs", "p0f_socket": "p0f_socket",
                 "p0f_socket_mode": "p0f_socket_mode", "p0f_socket_owner": "p0f_socket_owner",
                 "analyzer_udp": "analyzer_udp", "analyzer_allow": "analyzer_allow", "log": "log_file"}
@@ -334,7 +392,8 @@ def cmd_mail(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
+    # SIGTERM ends it like Ctrl-C: no thread started and no lock taken in a signal handler.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         srv.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

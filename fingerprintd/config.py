@@ -28,6 +28,7 @@ class Config:
     ttl_seconds: float = 600.0
     signatures: str = ""  # empty: the bundled database
     policy: str = ""  # empty: the bundled policy
+    classes: str = ""  # mail classes by label; empty: the bundled signatures/classes.toml
     user: str = ""
     log_level: str = "info"
     p0f_bugs: bool = False
@@ -47,7 +48,7 @@ SECTIONS = {
     "api": ("listen", "token", "tls_cert", "tls_key", "max_batch", "max_wait_ms"),
     "compat": ("p0f_socket", "p0f_socket_mode", "p0f_socket_owner", "analyzer_udp", "analyzer_allow", "log_file"),
     "table": ("max_connections", "max_hosts", "ttl_seconds"),
-    "files": ("signatures", "policy"),
+    "files": ("signatures", "policy", "classes"),
     "daemon": ("user", "log_level"),
 }
 _TYPES = {f.name: f.type for f in fields(Config)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
 
+from fingerprintd.classes import ClassMap, default_classes
 from fingerprintd.packet import (
     ACK,
     OPT_EOL,
@@ -78,6 +79,7 @@ class Fingerprint(NamedTuple):
     raw_mtu: int  # MSS + fixed IP/TCP header size; 0 when there is no MSS
     link: str | None  # the [mtu] label for raw_mtu; None when unknown
     mtu_reported: bool  # p0f logs an mtu line for this packet
+    mail_class: str = "unknown"  # server, desktop, mobile, embedded, scanner, unknown (see classes.py)
 
     @property
     def os_text(self) -> str:
@@ -241,8 +243,10 @@ def layout_to_str(layout: bytes, eol_pad: int) -> str:
 class Matcher:
     """Matches packets against one database; immutable once built."""
 
-    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool = False) -> None:
+    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool = False,
+                 classes: ClassMap | None = None) -> None:
         self.db = db
+        self.classes = classes if classes is not None else default_classes()
         self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
         self.cache_size = cache_size
         self.cache: dict[tuple, Fingerprint] = {}
@@ -362,6 +366,7 @@ class Matcher:
             raw_mtu=raw_mtu,
             link=self.db.mtu.get(raw_mtu) if raw_mtu else None,
             mtu_reported=bool(raw_mtu) and not app,
+            mail_class=self.classes.of(label),
         )
 
     def cache_stats(self) -> dict[str, int]:

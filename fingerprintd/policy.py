@@ -8,7 +8,7 @@ nothing (like amavisd's @mynetworks: your own Windows relays are not spam).
 
 The header value starts with the OS string, so `\\A`-anchored SpamAssassin
 header rules written for p0f/amavisd keep working:
-``Windows XP; dist: 12; link: Ethernet or modem; score: 2.3``.
+``Windows XP; dist: 12; link: Ethernet or modem; class: desktop; score: 2.3``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from fingerprintd.classes import MAIL_CLASSES
 from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.tomlfile import Located, TomlError
 
@@ -26,7 +27,8 @@ ACTIONS = ("tag", "tempfail", "reject")  # least to most severe
 _REGEX_KEYS = ("os_class", "os_name", "flavor", "label", "link")
 _BOOL_KEYS = ("unknown", "app", "generic", "fuzzy")
 _INT_KEYS = ("dist_min", "dist_max")
-_RULE_KEYS = {"name", "score", "action", "final", "description", *_REGEX_KEYS, *_BOOL_KEYS, *_INT_KEYS}
+_RULE_KEYS = {"name", "score", "action", "final", "description", "mail_class", *_REGEX_KEYS, *_BOOL_KEYS,
+              *_INT_KEYS}
 _SETTINGS_KEYS = {"trusted_networks", "reject_message", "tempfail_message"}
 
 
@@ -43,8 +45,11 @@ class Rule:
     flags: tuple[tuple[str, bool], ...]
     dist_min: int | None
     dist_max: int | None
+    mail_classes: frozenset[str] | None = None  # None: any class
 
     def matches(self, fp: Fingerprint) -> bool:
+        if self.mail_classes is not None and fp.mail_class not in self.mail_classes:
+            return False
         label = fp.label
         for key, want in self.flags:
             have = {
@@ -128,7 +133,7 @@ def _score(rules: tuple[Rule, ...], fp: Fingerprint) -> Verdict:
 
 
 def _head(fp: Fingerprint) -> str:
-    return f"{fp.os_text}; dist: {fp.dist}; link: {fp.link or '???'}"
+    return f"{fp.os_text}; dist: {fp.dist}; link: {fp.link or '???'}; class: {fp.mail_class}"
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -201,4 +206,12 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
     final = raw.get("final", False)
     if not isinstance(final, bool):
         raise fail(sec, "final", f"rule {name!r}: final must be true or false")
-    return Rule(name, float(score), action, final, tuple(regexes), tuple(flags), dist[0], dist[1])
+    mail_classes = None
+    if "mail_class" in raw:
+        want = raw["mail_class"]
+        want = [want] if isinstance(want, str) else want
+        if not isinstance(want, list) or not want or any(c not in MAIL_CLASSES for c in want):
+            raise fail(sec, "mail_class", f"rule {name!r}: mail_class must be one of {', '.join(MAIL_CLASSES)}, "
+                                          "or a list of them")
+        mail_classes = frozenset(want)
+    return Rule(name, float(score), action, final, tuple(regexes), tuple(flags), dist[0], dist[1], mail_classes)

@@ -105,6 +105,7 @@ def observation_dict(obs: Observation) -> dict:
         "server": {"ip": ip_text(sip), "port": sport},
         "os": os_,
         "app": app,
+        "mail_class": fp.mail_class,
         "dist": fp.dist,
         "random_ttl": fp.random_ttl,
         "params": [] if fp.params == "none" else fp.params.split(" "),
@@ -136,7 +137,7 @@ def text_formatter() -> Callable[[Observation], str]:
         arrow = "->" if fp.to_server else "<-"
         return (
             f"{clock(int(pkt.ts))} {obs.mod:<7} {endpoint(cip, cport)} {arrow} "
-            f"{endpoint(sip, sport)}  {what}  dist={fp.dist_text}{link} raw_sig={fp.raw_sig}\n"
+            f"{endpoint(sip, sport)}  {what}  class={fp.mail_class} dist={fp.dist_text}{link} raw_sig={fp.raw_sig}\n"
         )
 
     return fmt

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fingerprintd.classes import MAIL_CLASSES
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
 from fingerprintd.matcher import Fingerprint, PerFingerprint
@@ -50,11 +51,12 @@ def _make_fp_part(fp: Fingerprint) -> pb.Observation:
         matched=label is not None, os_class=label.klass if label else "", os_name=label.name if label else "",
         os_flavor=(label.flavor or "") if label else "", label=fp.os_text, generic=fp.generic, fuzzy=fp.fuzzy,
         tool=bool(label and label.is_app), distance=fp.dist, raw_sig=fp.raw_sig, link=fp.link or "???",
-        mtu=fp.raw_mtu, params=fp.params,
+        mtu=fp.raw_mtu, params=fp.params, mail_class=MAIL_CLASS_PB[fp.mail_class],
     )
 
 
 _fp_part = PerFingerprint(_make_fp_part)  # built once per stack
+MAIL_CLASS_PB = {name: pb.MailClass.Value(f"MAIL_CLASS_{name.upper()}") for name in MAIL_CLASSES}
 
 
 def _ip(addr: bytes) -> str:
@@ -99,7 +101,8 @@ class Servicer(pb_grpc.FingerprintServicer):
         v = self.b.policy.verdict(obs.fp, ip)
         return pb.LookupResponse(
             found=True, observation=observation_pb(obs), host=host_pb(host) if host else None,
-            verdict=pb.Verdict(score=v.score, action=v.action, rules=v.rules, header=v.header, trusted=v.trusted),
+            verdict=pb.Verdict(score=v.score, action=v.action, rules=v.rules, header=v.header, trusted=v.trusted,
+                               mail_class=MAIL_CLASS_PB[obs.fp.mail_class]),
         )
 
     def Lookup(self, request, context):  # noqa: N802 (gRPC method names)
@@ -130,6 +133,10 @@ class Servicer(pb_grpc.FingerprintServicer):
         except re.error as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad os_name_regex: {exc}")
         ports = set(request.ports)
+        wanted = set(request.mail_classes)
+        if bad := wanted - set(MAIL_CLASS_PB.values()):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"mail_classes: not a mail class: {', '.join(map(str, sorted(bad)))}")
         q = self.b.subscribe()
         try:
             while context.is_active():
@@ -143,6 +150,8 @@ class Servicer(pb_grpc.FingerprintServicer):
                 if name_rx and not (label and name_rx.search(label.name)):
                     continue
                 if ports and obs.server[1] not in ports:
+                    continue
+                if wanted and MAIL_CLASS_PB[obs.fp.mail_class] not in wanted:
                     continue
                 yield observation_pb(obs)
         finally:

@@ -94,6 +94,8 @@ def test_gzip_and_pcapng_read_the_same(small_pcap, tmp_path):
     (["replay", "pyproject.toml"], "pyproject.toml: not a pcap or pcapng capture"),
     (["replay", "BADGZ"], "BADGZ"),
     (["signatures", "check", "BADFP"], "bad.fp:3: unknown class 'bsd'"),
+    (["replay", "--classes", "BADCLASSES", "SAMPLE"], "classes.toml:3: mail_class must be one of"),
+    (["replay", "--classes", "/nonexistent.toml", "SAMPLE"], "/nonexistent.toml: No such file"),
     ([], "required"),
 ])
 def test_errors_exit_2_with_one_line(args, needle, tmp_path):
@@ -101,7 +103,9 @@ def test_errors_exit_2_with_one_line(args, needle, tmp_path):
     badfp.write_text("classes = unix\n[tcp:request]\nlabel = s:bsd:FreeBSD:x\n")
     badgz = tmp_path / "bad.pcap.gz"
     badgz.write_bytes(b"\x1f\x8b" + b"junk" * 10)
-    subst = {"SAMPLE": str(SAMPLE), "BADFP": str(badfp), "BADGZ": str(badgz)}
+    badclasses = tmp_path / "classes.toml"
+    badclasses.write_text("[[class]]\nos_name = 'Linux'\nmail_class = 'laptop'\n")
+    subst = {"SAMPLE": str(SAMPLE), "BADFP": str(badfp), "BADGZ": str(badgz), "BADCLASSES": str(badclasses)}
     args = [subst.get(a, a) for a in args]
     proc = fpd(*args)
     assert proc.returncode == 2, proc.stderr
@@ -112,10 +116,30 @@ def test_errors_exit_2_with_one_line(args, needle, tmp_path):
 
 def test_signatures_check(tmp_path):
     out = fpd("signatures", "check", check=True).stdout
-    assert "OK, 244 signatures" in out and "[tcp:request] 113" in out
+    assert "OK, 306 signatures" in out and "[tcp:request] 146" in out
     js = json.loads(fpd("signatures", "check", "--json", str(OUR_DB), check=True).stdout)
-    assert js["sections"] == {"mtu": 25, "tcp:request": 113, "tcp:response": 106, "http": 0}
+    assert js["sections"] == {"mtu": 25, "tcp:request": 146, "tcp:response": 135, "http": 0}
     assert js["classes"]["tcp:request"]["win (specific)"] == 13  # p0f's 11 and Windows 10 or 11
+
+
+def test_signatures_check_coverage(tmp_path):
+    """Lines no packet of the given captures matches: the file's marked additions by default, or all."""
+    db = tmp_path / "mine.fp"
+    db.write_text("classes = unix\n[tcp:request]\n"
+                  "label = s:unix:Linux:p0f-era\nsig = *:64:0:*:mss*20,*:mss,sok,ts,nop,ws:df,id+:0\n"
+                  "; --- fingerprintd additions (test)\n"
+                  "label = s:unix:Linux:seen\nsig = *:64:0:*:mss*44,*:mss,sok,ts,nop,ws:df,id+:0\n"
+                  "label = s:unix:Linux:never\nsig = *:64:0:*:mss*13,*:mss,sok,ts,nop,ws:df,id+:0\n"
+                  "; --- end of fingerprintd additions\n")
+    out = fpd("signatures", "check", str(db), "--coverage", str(SAMPLE), check=True).stdout
+    assert f"{db}:9: note: no packet in the captures matches: [tcp:request] Linux never: " in out
+    assert ":7: note" not in out and ":4: note" not in out  # seen by the sample; not an addition
+    assert "coverage: 1 of 2 added signature lines matched by 96 fingerprinted packets" in out
+    js = json.loads(fpd("signatures", "check", str(db), "--coverage", str(SAMPLE), "--all-lines", "--json",
+                        check=True).stdout)["coverage"]
+    assert (js["lines"], js["matched"], [u["line"] for u in js["unmatched"]]) == (3, 1, [4, 9])
+    bad = fpd("signatures", "check", str(db), "--coverage", "/nonexistent.pcap")
+    assert bad.returncode == 2 and bad.stderr.strip() == "fingerprintd: /nonexistent.pcap: cannot read file"
 
 
 def test_summary_adds_up():

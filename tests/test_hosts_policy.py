@@ -28,6 +28,8 @@ STACKS = {
     "freebsd": Shape(ttl=60, mss=1460, win=65535, wscale=6, layout=("mss", "nop", "ws", "sok", "ts")),
     "unknown": Shape(ttl=60, mss=1460, win=1234, wscale=3, layout=("mss", "ws", "nop", "sok")),
     "nmap": Shape(ttl=50, mss=1460, win=1024, wscale=0, layout=("mss",), quirks=frozenset()),
+    "android": Shape(ttl=62, mss=1400, win=65535, wscale=8),  # Linux Android 8 and newer
+    "masscan": Shape(ttl=250, mss=0, win=1024, wscale=0, layout=(), quirks=frozenset()),
 }
 
 
@@ -107,15 +109,19 @@ def test_lookup_waits_for_a_syn_not_captured_yet():
     assert 0.09 <= time.monotonic() - t0 < 1.0
 
 
-@pytest.mark.parametrize("stack,score,rule", [
-    ("winxp", 2.3, "windows_xp"), ("win7", 1.3, "windows"), ("unknown", 0.8, "unknown"),
-    ("freebsd", -1.0, "unix_server"), ("linux", -0.1, "linux"), ("nmap", 3.0, "scanner"),
+@pytest.mark.parametrize("stack,score,rule,mail_class", [
+    ("winxp", 2.3, "windows_xp", "desktop"), ("win7", 1.3, "windows", "desktop"),
+    ("unknown", 0.8, "unknown", "unknown"), ("freebsd", -1.0, "unix_server", "server"),
+    ("linux", -0.1, "linux", "server"), ("nmap", 3.0, "scanner", "scanner"),
+    ("android", 1.3, "mobile", "mobile"), ("masscan", 3.0, "scanner", "scanner"),
 ])
-def test_default_policy(stack, score, rule):
+def test_default_policy(stack, score, rule, mail_class):
     obs = observe(stack)
+    assert obs.fp.mail_class == mail_class
     v = POLICY.verdict(obs.fp, obs.pkt.src)
     assert (v.score, v.rules, v.action) == (score, (rule,), "tag")
-    assert v.header.startswith(f"{obs.fp.os_text}; dist: {obs.fp.dist}; link: Ethernet or modem; score: ")
+    assert v.header == (f"{obs.fp.os_text}; dist: {obs.fp.dist}; link: {obs.fp.link or '???'}; "
+                        f"class: {mail_class}; score: {score:g}")
 
 
 def test_trusted_networks_score_nothing():
@@ -157,6 +163,23 @@ action = "reject"
     assert policy.verdict(near, obs.pkt.src).rules == ("win",)
 
 
+def test_rules_on_mail_classes():
+    policy = parse_policy("""
+[[rule]]
+name = "handheld_or_box"
+mail_class = ["mobile", "embedded"]
+score = 2
+[[rule]]
+name = "desk"
+mail_class = "desktop"
+score = 1
+""")
+    scored = {s: policy.verdict(observe(s).fp, observe(s).pkt.src) for s in ("android", "win7", "linux", "unknown")}
+    assert {s: (v.score, v.rules) for s, v in scored.items()} == {
+        "android": (2.0, ("handheld_or_box",)), "win7": (1.0, ("desk",)), "linux": (0.0, ()), "unknown": (0.0, ())}
+    assert "; class: mobile; score: 2" in scored["android"].header
+
+
 def test_per_fingerprint_makes_once_per_object_within_its_bound():
     made = []
     memo = PerFingerprint(lambda fp: made.append(fp) or len(made), size=2)
@@ -180,6 +203,8 @@ def test_per_fingerprint_makes_once_per_object_within_its_bound():
     ("[rules]\n", 1, "unknown table"),
     ("x = [\n", 1, "Invalid value"),
     ("[[rule]]\nname = 'a'\ndist_min = -1\n", 3, "whole number"),
+    ("[[rule]]\nname = 'a'\nmail_class = 'laptop'\n", 3, "mail_class must be one of server, desktop"),
+    ("[[rule]]\nname = 'a'\nmail_class = []\n", 3, "mail_class must be one of"),
 ])
 def test_policy_errors_name_the_line(text, line, needle):
     with pytest.raises(PolicyError) as err:

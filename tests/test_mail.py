@@ -181,7 +181,7 @@ def test_headers_for_the_exact_connection(stack):
     msg = stack.delivered(f"test {stack.base + 0}")
     values = msg.get_all("X-OS-Fingerprint")
     assert len(values) == 2, values  # the policy service's PREPEND and the milter's header; the forged one is gone
-    assert all(v.startswith("Linux 2.2.x-3.x; dist: 0; link: ???; score: -0.1") for v in values), values
+    assert all(v.startswith("Linux 2.2.x-3.x; dist: 0; link: ???; class: server; score: -0.1") for v in values), values
     assert msg["X-OS-Fingerprint-Score"] == "-0.1"
     assert "FreeBSD" not in msg.as_string()
     # The milter asked about this very connection (ip and source port).
@@ -210,7 +210,8 @@ def test_ipv6(stack):
     msg = stack.delivered(f"test {stack.base + 1}")
     values = msg.get_all("X-OS-Fingerprint")
     # Loopback IPv6 SYNs carry a flow label: named like their IPv4 twin (p0f: ???).
-    assert values and all(v.startswith("Linux 2.2.x-3.x; dist: 0; link: ???; score: -0.1") for v in values), values
+    want = "Linux 2.2.x-3.x; dist: 0; link: ???; class: server; score: -0.1"
+    assert values and all(v.startswith(want) for v in values), values
     assert msg["X-OS-Fingerprint-Score"] == "-0.1"
 
 

@@ -50,8 +50,10 @@ def test_lookup_by_connection_and_by_ip(api):
     r = stub.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40001))
     assert r.found and r.observation.os_name == "Linux" and r.observation.label == "Linux 3.11 and newer"
     assert r.verdict.score == pytest.approx(-0.1) and r.verdict.header.startswith("Linux 3.11 and newer; dist: 9;")
+    assert r.observation.mail_class == r.verdict.mail_class == pb.MAIL_CLASS_SERVER
     latest = stub.Lookup(pb.LookupRequest(ip="::ffff:203.0.113.5"))
     assert latest.observation.client_port == 40002 and latest.verdict.rules == ["windows_xp"]
+    assert latest.verdict.mail_class == pb.MAIL_CLASS_DESKTOP
     assert latest.host.seen_count == 2 and latest.host.host_changed and list(latest.host.os_names) == ["Linux",
                                                                                                         "Windows"]
     v6 = stub.Lookup(pb.LookupRequest(ip="IPv6:2001:DB8::5", port=40003))
@@ -108,6 +110,25 @@ def test_watch_streams_filtered_observations(api):
     with pytest.raises(grpc.RpcError) as err:
         next(stub.Watch(pb.WatchRequest(os_name_regex="(")))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_watch_by_mail_class(api):
+    service, stub, _ = api
+    stream = stub.Watch(pb.WatchRequest(mail_classes=[pb.MAIL_CLASS_MOBILE, pb.MAIL_CLASS_UNKNOWN]))
+    got = []
+    reader = threading.Thread(target=lambda: got.extend([next(stream), next(stream)]))
+    reader.start()
+    time.sleep(0.3)
+    service.ingest([syn("linux", "203.0.113.30", 44001), syn("android", "203.0.113.31", 44002),
+                    syn("win7", "203.0.113.32", 44003), syn("unknown", "203.0.113.33", 44004)], 1)
+    reader.join(5)
+    stream.cancel()
+    assert [(o.client_port, o.mail_class) for o in got] == [(44002, pb.MAIL_CLASS_MOBILE),
+                                                             (44004, pb.MAIL_CLASS_UNKNOWN)]
+    for bad in (pb.MAIL_CLASS_UNSPECIFIED, 42):
+        with pytest.raises(grpc.RpcError) as err:
+            next(stub.Watch(pb.WatchRequest(mail_classes=[bad])))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a mail class" in err.value.details()
 
 
 def test_stats_add_up(api):

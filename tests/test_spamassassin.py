@@ -83,6 +83,10 @@ def spamc(port: int, msg: bytes) -> dict[str, float]:
     (["FreeBSD 9.x or newer; dist: 3; link: Ethernet or modem; score: -1"], "FPD_UNIX", -1.0),
     (["Linux 3.11 and newer; dist: 5; link: Ethernet or modem; score: -0.1"], "FPD_LINUX", -0.1),
     (["NMap SYN scan; dist: 14; link: ???; score: 3"], "FPD_SCANNER", 2.0),
+    (["zmap; dist: 0; link: ???; class: scanner; score: 3"], "FPD_SCANNER", 2.0),
+    (["Linux 4.19 and newer; dist: 0; link: Ethernet or modem; class: server; score: -0.1"], "FPD_LINUX", -0.1),
+    (["Linux Android 8 and newer; dist: 2; link: Ethernet or modem; class: mobile; score: 1.3"], "FPD_MOBILE", 1.3),
+    (["Nintendo 3DS; dist: 5; link: ???; class: embedded; score: 1"], "FPD_EMBEDDED", 1.0),
     # Only the first instance counts: a later (forged) one changes nothing.
     (["Linux 2.2.x-3.x; dist: 0; link: ???; score: -0.1", "Windows XP; dist: 0; score: 2.3"], "FPD_LINUX", -0.1),
 ])

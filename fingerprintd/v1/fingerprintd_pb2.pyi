@@ -1,10 +1,28 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class MailClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MAIL_CLASS_UNSPECIFIED: _ClassVar[MailClass]
+    MAIL_CLASS_SERVER: _ClassVar[MailClass]
+    MAIL_CLASS_DESKTOP: _ClassVar[MailClass]
+    MAIL_CLASS_MOBILE: _ClassVar[MailClass]
+    MAIL_CLASS_EMBEDDED: _ClassVar[MailClass]
+    MAIL_CLASS_SCANNER: _ClassVar[MailClass]
+    MAIL_CLASS_UNKNOWN: _ClassVar[MailClass]
+MAIL_CLASS_UNSPECIFIED: MailClass
+MAIL_CLASS_SERVER: MailClass
+MAIL_CLASS_DESKTOP: MailClass
+MAIL_CLASS_MOBILE: MailClass
+MAIL_CLASS_EMBEDDED: MailClass
+MAIL_CLASS_SCANNER: MailClass
+MAIL_CLASS_UNKNOWN: MailClass
 
 class LookupRequest(_message.Message):
     __slots__ = ("ip", "port", "wait_ms")
@@ -41,7 +59,7 @@ class LookupBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[LookupResponse, _Mapping]]] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("client_ip", "client_port", "server_ip", "server_port", "time", "matched", "os_class", "os_name", "os_flavor", "label", "generic", "fuzzy", "tool", "distance", "raw_sig", "link", "mtu", "ip_version", "ttl", "params")
+    __slots__ = ("client_ip", "client_port", "server_ip", "server_port", "time", "matched", "os_class", "os_name", "os_flavor", "label", "generic", "fuzzy", "tool", "distance", "raw_sig", "link", "mtu", "ip_version", "ttl", "params", "mail_class")
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
     CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
     SERVER_IP_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +80,7 @@ class Observation(_message.Message):
     IP_VERSION_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MAIL_CLASS_FIELD_NUMBER: _ClassVar[int]
     client_ip: str
     client_port: int
     server_ip: str
@@ -82,7 +101,8 @@ class Observation(_message.Message):
     ip_version: int
     ttl: int
     params: str
-    def __init__(self, client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., server_ip: _Optional[str] = ..., server_port: _Optional[int] = ..., time: _Optional[float] = ..., matched: _Optional[bool] = ..., os_class: _Optional[str] = ..., os_name: _Optional[str] = ..., os_flavor: _Optional[str] = ..., label: _Optional[str] = ..., generic: _Optional[bool] = ..., fuzzy: _Optional[bool] = ..., tool: _Optional[bool] = ..., distance: _Optional[int] = ..., raw_sig: _Optional[str] = ..., link: _Optional[str] = ..., mtu: _Optional[int] = ..., ip_version: _Optional[int] = ..., ttl: _Optional[int] = ..., params: _Optional[str] = ...) -> None: ...
+    mail_class: MailClass
+    def __init__(self, client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., server_ip: _Optional[str] = ..., server_port: _Optional[int] = ..., time: _Optional[float] = ..., matched: _Optional[bool] = ..., os_class: _Optional[str] = ..., os_name: _Optional[str] = ..., os_flavor: _Optional[str] = ..., label: _Optional[str] = ..., generic: _Optional[bool] = ..., fuzzy: _Optional[bool] = ..., tool: _Optional[bool] = ..., distance: _Optional[int] = ..., raw_sig: _Optional[str] = ..., link: _Optional[str] = ..., mtu: _Optional[int] = ..., ip_version: _Optional[int] = ..., ttl: _Optional[int] = ..., params: _Optional[str] = ..., mail_class: _Optional[_Union[MailClass, str]] = ...) -> None: ...
 
 class Host(_message.Message):
     __slots__ = ("first_seen", "last_seen", "seen_count", "host_changed", "last_change", "distinct_signatures", "last_distance", "os_names")
@@ -105,28 +125,32 @@ class Host(_message.Message):
     def __init__(self, first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., seen_count: _Optional[int] = ..., host_changed: _Optional[bool] = ..., last_change: _Optional[float] = ..., distinct_signatures: _Optional[int] = ..., last_distance: _Optional[int] = ..., os_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("score", "action", "rules", "header", "trusted")
+    __slots__ = ("score", "action", "rules", "header", "trusted", "mail_class")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     TRUSTED_FIELD_NUMBER: _ClassVar[int]
+    MAIL_CLASS_FIELD_NUMBER: _ClassVar[int]
     score: float
     action: str
     rules: _containers.RepeatedScalarFieldContainer[str]
     header: str
     trusted: bool
-    def __init__(self, score: _Optional[float] = ..., action: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., header: _Optional[str] = ..., trusted: _Optional[bool] = ...) -> None: ...
+    mail_class: MailClass
+    def __init__(self, score: _Optional[float] = ..., action: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., header: _Optional[str] = ..., trusted: _Optional[bool] = ..., mail_class: _Optional[_Union[MailClass, str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("unknown_only", "os_name_regex", "ports")
+    __slots__ = ("unknown_only", "os_name_regex", "ports", "mail_classes")
     UNKNOWN_ONLY_FIELD_NUMBER: _ClassVar[int]
     OS_NAME_REGEX_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    MAIL_CLASSES_FIELD_NUMBER: _ClassVar[int]
     unknown_only: bool
     os_name_regex: str
     ports: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, unknown_only: _Optional[bool] = ..., os_name_regex: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...
+    mail_classes: _containers.RepeatedScalarFieldContainer[MailClass]
+    def __init__(self, unknown_only: _Optional[bool] = ..., os_name_regex: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., mail_classes: _Optional[_Iterable[_Union[MailClass, str]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

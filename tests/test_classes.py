@@ -1,0 +1,75 @@
+"""Mail classes: what kind of sender each signature label names, and the replay output that shows it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fingerprintd.classes import MAIL_CLASSES, ClassesError, default_classes, parse_classes
+from fingerprintd.signatures import load
+from tests.conftest import OUR_DB, STOCK_DB
+from tests.test_cli import SAMPLE, fpd
+
+
+def _labels(path):
+    db = load(path)
+    return {s.label.text: s.label for s in db.request + db.response}
+
+
+def test_every_bundled_label_has_a_class():
+    """A signature added without a class rule would be 'unknown' to every policy: caught here."""
+    paths = [OUR_DB] + ([STOCK_DB] if STOCK_DB.exists() else [])
+    for path in paths:
+        missing = sorted(text for text, label in _labels(path).items() if default_classes().of(label) == "unknown")
+        assert not missing, f"{path}: no mail class for {missing}"
+
+
+@pytest.mark.parametrize("text,mail_class", [
+    ("Linux 4.19 and newer", "server"), ("Linux 2.6.x (Google crawler)", "server"),
+    ("Linux Android 8 and newer", "mobile"), ("Linux (Android)", "mobile"),
+    ("Windows 10 or 11", "desktop"), ("Windows XP", "desktop"), ("Windows NT kernel", "desktop"),
+    ("Mac OS X 10.10 and newer, or iOS", "desktop"), ("iOS iPhone or iPad", "mobile"),
+    ("FreeBSD 9.x or newer", "server"), ("OpenBSD 5.x", "server"), ("Solaris 10", "server"),
+    ("NMap SYN scan", "scanner"), ("masscan", "scanner"), ("zmap", "scanner"), ("p0f sendsyn utility", "scanner"),
+    ("Nintendo 3DS", "embedded"), ("Blackberry", "mobile"),
+])
+def test_bundled_classes(text, mail_class):
+    assert default_classes().of(_labels(OUR_DB)[text]) == mail_class
+
+
+def test_no_match_is_unknown_and_first_rule_wins():
+    cm = parse_classes("[[class]]\nmail_class = 'embedded'\nflavor = 'x'\n[[class]]\nmail_class = 'server'\n"
+                       "os_name = '^Linux$'\n")
+    labels = _labels(OUR_DB)
+    assert cm.of(None) == "unknown"
+    assert cm.of(labels["Linux 4.19 and newer"]) == "server"
+    assert cm.of(labels["Linux 3.x"]) == "embedded"  # flavor "3.x" holds an x: the first rule
+    assert cm.of(labels["Windows XP"]) == "unknown"  # no rule covers it
+    assert set(MAIL_CLASSES) >= {"server", "desktop", "mobile", "embedded", "scanner", "unknown"}
+
+
+@pytest.mark.parametrize("text,line,needle", [
+    ("[[class]]\nmail_class = 'server'\n\n[[class]]\nmail_class = 'phone'\n", 5, "mail_class must be one of"),
+    ("[[class]]\nmail_class = 'server'\nos_name = '('\n", 3, "bad regular expression for os_name"),
+    ("[[class]]\nmail_class = 'server'\nname = 'Linux'\n", 3, "unknown key 'name'"),
+    ("[classes]\n", 1, "unknown table 'classes'"),
+    ("[[class]\n", 1, ""),
+])
+def test_class_file_errors_name_the_line(text, line, needle):
+    with pytest.raises(ClassesError) as err:
+        parse_classes(text, "my.toml")
+    assert str(err.value).startswith(f"my.toml:{line}: ") and needle in str(err.value)
+
+
+def test_replay_shows_the_class_and_takes_another_map(tmp_path):
+    text = fpd("replay", str(SAMPLE), check=True).stdout.splitlines()
+    assert text and all(" class=server " in ln for ln in text if " Linux " in ln), text[:3]
+    rows = [json.loads(ln) for ln in fpd("replay", "--format", "jsonl", str(SAMPLE), check=True).stdout.splitlines()]
+    assert {r["mail_class"] for r in rows if r["os"] and r["os"]["name"] == "Linux"} == {"server"}
+    assert all(r["mail_class"] == "unknown" for r in rows if r["os"] is None and r["app"] is None)
+    mine = tmp_path / "classes.toml"
+    mine.write_text("[[class]]\nmail_class = 'embedded'\nos_name = '^Linux$'\n")
+    rows = [json.loads(ln) for ln in
+            fpd("replay", "--format", "jsonl", "--classes", str(mine), str(SAMPLE), check=True).stdout.splitlines()]
+    assert {r["mail_class"] for r in rows if r["os"] and r["os"]["name"] == "Linux"} == {"embedded"}
