@@ -1,6 +1,6 @@
 """Accuracy on labeled captures: fingerprintd's database beside p0f 3.09b's.
 
-    python -m benchmarks.accuracy [../shared/corpus] [--json]
+    python -m benchmarks.accuracy [../shared/corpus] [--json] [--hosts]
 
 For every labeled host in labels.csv (a capture, a host address, whether it
 sent SYNs or answered with SYN+ACKs, and what it really runs), every one of
@@ -95,12 +95,12 @@ def _verdicts(pcap: Path, db_path: Path) -> dict[tuple, list[tuple[str, str, boo
     return out
 
 
-def evaluate(corpus: Path, db_path: Path) -> dict:
+def evaluate(corpus: Path, db_path: Path, misses: list | None = None) -> dict:
     rows = list(csv.DictReader(open(corpus / "labels.csv", newline="")))
-    return score(rows, corpus / "pcaps", db_path)
+    return score(rows, corpus / "pcaps", db_path, misses)
 
 
-def score(rows: list[dict], pcaps: Path, db_path: Path) -> dict:
+def score(rows: list[dict], pcaps: Path, db_path: Path, misses: list | None = None) -> dict:
     """Outcome counts per family for labels.csv-style rows (pcap, host_ip, role, label; and
     optionally client_port, to score one connection rather than a host)."""
     import ipaddress
@@ -126,6 +126,8 @@ def score(rows: list[dict], pcaps: Path, db_path: Path) -> dict:
         else:
             outcome = "wrong"
         table[want][outcome] += 1
+        if misses is not None and outcome != "correct-specific":
+            misses.append((row, f"{name} [generic]" if generic else name, outcome))
         if is_2015_or_later(row["label"]):
             table["2015+"][outcome] += 1
     total: Counter = Counter()
@@ -136,8 +138,8 @@ def score(rows: list[dict], pcaps: Path, db_path: Path) -> dict:
     return {fam: dict(c) for fam, c in sorted(table.items())}
 
 
-def report(corpus: Path) -> dict:
-    out = {"fingerprintd": evaluate(corpus, OURS)}
+def report(corpus: Path, misses: list | None = None) -> dict:
+    out = {"fingerprintd": evaluate(corpus, OURS, misses)}
     if STOCK.exists():
         out["p0f 3.09b"] = evaluate(corpus, STOCK)
     return out
@@ -192,7 +194,8 @@ if __name__ == "__main__":
     corpus = Path(args[0]) if args else ROOT.parent / "shared" / "corpus"
     if not (corpus / "labels.csv").exists():
         sys.exit(f"no labels.csv in {corpus}")
-    results = {"labeled corpus": report(corpus)}
+    misses: list = []
+    results = {"labeled corpus": report(corpus, misses)}
     if "--netns" in sys.argv:
         import tempfile
 
@@ -204,3 +207,8 @@ if __name__ == "__main__":
         for title, table in results.items():
             print(f"# {title}")
             print_table(table)
+        if "--hosts" in sys.argv:
+            print("# labeled hosts the bundled database does not name specifically")
+            for row, verdict, outcome in misses:
+                print(f"{outcome:<16} {row['label'][:40]:<40} {verdict:<32} {row['pcap']} {row['host_ip']} "
+                      f"{row['role']}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fingerprintd.data import bundled
 from fingerprintd.signatures import Label
-from fingerprintd.tomlfile import Located, TomlError
+from fingerprintd.tomlfile import Located, TomlError, compile_regexes
 
 MAIL_CLASSES = ("server", "desktop", "mobile", "embedded", "scanner", "unknown")
 _KEYS = ("os_class", "os_name", "flavor")
@@ -76,14 +76,7 @@ def parse_classes(text: str, source: str = "<classes>") -> ClassMap:
         mail_class = raw.get("mail_class")
         if mail_class not in MAIL_CLASSES:
             raise fail(sec, "mail_class", f"mail_class must be one of {', '.join(MAIL_CLASSES)}")
-        conditions = []
-        for key in _KEYS:
-            if key in raw:
-                try:
-                    conditions.append((key, re.compile(raw[key])))
-                except (re.error, TypeError) as exc:
-                    raise fail(sec, key, f"bad regular expression for {key}: {exc}") from None
-        rules.append((mail_class, tuple(conditions)))
+        rules.append((mail_class, compile_regexes(raw, _KEYS, fail, sec)))
     return ClassMap(source, tuple(rules))
 
 

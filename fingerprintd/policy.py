@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fingerprintd.classes import MAIL_CLASSES
 from fingerprintd.matcher import Fingerprint, PerFingerprint
-from fingerprintd.tomlfile import Located, TomlError
+from fingerprintd.tomlfile import Located, TomlError, compile_regexes
 
 ACTIONS = ("tag", "tempfail", "reject")  # least to most severe
 _REGEX_KEYS = ("os_class", "os_name", "flavor", "label", "link")
@@ -184,13 +184,7 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
     action = raw.get("action", "tag")
     if action not in ACTIONS:
         raise fail(sec, "action", f"rule {name!r}: action must be one of {', '.join(ACTIONS)}")
-    regexes = []
-    for key in _REGEX_KEYS:
-        if key in raw:
-            try:
-                regexes.append((key, re.compile(raw[key])))
-            except (re.error, TypeError) as exc:
-                raise fail(sec, key, f"rule {name!r}: bad regular expression for {key}: {exc}") from None
+    regexes = compile_regexes(raw, _REGEX_KEYS, fail, sec, f"rule {name!r}: ")
     flags = []
     for key in _BOOL_KEYS:
         if key in raw:
@@ -214,4 +208,4 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
             raise fail(sec, "mail_class", f"rule {name!r}: mail_class must be one of {', '.join(MAIL_CLASSES)}, "
                                           "or a list of them")
         mail_classes = frozenset(want)
-    return Rule(name, float(score), action, final, tuple(regexes), tuple(flags), dist[0], dist[1], mail_classes)
+    return Rule(name, float(score), action, final, regexes, tuple(flags), dist[0], dist[1], mail_classes)

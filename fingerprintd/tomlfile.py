@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 
 
 class TomlError(ValueError):
@@ -52,3 +53,17 @@ def _key_lines(text: str) -> dict[tuple, int]:
             continue
         out.setdefault((section, None), number)
     return out
+
+
+def compile_regexes(raw: dict, keys: Iterable[str], fail: Callable[[tuple, str | None, str], TomlError],
+                    section: tuple, prefix: str = "") -> tuple[tuple[str, re.Pattern], ...]:
+    """(key, compiled pattern) for each of `keys` present in a table; a bad one names its line
+    (`fail` is Located.error)."""
+    out = []
+    for key in keys:
+        if key in raw:
+            try:
+                out.append((key, re.compile(raw[key])))
+            except (re.error, TypeError) as exc:
+                raise fail(section, key, f"{prefix}bad regular expression for {key}: {exc}") from None
+    return tuple(out)

@@ -227,6 +227,14 @@ sig   = *:64:0:*:*,0:mss:df,id+:0
 label = s:win:Windows:10 or 11
 sig   = *:128:0:*:mss*44,8:mss,nop,ws,nop,nop,sok:df,id+:0
 sig   = *:128:0:*:65535,8:mss,nop,ws,nop,nop,sok:df,id+:0
+
+; Windows XP/2003 without window scaling (its default) on a fast link: 64240,
+; whatever the MSS. Vista and later always offer window scaling.
+; Sources: chrissanders__aurora, chrissanders__ppa2e_aurora,
+; chrissanders__ppa2e_twitter_tweet (XP by User-Agent), id2t__sality_botnet
+; (an XP-family bot in a VirtualBox sandbox).
+label = s:win:Windows:XP
+sig   = *:128:0:*:64240,0:mss,nop,nop,sok:df,id+:0
 ; --- end of fingerprintd additions -----------------------------------------
 
 ; Windows NT 5.x and 6.x stacks: no timestamps, NOPs around WS and SACK-OK.

@@ -95,17 +95,25 @@ def test_invalid_argument(api, call, request_, needle):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
 
 
-def test_watch_streams_filtered_observations(api):
+def watch_two(api, request: pb.WatchRequest, syns: list) -> list:
+    """The first two observations a Watch stream yields while `syns` are ingested."""
     service, stub, _ = api
-    stream = stub.Watch(pb.WatchRequest(os_name_regex="^Windows$"))
-    got = []
+    stream = stub.Watch(request)
+    got: list = []
     reader = threading.Thread(target=lambda: got.extend([next(stream), next(stream)]))
     reader.start()
     time.sleep(0.3)
-    service.ingest([syn("linux", "203.0.113.20", 43001), syn("win7", "203.0.113.21", 43002),
-                    syn("unknown", "203.0.113.22", 43003), syn("winxp", "203.0.113.23", 43004)], 1)
+    service.ingest(syns, 1)
     reader.join(5)
     stream.cancel()
+    return got
+
+
+def test_watch_streams_filtered_observations(api):
+    _, stub, _ = api
+    got = watch_two(api, pb.WatchRequest(os_name_regex="^Windows$"),
+                    [syn("linux", "203.0.113.20", 43001), syn("win7", "203.0.113.21", 43002),
+                     syn("unknown", "203.0.113.22", 43003), syn("winxp", "203.0.113.23", 43004)])
     assert [o.client_port for o in got] == [43002, 43004]
     with pytest.raises(grpc.RpcError) as err:
         next(stub.Watch(pb.WatchRequest(os_name_regex="(")))
@@ -113,16 +121,10 @@ def test_watch_streams_filtered_observations(api):
 
 
 def test_watch_by_mail_class(api):
-    service, stub, _ = api
-    stream = stub.Watch(pb.WatchRequest(mail_classes=[pb.MAIL_CLASS_MOBILE, pb.MAIL_CLASS_UNKNOWN]))
-    got = []
-    reader = threading.Thread(target=lambda: got.extend([next(stream), next(stream)]))
-    reader.start()
-    time.sleep(0.3)
-    service.ingest([syn("linux", "203.0.113.30", 44001), syn("android", "203.0.113.31", 44002),
-                    syn("win7", "203.0.113.32", 44003), syn("unknown", "203.0.113.33", 44004)], 1)
-    reader.join(5)
-    stream.cancel()
+    _, stub, _ = api
+    got = watch_two(api, pb.WatchRequest(mail_classes=[pb.MAIL_CLASS_MOBILE, pb.MAIL_CLASS_UNKNOWN]),
+                    [syn("linux", "203.0.113.30", 44001), syn("android", "203.0.113.31", 44002),
+                     syn("win7", "203.0.113.32", 44003), syn("unknown", "203.0.113.33", 44004)])
     assert [(o.client_port, o.mail_class) for o in got] == [(44002, pb.MAIL_CLASS_MOBILE),
                                                              (44004, pb.MAIL_CLASS_UNKNOWN)]
     for bad in (pb.MAIL_CLASS_UNSPECIFIED, 42):
