@@ -255,6 +255,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
     if skipped:
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
         print(f"fingerprintd: {sum(skipped.values())} skipped: {detail}", file=sys.stderr)
+    classes = summary["syn_mail_classes"]
+    if classes:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(classes.items(), key=lambda kv: -kv[1]))
+        print(f"fingerprintd: SYNs by mail class: {detail}", file=sys.stderr)
 
 
 def cmd_signatures_check(args: argparse.Namespace) -> int:

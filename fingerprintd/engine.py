@@ -67,6 +67,7 @@ class Engine:
         self.packets = 0
         self.fingerprinted: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
+        self.syn_classes: Counter[str] = Counter()  # SYNs by the sender's mail class
 
     def feed(self, frame: bytes, linktype: int, sec: int, usec: int = 0) -> Observation | None:
         """Process one captured frame; the observation it yields, if any."""
@@ -83,6 +84,7 @@ class Engine:
         ports = self.ports
         skipped = self.skipped
         done = self.fingerprinted
+        classes = self.syn_classes
         for sec, usec, frame in batch:
             flows.tick(sec)
             pkt = parse(frame, linktype, sec + usec * 1e-6, bugs)
@@ -105,6 +107,7 @@ class Engine:
                 fp = fingerprint(pkt, True, 0, flow.sendsyn)  # type: ignore[arg-type]
                 flows.syn_done(flow, pkt, fp.app)  # type: ignore[arg-type]
                 mod = "sendsyn probe" if flow.sendsyn else "syn"
+                classes[fp.mail_class] += 1
             else:
                 flow = flows.synack(pkt)  # type: ignore[arg-type]
                 if flow is None:
@@ -123,5 +126,6 @@ class Engine:
             "packets": self.packets,
             "fingerprinted": dict(self.fingerprinted),
             "skipped": dict(sorted(self.skipped.items())),
+            "syn_mail_classes": dict(sorted(self.syn_classes.items())),
             "cache": self.matcher.cache_stats(),
         }

@@ -206,6 +206,7 @@ class Service:
             "match_cache_hits": cache["hits"], "match_cache_misses": cache["misses"],
             "lookups": self.hosts.lookups, "lookup_hits": self.hosts.hits,
             "uptime_seconds": time.time() - self.started, "reloads": self.reloads,
+            "syn_mail_classes": dict(e.syn_classes),
         }
 
     def drop_privileges(self, user: str) -> None:

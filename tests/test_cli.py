@@ -147,6 +147,9 @@ def test_summary_adds_up():
     summary = json.loads(proc.stderr.strip().splitlines()[-1])
     assert summary["packets"] == sum(summary["fingerprinted"].values()) + sum(summary["skipped"].values())
     assert summary["fingerprinted"]["syn"] == summary["fingerprinted"]["syn+ack"] > 20
+    assert sum(summary["syn_mail_classes"].values()) == summary["fingerprinted"]["syn"]
+    text = fpd("replay", "--all-ports", str(SAMPLE), check=True).stderr
+    assert f"SYNs by mail class: server {summary['syn_mail_classes']['server']}" in text
 
 
 def test_progress_bar_only_on_a_terminal(small_pcap):

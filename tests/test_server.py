@@ -144,6 +144,7 @@ def test_stats_add_up(api):
     assert s.packets == s.fingerprinted + sum(s.skipped.values())
     assert s.connections == 1 and s.hosts == 1 and s.lookups == 1 and s.lookup_hits == 1
     assert s.match_cache_misses >= 1 and s.uptime_seconds > 0
+    assert dict(s.syn_mail_classes) == {"server": 1}
 
 
 def test_health_and_reflection(api):

@@ -157,8 +157,15 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("packets", "fingerprinted", "skipped", "kernel_received", "kernel_dropped", "interface_dropped", "connections", "hosts", "match_cache_hits", "match_cache_misses", "lookups", "lookup_hits", "uptime_seconds", "reloads")
+    __slots__ = ("packets", "fingerprinted", "skipped", "kernel_received", "kernel_dropped", "interface_dropped", "connections", "hosts", "match_cache_hits", "match_cache_misses", "lookups", "lookup_hits", "uptime_seconds", "reloads", "syn_mail_classes")
     class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SynMailClassesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +186,7 @@ class StatsResponse(_message.Message):
     LOOKUP_HITS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RELOADS_FIELD_NUMBER: _ClassVar[int]
+    SYN_MAIL_CLASSES_FIELD_NUMBER: _ClassVar[int]
     packets: int
     fingerprinted: int
     skipped: _containers.ScalarMap[str, int]
@@ -193,4 +201,5 @@ class StatsResponse(_message.Message):
     lookup_hits: int
     uptime_seconds: float
     reloads: int
-    def __init__(self, packets: _Optional[int] = ..., fingerprinted: _Optional[int] = ..., skipped: _Optional[_Mapping[str, int]] = ..., kernel_received: _Optional[int] = ..., kernel_dropped: _Optional[int] = ..., interface_dropped: _Optional[int] = ..., connections: _Optional[int] = ..., hosts: _Optional[int] = ..., match_cache_hits: _Optional[int] = ..., match_cache_misses: _Optional[int] = ..., lookups: _Optional[int] = ..., lookup_hits: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., reloads: _Optional[int] = ...) -> None: ...
+    syn_mail_classes: _containers.ScalarMap[str, int]
+    def __init__(self, packets: _Optional[int] = ..., fingerprinted: _Optional[int] = ..., skipped: _Optional[_Mapping[str, int]] = ..., kernel_received: _Optional[int] = ..., kernel_dropped: _Optional[int] = ..., interface_dropped: _Optional[int] = ..., connections: _Optional[int] = ..., hosts: _Optional[int] = ..., match_cache_hits: _Optional[int] = ..., match_cache_misses: _Optional[int] = ..., lookups: _Optional[int] = ..., lookup_hits: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., reloads: _Optional[int] = ..., syn_mail_classes: _Optional[_Mapping[str, int]] = ...) -> None: ...
