@@ -420,7 +420,6 @@ sig   = *:64:0:*:mss*45,10:mss,sok,ts,nop,ws:df:0
 ; and on jumbo frames. With timestamps the segment is MSS-12, so 44 segments
 ; would need an MTU over 1500: those lines are left out.
 ; Source: the same listener's SYN+ACKs to each sysctl variant's client.
-sig   = *:64:0:*:mss*44,*:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*46,*:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*47,*:mss,sok,ts,nop,ws:df:0
 sig   = *:64:0:*:mss*48,*:mss,sok,ts,nop,ws:df:0
