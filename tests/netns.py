@@ -168,8 +168,8 @@ VARIANTS: list[dict] = [
     {"name": "rcvbuf8k", "rcvbuf": 8192},
     {"name": "mtu1400", "mtu": 1400},
     {"name": "mtu9000", "mtu": 9000},
-    # The window's MSS multiple at other MTUs (1440: 46 over IPv4, 47 over IPv6; 1400: 48), for each
-    # option set, and the scale that tcp_rmem's maximum sets (7, 8, 9).
+    # The window's MSS multiple at other MTUs (1460: 46; 1440: 46 over IPv4, 47 over IPv6; 1400: 48),
+    # for each option set, and the scale that tcp_rmem's maximum sets (7, 8, 9), alone and at those MTUs.
     {"name": "mtu1440", "mtu": 1440},
     {"name": "no-timestamps-mtu1440", "net.ipv4.tcp_timestamps": 0, "mtu": 1440},
     {"name": "no-timestamps-mtu1400", "net.ipv4.tcp_timestamps": 0, "mtu": 1400},
@@ -184,6 +184,18 @@ VARIANTS: list[dict] = [
     {"name": "rmem6m", "net.ipv4.tcp_rmem": "4096 131072 6291456"},
     {"name": "rmem8m", "net.ipv4.tcp_rmem": "4096 131072 8388608"},
     {"name": "rmem16m", "net.ipv4.tcp_rmem": "4096 131072 16777216"},
+    {"name": "mtu1460", "mtu": 1460},
+    {"name": "rmem6m-mtu1440", "net.ipv4.tcp_rmem": "4096 131072 6291456", "mtu": 1440},
+    {"name": "rmem8m-mtu1440", "net.ipv4.tcp_rmem": "4096 131072 8388608", "mtu": 1440},
+    {"name": "rmem16m-mtu1440", "net.ipv4.tcp_rmem": "4096 131072 16777216", "mtu": 1440},
+    {"name": "rmem6m-mtu1400", "net.ipv4.tcp_rmem": "4096 131072 6291456", "mtu": 1400},
+    {"name": "rmem8m-mtu1400", "net.ipv4.tcp_rmem": "4096 131072 8388608", "mtu": 1400},
+    {"name": "rmem16m-mtu1400", "net.ipv4.tcp_rmem": "4096 131072 16777216", "mtu": 1400},
+    {"name": "no-sack-mtu1460", "net.ipv4.tcp_sack": 0, "mtu": 1460},
+    {"name": "no-wscale-mtu1460", "net.ipv4.tcp_window_scaling": 0, "mtu": 1460},
+    # The listener's own tcp_rmem sets the SYN+ACK's scale ("server:" keys are the server's sysctls).
+    {"name": "server-rmem8m", "server:net.ipv4.tcp_rmem": "4096 131072 8388608"},
+    {"name": "server-rmem16m", "server:net.ipv4.tcp_rmem": "4096 131072 16777216"},
 ]
 
 
@@ -199,6 +211,8 @@ def capture_kernel_syns(path: Path, variants: list[dict] = VARIANTS, per_variant
                 for key, value in var.items():
                     if key.startswith("net."):
                         pair.sysctl(pair.cli, key, value)
+                    elif key.startswith("server:"):
+                        pair.sysctl(pair.srv, key[len("server:"):], value)
                 pair.sysctl(pair.cli, f"net.ipv6.conf.{pair.vcli}.hop_limit", var.get("hop_limit", 64))
                 for server in (pair.server4, pair.server6):
                     port = 30000 + i * 100 + (50 if ":" in server else 0)
@@ -209,6 +223,9 @@ def capture_kernel_syns(path: Path, variants: list[dict] = VARIANTS, per_variant
                         # Fresh namespace defaults for the next variant.
                         default = pair.ns(pair.srv, "sysctl", "-n", key).stdout.strip()
                         pair.sysctl(pair.cli, key, default)
+                    elif key.startswith("server:"):
+                        default = pair.ns(pair.cli, "sysctl", "-n", key[len("server:"):]).stdout.strip()
+                        pair.sysctl(pair.srv, key[len("server:"):], default)
         finally:
             pair.stop_capture(cap)
     return sent
