@@ -181,13 +181,14 @@ class Service:
             classes = load_classes(self.classes_path) if self.classes_path else default_classes()
             policy = load_policy(self.policy_path)
         except (SignatureError, ClassesError, PolicyError, OSError) as exc:
-            event(logging.ERROR, "reload failed, keeping the previous signatures and policy", error=str(exc))
+            event(logging.ERROR, "reload failed, keeping the previous signatures, classes and policy",
+                  error=str(exc))
             return False
         # One reference swap each: readers see the old or the new, whole.
         self.engine.matcher = Matcher(db, p0f_bugs=self.cfg.p0f_bugs, classes=classes)
         self.policy = policy
         self.reloads += 1
-        event(logging.INFO, "reloaded", signatures=self.db_path, signature_count=db.sig_count,
+        event(logging.INFO, "reloaded", signatures=self.db_path, classes=classes.source, signature_count=db.sig_count,
               policy=self.policy_path, rules=len(policy.rules))
         return True
 
