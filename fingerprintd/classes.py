@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from fingerprintd.data import bundled
+from fingerprintd.data import default_classes
 from fingerprintd.signatures import Label
 from fingerprintd.tomlfile import Located, TomlError, compile_regexes
 
@@ -86,5 +86,6 @@ def load_classes(path: str | Path) -> ClassMap:
 
 
 @cache
-def default_classes() -> ClassMap:
-    return load_classes(bundled("classes.toml"))
+def bundled_classes() -> ClassMap:
+    """The bundled map, read once: what a Matcher uses unless given another."""
+    return load_classes(default_classes())

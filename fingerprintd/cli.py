@@ -17,8 +17,8 @@ from pathlib import Path
 
 from fingerprintd import __version__
 from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, ports_filter
-from fingerprintd.classes import ClassesError, ClassMap, default_classes, load_classes
-from fingerprintd.data import default_signatures
+from fingerprintd.classes import ClassesError, ClassMap, load_classes
+from fingerprintd.data import default_classes, default_signatures
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS
@@ -40,8 +40,7 @@ def load_db(path: str | None, p0f_bugs: bool = False) -> Database:
 
 
 def load_class_map(path: str | None) -> ClassMap:
-    if not path:
-        return default_classes()
+    path = path or default_classes()
     try:
         return load_classes(path)
     except ClassesError as exc:

@@ -1,4 +1,4 @@
-"""Where the bundled signature database and policy are."""
+"""Where the bundled signature database, mail classes and policy are."""
 
 from __future__ import annotations
 
@@ -20,3 +20,7 @@ def default_signatures() -> str:
 
 def default_policy() -> str:
     return bundled("policy.toml")
+
+
+def default_classes() -> str:
+    return bundled("classes.toml")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
 
-from fingerprintd.classes import ClassMap, default_classes
+from fingerprintd.classes import ClassMap, bundled_classes
 from fingerprintd.packet import (
     ACK,
     OPT_EOL,
@@ -246,7 +246,7 @@ class Matcher:
     def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool = False,
                  classes: ClassMap | None = None) -> None:
         self.db = db
-        self.classes = classes if classes is not None else default_classes()
+        self.classes = classes if classes is not None else bundled_classes()
         self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
         self.cache_size = cache_size
         self.cache: dict[tuple, Fingerprint] = {}

@@ -2,9 +2,9 @@
 
 Capture runs in its own thread (a slow query never stalls it); the gRPC
 server answers from the host table in a thread pool; the main thread waits
-for signals: SIGHUP reloads the signatures and the policy (a bad file is
-reported with file:line and the old one stays in force), SIGTERM and SIGINT
-stop cleanly.  Logs are JSON lines on stderr.
+for signals: SIGHUP reloads the signatures, the mail classes and the policy
+(a bad file is reported with file:line and the old ones stay in force),
+SIGTERM and SIGINT stop cleanly.  Logs are JSON lines on stderr.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import threading
 import time
 
 from fingerprintd.capture import CaptureError, Live, open_live, ports_filter
-from fingerprintd.classes import ClassesError, default_classes, load_classes
+from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config
-from fingerprintd.data import default_policy, default_signatures
+from fingerprintd.data import default_classes, default_policy, default_signatures
 from fingerprintd.engine import Engine, Observation
 from fingerprintd.flows import RecentSyns
 from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher
-from fingerprintd.policy import PolicyError, load_policy
+from fingerprintd.policy import Policy, PolicyError, load_policy
 from fingerprintd.report import p0f_log_formatter
 from fingerprintd.server import build_server
-from fingerprintd.signatures import SignatureError, load
+from fingerprintd.signatures import Database, SignatureError, load
 
 log = logging.getLogger("fingerprintd")
 WATCH_QUEUE = 10_000  # observations buffered per Watch stream; a slow reader loses the excess
@@ -74,10 +74,8 @@ class Service:
         self.cfg = cfg
         self.db_path = cfg.signatures or default_signatures()
         self.policy_path = cfg.policy or default_policy()
-        self.classes_path = cfg.classes
-        db = load(self.db_path, p0f_bugs=cfg.p0f_bugs)  # errors propagate: startup fails with file:line
-        classes = load_classes(self.classes_path) if self.classes_path else default_classes()
-        self.policy = load_policy(self.policy_path)
+        self.classes_path = cfg.classes or default_classes()
+        db, classes, self.policy = self._load_files()  # errors propagate: startup fails with file:line
         self.engine = Engine(Matcher(db, p0f_bugs=cfg.p0f_bugs, classes=classes), ports=cfg.ports,
                              p0f_bugs=cfg.p0f_bugs, flows=RecentSyns())
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
@@ -174,12 +172,14 @@ class Service:
 
     # --- control ------------------------------------------------------------
 
+    def _load_files(self) -> tuple[Database, ClassMap, Policy]:
+        return (load(self.db_path, p0f_bugs=self.cfg.p0f_bugs), load_classes(self.classes_path),
+                load_policy(self.policy_path))
+
     def reload(self) -> bool:
         """Load the signatures, mail classes and policy again; on any error keep all the old ones."""
         try:
-            db = load(self.db_path, p0f_bugs=self.cfg.p0f_bugs)
-            classes = load_classes(self.classes_path) if self.classes_path else default_classes()
-            policy = load_policy(self.policy_path)
+            db, classes, policy = self._load_files()
         except (SignatureError, ClassesError, PolicyError, OSError) as exc:
             event(logging.ERROR, "reload failed, keeping the previous signatures, classes and policy",
                   error=str(exc))
@@ -188,8 +188,8 @@ class Service:
         self.engine.matcher = Matcher(db, p0f_bugs=self.cfg.p0f_bugs, classes=classes)
         self.policy = policy
         self.reloads += 1
-        event(logging.INFO, "reloaded", signatures=self.db_path, classes=classes.source, signature_count=db.sig_count,
-              policy=self.policy_path, rules=len(policy.rules))
+        event(logging.INFO, "reloaded", signatures=self.db_path, signature_count=db.sig_count,
+              classes=self.classes_path, policy=self.policy_path, rules=len(policy.rules))
         return True
 
     def stats(self) -> dict:

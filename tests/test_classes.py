@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fingerprintd.classes import MAIL_CLASSES, ClassesError, default_classes, parse_classes
+from fingerprintd.classes import MAIL_CLASSES, ClassesError, bundled_classes, parse_classes
 from fingerprintd.signatures import load
 from tests.conftest import OUR_DB, STOCK_DB
 from tests.test_cli import SAMPLE, fpd
@@ -21,7 +21,7 @@ def test_every_bundled_label_has_a_class():
     """A signature added without a class rule would be 'unknown' to every policy: caught here."""
     paths = [OUR_DB] + ([STOCK_DB] if STOCK_DB.exists() else [])
     for path in paths:
-        missing = sorted(text for text, label in _labels(path).items() if default_classes().of(label) == "unknown")
+        missing = sorted(text for text, label in _labels(path).items() if bundled_classes().of(label) == "unknown")
         assert not missing, f"{path}: no mail class for {missing}"
 
 
@@ -35,7 +35,7 @@ def test_every_bundled_label_has_a_class():
     ("Nintendo 3DS", "embedded"), ("Blackberry", "mobile"),
 ])
 def test_bundled_classes(text, mail_class):
-    assert default_classes().of(_labels(OUR_DB)[text]) == mail_class
+    assert bundled_classes().of(_labels(OUR_DB)[text]) == mail_class
 
 
 def test_no_match_is_unknown_and_first_rule_wins():
