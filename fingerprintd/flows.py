@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from fingerprintd.packet import ACK, FIN, RST, SYN, Packet
+from fingerprintd.packet import ACK, FIN, RST, SENDSYN_MSS, SENDSYN_WIN, Packet
 
 EXPIRE_INTERVAL = 50  # p0f runs expiry every 50th packet
 _U32 = 0xFFFFFFFF
@@ -166,7 +166,7 @@ class FlowTable:
         client.total_conn += 1
         server.total_conn += 1
         flow = Flow(key, client, server, now, (pkt.seq + 1) & _U32)
-        flow.sendsyn = pkt.win == 1337 and pkt.mss == 1331 and pkt.tcp_type == SYN
+        flow.sendsyn = pkt.win == SENDSYN_WIN and pkt.mss == SENDSYN_MSS
         self.flows[key] = flow
         return flow
 
@@ -268,7 +268,7 @@ class RecentSyns:
         seen.move_to_end(key)
         if len(seen) > self.size:
             seen.popitem(last=False)
-        return self._SENDSYN if pkt.win == 1337 and pkt.mss == 1331 else self._PLAIN
+        return self._SENDSYN if pkt.win == SENDSYN_WIN and pkt.mss == SENDSYN_MSS else self._PLAIN
 
     def syn_done(self, flow, pkt: Packet, app: bool) -> None:
         pass

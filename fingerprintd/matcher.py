@@ -31,6 +31,7 @@ from fingerprintd.packet import (
     Q_FLOW,
     Q_NZ_ID,
     Q_ZERO_ID,
+    SENDSYN_MSS,
     SYN,
     Packet,
     quirks_to_str,
@@ -50,8 +51,6 @@ from fingerprintd.signatures import (
     win_multiplier,
 )
 
-SPECIAL_MSS = 1331  # p0f-sendsyn's probe MSS
-SPECIAL_WIN = 1337  # and window
 DEFAULT_CACHE_SIZE = 16384  # distinct stacks; real traffic has a few hundred
 T = TypeVar("T")
 
@@ -338,7 +337,7 @@ class Matcher:
 
         g = guess_dist(pkt.ttl)
         ttl_s = f"{pkt.ttl}+?" if g > MAX_DIST else f"{pkt.ttl}+{g}"
-        mss_s = "*" if pkt.mss == SPECIAL_MSS and pkt.tcp_type == SYN | ACK else str(pkt.mss)
+        mss_s = "*" if pkt.mss == SENDSYN_MSS and pkt.tcp_type == SYN | ACK else str(pkt.mss)
         multi, use_mtu = win_multiplier(
             pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss
         )

@@ -94,6 +94,7 @@ QUIRK_TOKENS: tuple[tuple[str, int], ...] = (
 # TCP option kinds.
 OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACKOK, OPT_SACK, OPT_TS = 0, 1, 2, 3, 4, 5, 8
 MAX_TCP_OPT = 24  # p0f stops recording options past this many
+SENDSYN_WIN, SENDSYN_MSS = 1337, 1331  # p0f-sendsyn's probe: window and MSS
 SNAPLEN = 65535
 
 # IPv6 extension headers we step over (hop-by-hop, routing, destination
