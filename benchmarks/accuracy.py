@@ -35,7 +35,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from fingerprintd.capture import all_tcp_filter, compile_filter, open_offline
+from fingerprintd.capture import all_tcp_filter, open_offline, per_link
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.signatures import load
@@ -83,7 +83,7 @@ def _verdicts(pcap: Path, db_path: Path) -> dict[tuple, list[tuple[str, str, boo
     """(address, sent SYNs?) and (address, sent SYNs?, client port) -> [(class, name, generic)]
     for every SYN / SYN+ACK in the capture."""
     engine = Engine(Matcher(load(db_path)), ports=None)
-    cap = open_offline(str(pcap), lambda lt: all_tcp_filter(compile_filter(all_tcp_filter(), lt) is None))
+    cap = open_offline(str(pcap), per_link(all_tcp_filter))
     out: dict = defaultdict(list)
     for batch in cap.batches():
         for obs in engine.feed_batch(batch, cap.linktype):

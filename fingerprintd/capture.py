@@ -155,6 +155,17 @@ def compile_filter(bpf: str, linktype: int = 1) -> str | None:
     return None
 
 
+def per_link(make: Callable[[bool], str]) -> Callable[[int], str]:
+    """A filter for open_offline: `make(True)`, with its VLAN clauses, where the
+    file's link type can carry them, else `make(False)`."""
+
+    def for_link(linktype: int) -> str:
+        expr = make(True)
+        return expr if compile_filter(expr, linktype) is None else make(False)
+
+    return for_link
+
+
 class PrivilegeError(CaptureError):
     """Capturing needs CAP_NET_RAW (and CAP_NET_ADMIN for some interfaces)."""
 

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from fingerprintd import __version__
-from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, ports_filter
+from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, per_link, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.data import default_classes, default_signatures
 from fingerprintd.engine import Engine
@@ -177,12 +177,7 @@ def _replay_filter(args: argparse.Namespace):
         def make(vlan: bool) -> str:
             return ports_filter(ports, vlan, extended, extended)
 
-    def for_link(linktype: int) -> str:
-        # Not every link type can carry the vlan clause; fall back without it.
-        expr = make(True)
-        return expr if compile_filter(expr, linktype) is None else make(False)
-
-    return for_link
+    return per_link(make)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -318,7 +313,7 @@ def _coverage(path: str, db: Database, captures: list[str], all_lines: bool) -> 
         if not os.access(capture, os.R_OK):
             raise UsageError(f"{capture}: cannot read file")
         try:
-            cap = open_offline(capture, lambda lt: all_tcp_filter(compile_filter(all_tcp_filter(), lt) is None))
+            cap = open_offline(capture, per_link(all_tcp_filter))
             for batch in cap.batches():
                 for obs in engine.feed_batch(batch, cap.linktype):
                     packets += 1
