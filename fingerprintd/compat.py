@@ -249,11 +249,9 @@ class AnalyzerServer:
 
     def allowed(self, addr: str) -> bool:
         try:
-            ip = ipaddress.ip_address(addr.split("%", 1)[0])
-        except ValueError:
+            ip = ipaddress.ip_address(normalize_ip(addr.split("%", 1)[0]))  # IPv4-mapped: its IPv4 address
+        except AddressError:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         return any(ip in net for net in self.allow)
 
     def _loop(self) -> None:

@@ -250,3 +250,15 @@ def test_p0f_log_of_the_live_service(served):
     assert len([ln for ln in lines if "mod=mtu|" in ln]) == 4
 
 
+
+
+@pytest.mark.parametrize("peer,allowed", [
+    ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.5", True), ("fe80::1%lo", False),
+    ("192.0.2.1", False), ("::ffff:192.0.2.1", False), ("10.1.2.3", True), ("not-an-address", False),
+])
+def test_analyzer_allows_only_its_networks(peer, allowed):
+    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8", "::1/128", "10.0.0.0/8"])
+    try:
+        assert server.allowed(peer) is allowed
+    finally:
+        server.sock.close()
