@@ -90,3 +90,11 @@ def diff_report(expected: list[str], got: list[str], limit: int = 8) -> str:
 
     lines = list(difflib.unified_diff(expected, got, "p0f", "fingerprintd", lineterm="", n=0))
     return "\n".join(lines[: limit * 3])
+
+
+def assert_fails_at(call, error: type[Exception], source: str, line: int, needle: str) -> None:
+    """`call()` raises `error` whose message is "source:line: ..." and holds `needle` (files read
+    by fingerprintd name the line at fault)."""
+    with pytest.raises(error) as err:
+        call()
+    assert str(err.value).startswith(f"{source}:{line}: ") and needle in str(err.value), str(err.value)

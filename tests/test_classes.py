@@ -8,7 +8,7 @@ import pytest
 
 from fingerprintd.classes import MAIL_CLASSES, ClassesError, bundled_classes, parse_classes
 from fingerprintd.signatures import load
-from tests.conftest import OUR_DB, STOCK_DB
+from tests.conftest import OUR_DB, STOCK_DB, assert_fails_at
 from tests.test_cli import SAMPLE, fpd
 
 
@@ -57,9 +57,7 @@ def test_no_match_is_unknown_and_first_rule_wins():
     ("[[class]\n", 1, ""),
 ])
 def test_class_file_errors_name_the_line(text, line, needle):
-    with pytest.raises(ClassesError) as err:
-        parse_classes(text, "my.toml")
-    assert str(err.value).startswith(f"my.toml:{line}: ") and needle in str(err.value)
+    assert_fails_at(lambda: parse_classes(text, "my.toml"), ClassesError, "my.toml", line, needle)
 
 
 def test_replay_shows_the_class_and_takes_another_map(tmp_path):

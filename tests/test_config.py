@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fingerprintd.config import Config, ConfigError, load_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_fails_at
 
 
 def test_defaults_run_without_a_file():
@@ -40,9 +40,7 @@ def test_file_overrides_defaults(tmp_path):
 def test_config_errors(tmp_path, text, line, needle):
     p = tmp_path / "bad.toml"
     p.write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_config(p)
-    assert str(err.value).startswith(f"{p}:{line}: ") and needle in str(err.value)
+    assert_fails_at(lambda: load_config(p), ConfigError, str(p), line, needle)
 
 
 def _serve(*args, user=None):

@@ -13,7 +13,7 @@ from fingerprintd.hosts import AddressError, HostTable, normalize_ip
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import PolicyError, load_policy, parse_policy
 from fingerprintd.signatures import load
-from tests.conftest import OUR_DB, ROOT
+from tests.conftest import OUR_DB, ROOT, assert_fails_at
 from tests.craft import Shape, frame
 
 DB = load(OUR_DB)
@@ -207,6 +207,4 @@ def test_per_fingerprint_makes_once_per_object_within_its_bound():
     ("[[rule]]\nname = 'a'\nmail_class = []\n", 3, "mail_class must be one of"),
 ])
 def test_policy_errors_name_the_line(text, line, needle):
-    with pytest.raises(PolicyError) as err:
-        parse_policy(text, "my.toml")
-    assert str(err.value).startswith(f"my.toml:{line}: ") and needle in str(err.value)
+    assert_fails_at(lambda: parse_policy(text, "my.toml"), PolicyError, "my.toml", line, needle)
