@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -88,30 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="capture SYNs live and answer lookups over gRPC")
     sv.add_argument("--config", metavar="FILE", help="TOML configuration (flags override it)")
-    sv.add_argument("--interface", "-i", action="append", metavar="IFACE", help="repeatable (default: any)")
-    sv.add_argument("--port", type=_port, action="append", metavar="N", help="watched port, repeatable (default 25)")
-    sv.add_argument("--grpc", action="append", metavar="ADDR",
-                    help="listen on HOST:PORT or unix:PATH, repeatable (default 127.0.0.1:50051)")
-    sv.add_argument("--signatures", metavar="PATH")
-    sv.add_argument("--classes", metavar="PATH", help="mail classes by label (default: the bundled classes.toml)")
-    sv.add_argument("--policy", metavar="PATH")
-    sv.add_argument("--max-connections", type=int, metavar="N")
-    sv.add_argument("--max-hosts", type=int, metavar="N")
-    sv.add_argument("--ttl", type=float, metavar="SECONDS", help="how long SYNs are remembered (default 600)")
-    sv.add_argument("--user", metavar="NAME", help="drop to this user once the capture is open")
-    sv.add_argument("--token", metavar="SECRET", help="require 'authorization: Bearer SECRET' on API calls")
-    sv.add_argument("--tls-cert", metavar="PEM")
-    sv.add_argument("--tls-key", metavar="PEM")
-    sv.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    sv.add_argument("--p0f-bugs", action="store_true", default=None)
-    sv.add_argument("--p0f-socket", metavar="PATH", help="also answer p0f v3 API queries on this unix socket")
-    sv.add_argument("--p0f-socket-mode", metavar="OCTAL", help="its file mode (default 0660)")
-    sv.add_argument("--p0f-socket-owner", metavar="USER[:GROUP]")
-    sv.add_argument("--analyzer-udp", metavar="HOST:PORT",
-                    help="also answer the p0f-analyzer UDP protocol (amavisd-new), e.g. 127.0.0.1:2345")
-    sv.add_argument("--analyzer-allow", action="append", metavar="CIDR",
-                    help="networks the analyzer answers, repeatable (default loopback)")
-    sv.add_argument("--log", metavar="FILE", help="append every observation in p0f's -o log format")
+    from fingerprintd.config import add_arguments
+
+    add_arguments(sv)  # one flag per option of fingerprintd/config.py
     sv.set_defaults(func=cmd_serve)
 
     lk = sub.add_parser("lookup", help="ask a running service about a client")
@@ -329,34 +309,24 @@ def _coverage(path: str, db: Database, captures: list[str], all_lines: bool) -> 
             "matched": len(scope) - len(unmatched), "packets": packets, "unmatched": unmatched}
 
 
-_SERVE_FLAGS = {"interface": "interfaces", "port": "ports", "grpc": "listen", "signatures": "signatures",
-                "policy": "policy", "classes": "classes", "max_connections": "max_connections",
-                "max_hosts": "max_hosts", "ttl": "ttl_seconds", "user": "user", "token": "token",
-                "tls_cert": "tls_cert", "tls_key": "tls_key",
-                "log_level": "log_level", "p0f_bugs": "p0f_bugs", "p0f_socket": "p0f_socket",
-                "p0f_socket_mode": "p0f_socket_mode", "p0f_socket_owner": "p0f_socket_owner",
-                "analyzer_udp": "analyzer_udp", "analyzer_allow": "analyzer_allow", "log": "log_file"}
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our own messages say what failed, in one line
-    from fingerprintd.config import Config, ConfigError, check, load_config
+    from fingerprintd.config import Config, ConfigError, apply_arguments, load_config
     from fingerprintd.policy import PolicyError
-    from fingerprintd.service import Service, setup_logging
+    from fingerprintd.service import Service, Signals, event, setup_logging
 
+    signals = Signals()  # before the files load: a SIGHUP meanwhile is queued, not fatal
     try:
         cfg = load_config(args.config) if args.config else Config()
-        for flag, key in _SERVE_FLAGS.items():
-            value = getattr(args, flag)
-            if value is not None:
-                setattr(cfg, key, value)
-        check(cfg)
+        apply_arguments(cfg, args)
     except (ConfigError, OSError) as exc:
         raise UsageError(str(exc).replace("command line:0: ", "")) from None
     setup_logging(cfg.log_level)
     try:
+        event(logging.INFO, "loading", signatures=cfg.signatures or "bundled", policy=cfg.policy or "bundled",
+              classes=cfg.classes or "bundled")
         service = Service(cfg)
-        return service.run()
+        return service.run(signals)
     except (SignatureError, PolicyError, CaptureError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -1,60 +1,119 @@
-"""Service configuration: embedded defaults, a TOML file, then command-line flags."""
+"""Service configuration: embedded defaults, a TOML file, then command-line flags.
+
+Every option is declared once, in OPTIONS: its name (the attribute of Config
+and the key in its file section), section, kind, default and help.  The
+Config class, the file's type checks, the `serve` flags, the example file
+(contrib/fingerprintd.toml) and the README's option table all come from that
+list (tests/test_config.py checks the last two are current); adding an
+option is one line there.  Run `python -m fingerprintd.config toml` or
+`... markdown` to print the example file or the table.
+"""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields
+import sys
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from fingerprintd.tomlfile import Located, TomlError
 
 ConfigError = TomlError
 
-
-@dataclass
-class Config:
-    interfaces: list[str] = field(default_factory=lambda: ["any"])
-    ports: list[int] = field(default_factory=lambda: [25])
-    snaplen: int = 256
-    buffer_mb: int = 32  # many small blocks at a 1 ms timeout: room for Python pauses
-    timeout_ms: int = 1  # how long a SYN may wait in the kernel ring: filters ask within ms
-    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
-    token: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    max_connections: int = 1_000_000
-    max_hosts: int = 1_000_000
-    ttl_seconds: float = 600.0
-    signatures: str = ""  # empty: the bundled database
-    policy: str = ""  # empty: the bundled policy
-    classes: str = ""  # mail classes by label; empty: the bundled signatures/classes.toml
-    user: str = ""
-    log_level: str = "info"
-    p0f_bugs: bool = False
-    max_batch: int = 1000
-    max_wait_ms: int = 5000
-    p0f_socket: str = ""  # p0f v3 API socket path; empty: off
-    p0f_socket_mode: str = "0660"
-    p0f_socket_owner: str = ""  # user[:group]
-    analyzer_udp: str = ""  # p0f-analyzer HOST:PORT; empty: off
-    analyzer_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    log_file: str = ""  # p0f-format log of every observation; empty: off
-
-
-# Where each option lives in the file: [section] key.
-SECTIONS = {
-    "capture": ("interfaces", "ports", "snaplen", "buffer_mb", "timeout_ms", "p0f_bugs"),
-    "api": ("listen", "token", "tls_cert", "tls_key", "max_batch", "max_wait_ms"),
-    "compat": ("p0f_socket", "p0f_socket_mode", "p0f_socket_owner", "analyzer_udp", "analyzer_allow", "log_file"),
-    "table": ("max_connections", "max_hosts", "ttl_seconds"),
-    "files": ("signatures", "policy", "classes"),
-    "daemon": ("user", "log_level"),
+# What a value may be in the file, and how a flag's text becomes one (lists: one item per use of the flag).
+_KINDS = {
+    "str": (lambda v: isinstance(v, str), str, "a string"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float, "a number"),
+    "bool": (lambda v: isinstance(v, bool), None, "true or false"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), str, "a list of strings"),
+    "list[int]": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+                  int, "a list of integers"),
 }
-_TYPES = {f.name: f.type for f in fields(Config)}
 
 
-def load_config(path: str | Path, base: Config | None = None) -> Config:
+@dataclass(frozen=True)
+class Option:
+    name: str  # Config attribute and file key
+    section: str
+    kind: str  # a key of _KINDS
+    default: object
+    help: str
+    flag: str = ""  # default: --name-with-dashes
+    metavar: str = ""
+    minimum: float | None = None  # values below are refused
+    choices: tuple[str, ...] = ()
+    short: str = ""
+
+    @property
+    def flags(self) -> list[str]:
+        return [self.flag or "--" + self.name.replace("_", "-"), *([self.short] if self.short else [])]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("interfaces", "capture", "list[str]", ["any"], "capture on this interface, repeatable ('any': all)",
+      "--interface", "IFACE", short="-i"),
+    Option("ports", "capture", "list[int]", [25], "watched server port, repeatable (add 587, 465 for submission)",
+      "--port", "N"),
+    Option("snaplen", "capture", "int", 256, "bytes captured per packet", metavar="BYTES", minimum=96),
+    Option("buffer_mb", "capture", "int", 32, "kernel capture ring per interface, MiB (room for Python pauses)",
+      metavar="MIB", minimum=1),
+    Option("timeout_ms", "capture", "int", 1, "longest a captured SYN waits in the kernel ring (filters ask within ms)",
+      metavar="MS", minimum=1),
+    Option("p0f_bugs", "capture", "bool", False, "reproduce p0f 3.09b's known bugs"),
+    Option("listen", "api", "list[str]", ["127.0.0.1:50051"], "gRPC address, HOST:PORT or unix:PATH, repeatable",
+      "--grpc", "ADDR"),
+    Option("token", "api", "str", "", "require 'authorization: Bearer TOKEN' on API calls (empty: none)",
+      metavar="SECRET"),
+    Option("tls_cert", "api", "str", "", "TLS certificate, PEM (with tls_key; empty: no TLS)", metavar="PEM"),
+    Option("tls_key", "api", "str", "", "TLS private key, PEM", metavar="PEM"),
+    Option("max_batch", "api", "int", 1000, "most queries in one LookupBatch", metavar="N", minimum=1),
+    Option("max_wait_ms", "api", "int", 5000, "longest wait_ms a Lookup may ask for", metavar="MS", minimum=0),
+    Option("metrics", "api", "str", "", "serve Prometheus metrics on HOST:PORT at /metrics (empty: off)",
+      metavar="HOST:PORT"),
+    Option("p0f_socket", "compat", "str", "", "p0f v3 API unix socket for rspamd, Haraka, ... (empty: off)",
+      metavar="PATH"),
+    Option("p0f_socket_mode", "compat", "str", "0660", "the p0f socket's file mode", metavar="OCTAL"),
+    Option("p0f_socket_owner", "compat", "str", "", "USER[:GROUP] owning the p0f socket", metavar="USER[:GROUP]"),
+    Option("analyzer_udp", "compat", "str", "", "p0f-analyzer UDP for amavisd-new, e.g. 127.0.0.1:2345 (empty: off)",
+      metavar="HOST:PORT"),
+    Option("analyzer_allow", "compat", "list[str]", ["127.0.0.0/8", "::1/128"],
+      "networks the analyzer answers, repeatable", metavar="CIDR"),
+    Option("log_file", "compat", "str", "", "p0f -o format log of every observation, reopened on SIGHUP (empty: off)",
+      "--log", "FILE"),
+    Option("max_connections", "table", "int", 1_000_000, "SYNs remembered by (client ip, client port)", metavar="N",
+      minimum=1),
+    Option("max_hosts", "table", "int", 1_000_000, "client addresses with history", metavar="N", minimum=1),
+    Option("ttl_seconds", "table", "float", 600.0, "how long SYNs are remembered", "--ttl", "SECONDS"),
+    Option("signatures", "files", "str", "", "signature database (empty: the bundled one)", metavar="PATH"),
+    Option("policy", "files", "str", "", "policy rules (empty: the bundled signatures/policy.toml)", metavar="PATH"),
+    Option("classes", "files", "str", "", "mail classes by label (empty: the bundled signatures/classes.toml)",
+      metavar="PATH"),
+    Option("user", "daemon", "str", "", "drop to this user once the capture is open", metavar="NAME"),
+    Option("log_level", "daemon", "str", "info", "log level", choices=("debug", "info", "warning", "error")),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+SECTIONS: dict[str, tuple[str, ...]] = {}
+for _o in OPTIONS:
+    SECTIONS.setdefault(_o.section, ())
+    SECTIONS[_o.section] += (_o.name,)
+
+
+def _field(opt: Option):
+    value = opt.default
+    if isinstance(value, list):
+        return field(default_factory=lambda: list(value))
+    return field(default=value)
+
+
+Config = make_dataclass("Config", [(o.name, o.kind, _field(o)) for o in OPTIONS])
+Config.__doc__ = "The service's options (see OPTIONS); Config() holds the embedded defaults."
+Config.__module__ = __name__
+
+
+def load_config(path: str | Path, base=None):
     p = Path(path)
     doc = Located(p.read_text(encoding="utf-8"), str(p))
     cfg = base or Config()
@@ -65,32 +124,56 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
             if key not in SECTIONS[section]:
                 raise doc.error((section,), key, f"unknown option {key!r} in [{section}] "
                                                  f"(expected one of {', '.join(SECTIONS[section])})")
-            want = _TYPES[key]
-            ok = {
-                "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
-                "list[int]": isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                              for v in value),
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-                "str": isinstance(value, str),
-                "bool": isinstance(value, bool),
-            }[want]
-            if not ok:
-                raise doc.error((section,), key, f"{key} must be {want}")
-            setattr(cfg, key, value)
+            accepts, _, what = _KINDS[BY_NAME[key].kind]
+            if not accepts(value):
+                raise doc.error((section,), key, f"{key} must be {what}")
+            setattr(cfg, key, float(value) if BY_NAME[key].kind == "float" else value)
     check(cfg, doc)
     return cfg
 
 
-def check(cfg: Config, doc: Located | None = None) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option; each defaults to None (not given), so the file's value stays."""
+    for opt in OPTIONS:
+        _, convert, _ = _KINDS[opt.kind]
+        shown = _show(opt.default)
+        help_text = (opt.help + (f" (default {shown})" if shown else "")).replace("%", "%%")
+        kw: dict = {"dest": opt.name, "default": None, "help": help_text}
+        if opt.kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = convert
+            kw["metavar"] = opt.metavar or None
+            if opt.kind.startswith("list"):
+                kw["action"] = "append"
+            if opt.choices:
+                kw["choices"] = opt.choices
+                kw.pop("metavar")
+        parser.add_argument(*opt.flags, **kw)
+
+
+def apply_arguments(cfg, args: argparse.Namespace) -> None:
+    """The flags given on the command line, over the file's values; then the range checks."""
+    for opt in OPTIONS:
+        value = getattr(args, opt.name)
+        if value is not None:
+            setattr(cfg, opt.name, value)
+    check(cfg)
+
+
+def check(cfg, doc: Located | None = None) -> None:
     """Range checks; raises ConfigError (located when a file is given)."""
 
     def fail(key: str, message: str) -> ConfigError:
         if doc is not None:
-            section = next(s for s, keys in SECTIONS.items() if key in keys)
-            return doc.error((section,), key, message)
+            return doc.error((BY_NAME[key].section,), key, message)
         return ConfigError("command line", 0, message)
 
+    for opt in OPTIONS:
+        if opt.minimum is not None and getattr(cfg, opt.name) < opt.minimum:
+            raise fail(opt.name, f"{opt.name} must be at least {opt.minimum:g}")
+        if opt.choices and getattr(cfg, opt.name) not in opt.choices:
+            raise fail(opt.name, f"{opt.name} must be {', '.join(opt.choices[:-1])} or {opt.choices[-1]}")
     for port in cfg.ports:
         if not 1 <= port <= 65535:
             raise fail("ports", f"port out of range 1..65535: {port}")
@@ -98,22 +181,82 @@ def check(cfg: Config, doc: Located | None = None) -> None:
         raise fail("interfaces", "at least one interface is needed ('any' for all)")
     if not cfg.listen:
         raise fail("listen", "at least one API address is needed (HOST:PORT or unix:PATH)")
-    for key, lo in (("snaplen", 96), ("buffer_mb", 1), ("timeout_ms", 1), ("max_connections", 1),
-                    ("max_hosts", 1), ("max_batch", 1)):
-        if getattr(cfg, key) < lo:
-            raise fail(key, f"{key} must be at least {lo}")
     if cfg.ttl_seconds <= 0:
         raise fail("ttl_seconds", "ttl_seconds must be positive")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise fail("tls_cert", "tls_cert and tls_key go together")
-    if cfg.log_level not in ("debug", "info", "warning", "error"):
-        raise fail("log_level", "log_level must be debug, info, warning or error")
     if not re.fullmatch(r"0?[0-7]{3}", cfg.p0f_socket_mode):
         raise fail("p0f_socket_mode", "p0f_socket_mode is an octal mode like 0660")
-    if cfg.analyzer_udp and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}", cfg.analyzer_udp):
-        raise fail("analyzer_udp", "analyzer_udp is HOST:PORT, e.g. 127.0.0.1:2345 or [::1]:2345")
+    for key in ("analyzer_udp", "metrics"):
+        if getattr(cfg, key) and not _HOST_PORT.fullmatch(getattr(cfg, key)):
+            raise fail(key, f"{key} is HOST:PORT, e.g. 127.0.0.1:2345 or [::1]:2345")
     for net in cfg.analyzer_allow:
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise fail("analyzer_allow", f"not a network: {net!r}") from None
+
+
+_HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}")
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# --- the docs, from the same declarations ------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:.1f}"
+    return str(value) if not isinstance(value, int) or value < 10_000 else f"{value:_}"
+
+
+def _show(value: object) -> str:
+    """A default as the docs show it; empty for none (an empty string or false: off)."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if value == "" or value is False:
+        return ""
+    return _toml_value(value).strip('"')
+
+
+def render_toml() -> str:
+    """The example configuration: every option at its default, with its help."""
+    out = ["# fingerprintd configuration: every option at its embedded default (this file is generated",
+           "# from fingerprintd/config.py: python -m fingerprintd.config toml). Every option is also a",
+           "# flag of `fingerprintd serve` (shown after the key); flags win over the file."]
+    for section, names in SECTIONS.items():
+        out.append("")
+        out.append(f"[{section}]")
+        for name in names:
+            opt = BY_NAME[name]
+            out.append(f"# {opt.help} ({opt.flags[0]})")
+            out.append(f"{name} = {_toml_value(opt.default)}")
+    return "\n".join(out) + "\n"
+
+
+def render_markdown() -> str:
+    """The README's option table."""
+    rows = ["| flag | file key | default | meaning |", "| --- | --- | --- | --- |"]
+    for opt in OPTIONS:
+        flag = " ".join(f"`{f}`" for f in opt.flags)
+        arg = "" if opt.kind == "bool" else " " + (opt.metavar or "{" + ",".join(opt.choices) + "}")
+        default = _show(opt.default) or ("false" if opt.kind == "bool" else '""')
+        rows.append(f"| {flag}{arg} | `[{opt.section}] {opt.name}` | {default} | {opt.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    kind = sys.argv[1] if len(sys.argv) > 1 else ""
+    if kind not in ("toml", "markdown"):
+        sys.exit("usage: python -m fingerprintd.config toml|markdown")
+    sys.stdout.write(render_toml() if kind == "toml" else render_markdown())

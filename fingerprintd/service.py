@@ -5,6 +5,13 @@ server answers from the host table in a thread pool; the main thread waits
 for signals: SIGHUP reloads the signatures, the mail classes and the policy
 (a bad file is reported with file:line and the old ones stay in force),
 SIGTERM and SIGINT stop cleanly.  Logs are JSON lines on stderr.
+
+A part that dies (the capture, the p0f socket, the analyzer) never leaves a
+healthy-looking process: the error is logged as JSON, health turns
+NOT_SERVING, and `run` returns 1 so that systemd (Restart=on-failure)
+starts the service again.  The p0f log is the exception by design: a write
+that fails (a full disk) is logged once per episode and counted, and the
+capture goes on; SIGHUP reopens it (logrotate).
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import select
 import signal
 import threading
 import time
+import traceback
 
 from fingerprintd.capture import CaptureError, Live, open_live, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.compat import AnalyzerServer, P0fSocketServer
-from fingerprintd.config import Config
+from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
 from fingerprintd.engine import Engine, Observation
 from fingerprintd.flows import RecentSyns
@@ -32,8 +40,10 @@ from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher
 from fingerprintd.policy import Policy, PolicyError, load_policy
 from fingerprintd.report import p0f_log_formatter
-from fingerprintd.server import build_server
+from fingerprintd.server import SERVICE_NAME, build_server
 from fingerprintd.signatures import Database, SignatureError, load
+
+STOP_JOIN = 5.0  # seconds the capture thread gets to finish its batch at stop
 
 log = logging.getLogger("fingerprintd")
 WATCH_QUEUE = 10_000  # observations buffered per Watch stream; a slow reader loses the excess
@@ -69,6 +79,80 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 1_000_000)
 
 
+class Signals:
+    """SIGHUP, SIGTERM and SIGINT, queued for the main loop to act on.
+
+    Installed before anything slow (the files load afterwards): a SIGHUP
+    while a large database loads must not kill the process.  The handlers only
+    append the number: Event.set() there could deadlock on the lock the
+    interrupted main thread already holds inside Event.wait() (seen: a SIGTERM
+    that never stopped the service)."""
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, _frame: self.pending.append(signum))
+
+    def take(self) -> set[int]:
+        got = set()
+        while self.pending:
+            got.add(self.pending.pop())
+        return got
+
+
+class LogFile:
+    """The p0f-format log: appended unbuffered, reopened on SIGHUP.
+
+    A failed write loses those lines, counted, and is logged once until a write
+    works again; it never reaches the capture thread (a full disk once killed it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors = 0
+        self.lines_lost = 0
+        self.reopens = 0
+        self._failing = False
+        self._lock = threading.Lock()  # a reopen never closes the descriptor a write is using
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def write(self, text: str, lines: int) -> None:
+        data = memoryview(text.encode("utf-8"))
+        with self._lock:
+            try:
+                while data:
+                    data = data[os.write(self._fd, data):]
+            except OSError as exc:
+                self.errors += 1
+                self.lines_lost += lines
+                if not self._failing:
+                    self._failing = True
+                    event(logging.ERROR, "cannot write the p0f log; capture goes on, lines are lost until "
+                          "writes work again", path=self.path, error=str(exc))
+                return
+            if self._failing:
+                self._failing = False
+                event(logging.INFO, "writing the p0f log again", path=self.path, lines_lost=self.lines_lost)
+
+    def reopen(self) -> None:
+        try:
+            fd = self._open()
+        except OSError as exc:
+            event(logging.ERROR, "cannot reopen the p0f log; still writing the old file", path=self.path,
+                  error=str(exc))
+            return
+        with self._lock:
+            old, self._fd = self._fd, fd
+        os.close(old)
+        self.reopens += 1
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
+
+
 class Service:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -84,15 +168,20 @@ class Service:
         self.captures: list[Live] = []
         self.started = time.time()
         self.reloads = 0
+        self.reload_failures = 0
         self.watch_drops = 0
+        self.syn_actions: dict[str, int] = {}  # fingerprinted SYNs by the policy's action
         self._watchers: set[queue.Queue] = set()
         self._watch_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failed = False
-        self._log = None
+        self.failed = ""  # the part whose fatal error stopped the service
+        self.log: LogFile | None = None
         self._log_format = p0f_log_formatter()
-        self._compat: list = []
+        self.compat: list = []
+        self.grpc_server = None
+        self._health = None
+        self.metrics = None
 
     # --- capture ----------------------------------------------------------
 
@@ -100,20 +189,20 @@ class Service:
         """The p0f API socket, the p0f-analyzer UDP port and the p0f log, as configured."""
         cfg = self.cfg
         if cfg.log_file:
-            self._log = open(cfg.log_file, "a", encoding="utf-8")
+            self.log = LogFile(cfg.log_file)
         if cfg.p0f_socket:
             owner = None
             if cfg.p0f_socket_owner:
                 user, _, group = cfg.p0f_socket_owner.partition(":")
                 pw = pwd.getpwnam(user)
                 owner = (pw.pw_uid, grp.getgrnam(group).gr_gid if group else pw.pw_gid)
-            self._compat.append(P0fSocketServer(cfg.p0f_socket, self.hosts, int(cfg.p0f_socket_mode, 8), owner))
+            self.compat.append(P0fSocketServer(cfg.p0f_socket, self.hosts, int(cfg.p0f_socket_mode, 8), owner))
             event(logging.INFO, "p0f API socket", path=cfg.p0f_socket, mode=cfg.p0f_socket_mode)
         if cfg.analyzer_udp:
-            host, _, port = cfg.analyzer_udp.rpartition(":")
-            self._compat.append(AnalyzerServer(host.strip("[]"), int(port), self.hosts, cfg.analyzer_allow))
+            host, port = split_host_port(cfg.analyzer_udp)
+            self.compat.append(AnalyzerServer(host, port, self.hosts, cfg.analyzer_allow))
             event(logging.INFO, "p0f-analyzer UDP", listen=cfg.analyzer_udp, allow=cfg.analyzer_allow)
-        for server in self._compat:
+        for server in self.compat:
             server.start()
 
     def open_captures(self) -> None:
@@ -130,11 +219,14 @@ class Service:
 
     def capture_loop(self) -> None:
         caps = {c.fileno(): c for c in self.captures}
-        while not self._stop.is_set():
+        stop = self._stop
+        while not stop.is_set():
             ready, _, _ = select.select(list(caps), [], [], 0.2)
             for fd in ready:
                 cap = caps[fd]
-                while True:
+                # Drain what is ready, but look at the stop flag between batches: under a
+                # flood the ring is never empty, and a stop must not wait for it to be.
+                while not stop.is_set():
                     batch = cap.read_batch()
                     if not batch:
                         break
@@ -143,12 +235,15 @@ class Service:
     def ingest(self, batch: list[tuple[int, int, bytes]], linktype: int) -> None:
         """Captured frames -> the host table, the Watch streams and the log."""
         observations = self.engine.feed_batch(batch, linktype)
+        policy = self.policy
+        actions = self.syn_actions
         for obs in observations:
             self.hosts.add(obs)
+            action = policy.verdict(obs.fp, obs.pkt.src).action
+            actions[action] = actions.get(action, 0) + 1
             self._publish(obs)
-        if self._log is not None and observations:
-            self._log.write("".join(self._log_format(obs) for obs in observations))
-            self._log.flush()
+        if self.log is not None and observations:
+            self.log.write("".join(self._log_format(obs) for obs in observations), len(observations))
 
     def _publish(self, obs: Observation) -> None:
         if not self._watchers:
@@ -181,6 +276,7 @@ class Service:
         try:
             db, classes, policy = self._load_files()
         except (SignatureError, ClassesError, PolicyError, OSError) as exc:
+            self.reload_failures += 1
             event(logging.ERROR, "reload failed, keeping the previous signatures, classes and policy",
                   error=str(exc))
             return False
@@ -220,8 +316,11 @@ class Service:
         os.setuid(pw.pw_uid)
         event(logging.INFO, "dropped privileges", user=user, uid=pw.pw_uid)
 
-    def run(self) -> int:
-        """Serve until SIGTERM/SIGINT. Returns the exit status."""
+    def run(self, signals: Signals | None = None) -> int:
+        """Serve until SIGTERM/SIGINT or a fatal error. Returns the exit status (1: a part failed).
+
+        `signals` were installed by the caller before the files loaded (cli.cmd_serve)."""
+        signals = signals or Signals()
         tune_gc()
         self.open_captures()
         self.open_compat()
@@ -229,58 +328,109 @@ class Service:
         if self.cfg.tls_cert:
             with open(self.cfg.tls_key, "rb") as k, open(self.cfg.tls_cert, "rb") as c:
                 tls = (k.read(), c.read())
-        server, health = build_server(self, self.cfg.listen, self.cfg.token, tls)
+        server, self._health = build_server(self, self.cfg.listen, self.cfg.token, tls)
+        self.grpc_server = server
         server.start()
         for addr in self.cfg.listen:
             if addr.startswith("unix:"):
                 os.chmod(addr[5:], 0o660)
+        if self.cfg.metrics:
+            from fingerprintd.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.cfg.metrics, self)
+            event(logging.INFO, "metrics", listen=self.cfg.metrics, port=self.metrics.port)
         if self.cfg.user:
             self.drop_privileges(self.cfg.user)
-        # The handlers only queue the signal: Event.set() there could deadlock on the
-        # lock the interrupted main thread already holds inside Event.wait() (seen: a
-        # SIGTERM that never stopped the service). Installed before "serving" is
-        # logged, so whoever waits for that line may signal at once.
-        pending: list[int] = []
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda signum, _frame: pending.append(signum))
+        previous_hook = threading.excepthook
+        threading.excepthook = self._thread_died
         event(logging.INFO, "serving", listen=self.cfg.listen, signatures=self.db_path, policy=self.policy_path)
         self._thread = threading.Thread(target=self._capture_guarded, name="capture", daemon=True)
         self._thread.start()
         next_full_gc = time.monotonic() + 3600
-        while not self._stop.wait(0.2):
-            got = set()
-            while pending:
-                got.add(pending.pop())
-            if got - {signal.SIGHUP}:
-                break
-            if got:
-                self.reload()  # once for any number of SIGHUPs since the last look
-            if time.monotonic() > next_full_gc:
-                t0 = time.monotonic()
-                found = gc.collect()
-                event(logging.INFO, "full garbage collection", seconds=round(time.monotonic() - t0, 3),
-                      collected=found)
-                next_full_gc = time.monotonic() + 3600
+        try:
+            while not self._stop.wait(0.2):
+                got = signals.take()
+                if got - {signal.SIGHUP}:
+                    break
+                if got:
+                    self.reload()  # once for any number of SIGHUPs since the last look
+                    if self.log is not None:
+                        self.log.reopen()  # logrotate renamed it: write to a new file
+                self._check_parts()
+                if time.monotonic() > next_full_gc:
+                    t0 = time.monotonic()
+                    found = gc.collect()
+                    event(logging.INFO, "full garbage collection", seconds=round(time.monotonic() - t0, 3),
+                          collected=found)
+                    next_full_gc = time.monotonic() + 3600
+        finally:
+            threading.excepthook = previous_hook
+        self._shutdown(server)
+        return 1 if self.failed else 0
+
+    def _shutdown(self, server) -> None:
         event(logging.INFO, "stopping")
-        health.enter_graceful_shutdown()
+        self._health.enter_graceful_shutdown()
+        self._stop.set()
         server.stop(grace=1.0).wait(2.0)
-        self._thread.join(2.0)
-        event(logging.INFO, "stopped", **{k: v for k, v in self.stats().items() if k != "skipped"})
-        for cap in self.captures:
-            cap.close()
-        for server in self._compat:
-            server.stop()
-        if self._log is not None:
-            self._log.close()
-        return 1 if self._failed else 0
+        self._thread.join(STOP_JOIN)
+        stats = {k: v for k, v in self.stats().items() if k != "skipped"}
+        if self._thread.is_alive():
+            # Closing a handle it is reading would end it with a traceback ("pcap is closed"):
+            # leave the handles to the process exit.
+            event(logging.WARNING, "capture thread still busy at exit", seconds=STOP_JOIN)
+        else:
+            for cap in self.captures:
+                cap.close()
+        for part in self.compat:
+            part.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.log is not None:
+            self.log.close()
+        event(logging.INFO, "stopped", exit_status=1 if self.failed else 0, failed=self.failed or None, **stats)
+
+    # --- faults ---------------------------------------------------------------
+
+    def fatal(self, part: str, exc: BaseException | str) -> None:
+        """A part of the service died: say so, stop answering as healthy, and stop (exit status 1)."""
+        if self.failed:
+            return
+        self.failed = part
+        fields = {"part": part, "error": str(exc) or type(exc).__name__}
+        if isinstance(exc, BaseException) and not isinstance(exc, CaptureError):
+            fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+        event(logging.CRITICAL, f"{part} failed; stopping so that the supervisor restarts the service", **fields)
+        if self._health is not None:
+            from grpc_health.v1 import health_pb2
+
+            for name in ("", SERVICE_NAME):
+                self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._stop.set()
+
+    def _thread_died(self, hook: threading.ExceptHookArgs) -> None:
+        """Any thread's uncaught exception (a compat server's loop, ...) is fatal to the service."""
+        if hook.exc_type is SystemExit:
+            return
+        name = hook.thread.name if hook.thread is not None else "thread"
+        self.fatal(name, hook.exc_value if hook.exc_value is not None else hook.exc_type.__name__)
+
+    def _check_parts(self) -> None:
+        """The compat servers' own failure reports (their `failed` / `alive()`, where they have them)."""
+        for part in self.compat:
+            name = "p0f-socket" if isinstance(part, P0fSocketServer) else "p0f-analyzer"
+            failed = getattr(part, "failed", None)
+            if failed:
+                self.fatal(name, failed)
+            alive = getattr(part, "alive", None)
+            if callable(alive) and not alive() and not self._stop.is_set():
+                self.fatal(name, "its thread is gone")
 
     def _capture_guarded(self) -> None:
         try:
             self.capture_loop()
-        except CaptureError as exc:
-            event(logging.ERROR, "capture failed", error=str(exc))
-            self._failed = True
-            self._stop.set()
+        except BaseException as exc:  # noqa: BLE001 - whatever ended capture, the service must not look healthy
+            self.fatal("capture", exc)
 
     def stop(self) -> None:
         self._stop.set()

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from fingerprintd.config import Config, ConfigError, load_config
+from fingerprintd.config import (
+    BY_NAME,
+    OPTIONS,
+    SECTIONS,
+    Config,
+    ConfigError,
+    apply_arguments,
+    load_config,
+    render_markdown,
+    render_toml,
+)
 from tests.conftest import ROOT, assert_fails_at
 
 
@@ -29,13 +40,16 @@ def test_file_overrides_defaults(tmp_path):
 
 @pytest.mark.parametrize("text,line,needle", [
     ("[capture]\nports = [25, 70000]\n", 2, "port out of range"),
-    ("[capture]\nports = 25\n", 2, "ports must be list[int]"),
+    ("[capture]\nports = 25\n", 2, "ports must be a list of integers"),
     ("[capture]\ninterface = ['eth0']\n", 2, "unknown option 'interface'"),
     ("[api]\nlisten = []\n", 2, "at least one API address"),
     ("[api]\ntls_cert = 'c.pem'\n", 2, "go together"),
     ("[mail]\n", 1, "unknown section [mail]"),
     ("[table]\nttl_seconds = 0\n", 2, "must be positive"),
     ("[daemon]\nlog_level = 'loud'\n", 2, "log_level"),
+    ("[capture]\nsnaplen = 64\n", 2, "snaplen must be at least 96"),
+    ("[table]\nttl_seconds = '1'\n", 2, "ttl_seconds must be a number"),
+    ("[api]\nmetrics = 'nowhere'\n", 2, "metrics is HOST:PORT"),
 ])
 def test_config_errors(tmp_path, text, line, needle):
     p = tmp_path / "bad.toml"
@@ -94,3 +108,50 @@ def test_serve_with_the_api_address_taken(tmp_path):
 def test_example_config_loads():
     cfg = load_config(ROOT / "contrib" / "fingerprintd.toml")
     assert cfg == Config()  # the example spells out the embedded defaults
+
+
+def test_example_config_and_readme_table_are_generated_from_the_declarations():
+    """contrib/fingerprintd.toml and the README's table are what `python -m fingerprintd.config` prints
+    (regenerate them with it when an option changes)."""
+    assert (ROOT / "contrib" / "fingerprintd.toml").read_text() == render_toml()
+    readme = (ROOT / "README.md").read_text()
+    assert render_markdown() in readme
+
+
+def test_every_option_is_a_key_a_flag_and_a_docs_line(tmp_path):
+    """Each declared option is reachable three ways, and each way sets the same attribute: a
+    file key, a serve flag, a line of the README table. The values used differ from the defaults,
+    so an option that is not wired through stays at its default and fails here."""
+    from fingerprintd.cli import build_parser
+
+    samples = {"str": ("x1", "x1"), "int": (4321, "4321"), "float": (12.5, "12.5"), "bool": (True, None),
+               "list[str]": (["a", "b"], ["a", "b"]), "list[int]": ([26, 27], ["26", "27"])}
+    special = {"p0f_socket_mode": ("0640", "0640"), "analyzer_udp": ("127.0.0.1:9", "127.0.0.1:9"),
+               "metrics": ("127.0.0.1:9", "127.0.0.1:9"), "analyzer_allow": (["10.0.0.0/8"], ["10.0.0.0/8"]),
+               "log_level": ("debug", "debug"), "tls_cert": ("", ""), "tls_key": ("", "")}
+    lines, argv = [], ["serve"]
+    for section, names in SECTIONS.items():
+        lines.append(f"[{section}]")
+        for name in names:
+            value, text = special.get(name, samples[BY_NAME[name].kind])
+            lines.append(f"{name} = {json.dumps(value)}")
+            flag = BY_NAME[name].flags[0]
+            if text is None:
+                argv.append(flag)
+            else:
+                for item in text if isinstance(text, list) else [text]:
+                    argv += [flag, item]
+    p = tmp_path / "all.toml"
+    p.write_text("\n".join(lines) + "\n")
+    from_file = load_config(p)
+    args = build_parser().parse_args(argv)
+    from_flags = Config()
+    apply_arguments(from_flags, args)
+    assert from_file == from_flags
+    defaults = Config()
+    changed = {o.name for o in OPTIONS if getattr(from_file, o.name) != getattr(defaults, o.name)}
+    assert changed == {o.name for o in OPTIONS} - {"tls_cert", "tls_key"}
+    table = render_markdown()
+    readme = (ROOT / "README.md").read_text()
+    for opt in OPTIONS:
+        assert f"`[{opt.section}] {opt.name}`" in table and f"`{opt.flags[0]}`" in readme
