@@ -40,20 +40,45 @@ def fpd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 
 class Served:
-    def __init__(self, pair: NetnsPair, sock: str, log: str, *extra: str) -> None:
+    def __init__(self, pair: NetnsPair, sock: str, log: str, *extra: str,
+                 program: tuple[str, ...] = ("-m", "fingerprintd"), wait: bool = True) -> None:
+        self.pair = pair
         self.sock = sock
         self.logfile = open(log, "w")
         self.log = log
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", pair.srv, sys.executable, "-m", "fingerprintd", "serve", "-i", pair.vsrv,
+            ["ip", "netns", "exec", pair.srv, sys.executable, *program, "serve", "-i", pair.vsrv,
              "--grpc", f"unix:{sock}", *extra], stderr=self.logfile, cwd=ROOT)
-        deadline = time.monotonic() + 20
+        if wait:
+            self.wait_for('"msg": "serving"')
+
+    def wait_for(self, needle: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if '"msg": "serving"' in open(log).read():
+            if needle in open(self.log).read():
                 return
-            assert self.proc.poll() is None, open(log).read()
+            assert self.proc.poll() is None, open(self.log).read()
             time.sleep(0.05)
-        raise RuntimeError("the service did not start: " + open(log).read())
+        raise RuntimeError(f"no {needle} in the log: " + open(self.log).read())
+
+    def events(self) -> list[dict]:
+        return [json.loads(ln) for ln in open(self.log).read().splitlines() if ln.startswith("{")]
+
+    def scrape(self, port: int) -> dict[str, float]:
+        """GET /metrics inside the server's namespace, parsed: {sample name{labels}: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out = self.pair.ns(self.pair.srv, sys.executable, "-c",
+                           f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',"
+                           f" timeout=10).read().decode())")
+        samples = {}
+        self.metric_names = set()  # every family, with or without samples yet
+        for family in text_string_to_metric_families(out.stdout):
+            self.metric_names.add(family.name + ("_total" if family.type == "counter" else ""))
+            for sm in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sm.labels.items()))
+                samples[f"{sm.name}{{{labels}}}" if labels else sm.name] = sm.value
+        return samples
 
     def lookup(self, ip: str, port: int = 0, wait_ms: int = 0) -> dict:
         out = fpd("lookup", ip, "--port", str(port), "--wait-ms", str(wait_ms), "--server", f"unix:{self.sock}",
@@ -256,3 +281,266 @@ def test_drops_privileges_after_opening_the_capture(pair, tmp_path):
         assert served.lookup(pair.client4, 35000, wait_ms=2000)["found"]
     finally:
         assert served.stop() == 0
+
+
+# --- faults, signals and operations -------------------------------------------------------------------
+
+METRICS_PORT = 9325
+
+
+def _raw_stderr(text: str) -> list[str]:
+    """What reached stderr outside the JSON log lines (a raw traceback, an 'Exception in thread')."""
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("{")]
+
+
+def test_a_log_on_a_full_disk_is_counted_and_capture_goes_on(pair, tmp_path):
+    """--log on /dev/full (every write fails with ENOSPC): SYNs are still captured and answered, the
+    failure is logged once for the whole episode and counted in the metrics."""
+    log = tmp_path / "serve.log"
+    served = Served(pair, str(tmp_path / "api.sock"), str(log), "--log", "/dev/full",
+                    "--metrics", f"127.0.0.1:{METRICS_PORT}")
+    try:
+        for port in (36001, 36002, 36003):
+            pair.connect(pair.server4, 1, 0, port)
+            assert served.lookup(pair.client4, port, wait_ms=2000)["found"], port
+        metrics = served.scrape(METRICS_PORT)
+        assert served.proc.poll() is None
+    finally:
+        assert served.stop() == 0
+    failures = [e for e in served.events() if e["msg"].startswith("cannot write the p0f log")]
+    assert len(failures) == 1 and "No space left" in failures[0]["error"], failures
+    assert metrics["fingerprintd_log_write_errors_total"] >= 1
+    assert metrics["fingerprintd_log_lines_lost_total"] == 3
+    assert metrics["fingerprintd_up"] == 1
+
+
+def _health_watch(sock: str, seen: list, done: threading.Event) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as ch:
+            for reply in health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30):
+                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    except grpc.RpcError:
+        pass  # the server went away
+    finally:
+        done.set()
+
+
+def _dies(served: Served, part: str, cause) -> None:
+    """`cause()` kills a part: the process logs it as JSON, health turns NOT_SERVING and it exits 1."""
+    seen: list[str] = []
+    done = threading.Event()
+    threading.Thread(target=_health_watch, args=(served.sock, seen, done), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen == ["SERVING"]
+    cause()
+    rc = served.proc.wait(20)
+    served.logfile.close()
+    done.wait(10)
+    assert rc == 1, open(served.log).read()
+    fatal = [e for e in served.events() if e["level"] == "critical"]
+    assert len(fatal) == 1 and fatal[0]["part"] == part, fatal
+    assert "NOT_SERVING" in seen, seen
+    assert not _raw_stderr(open(served.log).read()), open(served.log).read()
+
+
+def test_capture_interface_removed_underneath_stops_it_with_status_1(pair, tmp_path):
+    served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"))
+    _dies(served, "capture", lambda: pair.ns(pair.srv, "ip", "link", "del", pair.vsrv))
+
+
+INJECT = r"""
+import sys
+from fingerprintd import cli, compat, engine
+
+def boom(*args, **kwargs):
+    raise RuntimeError("injected fault")
+
+if sys.argv[1] == "capture":
+    engine.Engine.feed_batch = boom
+else:
+    compat.p0f_answer = boom
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("part", ["capture", "p0f-socket"])
+def test_a_thread_killed_by_an_exception_stops_it_with_status_1(pair, tmp_path, part):
+    """An exception nobody expected, in the capture thread (on the first SYN) or the p0f socket's (on
+    the first query), injected by replacing the function it calls."""
+    p0f = str(tmp_path / "p0f.sock")
+    served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"), "--p0f-socket", p0f,
+                    program=("-c", INJECT, part))
+
+    def cause():
+        if part == "capture":
+            pair.connect(pair.server4, 1, 0, 36100)
+        else:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(p0f)
+                s.sendall(struct.pack("=IB16s", 0x50304601, 4, socket.inet_aton(pair.client4)))
+                s.settimeout(10)
+                try:
+                    s.recv(232)
+                except OSError:
+                    pass
+
+    _dies(served, part, cause)
+    fatal = [e for e in served.events() if e["level"] == "critical"][0]
+    assert fatal["error"] == "injected fault" and "RuntimeError" in fatal["traceback"]
+
+
+def test_sigterm_amid_a_syn_flood_stops_without_a_traceback(pair, tmp_path):
+    log = tmp_path / "serve.log"
+    served = Served(pair, str(tmp_path / "api.sock"), str(log))
+    frames = _syn_frames(60_000, pair.server4)
+    flood = subprocess.Popen(["ip", "netns", "exec", pair.cli, sys.executable, "-c", FLOOD_SENDER, pair.vcli],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        flood.stdin.write("\n".join(f.hex() for f in frames))
+        flood.stdin.close()
+        deadline = time.monotonic() + 30
+        while served.stats()["packets"] < 5000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served.stop() == 0
+    finally:
+        flood.kill()
+        flood.wait()
+    text = log.read_text()
+    assert not _raw_stderr(text), text[-3000:]
+    assert '"msg": "stopped"' in text
+
+
+def test_sighup_while_a_large_database_loads_is_not_fatal(pair, tmp_path):
+    """The database is a FIFO the test writes slowly: the SIGHUP lands while the service is reading
+    it. It must be queued (and act as a reload once serving), not kill the process."""
+    fifo = tmp_path / "big.fp"
+    os.mkfifo(fifo)
+    text = (ROOT / "signatures" / "p0f.fp").read_text()
+    log = tmp_path / "serve.log"
+    served = Served(pair, str(tmp_path / "api.sock"), str(log), "--signatures", str(fifo), wait=False)
+    try:
+        with open(fifo, "w") as fh:  # blocks until the service opens it to load
+            fh.write(text[: len(text) // 2])
+            fh.flush()
+            time.sleep(0.3)
+            os.kill(served.proc.pid, signal.SIGHUP)
+            time.sleep(0.3)
+            assert served.proc.poll() is None, log.read_text()
+            assert '"msg": "serving"' not in log.read_text()  # it really was still loading
+            fh.write(text[len(text) // 2:])
+        served.wait_for('"msg": "serving"')
+        with open(fifo, "w") as fh:  # the queued SIGHUP reloads: it reads the database again
+            fh.write(text)
+        served.wait_for('"msg": "reloaded"')
+        pair.connect(pair.server4, 1, 0, 36200)
+        assert served.lookup(pair.client4, 36200, wait_ms=2000)["found"]
+    finally:
+        assert served.stop() == 0
+
+
+def test_log_is_reopened_after_logrotate_renames_it(pair, tmp_path):
+    """What contrib/logrotate/fingerprintd does: rename the file (no copytruncate), then SIGHUP the
+    service (postrotate); the next lines land in a new file at the configured path."""
+    snippet = (ROOT / "contrib" / "logrotate" / "fingerprintd").read_text()
+    assert "copytruncate" not in snippet and "create" in snippet
+    post = snippet.split("postrotate", 1)[1].split("endscript", 1)[0]
+    assert "--signal=HUP" in post and "fingerprintd.service" in post
+    p0f_log = tmp_path / "p0f.log"
+    served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"), "--log", str(p0f_log))
+    try:
+        pair.connect(pair.server4, 1, 0, 36301)
+        assert served.lookup(pair.client4, 36301, wait_ms=2000)["found"]
+        os.rename(p0f_log, tmp_path / "p0f.log.1")
+        os.kill(served.proc.pid, signal.SIGHUP)
+        served.wait_for('"msg": "reloaded"')
+        pair.connect(pair.server4, 1, 0, 36302)
+        assert served.lookup(pair.client4, 36302, wait_ms=2000)["found"]
+        deadline = time.monotonic() + 5
+        while not (p0f_log.exists() and "/36302|" in p0f_log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert served.stop() == 0
+    old, new = (tmp_path / "p0f.log.1").read_text(), p0f_log.read_text()
+    assert "/36301|" in old and "/36302|" not in old
+    assert "/36302|" in new and "/36301|" not in new
+
+
+def test_classes_reload_on_sighup(pair, tmp_path):
+    """A changed --classes file takes effect after SIGHUP; a bad one is refused with file:line and
+    the old classes stay."""
+    classes = tmp_path / "classes.toml"
+    classes.write_text("[[class]]\nmail_class = 'server'\nos_name = '^Linux$'\n")
+    log = tmp_path / "serve.log"
+    served = Served(pair, str(tmp_path / "api.sock"), str(log), "--classes", str(classes))
+    try:
+        pair.connect(pair.server4, 1, 0, 36401)
+        first = served.lookup(pair.client4, 36401, wait_ms=2000)
+        assert first["observation"]["mail_class"] == "MAIL_CLASS_SERVER"
+        classes.write_text("[[class]]\nmail_class = 'embedded'\nos_name = '^Linux$'\n")
+        os.kill(served.proc.pid, signal.SIGHUP)
+        served.wait_for('"msg": "reloaded"')
+        pair.connect(pair.server4, 1, 0, 36402)
+        second = served.lookup(pair.client4, 36402, wait_ms=2000)
+        assert second["observation"]["mail_class"] == "MAIL_CLASS_EMBEDDED"
+        classes.write_text("[[class]]\nmail_class = 'embedded'\nos_name = '^Linux$'\n\n[[class]]\nmail_class = 'pda'\n")
+        os.kill(served.proc.pid, signal.SIGHUP)
+        served.wait_for("reload failed")
+        failure = [e for e in served.events() if e["msg"].startswith("reload failed")][0]
+        assert failure["error"].startswith(f"{classes}:6: "), failure
+        pair.connect(pair.server4, 1, 0, 36403)
+        third = served.lookup(pair.client4, 36403, wait_ms=2000)
+        assert third["observation"]["mail_class"] == "MAIL_CLASS_EMBEDDED"  # the old classes stay
+    finally:
+        assert served.stop() == 0
+
+
+def test_metrics_scrape_after_real_syns_and_the_dashboard_queries_exist(pair, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[[rule]]\nname = 'linux'\nos_name = '^Linux$'\nscore = 1.0\naction = 'tempfail'\n")
+    served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"), "--policy", str(policy),
+                    "--metrics", f"127.0.0.1:{METRICS_PORT}", "--analyzer-udp", "127.0.0.1:2345",
+                    "--p0f-socket", str(tmp_path / "p0f.sock"), "--log", str(tmp_path / "p0f.log"))
+    try:
+        pair.connect(pair.server4, 4, 0, 36501)
+        pair.connect(pair.server6, 2, 0, 36511)
+        for port in (36504, 36512):
+            assert served.lookup(pair.client4 if port < 36510 else pair.client6, port, wait_ms=2000)["found"]
+        with socket.socket(socket.AF_UNIX) as s:  # one p0f-socket query, one bad one
+            s.connect(str(tmp_path / "p0f.sock"))
+            s.sendall(struct.pack("=IB16s", 0x50304601, 4, socket.inet_aton(pair.client4)) + bytes(21))
+            s.settimeout(5)
+            got = b""
+            while len(got) < 464:
+                got += s.recv(464)
+        stats = served.stats()
+        metrics = served.scrape(METRICS_PORT)
+    finally:
+        assert served.stop() == 0
+    assert metrics["fingerprintd_packets_total"] == stats["packets"] >= 6
+    assert metrics['fingerprintd_syns_total{mail_class="server"}'] == 6
+    assert metrics['fingerprintd_syn_verdicts_total{action="tempfail"}'] == 6
+    assert metrics['fingerprintd_observations_total{kind="syn"}'] == stats["fingerprinted"] == 6
+    assert metrics['fingerprintd_table_entries{table="connections"}'] == 6
+    assert metrics['fingerprintd_table_entries{table="hosts"}'] == 2
+    assert metrics[f'fingerprintd_kernel_received_total{{interface="{pair.vsrv}"}}'] >= 6
+    assert metrics[f'fingerprintd_kernel_dropped_total{{interface="{pair.vsrv}"}}'] == 0
+    assert metrics["fingerprintd_lookups_total"] >= 3 and metrics["fingerprintd_lookup_hits_total"] >= 3
+    assert metrics["fingerprintd_match_cache_hits_total"] + metrics["fingerprintd_match_cache_misses_total"] == 6
+    assert metrics["fingerprintd_p0f_socket_queries_total"] == 2
+    assert "fingerprintd_p0f_socket_bad_queries_total" in metrics  # counted by compat.py itself
+    assert any(k.startswith("fingerprintd_analyzer_") for k in metrics)
+    # Every query of the shipped Grafana dashboard names metrics this scrape has.
+    import re
+
+    dashboard = json.loads((ROOT / "contrib" / "grafana" / "fingerprintd.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert exprs
+    names = {k.split("{")[0] for k in metrics} | served.metric_names
+    for expr in exprs:
+        for name in re.findall(r"\bfingerprintd_[a-z0-9_]+", expr):
+            assert name in names, (name, expr)
