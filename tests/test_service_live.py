@@ -565,3 +565,40 @@ def test_metrics_scrape_after_real_syns_and_the_dashboard_queries_exist(pair, tm
     for expr in exprs:
         for name in re.findall(r"\bfingerprintd_[a-z0-9_]+", expr):
             assert name in names, (name, expr)
+
+
+def test_two_services_in_one_process_export_their_own_metrics_and_the_api_histogram(tmp_path):
+    """Each service's collector lives in its own registry (no 'Duplicated timeseries' in the default
+    one), and a prometheus_client Histogram that the API server keeps (registry=None) is exported."""
+    import types
+    import urllib.request
+
+    from prometheus_client import Histogram
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fingerprintd.config import Config
+    from fingerprintd.metrics import MetricsServer
+    from fingerprintd.service import Service
+
+    services, servers = [], []
+    try:
+        for i in range(2):
+            svc = Service(Config(listen=[f"unix:{tmp_path}/api{i}.sock"], max_hosts=100 + i))
+            latency = Histogram("fingerprintd_lookup_seconds", "Lookup latency", registry=None)
+            for _ in range(i + 1):
+                latency.observe(0.001)
+            svc.grpc_server = types.SimpleNamespace(lookup_seconds=latency)
+            services.append(svc)
+            servers.append(MetricsServer("127.0.0.1:0", svc))
+        scraped = []
+        for srv in servers:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=10).read().decode()
+            scraped.append({(s.name, tuple(sorted(s.labels.items()))): s.value
+                            for f in text_string_to_metric_families(text) for s in f.samples})
+    finally:
+        for srv in servers:
+            srv.stop()
+    for i, samples in enumerate(scraped):
+        assert samples[("fingerprintd_table_capacity", (("table", "hosts"),))] == 100 + i
+        assert samples[("fingerprintd_lookup_seconds_count", ())] == i + 1
+        assert samples[("fingerprintd_packets_total", ())] == 0
