@@ -49,8 +49,8 @@ class ServiceCollector(Collector):
         yield _labelled(_counter("skipped", "Frames not fingerprinted, by reason", ["reason"]), e.skipped)
         yield _labelled(_counter("syns", "Fingerprinted SYNs by the sender's mail class", ["mail_class"]),
                         e.syn_classes)
-        yield _labelled(_counter("syn_verdicts", "Fingerprinted SYNs by the policy's action for them", ["action"]),
-                        s.syn_actions)
+        yield _labelled(_counter("syn_verdicts", "Fingerprinted SYNs by the action the policy gives their stack "
+                                 "(trusted networks aside)", ["action"]), s.syn_actions)
         recv = _counter("kernel_received", "Packets the kernel filter passed, per interface", ["interface"])
         drop = _counter("kernel_dropped", "Packets the kernel dropped (ring full), per interface", ["interface"])
         ifdrop = _counter("interface_dropped", "Packets the interface dropped, per interface", ["interface"])
