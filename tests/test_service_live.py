@@ -362,23 +362,29 @@ def boom(*args, **kwargs):
 
 if sys.argv[1] == "capture":
     engine.Engine.feed_batch = boom
-else:
+elif sys.argv[1] == "p0f-socket":
     compat.p0f_answer = boom
+else:
+    compat.AnalyzerServer.allowed = boom
 sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("part", ["capture", "p0f-socket"])
+@pytest.mark.parametrize("part", ["capture", "p0f-socket", "p0f-analyzer"])
 def test_a_thread_killed_by_an_exception_stops_it_with_status_1(pair, tmp_path, part):
-    """An exception nobody expected, in the capture thread (on the first SYN) or the p0f socket's (on
-    the first query), injected by replacing the function it calls."""
+    """An exception nobody expected, in the capture thread (on the first SYN), the p0f socket's (on
+    the first query) or the analyzer's (on the first datagram), injected by replacing a function it
+    calls."""
     p0f = str(tmp_path / "p0f.sock")
     served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"), "--p0f-socket", p0f,
-                    program=("-c", INJECT, part))
+                    "--analyzer-udp", "127.0.0.1:2345", program=("-c", INJECT, part))
 
     def cause():
         if part == "capture":
             pair.connect(pair.server4, 1, 0, 36100)
+        elif part == "p0f-analyzer":
+            pair.ns(pair.srv, sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                    f".sendto(b'[{pair.client4}]:36100 1', ('127.0.0.1', 2345))")
         else:
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(p0f)
