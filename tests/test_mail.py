@@ -100,13 +100,13 @@ class Stack:
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    def start_filters(self) -> None:
+    def start_filters(self, *extra: str) -> None:
         for kind in ("milter", "policyd"):
             sock = self.d / ("milter.sock" if kind == "milter" else "policy.sock")
             log = open(self.d / f"{kind}.log", "a")
             self.procs[kind] = subprocess.Popen(
                 [sys.executable, "-m", "fingerprintd", kind, "--listen", f"unix:{sock}",
-                 "--server", f"unix:{self.d}/api.sock", "--log-level", "debug"], stderr=log, cwd=ROOT)
+                 "--server", f"unix:{self.d}/api.sock", "--log-level", "debug", *extra], stderr=log, cwd=ROOT)
             _wait(lambda s=sock: s.exists())
 
     def start_postfix(self) -> None:
@@ -273,3 +273,26 @@ def test_trusted_clients_get_no_header(stack):
     assert sent.returncode == 0, sent.stdout[-2000:]
     msg = stack.delivered(f"test {stack.base + 3}")
     assert msg.get_all("X-OS-Fingerprint") is None and msg["X-OS-Fingerprint-Score"] is None
+
+
+def test_enforce_replies_with_the_policys_texts(stack):
+    stack.policy.write_text(POLICY_NO_TRUST.replace('score = -0.1', 'score = -0.1\naction = "reject"').replace(
+        "[settings]", "[settings]\nreject_message = '554 5.7.0 Linux says no (policy.toml)'"))
+    os.kill(stack.procs["serve"].pid, signal.SIGHUP)
+    _wait(lambda: '"msg": "reloaded"' in (stack.d / "serve.log").read_text())
+    for kind in ("milter", "policyd"):
+        stack.stop(kind)
+        (stack.d / ("milter.sock" if kind == "milter" else "policy.sock")).unlink()
+    stack.start_filters("--enforce")
+    # The milter answers first, at MAIL FROM.
+    sent = stack.send("127.0.0.1", stack.base + 8)
+    assert sent.returncode != 0 and re.search(r"<\*\* 554 5\.7\.0 Linux says no \(policy\.toml\)", sent.stdout), \
+        sent.stdout[-2000:]
+    # The policy service alone, at RCPT TO.
+    etc = str(stack.d / "etc")
+    subprocess.run(["postconf", "-c", etc, "-e", "smtpd_milters ="], check=True)
+    subprocess.run(["postfix", "-c", etc, "reload"], check=True, capture_output=True, timeout=30)
+    time.sleep(1.0)
+    sent = stack.send("127.0.0.1", stack.base + 9)
+    assert sent.returncode != 0 and re.search(r"<\*\* 554 5\.7\.0 .*Linux says no \(policy\.toml\)", sent.stdout), \
+        sent.stdout[-2000:]
