@@ -7,6 +7,7 @@ server that never answers; the policy protocol is spoken over real sockets.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import resource
 import socket
@@ -28,7 +29,7 @@ from fingerprintd.server import build_server
 from fingerprintd.service import Service
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
-from tests.conftest import ROOT
+from tests.conftest import ROOT, need
 from tests.craft import Shape, frame
 
 RNG = random.Random(10)
@@ -145,7 +146,7 @@ def test_policy_verdict_carries_the_configured_replies(api):
 # --- milter ---------------------------------------------------------------------------
 
 def milter(client, enforce=False, macros=None):
-    pytest.importorskip("Milter")
+    need(importlib.util.find_spec("Milter") is not None, "pymilter is not installed (pip install -e '.[test]')")
     cls = mail.make_milter(client, enforce)
 
     class Recording(cls):
@@ -473,6 +474,20 @@ def test_policyd_metrics_scrape(tmp_path):
         assert 'fingerprintd_policyd_actions_total{action="unavailable_header"} 1.0' in text
         assert 'fingerprintd_policyd_connections_closed_total{reason="oversized"} 1.0' in text
         assert "fingerprintd_policyd_connections " in text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_milter_metrics_scrape(tmp_path):
+    need(importlib.util.find_spec("Milter") is not None, "pymilter is not installed (pip install -e '.[test]')")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fingerprintd", "milter", "--listen", f"unix:{tmp_path}/m.sock",
+                             "--server", f"unix:{tmp_path}/nobody-home.sock", "--metrics", f"127.0.0.1:{port}"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        text = _scrape(port)
+        assert "fingerprintd_milter_lookups_total 0.0" in text and "# TYPE fingerprintd_milter_lookup_failures" in text
     finally:
         proc.terminate()
         proc.wait(30)
