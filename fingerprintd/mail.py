@@ -31,11 +31,14 @@ Bounds (module constants; see also the CLI's --timeout-ms):
   malformed one, is logged, counted and answered by closing the connection
   without a reply, as the protocol prescribes for errors (Postfix then applies
   its own default_action, DUNNO in the documented setup).
-* The milter: libmilter runs a thread per MTA connection and bounds none of
-  them by count (the MTA does: one connection per smtpd process, Postfix's
-  process limit); it bounds each connection's idle/read time by its timeout
-  (MILTER_TIMEOUT seconds, smfi_settimeout).  Our lookups from those threads
-  are capped by MAX_INFLIGHT like the policy service's.
+* The milter: libmilter runs a thread per MTA connection and bounds neither
+  their number nor (measured with Debian's libmilter 8.17: smfi_settimeout(1)
+  left a connection idle for 20 s open) their idle time; the MTA does, with
+  one connection per smtpd process (Postfix's process limit) and its own
+  milter timeouts.  Keep the milter socket reachable by the MTA only (its
+  directory's permissions).  Our lookups from those threads are capped by
+  MAX_INFLIGHT like the policy service's, and an exception in a callback
+  lets the mail through.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ ANSWER_RESERVE_MS = 50  # of the timeout, kept for the answer after the service'
 # old one's (gRPC's global subchannel pool), backoff and all.
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1))
-MILTER_TIMEOUT = 30  # seconds: libmilter's per-connection I/O timeout towards the MTA
+MILTER_TIMEOUT = 30  # seconds: smfi_settimeout, libmilter's MTA I/O timeout (idle reads were not cut by it here)
 
 POLICY_MAX_LINE = 4096  # Postfix's own limit is larger, but no real value comes near
 POLICY_MAX_ATTRS = 256  # Postfix 3.7 sends 30

@@ -491,3 +491,4 @@ def test_milter_metrics_scrape(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
