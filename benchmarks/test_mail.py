@@ -148,3 +148,53 @@ def test_lookup_fail_open_bound(benchmark, tmp_path):
     for key, value in results.items():
         print(f"\n{key}: {value}", end="")
     print()
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+
+
+def test_policyd_hostile_clients(benchmark, tmp_path):
+    """`fingerprintd policyd` under the issue's two measured attacks: RSS and thread count."""
+    import socket
+    import sys
+
+    sock = tmp_path / "p.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "fingerprintd", "policyd", "--listen", f"unix:{sock}",
+                             "--server", f"unix:{tmp_path}/nobody-home.sock"], stderr=subprocess.DEVNULL)
+    results = {}
+    conns = []
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        rss0 = int(_proc_status(proc.pid)["VmRSS"].split()[0])
+        request = "".join(f"a{i}=v\n" for i in range(60_000)).encode() + b"\n"  # 60,000 attributes
+        for _ in range(5):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                try:
+                    s.sendall(request)
+                except OSError:
+                    pass  # closed on us, as it should
+        time.sleep(0.5)
+        results["rss_growth_60k_attrs_kib"] = int(_proc_status(proc.pid)["VmRSS"].split()[0]) - rss0
+        threads0 = int(_proc_status(proc.pid)["Threads"])
+        for _ in range(2000):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            conns.append(s)
+        time.sleep(1.0)
+        results["threads_before"] = threads0
+        results["threads_with_2000_idle_connections"] = int(_proc_status(proc.pid)["Threads"])
+    finally:
+        for s in conns:
+            s.close()
+        proc.terminate()
+        proc.wait(30)
+    benchmark.extra_info.update(results)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for key, value in results.items():
+        print(f"\n{key}: {value}", end="")
+    print()
