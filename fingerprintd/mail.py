@@ -161,6 +161,8 @@ class VerdictClient:
             reason = {grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
                       grpc.StatusCode.UNAVAILABLE: "unavailable"}.get(code, "error")
             return self._failed(reason, f"{code.name} {exc.details()}")
+        except Exception as exc:  # a bug must not stall mail either
+            return self._failed("error", repr(exc))
         if not reply.found:
             self.counters.inc("unknown")
             return Outcome(None, "not-seen")
