@@ -25,6 +25,8 @@ from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS
 from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
 
+_ANSWER_RESERVE_MS = 50  # fingerprintd.mail.ANSWER_RESERVE_MS (that module loads gRPC: not imported here)
+
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
@@ -115,8 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--server", default="127.0.0.1:50051", metavar="ADDR",
                         help="the fingerprintd service: HOST:PORT or unix:PATH")
         mp.add_argument("--token", metavar="SECRET")
-        mp.add_argument("--timeout-ms", type=int, default=250, help="give up on the service after this (fail open)")
-        mp.add_argument("--wait-ms", type=int, default=50, help="wait this long for a SYN still in flight")
+        when = "at connect" if name == "milter" else "once per message"
+        mp.add_argument("--timeout-ms", type=int, default=250,
+                        help="the whole bound of one lookup, the wait included: after it the mail goes on without "
+                             f"a verdict (fail open). Asked {when}, so a message waits at most this long for "
+                             "this filter, twice this with both the milter and the policy service (default 250)")
+        mp.add_argument("--wait-ms", type=int, default=50,
+                        help="of the timeout, how long the service may wait for a SYN still in flight "
+                             f"(at most the timeout - {_ANSWER_RESERVE_MS} ms; default 50)")
+        mp.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve Prometheus metrics (lookups, failures by reason, skips, actions, "
+                             "closed connections) on http://HOST:PORT/metrics")
         mp.add_argument("--enforce", action="store_true",
                         help="apply the policy's tempfail/reject actions (default: tag only)")
         mp.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
@@ -337,6 +348,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_mail(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    if args.kind == "milter":
+        try:
+            import Milter  # noqa: F401 (pymilter, an optional extra)
+        except ImportError:
+            raise UsageError("the milter needs pymilter: pip install 'fingerprintd[milter]' "
+                             "(it builds against libmilter: apt install libmilter-dev on Debian)") from None
     from fingerprintd import mail
     from fingerprintd.service import setup_logging
 
@@ -344,20 +361,29 @@ def cmd_mail(args: argparse.Namespace) -> int:
         raise UsageError("--timeout-ms must be >= 1 and --wait-ms >= 0")
     setup_logging(args.log_level)
     client = mail.VerdictClient(args.server, args.timeout_ms / 1000, args.wait_ms, args.token or "")
+    srv = None
     if args.kind == "milter":
         if not args.listen.startswith(("unix:", "inet:", "inet6:", "local:")):
             raise UsageError(f"--listen must be unix:PATH or inet:PORT@HOST, not {args.listen!r}")
+    else:
+        try:
+            srv = mail.policy_server(args.listen, mail.PolicyDecider(client, args.enforce))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
+    if args.metrics:
+        extra = None
+        if srv is not None:
+            extra = lambda: {"connections": ("Open connections from Postfix", srv.connections)}  # noqa: E731
+        try:
+            mail.start_metrics(args.metrics, args.kind, client.counters, extra)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot serve metrics on {args.metrics}: {exc}") from None
+    if srv is None:
         try:
             mail.run_milter(args.listen, client, args.enforce)
-        except ImportError:
-            raise UsageError("the milter needs pymilter (pip install pymilter; Debian: libmilter-dev)") from None
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
         return 0
-    try:
-        srv = mail.policy_server(args.listen, mail.PolicyDecider(client, args.enforce))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
     import signal
 
     # SIGTERM ends it like Ctrl-C: no thread started and no lock taken in a signal handler.

@@ -82,6 +82,7 @@ class Verdict:
     rules: tuple[str, ...]
     header: str
     trusted: bool = False
+    reply: str = ""  # the policy's reject_message/tempfail_message for those actions, else empty
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ class Policy:
     def __post_init__(self) -> None:
         ranges = tuple((n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in self.trusted)
         object.__setattr__(self, "_ranges", ranges)
+        replies = {"reject": self.reject_message, "tempfail": self.tempfail_message}
         # Built on the rules, not on self: no reference cycle to outlive a reload.
-        object.__setattr__(self, "_scored", PerFingerprint(partial(_score, self.rules)))
+        object.__setattr__(self, "_scored", PerFingerprint(partial(_score, self.rules, replies)))
 
     def is_trusted(self, ip: bytes) -> bool:
         value = int.from_bytes(ip, "big")
@@ -115,7 +117,7 @@ class Policy:
         return self._scored(fp)
 
 
-def _score(rules: tuple[Rule, ...], fp: Fingerprint) -> Verdict:
+def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint) -> Verdict:
     """Every rule in order until a final one fires; the most severe action wins."""
     score = 0.0
     fired = []
@@ -129,7 +131,7 @@ def _score(rules: tuple[Rule, ...], fp: Fingerprint) -> Verdict:
             if rule.final:
                 break
     score = round(score, 3)
-    return Verdict(score, action, tuple(fired), f"{_head(fp)}; score: {score:g}")
+    return Verdict(score, action, tuple(fired), f"{_head(fp)}; score: {score:g}", reply=replies.get(action, ""))
 
 
 def _head(fp: Fingerprint) -> str:

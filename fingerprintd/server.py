@@ -102,7 +102,7 @@ class Servicer(pb_grpc.FingerprintServicer):
         return pb.LookupResponse(
             found=True, observation=observation_pb(obs), host=host_pb(host) if host else None,
             verdict=pb.Verdict(score=v.score, action=v.action, rules=v.rules, header=v.header, trusted=v.trusted,
-                               mail_class=MAIL_CLASS_PB[obs.fp.mail_class]),
+                               mail_class=MAIL_CLASS_PB[obs.fp.mail_class], reply=v.reply),
         )
 
     def Lookup(self, request, context):  # noqa: N802 (gRPC method names)

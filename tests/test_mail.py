@@ -100,13 +100,13 @@ class Stack:
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    def start_filters(self) -> None:
+    def start_filters(self, *extra: str) -> None:
         for kind in ("milter", "policyd"):
             sock = self.d / ("milter.sock" if kind == "milter" else "policy.sock")
             log = open(self.d / f"{kind}.log", "a")
             self.procs[kind] = subprocess.Popen(
                 [sys.executable, "-m", "fingerprintd", kind, "--listen", f"unix:{sock}",
-                 "--server", f"unix:{self.d}/api.sock", "--log-level", "debug"], stderr=log, cwd=ROOT)
+                 "--server", f"unix:{self.d}/api.sock", "--log-level", "debug", *extra], stderr=log, cwd=ROOT)
             _wait(lambda s=sock: s.exists())
 
     def start_postfix(self) -> None:
@@ -151,6 +151,23 @@ class Stack:
         return _wait(find, 20)
 
 
+def sa_report(msg: email.message.Message) -> str:
+    """SpamAssassin's report on `msg` with fingerprintd's rules (and no network tests)."""
+    from tests.test_spamassassin import CONTRIB, site_dir
+
+    site = site_dir()
+    try:
+        shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
+        (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\n")
+        out = subprocess.run(["spamassassin", "-L", "-t", f"--siteconfigpath={site}"],
+                             input=msg.as_bytes(), capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+    report = out.stdout.decode()
+    assert "Content analysis details" in report, out.stderr.decode()[-1500:]  # SpamAssassin really ran
+    return report
+
+
 @pytest.fixture
 def stack():
     need(os.geteuid() == 0, "needs root (a private Postfix instance, capture on lo)")
@@ -188,16 +205,7 @@ def test_headers_for_the_exact_connection(stack):
     assert f"milter connect 127.0.0.1 port {stack.base}: Linux" in (stack.d / "milter.log").read_text()
     # SpamAssassin with fingerprintd's rules scores the delivered message.
     if shutil.which("spamassassin"):
-        from tests.test_spamassassin import CONTRIB, site_dir
-
-        site = site_dir()
-        try:
-            shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
-            (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\n")
-            report = subprocess.run(["spamassassin", "-L", "-t", f"--siteconfigpath={site}"],
-                                    input=msg.as_bytes(), capture_output=True, timeout=120).stdout.decode()
-        finally:
-            shutil.rmtree(site, ignore_errors=True)
+        report = sa_report(msg)
         assert re.search(r"^\s*-0\.1 FPD_LINUX ", report, re.M), report[-1500:]
     # The policy service's header stands above Received, the milter's at the end.
     headers = [k for k, _ in msg.items()]
@@ -217,14 +225,44 @@ def test_ipv6(stack):
 
 def test_fails_open_when_the_service_is_down(stack):
     stack.stop("serve")
-    t0 = time.monotonic()
-    sent = stack.send("127.0.0.1", stack.base + 2)
-    elapsed = time.monotonic() - t0
+    sent = stack.send("127.0.0.1", stack.base + 2)  # delivered at all, not how fast: benchmarks/test_mail.py
     assert sent.returncode == 0, sent.stdout[-2000:]
     msg = stack.delivered(f"test {stack.base + 2}")
+    # The policy service PREPENDed "unavailable"; the milter, without a verdict, removed every copy.
     assert msg.get_all("X-OS-Fingerprint") is None
-    assert elapsed < 10
-    assert re.search(r"lookup failed, letting mail through", (stack.d / "milter.log").read_text())
+    assert re.search(r"lookup failed \(unavailable\), letting mail through", (stack.d / "milter.log").read_text())
+
+
+def test_policy_service_alone_keeps_forged_headers_below_its_own(stack):
+    """Without the milter nobody removes forged copies: ours must come first, verdict or not."""
+    etc = str(stack.d / "etc")
+    subprocess.run(["postconf", "-c", etc, "-e", "smtpd_milters ="], check=True)
+    subprocess.run(["postfix", "-c", etc, "reload"], check=True, capture_output=True, timeout=30)
+    time.sleep(1.0)  # the old smtpd processes finish their reload
+    forged = ["--add-header", "X-OS-Fingerprint: FreeBSD 9.x; dist: 0; score: -1"]
+    cases = []
+    sent = stack.send("127.0.0.1", stack.base + 4, forged)  # the service up
+    cases.append((stack.base + 4, sent, "Linux 2.2.x-3.x; dist: 0; link: ???; class: server; score: -0.1"))
+    serve = stack.procs["serve"]
+    os.kill(serve.pid, signal.SIGSTOP)  # slow: connected, but never answering
+    try:
+        sent = stack.send("127.0.0.1", stack.base + 5, forged)
+    finally:
+        os.kill(serve.pid, signal.SIGCONT)
+    cases.append((stack.base + 5, sent, "unavailable; reason: timeout"))
+    stack.stop("serve")  # down
+    sent = stack.send("127.0.0.1", stack.base + 6, forged)
+    cases.append((stack.base + 6, sent, "unavailable; reason: unavailable"))
+    for port, sent, first in cases:
+        assert sent.returncode == 0, sent.stdout[-2000:]
+        msg = stack.delivered(f"test {port}")
+        values = msg.get_all("X-OS-Fingerprint")
+        assert values[0].startswith(first) and values[1].startswith("FreeBSD 9.x"), (port, values)
+        headers = [k for k, _ in msg.items()]
+        assert headers.index("X-OS-Fingerprint") < headers.index("Received")
+    need(shutil.which("spamassassin") is not None, "spamassassin is not installed (make test installs it)")
+    report = sa_report(msg)  # the last one: no verdict, a forged FreeBSD header below ours
+    assert not re.search(r"FPD_", report), report[-1500:]
 
 
 def test_trusted_clients_get_no_header(stack):
@@ -235,3 +273,26 @@ def test_trusted_clients_get_no_header(stack):
     assert sent.returncode == 0, sent.stdout[-2000:]
     msg = stack.delivered(f"test {stack.base + 3}")
     assert msg.get_all("X-OS-Fingerprint") is None and msg["X-OS-Fingerprint-Score"] is None
+
+
+def test_enforce_replies_with_the_policys_texts(stack):
+    stack.policy.write_text(POLICY_NO_TRUST.replace('score = -0.1', 'score = -0.1\naction = "reject"').replace(
+        "[settings]", "[settings]\nreject_message = '554 5.7.0 Linux says no (policy.toml)'"))
+    os.kill(stack.procs["serve"].pid, signal.SIGHUP)
+    _wait(lambda: '"msg": "reloaded"' in (stack.d / "serve.log").read_text())
+    for kind in ("milter", "policyd"):
+        stack.stop(kind)
+        (stack.d / ("milter.sock" if kind == "milter" else "policy.sock")).unlink()
+    stack.start_filters("--enforce")
+    # The milter answers first, at MAIL FROM.
+    sent = stack.send("127.0.0.1", stack.base + 8)
+    assert sent.returncode != 0 and re.search(r"<\*\* 554 5\.7\.0 Linux says no \(policy\.toml\)", sent.stdout), \
+        sent.stdout[-2000:]
+    # The policy service alone, at RCPT TO.
+    etc = str(stack.d / "etc")
+    subprocess.run(["postconf", "-c", etc, "-e", "smtpd_milters ="], check=True)
+    subprocess.run(["postfix", "-c", etc, "reload"], check=True, capture_output=True, timeout=30)
+    time.sleep(1.0)
+    sent = stack.send("127.0.0.1", stack.base + 9)
+    assert sent.returncode != 0 and re.search(r"<\*\* 554 5\.7\.0 .*Linux says no \(policy\.toml\)", sent.stdout), \
+        sent.stdout[-2000:]

@@ -125,20 +125,22 @@ class Host(_message.Message):
     def __init__(self, first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., seen_count: _Optional[int] = ..., host_changed: _Optional[bool] = ..., last_change: _Optional[float] = ..., distinct_signatures: _Optional[int] = ..., last_distance: _Optional[int] = ..., os_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("score", "action", "rules", "header", "trusted", "mail_class")
+    __slots__ = ("score", "action", "rules", "header", "trusted", "mail_class", "reply")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     TRUSTED_FIELD_NUMBER: _ClassVar[int]
     MAIL_CLASS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
     score: float
     action: str
     rules: _containers.RepeatedScalarFieldContainer[str]
     header: str
     trusted: bool
     mail_class: MailClass
-    def __init__(self, score: _Optional[float] = ..., action: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., header: _Optional[str] = ..., trusted: _Optional[bool] = ..., mail_class: _Optional[_Union[MailClass, str]] = ...) -> None: ...
+    reply: str
+    def __init__(self, score: _Optional[float] = ..., action: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., header: _Optional[str] = ..., trusted: _Optional[bool] = ..., mail_class: _Optional[_Union[MailClass, str]] = ..., reply: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("unknown_only", "os_name_regex", "ports", "mail_classes")
