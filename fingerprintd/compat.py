@@ -21,6 +21,7 @@ the original.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -29,6 +30,8 @@ import selectors
 import socket
 import struct
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fingerprintd.engine import Observation
@@ -45,6 +48,10 @@ QUERY_SIZE = 21
 _QUERY = struct.Struct("=IB16s")
 _RESPONSE = struct.Struct("=IIIIIIIIIhBB32s32s32s32s32s32s")
 RESPONSE_SIZE = _RESPONSE.size  # 232
+MAX_CONNECTIONS = 1024
+IDLE_TIMEOUT = 30.0  # seconds without a byte either way before a connection is closed
+MAX_PENDING = 64  # answers waiting for a client before it is no longer read (2 x 64 x 232 bytes at most)
+ACCEPT_PAUSE = 0.1  # seconds without accepting when the process is out of file descriptors
 
 
 def _cstr(text: str) -> bytes:
@@ -70,11 +77,14 @@ def p0f_response(status: int, host: HostRecord | None = None) -> bytes:
     )
 
 
+BAD_QUERY_RESPONSE = p0f_response(STATUS_BAD_QUERY)
+
+
 def p0f_answer(query: bytes, hosts: HostTable) -> bytes:
-    """The 232-byte answer to one 21-byte query."""
+    """The 232-byte answer to one 21-byte query (BAD_QUERY_RESPONSE itself for a bad one)."""
     magic, kind, raw = _QUERY.unpack(query)
     if magic != QUERY_MAGIC or kind not in (4, 6):
-        return p0f_response(STATUS_BAD_QUERY)
+        return BAD_QUERY_RESPONSE
     addr = raw[:4] if kind == 4 else raw
     if kind == 6 and addr[:12] == b"\0" * 10 + b"\xff\xff":
         addr = addr[12:]  # IPv4-mapped: the SYN carried the IPv4 address
@@ -83,15 +93,34 @@ def p0f_answer(query: bytes, hosts: HostTable) -> bytes:
 
 
 class P0fSocketServer:
-    """p0f's API on a unix stream socket: many connections, pipelined queries."""
+    """p0f's API on a unix stream socket: many connections, pipelined queries.
+
+    Every client costs bounded memory and none can hold the others up: at most
+    `max_connections` at once (more are accepted and closed at once), one idle
+    for `idle_timeout` seconds is closed, and one that sends queries without
+    reading the answers stops being read once `max_pending` answers wait for
+    it (its own send blocks; it is read again when it drains).  Running out of
+    file descriptors drops the newest connection instead of the thread.  A
+    fatal error in the thread is logged, kept in `failed` and passed to
+    `on_fatal`, so that the service can stop serving rather than look healthy.
+    """
 
     def __init__(self, path: str, hosts: HostTable, mode: int = 0o660, owner: tuple[int, int] | None = None,
-                 max_connections: int = 1024) -> None:
+                 max_connections: int = MAX_CONNECTIONS, idle_timeout: float = IDLE_TIMEOUT,
+                 max_pending: int = MAX_PENDING, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.path = path
         self.hosts = hosts
         self.max_connections = max_connections
-        self.queries = 0
-        self.bad_queries = 0
+        self.idle_timeout = idle_timeout
+        self.max_pending = max_pending
+        self.on_fatal = on_fatal
+        self.failed: BaseException | None = None
+        self.queries = self.bad_queries = 0
+        self.refused = 0  # connections over max_connections
+        self.idle_closed = 0
+        self.fd_exhausted = 0  # connections dropped because the process had no file descriptor left
+        self.throttled = 0  # times a client was no longer read because it did not read its answers
+        self._conns: dict[socket.socket, _Client] = {}
         remove_stale_socket(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
@@ -100,9 +129,14 @@ class P0fSocketServer:
             os.chown(path, *owner)
         self.sock.listen(128)
         self.sock.setblocking(False)
+        # Kept open to be given up when accept() finds no descriptor left: closing it
+        # makes room to accept the waiting connection and close it at once, so it is
+        # refused rather than left in the backlog where select() would report it forever.
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._paused_until = 0.0
         self._stop = threading.Event()
         self._sel = selectors.DefaultSelector()
-        self._thread = threading.Thread(target=self._loop, name="p0f-socket", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="p0f-socket", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -110,62 +144,142 @@ class P0fSocketServer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+        for conn in list(self._conns):
+            conn.close()
+        self._conns.clear()
         self._sel.close()
+        self.sock.close()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> dict[str, int]:
+        return {"connections": len(self._conns), "queries": self.queries, "bad_queries": self.bad_queries,
+                "refused": self.refused, "idle_closed": self.idle_closed, "fd_exhausted": self.fd_exhausted,
+                "throttled": self.throttled}
+
+    def buffered(self) -> int:
+        """Bytes held for all clients: unanswered query bytes and unsent answers."""
+        return sum(len(c.inbuf) + len(c.out) for c in list(self._conns.values()))
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, the service must learn of it
+            fatal(self, "p0f-socket", exc)
+
     def _loop(self) -> None:
         sel = self._sel
         sel.register(self.sock, selectors.EVENT_READ, None)
+        listening = True
+        next_sweep = time.monotonic() + min(1.0, self.idle_timeout / 4)
         while not self._stop.is_set():
-            for key, events in sel.select(0.2):
+            for key, events in sel.select(0.2 if listening else 0.05):
                 if key.data is None:
-                    self._accept()
+                    listening = self._accept()
                 else:
-                    self._serve(key, events)
+                    self._serve(key.fileobj, key.data, events)
+            now = time.monotonic()
+            if not listening and now >= self._paused_until:
+                sel.register(self.sock, selectors.EVENT_READ, None)
+                listening = True
+            if now >= next_sweep:
+                next_sweep = now + min(1.0, self.idle_timeout / 4)
+                self._sweep(now)
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Accept what is waiting; False when accepting is paused for a moment."""
+        for _ in range(64):  # a burst of connections does not starve the clients already in
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._shed():
+                    continue
+                # Out of descriptors with no spare left, or the kernel short of memory:
+                # stop accepting for a moment (the backlog waits) and serve who is in.
+                self.fd_exhausted += exc.errno in (errno.EMFILE, errno.ENFILE)
+                log.warning("p0f socket: accept failed, pausing", extra={"fields": {"error": str(exc)}})
+                self._sel.unregister(self.sock)
+                self._paused_until = time.monotonic() + ACCEPT_PAUSE
+                return False
+            if len(self._conns) >= self.max_connections:
+                self.refused += 1
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._conns[conn] = client = _Client(time.monotonic())
+            self._sel.register(conn, selectors.EVENT_READ, client)
+        return True
+
+    def _shed(self) -> bool:
+        """Give up the spare descriptor to accept and close one connection; False if there is none."""
+        if self._spare is None:
+            return False
+        os.close(self._spare)
+        self._spare = None
         try:
             conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self._sel.get_map()) > self.max_connections:
             conn.close()
-            return
-        conn.setblocking(False)
-        self._sel.register(conn, selectors.EVENT_READ, {"in": b"", "out": b""})
+            self.fd_exhausted += 1
+        except OSError:
+            pass
+        try:
+            self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass  # taken meanwhile by another thread: accept() pauses next time instead
+        return True
 
-    def _serve(self, key, events: int) -> None:
-        conn, state = key.fileobj, key.data
+    def _sweep(self, now: float) -> None:
+        for conn, client in list(self._conns.items()):
+            if now - client.active > self.idle_timeout:
+                self.idle_closed += 1
+                self._close(conn)
+
+    def _serve(self, conn: socket.socket, client: _Client, events: int) -> None:
         try:
             if events & selectors.EVENT_READ:
-                data = conn.recv(65536)
+                # Read no more than the answers still allowed: a client's memory stays bounded
+                # by max_pending answers and one partial query.
+                data = conn.recv(QUERY_SIZE * self.max_pending)
                 if not data:
                     return self._close(conn)
-                buf = state["in"] + data
-                answers = []
-                while len(buf) >= QUERY_SIZE:
-                    answers.append(p0f_answer(buf[:QUERY_SIZE], self.hosts))
-                    buf = buf[QUERY_SIZE:]
+                client.active = time.monotonic()
+                buf = client.inbuf + data if client.inbuf else data
+                whole = len(buf) - len(buf) % QUERY_SIZE
+                answers = [p0f_answer(buf[i:i + QUERY_SIZE], self.hosts) for i in range(0, whole, QUERY_SIZE)]
+                client.inbuf = buf[whole:]
                 self.queries += len(answers)
-                state["in"] = buf
-                state["out"] += b"".join(answers)
-            if state["out"]:
-                sent = conn.send(state["out"])
-                state["out"] = state["out"][sent:]
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if state["out"] else 0)
-            if want != key.events:
-                self._sel.modify(conn, want, state)
+                self.bad_queries += sum(1 for a in answers if a is BAD_QUERY_RESPONSE)
+                client.out += b"".join(answers)
+            if client.out:
+                sent = conn.send(client.out)
+                if sent:
+                    del client.out[:sent]
+                    client.active = time.monotonic()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # the client went away mid-query: forget it, nothing else
-            self._close(conn)
+            return self._close(conn)
+        reading = len(client.out) < RESPONSE_SIZE * self.max_pending
+        if not reading and client.reading:
+            self.throttled += 1
+        client.reading = reading
+        want = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if client.out else 0)
+        if want != client.events:
+            client.events = want
+            self._sel.modify(conn, want, client)
 
-    def _close(self, conn) -> None:
+    def _close(self, conn: socket.socket) -> None:
+        self._conns.pop(conn, None)
         try:
             self._sel.unregister(conn)
         except (KeyError, ValueError):
@@ -173,9 +287,35 @@ class P0fSocketServer:
         conn.close()
 
 
+class _Client:
+    """One connection's state: a partial query, answers not yet sent, when it last moved."""
+
+    __slots__ = ("active", "inbuf", "out", "reading", "events")
+
+    def __init__(self, now: float) -> None:
+        self.active = now
+        self.inbuf = b""
+        self.out = bytearray()
+        self.reading = True
+        self.events = selectors.EVENT_READ
+
+
+def fatal(server, name: str, exc: BaseException) -> None:
+    """A server thread died: log it as an error, keep it in `failed`, tell `on_fatal`."""
+    server.failed = exc
+    log.error("%s thread failed", name, exc_info=exc, extra={"fields": {"thread": name}})
+    if server.on_fatal is not None:
+        server.on_fatal(exc)
+
+
 # --- p0f-analyzer -------------------------------------------------------------
 
 MAX_DATAGRAM = 2048  # a 1,024-character nonce plus the query fits
+ANALYZER_INFLIGHT = 256  # datagrams being answered or waiting for a worker
+# recvfrom() errors that concern one datagram, not the socket: an ICMP error
+# for an earlier reply, or the kernel short of memory for a moment.
+_TRANSIENT = (errno.EINTR, errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+              errno.ENOBUFS, errno.ENOMEM)
 _REQUEST = re.compile(rb"([^ ]+) ([\x20-\x7f]{0,1024})", re.S)
 _QUERY_FORM = re.compile(r"\[([^\]]+)\](?::(\d{1,5}))?|([0-9.]+)")
 
@@ -220,23 +360,34 @@ def analyzer_reply(datagram: bytes, hosts: HostTable, wait: float = 0.0) -> byte
 
 
 class AnalyzerServer:
-    """p0f-analyzer's UDP protocol, answering allowed networks only."""
+    """p0f-analyzer's UDP protocol, answering allowed networks only.
 
-    def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.02) -> None:
+    A datagram costs at most one lookup of `wait` seconds in a small pool, and at
+    most `max_inflight` wait there at once: beyond that a datagram is dropped
+    (counted as busy) rather than queued, as amavisd gives up after 50 ms anyway.
+    """
+
+    def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.02,
+                 max_inflight: int = ANALYZER_INFLIGHT,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.hosts = hosts
         self.wait = wait
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
+        self.on_fatal = on_fatal
+        self.failed: BaseException | None = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.answered = self.refused = self.malformed = 0
+        self.answered = self.refused = self.malformed = self.busy = self.send_errors = 0
+        self._inflight = threading.BoundedSemaphore(max_inflight)
+        self._count_lock = threading.Lock()  # the pool's threads count answers concurrently
         self._stop = threading.Event()
         # Lookups may wait a few ms for a SYN still in flight; a small pool keeps
         # one slow query from holding up the others.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="analyzer")
-        self._thread = threading.Thread(target=self._loop, name="p0f-analyzer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="p0f-analyzer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -247,6 +398,13 @@ class AnalyzerServer:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.sock.close()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> dict[str, int]:
+        return {"answered": self.answered, "refused": self.refused, "malformed": self.malformed,
+                "busy": self.busy, "send_errors": self.send_errors}
+
     def allowed(self, addr: str) -> bool:
         try:
             ip = ipaddress.ip_address(normalize_ip(addr.split("%", 1)[0]))  # IPv4-mapped: its IPv4 address
@@ -254,28 +412,44 @@ class AnalyzerServer:
             return False
         return any(ip in net for net in self.allow)
 
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, the service must learn of it
+            fatal(self, "p0f-analyzer", exc)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 data, peer = self.sock.recvfrom(MAX_DATAGRAM)
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stop.is_set():
                     return
-                continue
+                if exc.errno in _TRANSIENT:
+                    continue
+                raise  # the socket itself is gone (EBADF...): retrying would spin
             if not self.allowed(peer[0]):
                 self.refused += 1
-                continue
-            self._pool.submit(self._answer, data, peer)
+            elif not self._inflight.acquire(blocking=False):
+                self.busy += 1
+            else:
+                self._pool.submit(self._answer, data, peer)
 
     def _answer(self, data: bytes, peer) -> None:
-        reply = analyzer_reply(data, self.hosts, self.wait)
-        if reply is None:
-            self.malformed += 1
-            return
         try:
+            reply = analyzer_reply(data, self.hosts, self.wait)
+            if reply is None:
+                with self._count_lock:
+                    self.malformed += 1
+                return
             self.sock.sendto(reply, peer)
-            self.answered += 1
+            with self._count_lock:
+                self.answered += 1
         except OSError as exc:
+            with self._count_lock:
+                self.send_errors += 1
             log.debug("analyzer reply failed: %s", exc)
+        finally:
+            self._inflight.release()

@@ -9,16 +9,21 @@ Every answer comes from real kernel SYNs captured on a veth.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
 from fingerprintd import compat
 from fingerprintd.hosts import HostTable
+from fingerprintd.service import JsonFormatter
 from tests.conftest import ROOT, need
 from tests.netns import NetnsPair, can_use_netns
 from tests.test_hosts_policy import observe
@@ -262,3 +267,293 @@ def test_analyzer_allows_only_its_networks(peer, allowed):
         assert server.allowed(peer) is allowed
     finally:
         server.sock.close()
+
+
+# --- hostile and careless clients of the p0f socket ------------------------------
+
+def _ask(path, timeout: float = 5.0) -> bytes | None:
+    """One query on a fresh connection: the answer, or None if the server closed it unanswered."""
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(timeout)
+        c.connect(str(path))
+        return _ask_on(c)
+
+
+def _ask_on(c: socket.socket) -> bytes | None:
+    try:
+        c.sendall(_query(socket.inet_aton("198.51.100.3")))
+    except (BrokenPipeError, ConnectionResetError):
+        return None
+    data = b""
+    while len(data) < 232:
+        try:
+            chunk = c.recv(232 - len(data))
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _answered(resp: bytes | None) -> bool:
+    """The answer an empty table gives any valid query."""
+    return resp is not None and _fields(resp)[:2] == (compat.RESPONSE_MAGIC, compat.STATUS_NO_MATCH)
+
+
+def _eventually(probe, tries: int = 100, pause: float = 0.1):
+    """probe() until it returns something true, a bounded number of times."""
+    for _ in range(tries):
+        got = probe()
+        if got:
+            return got
+        time.sleep(pause)
+    return probe()
+
+
+@pytest.fixture
+def p0f_server(tmp_path):
+    servers = []
+
+    def start(**kw) -> compat.P0fSocketServer:
+        server = compat.P0fSocketServer(str(tmp_path / f"p0f{len(servers)}.sock"), HostTable(), **kw)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_connection_cap(p0f_server):
+    server = p0f_server(max_connections=4)
+    inside = [socket.socket(socket.AF_UNIX) for _ in range(4)]
+    for c in inside:
+        c.settimeout(5)
+        c.connect(server.path)
+        assert _answered(_ask_on(c))
+    assert _ask(server.path) is None  # the fifth: accepted and closed, unanswered
+    assert server.stats()["refused"] == 1 and server.stats()["connections"] == 4
+    assert all(_answered(_ask_on(c)) for c in inside)  # the four are still served
+    inside.pop().close()
+    assert _answered(_eventually(lambda: _ask(server.path)))  # a freed slot is reused
+    for c in inside:
+        c.close()
+
+
+def test_idle_connections_do_not_lock_out_a_fresh_client(p0f_server):
+    server = p0f_server(max_connections=4, idle_timeout=0.5)
+    idle = [socket.socket(socket.AF_UNIX) for _ in range(4)]
+    for c in idle:
+        c.settimeout(5)
+        c.connect(server.path)
+        assert _answered(_ask_on(c))  # in, then silent
+    assert _ask(server.path) is None  # the cap is full
+    assert _answered(_eventually(lambda: _ask(server.path)))  # until the idle ones time out
+    assert server.stats()["idle_closed"] >= 4
+    assert all(c.recv(1) == b"" for c in idle)  # they were closed, not just forgotten
+    for c in idle:
+        c.close()
+
+
+def test_a_slow_but_active_client_is_not_idle(p0f_server):
+    server = p0f_server(idle_timeout=0.5)
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(5)
+        c.connect(server.path)
+        for _ in range(10):  # a query every 0.2 s for 2 s: four idle timeouts' worth
+            assert _answered(_ask_on(c))
+            time.sleep(0.2)
+    assert server.stats()["idle_closed"] == 0
+
+
+def test_bad_queries_are_answered_and_counted(p0f_server):
+    server = p0f_server()
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(5)
+        c.connect(server.path)
+        c.sendall(_query(b"\0" * 16, 5) + _query(b"\0" * 16, 4, 0x12345678) + _query(b"\0" * 16))
+        answers = _recv(c, 3 * 232)
+    assert [_fields(answers[i:i + 232])[1] for i in (0, 232, 464)] == [compat.STATUS_BAD_QUERY] * 2 + [
+        compat.STATUS_NO_MATCH]
+    assert (server.stats()["queries"], server.stats()["bad_queries"]) == (3, 2)
+
+
+# The server in a process of its own: its file limit and its memory are its own.
+CHILD = r"""
+import json, resource, sys
+from fingerprintd import compat
+from fingerprintd.hosts import HostTable
+path, nofile, kw = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+if nofile:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+server = compat.P0fSocketServer(path, HostTable(), **kw)
+server.start()
+print("ready", flush=True)
+for line in sys.stdin:   # each line asks for the state
+    print(json.dumps({**server.stats(), "alive": server.alive(), "buffered": server.buffered()}), flush=True)
+server.stop()
+"""
+
+
+class ChildServer:
+    def __init__(self, path, nofile: int = 0, **kw) -> None:
+        self.path = path
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(nofile), json.dumps(kw)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def state(self) -> dict:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def rss_kib(self) -> int:
+        status = open(f"/proc/{self.proc.pid}/status").read()
+        return int(status.split("VmRSS:")[1].split()[0])
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_out_of_file_descriptors(tmp_path):
+    child = ChildServer(tmp_path / "p0f.sock", nofile=48)
+    early = []
+    flood = []
+    try:
+        for _ in range(5):
+            c = socket.socket(socket.AF_UNIX)
+            c.settimeout(5)
+            c.connect(str(child.path))
+            assert _answered(_ask_on(c))
+            early.append(c)
+        for i in range(100):  # twice the file limit
+            c = socket.socket(socket.AF_UNIX)
+            c.settimeout(5)
+            c.connect(str(child.path))
+            flood.append(c)
+            if i % 10 == 0:
+                assert all(_answered(_ask_on(c)) for c in early)  # the clients already in: answered throughout
+        state = child.state()
+        assert state["alive"] and state["fd_exhausted"] > 0
+        assert all(_answered(_ask_on(c)) for c in early)
+        for c in flood:
+            c.close()
+        assert _answered(_eventually(lambda: _ask(child.path)))  # descriptors free again: new clients served
+        assert child.state()["alive"]
+    finally:
+        for c in early + flood:
+            c.close()
+        child.stop()
+
+
+def test_a_pipeliner_that_never_reads(tmp_path):
+    child = ChildServer(tmp_path / "p0f.sock")
+    try:
+        before = child.rss_kib()
+        hostile = socket.socket(socket.AF_UNIX)
+        hostile.connect(str(child.path))
+        hostile.settimeout(2)
+        batch = _query(socket.inet_aton("198.51.100.4")) * 1000
+        sent = 0
+        for _ in range(400):  # 400,000 queries, 93 MB of answers, unless the server stops reading
+            try:
+                sent += hostile.send(batch)
+            except TimeoutError:
+                break
+        assert _answered(_ask(child.path))  # someone else is still served
+        state = child.state()
+        assert state["throttled"] >= 1
+        assert state["buffered"] <= 2 * compat.MAX_PENDING * 232 + 21
+        assert child.rss_kib() - before < 16 * 1024
+        assert sent < len(batch) * 400  # its send blocked: the server stopped reading it
+        # Nothing was lost: once it reads, every query it sent has its answer.
+        want = sent // 21 * 232
+        got = 0
+        hostile.settimeout(5)
+        while got < want:
+            chunk = hostile.recv(min(65536, want - got))
+            assert chunk
+            got += len(chunk)
+        hostile.close()
+        assert child.state()["queries"] == sent // 21 + 1
+    finally:
+        child.stop()
+
+
+def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
+    died = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        errors.append(exc)
+        died.set()
+
+    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), HostTable(), on_fatal=on_fatal)
+    with caplog.at_level(logging.ERROR, logger="fingerprintd"):
+        server.start()
+        assert _answered(_ask(server.path))
+        server._sel.close()  # a real fault under the loop: its selector is gone
+        assert died.wait(10)
+        server._thread.join(5)
+    assert not server.alive() and server.failed is errors[0]
+    record = next(r for r in caplog.records if r.levelno == logging.ERROR)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "error" and line["thread"] == "p0f-socket" and "Traceback" in line["error"]
+    server._sel = compat.selectors.DefaultSelector()  # stop() closes it again
+    server.stop()
+
+
+# --- the analyzer's counters ---------------------------------------------------------
+
+def _datagrams(port: int, source: str, *payloads: bytes, replies: int) -> list[bytes]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(5)
+        for p in payloads:
+            s.sendto(p, ("127.0.0.1", port))
+        return [s.recv(2048) for _ in range(replies)]
+
+
+def test_analyzer_counts_what_it_does():
+    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.2/32"], wait=0.0)
+    server.start()
+    try:
+        got = _datagrams(server.port, "127.0.0.2", b"nonsense", b"[198.51.100.5]:25 n1", replies=1)
+        assert got == [b"[198.51.100.5]:25 n1 \r\n"]
+        _datagrams(server.port, "127.0.0.1", b"[198.51.100.5]:25 n2", replies=0)  # not allowed: silence
+        assert _eventually(lambda: server.stats()["refused"] == 1 and server.stats()["answered"] == 1)
+        assert server.stats() == {"answered": 1, "refused": 1, "malformed": 1, "busy": 0, "send_errors": 0}
+    finally:
+        server.stop()
+
+
+def test_analyzer_bounds_the_datagrams_in_flight():
+    # Lookups of connections never seen wait the full 2 s: the first two hold both places.
+    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8"], wait=2.0, max_inflight=2)
+    server.start()
+    try:
+        got = _datagrams(server.port, "127.0.0.1", *[f"[198.51.100.6]:25 n{i}".encode() for i in range(10)],
+                         replies=2)
+        assert sorted(g.split(b" ")[1] for g in got) == [b"n0", b"n1"]
+        assert _eventually(lambda: server.stats()["answered"] == 2) and server.stats()["busy"] == 8
+    finally:
+        server.stop()
+
+
+def test_a_dead_analyzer_thread_is_reported(caplog):
+    died = threading.Event()
+    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8"], on_fatal=lambda exc: died.set())
+    with caplog.at_level(logging.ERROR, logger="fingerprintd"):
+        server.start()
+        server.sock.close()  # a real fault under the loop: its socket is gone
+        assert died.wait(10)
+    assert _eventually(lambda: not server.alive()) and isinstance(server.failed, OSError)
+    assert any(getattr(r, "fields", {}).get("thread") == "p0f-analyzer" for r in caplog.records)
+    server.stop()
