@@ -198,24 +198,20 @@ def test_many_clients_and_a_rude_one(served):
 
 
 AMAVISD = r"""
-import socket, sys, time, random
-# What amavisd-new does: one datagram "[ip]:port nonce", then a 50 ms budget for the reply.
+import socket, sys, random
+# What amavisd-new sends: one datagram "[ip]:port nonce"; it then waits 50 ms for the
+# reply (that budget is measured in benchmarks/test_service.py; here: the reply, before a generous timeout).
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 0))
+s.settimeout(5)
 out = []
 for query in sys.argv[1:]:
     nonce = "%08x" % random.randrange(0x7fffffff)
-    t0 = time.monotonic()
     s.sendto(f"{query} {nonce}".encode(), ("127.0.0.1", 2345))
-    s.settimeout(0.050)
-    try:
-        reply = s.recv(2048).decode()
-    except TimeoutError:
-        out.append("TIMEOUT")
-        continue
+    reply = s.recv(2048).decode()
     q, n, result = reply.split(" ", 2)
     assert (q, n) == (query, nonce) and result.endswith("\r\n"), reply
-    out.append(f"{(time.monotonic() - t0) * 1000:.1f}ms {result.strip()}")
+    out.append(result.strip() or "EMPTY")
 print("\n".join(out))
 """
 
@@ -223,19 +219,18 @@ print("\n".join(out))
 def test_amavisd_style_queries(served):
     pair, s, tmp = served
     queries = [f"[{pair.client4}]:36001", f"[{pair.client4}]:36999", f"[IPv6:{pair.client6}]:36010",
-               f"[{pair.client4}]", "garbage-without-nonce"]
-    out = subprocess.run(["ip", "netns", "exec", pair.srv, "python3", "-c", AMAVISD, *queries[:4]],
+               f"[{pair.client4}]"]
+    out = subprocess.run(["ip", "netns", "exec", pair.srv, "python3", "-c", AMAVISD, *queries],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert " Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 4:64+0:" \
-        in lines[0]
-    assert lines[1].rstrip().endswith("ms")  # unknown connection: empty result, after a 20 ms wait
+    assert lines[0].startswith("Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; "
+                               "raw_sig: 4:64+0:")
+    assert lines[1] == "EMPTY"  # unknown connection: an empty result (after the 20 ms wait for its SYN)
     # IPv6 with a flow label: named like its IPv4 twin (p0f would say ???).
-    assert " Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; raw_sig: 6:64+0:" \
-        in lines[2]
-    assert "Linux 4.19 and newer" in lines[3]
-    assert all(float(ln.split("ms")[0]) < 50 for ln in lines)
+    assert lines[2].startswith("Linux 4.19 and newer; dist: 0; link: Ethernet or modem; params: none; raw_mtu: 1500; "
+                               "raw_sig: 6:64+0:")
+    assert lines[3].startswith("Linux 4.19 and newer")
     # Not from an allowed network (the client namespace): no reply at all.
     probe = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5);"
              f"s.sendto(b'[{pair.client4}]:36001 x', ('{pair.server4}', 2345));"
