@@ -52,6 +52,7 @@ MAX_CONNECTIONS = 1024
 IDLE_TIMEOUT = 30.0  # seconds without a byte either way before a connection is closed
 MAX_PENDING = 64  # answers waiting for a client before it is no longer read (2 x 64 x 232 bytes at most)
 ACCEPT_PAUSE = 0.1  # seconds without accepting when the process is out of file descriptors
+WARN_EVERY = 10.0  # seconds between two warnings about the same shortage
 
 
 def _cstr(text: str) -> bytes:
@@ -134,6 +135,7 @@ class P0fSocketServer:
         # refused rather than left in the backlog where select() would report it forever.
         self._spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._paused_until = 0.0
+        self._warned = -WARN_EVERY
         self._stop = threading.Event()
         self._sel = selectors.DefaultSelector()
         self._thread = threading.Thread(target=self._run, name="p0f-socket", daemon=True)
@@ -173,6 +175,12 @@ class P0fSocketServer:
         try:
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - whatever it was, the service must learn of it
+            # Clients see the socket closed and fail open at once, instead of waiting
+            # out their timeouts on a socket nobody serves.
+            for conn in list(self._conns):
+                conn.close()
+            self._conns.clear()
+            self.sock.close()
             fatal(self, "p0f-socket", exc)
 
     def _loop(self) -> None:
@@ -207,7 +215,7 @@ class P0fSocketServer:
                 # Out of descriptors with no spare left, or the kernel short of memory:
                 # stop accepting for a moment (the backlog waits) and serve who is in.
                 self.fd_exhausted += exc.errno in (errno.EMFILE, errno.ENFILE)
-                log.warning("p0f socket: accept failed, pausing", extra={"fields": {"error": str(exc)}})
+                self._warn("p0f socket: accept failed; not accepting for a moment", exc)
                 self._sel.unregister(self.sock)
                 self._paused_until = time.monotonic() + ACCEPT_PAUSE
                 return False
@@ -230,6 +238,7 @@ class P0fSocketServer:
             conn, _ = self.sock.accept()
             conn.close()
             self.fd_exhausted += 1
+            self._warn("p0f socket: out of file descriptors; new connections are closed", None)
         except OSError:
             pass
         try:
@@ -237,6 +246,13 @@ class P0fSocketServer:
         except OSError:
             pass  # taken meanwhile by another thread: accept() pauses next time instead
         return True
+
+    def _warn(self, msg: str, exc: OSError | None) -> None:
+        """A warning at most every WARN_EVERY seconds: a shortage lasts, the log should not fill with it."""
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning(msg, extra={"fields": {"error": str(exc) if exc else "EMFILE", **self.stats()}})
 
     def _sweep(self, now: float) -> None:
         for conn, client in list(self._conns.items()):

@@ -491,17 +491,21 @@ def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
         died.set()
 
     server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), HostTable(), on_fatal=on_fatal)
-    with caplog.at_level(logging.ERROR, logger="fingerprintd"):
+    with caplog.at_level(logging.ERROR, logger="fingerprintd"), socket.socket(socket.AF_UNIX) as client:
         server.start()
-        assert _answered(_ask(server.path))
+        client.settimeout(10)
+        client.connect(server.path)
+        assert _answered(_ask_on(client))
         server._sel.close()  # a real fault under the loop: its selector is gone
         assert died.wait(10)
-        server._thread.join(5)
+        assert client.recv(1) == b""  # its clients are let go at once, not left to time out
+    server._thread.join(5)
     assert not server.alive() and server.failed is errors[0]
     record = next(r for r in caplog.records if r.levelno == logging.ERROR)
     line = json.loads(JsonFormatter().format(record))
     assert line["level"] == "error" and line["thread"] == "p0f-socket" and "Traceback" in line["error"]
-    server._sel = compat.selectors.DefaultSelector()  # stop() closes it again
+    with pytest.raises(ConnectionRefusedError), socket.socket(socket.AF_UNIX) as late:
+        late.connect(server.path)  # nobody listens: a new client fails open at once
     server.stop()
 
 
