@@ -114,6 +114,8 @@ class P0fSocketServer:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.max_pending = max_pending
+        self._recv_size = QUERY_SIZE * max_pending
+        self._out_limit = RESPONSE_SIZE * max_pending
         self.on_fatal = on_fatal
         self.failed: BaseException | None = None
         self.queries = self.bad_queries = 0
@@ -189,12 +191,13 @@ class P0fSocketServer:
         listening = True
         next_sweep = time.monotonic() + min(1.0, self.idle_timeout / 4)
         while not self._stop.is_set():
-            for key, events in sel.select(0.2 if listening else 0.05):
+            ready = sel.select(0.2 if listening else 0.05)
+            now = time.monotonic()
+            for key, events in ready:
                 if key.data is None:
                     listening = self._accept()
                 else:
-                    self._serve(key.fileobj, key.data, events)
-            now = time.monotonic()
+                    self._serve(key.fileobj, key.data, events, now)
             if not listening and now >= self._paused_until:
                 sel.register(self.sock, selectors.EVENT_READ, None)
                 listening = True
@@ -260,36 +263,50 @@ class P0fSocketServer:
                 self.idle_closed += 1
                 self._close(conn)
 
-    def _serve(self, conn: socket.socket, client: _Client, events: int) -> None:
+    def _serve(self, conn: socket.socket, client: _Client, events: int, now: float) -> None:
+        out = client.out
         try:
             if events & selectors.EVENT_READ:
                 # Read no more than the answers still allowed: a client's memory stays bounded
                 # by max_pending answers and one partial query.
-                data = conn.recv(QUERY_SIZE * self.max_pending)
+                data = conn.recv(self._recv_size)
                 if not data:
                     return self._close(conn)
-                client.active = time.monotonic()
-                buf = client.inbuf + data if client.inbuf else data
-                whole = len(buf) - len(buf) % QUERY_SIZE
-                answers = [p0f_answer(buf[i:i + QUERY_SIZE], self.hosts) for i in range(0, whole, QUERY_SIZE)]
-                client.inbuf = buf[whole:]
-                self.queries += len(answers)
-                self.bad_queries += sum(1 for a in answers if a is BAD_QUERY_RESPONSE)
-                client.out += b"".join(answers)
-            if client.out:
-                sent = conn.send(client.out)
+                client.active = now
+                if len(data) == QUERY_SIZE and not out and not client.inbuf:
+                    # The usual client, one query at a time: answered with no buffering.
+                    answer = p0f_answer(data, self.hosts)
+                    self.queries += 1
+                    self.bad_queries += answer is BAD_QUERY_RESPONSE
+                    try:
+                        sent = conn.send(answer)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    if sent == RESPONSE_SIZE:
+                        return
+                    out += answer[sent:]
+                else:
+                    buf = client.inbuf + data if client.inbuf else data
+                    whole = len(buf) - len(buf) % QUERY_SIZE
+                    answers = [p0f_answer(buf[i:i + QUERY_SIZE], self.hosts) for i in range(0, whole, QUERY_SIZE)]
+                    client.inbuf = buf[whole:]
+                    self.queries += len(answers)
+                    self.bad_queries += sum(1 for a in answers if a is BAD_QUERY_RESPONSE)
+                    out += b"".join(answers)
+            if out:
+                sent = conn.send(out)
                 if sent:
-                    del client.out[:sent]
-                    client.active = time.monotonic()
+                    del out[:sent]
+                    client.active = now
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # the client went away mid-query: forget it, nothing else
             return self._close(conn)
-        reading = len(client.out) < RESPONSE_SIZE * self.max_pending
+        reading = len(out) < self._out_limit
         if not reading and client.reading:
             self.throttled += 1
         client.reading = reading
-        want = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if client.out else 0)
+        want = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if out else 0)
         if want != client.events:
             client.events = want
             self._sel.modify(conn, want, client)

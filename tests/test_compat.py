@@ -368,11 +368,13 @@ def test_bad_queries_are_answered_and_counted(p0f_server):
     with socket.socket(socket.AF_UNIX) as c:
         c.settimeout(5)
         c.connect(server.path)
-        c.sendall(_query(b"\0" * 16, 5) + _query(b"\0" * 16, 4, 0x12345678) + _query(b"\0" * 16))
+        c.sendall(_query(b"\0" * 16, 5) + _query(b"\0" * 16, 4, 0x12345678) + _query(b"\0" * 16))  # pipelined
         answers = _recv(c, 3 * 232)
-    assert [_fields(answers[i:i + 232])[1] for i in (0, 232, 464)] == [compat.STATUS_BAD_QUERY] * 2 + [
-        compat.STATUS_NO_MATCH]
-    assert (server.stats()["queries"], server.stats()["bad_queries"]) == (3, 2)
+        c.sendall(_query(b"\0" * 16, 7))  # alone
+        answers += _recv(c, 232)
+    assert [_fields(answers[i:i + 232])[1] for i in range(0, 4 * 232, 232)] == [
+        compat.STATUS_BAD_QUERY, compat.STATUS_BAD_QUERY, compat.STATUS_NO_MATCH, compat.STATUS_BAD_QUERY]
+    assert (server.stats()["queries"], server.stats()["bad_queries"]) == (4, 3)
 
 
 # The server in a process of its own: its file limit and its memory are its own.
@@ -480,6 +482,28 @@ def test_a_pipeliner_that_never_reads(tmp_path):
         assert child.state()["queries"] == sent // 21 + 1
     finally:
         child.stop()
+
+
+def test_a_client_that_stops_reading_loses_no_answer(p0f_server):
+    """One query at a time, each read alone by the server, and none of the answers read: the
+    answers back up into the server's buffer, then it stops reading; all arrive once the client reads."""
+    server = p0f_server()
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(1)
+        c.connect(server.path)
+        sent = 0
+        for _ in range(20_000):
+            try:
+                c.sendall(_query(socket.inet_aton("198.51.100.8")))
+            except TimeoutError:
+                break
+            sent += 1
+            time.sleep(0.0002)  # apart, so that each is read on its own
+        assert server.stats()["throttled"] >= 1 and sent < 20_000
+        c.settimeout(5)
+        answers = _recv(c, sent * 232)
+    assert all(_answered(answers[i:i + 232]) for i in range(0, len(answers), 232))
+    assert server.stats()["queries"] == sent
 
 
 def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
