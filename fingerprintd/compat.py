@@ -176,7 +176,7 @@ class P0fSocketServer:
     def _run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # noqa: BLE001 - whatever it was, the service must learn of it
+        except BaseException as exc:  # whatever it was, the service must learn of it
             # Clients see the socket closed and fail open at once, instead of waiting
             # out their timeouts on a socket nobody serves.
             for conn in list(self._conns):
@@ -448,7 +448,7 @@ class AnalyzerServer:
     def _run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # noqa: BLE001 - whatever it was, the service must learn of it
+        except BaseException as exc:  # whatever it was, the service must learn of it
             fatal(self, "p0f-analyzer", exc)
 
     def _loop(self) -> None:

@@ -353,13 +353,13 @@ def test_idle_connections_do_not_lock_out_a_fresh_client(p0f_server):
 
 
 def test_a_slow_but_active_client_is_not_idle(p0f_server):
-    server = p0f_server(idle_timeout=0.5)
+    server = p0f_server(idle_timeout=1.5)
     with socket.socket(socket.AF_UNIX) as c:
         c.settimeout(5)
         c.connect(server.path)
-        for _ in range(10):  # a query every 0.2 s for 2 s: four idle timeouts' worth
+        for _ in range(40):  # a query every 0.1 s for 4 s: over two idle timeouts' worth
             assert _answered(_ask_on(c))
-            time.sleep(0.2)
+            time.sleep(0.1)
     assert server.stats()["idle_closed"] == 0
 
 
@@ -538,7 +538,7 @@ def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
 def _datagrams(port: int, source: str, *payloads: bytes, replies: int) -> list[bytes]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((source, 0))
-        s.settimeout(5)
+        s.settimeout(10)
         for p in payloads:
             s.sendto(p, ("127.0.0.1", port))
         return [s.recv(2048) for _ in range(replies)]
@@ -558,8 +558,8 @@ def test_analyzer_counts_what_it_does():
 
 
 def test_analyzer_bounds_the_datagrams_in_flight():
-    # Lookups of connections never seen wait the full 2 s: the first two hold both places.
-    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8"], wait=2.0, max_inflight=2)
+    # Lookups of connections never seen wait the full 3 s: the first two hold both places.
+    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8"], wait=3.0, max_inflight=2)
     server.start()
     try:
         got = _datagrams(server.port, "127.0.0.1", *[f"[198.51.100.6]:25 n{i}".encode() for i in range(10)],
