@@ -79,6 +79,8 @@ def p0f_response(status: int, host: HostRecord | None = None) -> bytes:
 
 
 BAD_QUERY_RESPONSE = p0f_response(STATUS_BAD_QUERY)
+NO_MATCH_RESPONSE = p0f_response(STATUS_NO_MATCH)
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 def p0f_answer(query: bytes, hosts: HostTable) -> bytes:
@@ -87,10 +89,10 @@ def p0f_answer(query: bytes, hosts: HostTable) -> bytes:
     if magic != QUERY_MAGIC or kind not in (4, 6):
         return BAD_QUERY_RESPONSE
     addr = raw[:4] if kind == 4 else raw
-    if kind == 6 and addr[:12] == b"\0" * 10 + b"\xff\xff":
+    if kind == 6 and addr[:12] == _V4_MAPPED:
         addr = addr[12:]  # IPv4-mapped: the SYN carried the IPv4 address
     _, host = hosts.lookup(addr, 0)
-    return p0f_response(STATUS_OK, host) if host is not None else p0f_response(STATUS_NO_MATCH)
+    return p0f_response(STATUS_OK, host) if host is not None else NO_MATCH_RESPONSE
 
 
 class P0fSocketServer:
