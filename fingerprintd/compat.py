@@ -149,7 +149,8 @@ class P0fSocketServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.ident is not None:  # started (a service that failed to start stops the rest)
+            self._thread.join(2)
         for conn in list(self._conns):
             conn.close()
         self._conns.clear()
@@ -429,7 +430,8 @@ class AnalyzerServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.ident is not None:  # started (a service that failed to start stops the rest)
+            self._thread.join(2)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.sock.close()
 
