@@ -180,7 +180,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     db = load_db(args.signatures, args.p0f_bugs)
     ports = None if (args.all_ports or args.bpf) else (args.port or [25])
     classes = load_class_map(args.classes)
-    engine = Engine(Matcher(db, p0f_bugs=args.p0f_bugs, classes=classes), ports=ports, p0f_bugs=args.p0f_bugs)
+    engine = Engine(Matcher(db, p0f_bugs=args.p0f_bugs, classes=classes), ports=ports, p0f_bugs=args.p0f_bugs,
+                    host_records=True)
     fmt = FORMATTERS[args.format]()
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable

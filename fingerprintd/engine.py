@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from fingerprintd import packet
+from fingerprintd import nat, packet
 from fingerprintd.flows import FlowLimits, FlowTable, RecentSyns
 from fingerprintd.matcher import Fingerprint, Matcher
+from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.packet import ACK, SYN, Packet
 
 # Skip reasons the engine adds to the parser's.
@@ -24,26 +25,30 @@ R_OTHER_PORT = "other-port"
 
 
 class Observation(NamedTuple):
-    """One fingerprinted SYN or SYN+ACK."""
+    """One fingerprinted SYN or SYN+ACK, with the host records it set off.
 
-    mod: str  # "syn", "syn+ack", "sendsyn probe" or "sendsyn response"
+    With `Engine(host_records=True)` an ACK, FIN or RST of a tracked flow can
+    also yield an observation of its own: mod "uptime", `fp` None (p0f logs
+    uptime from any packet of a flow whose timestamps allow it).
+    """
+
+    mod: str  # "syn", "syn+ack", "sendsyn probe", "sendsyn response", or "uptime"
     pkt: Packet
-    fp: Fingerprint
+    fp: Fingerprint  # None only for mod "uptime"
     linktype: int
-
-    @property
-    def to_server(self) -> bool:
-        return self.fp.to_server
+    to_server: bool  # the packet went client -> server
+    nat: NatRecord | None  # a "host change" or "ip sharing" record, p0f logs it after the observation
+    uptime: Uptime | None  # p0f logs it after the mtu line
 
     @property
     def client(self) -> tuple[bytes, int]:
         p = self.pkt
-        return (p.src, p.sport) if self.fp.to_server else (p.dst, p.dport)
+        return (p.src, p.sport) if self.to_server else (p.dst, p.dport)
 
     @property
     def server(self) -> tuple[bytes, int]:
         p = self.pkt
-        return (p.dst, p.dport) if self.fp.to_server else (p.src, p.sport)
+        return (p.dst, p.dport) if self.to_server else (p.src, p.sport)
 
 
 _new_observation = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
@@ -59,6 +64,7 @@ class Engine:
         p0f_bugs: bool = False,
         limits: FlowLimits | None = None,
         flows: FlowTable | RecentSyns | None = None,
+        host_records: bool = False,
     ) -> None:
         self.matcher = matcher
         self.ports = frozenset(ports) if ports is not None else None  # None: every port
@@ -68,6 +74,9 @@ class Engine:
         self.fingerprinted: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.syn_classes: Counter[str] = Counter()  # SYNs by the sender's mail class
+        self.records: Counter[str] = Counter()  # host change, ip sharing, uptime
+        self.host_records = host_records  # uptime records from ACK/FIN/RST packets too
+        self.nat_exact = p0f_bugs  # p0f's NAT scoring to the bit, see nat.py
 
     def feed(self, frame: bytes, linktype: int, sec: int, usec: int = 0) -> Observation | None:
         """Process one captured frame; the observation it yields, if any."""
@@ -85,6 +94,9 @@ class Engine:
         skipped = self.skipped
         done = self.fingerprinted
         classes = self.syn_classes
+        exact = self.nat_exact
+        on_syn = nat.on_syn
+        records = self.records
         for sec, usec, frame in batch:
             flows.tick(sec)
             pkt = parse(frame, linktype, sec + usec * 1e-6, bugs)
@@ -93,8 +105,13 @@ class Engine:
                 continue
             tcp_type = pkt.tcp_type  # type: ignore[union-attr]
             if tcp_type != SYN and tcp_type != SYN | ACK:
-                flows.other(pkt)  # type: ignore[arg-type]
+                due = flows.other(pkt)  # type: ignore[arg-type]
                 skipped[R_NOT_SYN] += 1
+                if due is not None and self.host_records:
+                    up = nat.on_other(due[0], due[1], pkt, sec * 1000 + usec // 1000)  # type: ignore[arg-type]
+                    if up is not None:
+                        records["uptime"] += 1
+                        out.append(_new_observation(Observation, ("uptime", pkt, None, linktype, due[1], None, up)))
                 continue
             if ports is not None and pkt.dport not in ports and pkt.sport not in ports:  # type: ignore[union-attr]
                 skipped[R_OTHER_PORT] += 1
@@ -108,6 +125,7 @@ class Engine:
                 flows.syn_done(flow, pkt, fp.app)  # type: ignore[arg-type]
                 mod = "sendsyn probe" if flow.sendsyn else "syn"
                 classes[fp.mail_class] += 1
+                to_srv = True
             else:
                 flow = flows.synack(pkt)  # type: ignore[arg-type]
                 if flow is None:
@@ -116,8 +134,14 @@ class Engine:
                 fp = fingerprint(pkt, False, flow.syn_mss, flow.sendsyn)  # type: ignore[arg-type]
                 flows.synack_done(flow, pkt, fp.app)  # type: ignore[arg-type]
                 mod = "sendsyn response" if flow.sendsyn else "syn+ack"
+                to_srv = False
             done[mod] += 1
-            out.append(_new_observation(Observation, (mod, pkt, fp, linktype)))
+            rec, up = on_syn(to_srv, flow, pkt, fp, sec, sec * 1000 + usec // 1000, exact)  # type: ignore[arg-type]
+            if rec is not None:
+                records[rec.kind] += 1
+            if up is not None:
+                records["uptime"] += 1
+            out.append(_new_observation(Observation, (mod, pkt, fp, linktype, to_srv, rec, up)))
         self.packets += len(batch)
         return out
 
@@ -127,5 +151,6 @@ class Engine:
             "fingerprinted": dict(self.fingerprinted),
             "skipped": dict(sorted(self.skipped.items())),
             "syn_mail_classes": dict(sorted(self.syn_classes.items())),
+            "records": dict(sorted(self.records.items())),
             "cache": self.matcher.cache_stats(),
         }

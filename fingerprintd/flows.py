@@ -28,20 +28,21 @@ _U32 = 0xFFFFFFFF
 class Host:
     """One address's entry in p0f's host table."""
 
-    __slots__ = ("first_seen", "last_seen", "use_cnt", "total_conn")
+    __slots__ = ("first_seen", "last_seen", "use_cnt", "total_conn", "nat")
 
     def __init__(self, first_seen: int, last_seen: int) -> None:
         self.first_seen = first_seen
         self.last_seen = last_seen
         self.use_cnt = 0  # flows that reference it; p0f never frees a host in use
         self.total_conn = 0
+        self.nat = None  # nat.HostState once a signature was scored: it lives and dies with the host
 
 
 class Flow:
     """A connection from its SYN until p0f would forget it."""
 
     __slots__ = ("key", "client", "server", "created", "next_cli_seq", "syn_mss", "sendsyn", "acked",
-                 "next_srv_seq", "http", "request")
+                 "next_srv_seq", "http", "request", "cli_tps", "srv_tps")
 
     def __init__(self, key: tuple, client: Host, server: Host, created: int, next_cli_seq: int) -> None:
         self.key = key  # (client, client port, server, server port)
@@ -55,6 +56,8 @@ class Flow:
         self.next_srv_seq = 0
         self.http = 0  # 0 unknown, 1 HTTP, -1 not HTTP
         self.request = b""
+        self.cli_tps = 0  # timestamp clock readings, see nat.check_uptime: 0 none yet, -1 bad, else Hz
+        self.srv_tps = 0
 
 
 @dataclass(slots=True)
@@ -194,27 +197,32 @@ class FlowTable:
         else:
             flow.next_srv_seq = (pkt.seq + 1) & _U32
 
-    def other(self, pkt: Packet) -> None:
-        """ACK, FIN or RST: keep the flow books as p0f does."""
+    def other(self, pkt: Packet) -> tuple[Flow, bool] | None:
+        """ACK, FIN or RST: keep the flow books as p0f does.
+
+        Returns (flow, to_srv) when p0f would read the packet's timestamp for
+        uptime (an in-sequence ACK, or a FIN/RST) - the flow may be gone by then.
+        """
         flow, to_srv = self._lookup(pkt)
         if flow is None:
-            return
-        if pkt.tcp_type & (FIN | RST) or flow.sendsyn or not flow.acked:
+            return None
+        if pkt.tcp_type & (FIN | RST):
             self._destroy(flow.key)
-            return
+            return flow, to_srv
+        if flow.sendsyn or not flow.acked:
+            self._destroy(flow.key)
+            return None
         if to_srv:
             if flow.next_cli_seq != pkt.seq:
-                return
+                return None
             flow.next_cli_seq = (flow.next_cli_seq + pkt.pay_len) & _U32
         else:
             if flow.next_srv_seq != pkt.seq:
-                return
+                return None
             flow.next_srv_seq = (flow.next_srv_seq + pkt.pay_len) & _U32
-        if not pkt.pay_len:
-            return
-        if self._http_needs_more(flow, pkt, to_srv):
-            return
-        self._destroy(flow.key)
+        if pkt.pay_len and not self._http_needs_more(flow, pkt, to_srv):
+            self._destroy(flow.key)
+        return flow, to_srv
 
     @staticmethod
     def _http_needs_more(flow: Flow, pkt: Packet, to_srv: bool) -> bool:
@@ -231,30 +239,35 @@ class FlowTable:
 
 
 class _SynOnly:
-    """What RecentSyns hands the engine for a new SYN: no flow state at all."""
+    """What RecentSyns hands the engine for a new SYN: its client's host entry, no flow state."""
 
-    __slots__ = ("sendsyn", "syn_mss")
+    __slots__ = ("sendsyn", "syn_mss", "client", "server", "cli_tps", "srv_tps")
 
-    def __init__(self, sendsyn: bool) -> None:
+    def __init__(self, sendsyn: bool, client: Host) -> None:
         self.sendsyn = sendsyn
         self.syn_mss = 0
+        self.client = client
+        self.server = None
+        self.cli_tps = 0
+        self.srv_tps = 0
 
 
 class RecentSyns:
     """Flow books for the live service: skip retransmitted SYNs, track nothing else.
 
     The service only answers questions about clients, so it needs neither
-    p0f's SYN+ACK pairing nor its host table; keeping p0f's books would cost
+    p0f's SYN+ACK pairing nor its flow table; keeping p0f's books would cost
     a third of the per-SYN budget.  A SYN is a retransmission when the same
-    4-tuple was seen with the same ISN among the last `size` SYNs.
+    4-tuple was seen with the same ISN among the last `size` SYNs.  Clients
+    keep a host entry (for the host-change scores, nat.py) among the last
+    `hosts` addresses seen.
     """
 
-    _PLAIN = _SynOnly(False)
-    _SENDSYN = _SynOnly(True)
-
-    def __init__(self, size: int = 65536) -> None:
+    def __init__(self, size: int = 65536, hosts: int = 65536) -> None:
         self.size = size
+        self.max_hosts = hosts
         self.seen: OrderedDict[tuple, int] = OrderedDict()
+        self.hosts: OrderedDict[bytes, Host] = OrderedDict()
 
     def tick(self, sec: int) -> None:
         pass
@@ -268,7 +281,17 @@ class RecentSyns:
         seen.move_to_end(key)
         if len(seen) > self.size:
             seen.popitem(last=False)
-        return self._SENDSYN if pkt.win == SENDSYN_WIN and pkt.mss == SENDSYN_MSS else self._PLAIN
+        now = int(pkt.ts)
+        hosts = self.hosts
+        host = hosts.get(pkt.src)
+        if host is None:
+            host = hosts[pkt.src] = Host(now, now)
+            if len(hosts) > self.max_hosts:
+                hosts.popitem(last=False)
+        else:
+            host.last_seen = now
+            hosts.move_to_end(pkt.src)
+        return _SynOnly(pkt.win == SENDSYN_WIN and pkt.mss == SENDSYN_MSS, host)
 
     def syn_done(self, flow, pkt: Packet, app: bool) -> None:
         pass
@@ -280,7 +303,7 @@ class RecentSyns:
         pass
 
     def other(self, pkt: Packet) -> None:
-        pass
+        return None
 
 
 __all__ = ["ACK", "FlowTable", "FlowLimits", "Flow", "Host", "RecentSyns"]

@@ -49,7 +49,8 @@ class _Clock:
 
 
 def p0f_log_formatter() -> Callable[[Observation], str]:
-    """Lines byte-compatible with `p0f -o`: the observation, then its mtu line."""
+    """Lines byte-compatible with `p0f -o`: the observation, its host change or ip sharing
+    record, its mtu line, its uptime record (p0f's order)."""
     clock = _Clock("%Y/%m/%d %H:%M:%S")
     ntoa = socket.inet_ntoa
 
@@ -65,26 +66,56 @@ def p0f_log_formatter() -> Callable[[Observation], str]:
 
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp
-        tail = tails(fp)
         src, dst = pkt.src, pkt.dst
         src = ntoa(src) if len(src) == 4 else p0f_addr(src)
         dst = ntoa(dst) if len(dst) == 4 else p0f_addr(dst)
-        if fp.to_server:
+        if obs.to_server:
             who = f"|cli={src}/{pkt.sport}|srv={dst}/{pkt.dport}|subj=cli|"
         else:
             who = f"|cli={dst}/{pkt.dport}|srv={src}/{pkt.sport}|subj=srv|"
         head = f"[{clock(int(pkt.ts))}] mod="
-        if tail[1] is None:
-            return f"{head}{obs.mod}{who}{tail[0]}"
-        return f"{head}{obs.mod}{who}{tail[0]}{head}mtu{who}{tail[1]}"
+        if fp is None:  # an uptime record of its own (from an ACK, FIN or RST)
+            return f"{head}uptime{who}{_uptime_tail(obs.uptime)}"
+        tail = tails(fp)
+        if obs.nat is None and obs.uptime is None:  # the common case, kept short
+            if tail[1] is None:
+                return f"{head}{obs.mod}{who}{tail[0]}"
+            return f"{head}{obs.mod}{who}{tail[0]}{head}mtu{who}{tail[1]}"
+        out = f"{head}{obs.mod}{who}{tail[0]}"
+        if obs.nat is not None:
+            nat = obs.nat
+            out += f"{head}{nat.kind}{who}reason={nat.reason or '???'}|raw_hits={','.join(map(str, nat.raw_hits))}\n"
+        if tail[1] is not None:
+            out += f"{head}mtu{who}{tail[1]}"
+        if obs.uptime is not None:
+            out += f"{head}uptime{who}{_uptime_tail(obs.uptime)}"
+        return out
 
     return fmt
 
 
+def _uptime_tail(up) -> str:
+    return f"uptime={up.text()}|raw_freq={up.freq:.2f} Hz\n"
+
+
+def _records_dict(obs: Observation) -> dict:
+    nat, up = obs.nat, obs.uptime
+    return {
+        "nat": None if nat is None else {"kind": nat.kind, "reason": nat.reason.split() if nat.reason else [],
+                                         "raw_hits": list(nat.raw_hits)},
+        "uptime": None if up is None else {"minutes": up.minutes, "modulo_days": up.modulo_days,
+                                           "freq_hz": round(up.freq, 2)},
+    }
+
+
 def observation_dict(obs: Observation) -> dict:
     pkt, fp = obs.pkt, obs.fp
-    label = fp.label
     (cip, cport), (sip, sport) = obs.client, obs.server
+    if fp is None:  # an uptime record from an ACK, FIN or RST
+        return {"ts": round(pkt.ts, 6), "mod": "uptime", "subject": "client" if obs.to_server else "server",
+                "client": {"ip": ip_text(cip), "port": cport}, "server": {"ip": ip_text(sip), "port": sport},
+                **_records_dict(obs)}
+    label = fp.label
     os_ = app = None
     if label is not None and label.is_app:
         app = {"name": label.name, "flavor": label.flavor, "label": label.text}
@@ -116,6 +147,7 @@ def observation_dict(obs: Observation) -> dict:
         "ip_version": pkt.ip_ver,
         "ttl": pkt.ttl,
         "capture_link": link_name(obs.linktype),
+        **_records_dict(obs),
     }
 
 
@@ -130,14 +162,23 @@ def text_formatter() -> Callable[[Observation], str]:
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp
         (cip, cport), (sip, sport) = obs.client, obs.server
+        arrow = "->" if obs.to_server else "<-"
+        records = ""
+        if obs.nat is not None:
+            records += f" {obs.nat.kind.replace(' ', '_')}={obs.nat.reason.replace(' ', ',') or '???'}"
+        if obs.uptime is not None:
+            records += f" uptime={obs.uptime.minutes}min/{obs.uptime.freq:.2f}Hz"
+        if fp is None:
+            where = f"{endpoint(cip, cport)} {arrow} {endpoint(sip, sport)}"
+            return f"{clock(int(pkt.ts))} {obs.mod:<7} {where} {records}\n"
         what = f"{'app ' if fp.app and fp.label else ''}{fp.os_text}"
         if fp.params != "none":
             what += f" [{fp.params}]"
         link = f" link={fp.link or '???'}/{fp.raw_mtu}" if fp.mtu_reported else ""
-        arrow = "->" if fp.to_server else "<-"
         return (
             f"{clock(int(pkt.ts))} {obs.mod:<7} {endpoint(cip, cport)} {arrow} "
-            f"{endpoint(sip, sport)}  {what}  class={fp.mail_class} dist={fp.dist_text}{link} raw_sig={fp.raw_sig}\n"
+            f"{endpoint(sip, sport)}  {what}  class={fp.mail_class} dist={fp.dist_text}{link} raw_sig={fp.raw_sig}"
+            f"{records}\n"
         )
 
     return fmt

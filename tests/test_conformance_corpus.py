@@ -13,7 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CORPUS, GOLDEN, OUR_DB, STOCK_DB, diff_report, flow_neutral, need, run_p0f, run_replay
+from tests.conftest import (
+    CORPUS,
+    GOLDEN,
+    HOST_RECORDS,
+    OUR_DB,
+    STOCK_DB,
+    carries_http,
+    diff_report,
+    flow_neutral,
+    need,
+    run_p0f,
+    run_replay,
+    without_host_records,
+)
 
 PCAPS = sorted((CORPUS / "pcaps").glob("*")) if (CORPUS / "pcaps").is_dir() else []
 
@@ -31,12 +44,17 @@ def corpus_present():
 def test_corpus_matches_p0f(p0f_bin, corpus_present, pcap: Path, tmp_path, capsys):
     expected = run_p0f(p0f_bin, pcap, tmp_path / "p0f.log")
     compat = run_replay(pcap, tmp_path / "compat.log", "--all-ports", "--p0f-bugs", "--summary-json")
+    http = carries_http(pcap)  # see carries_http; test_corpus_host_records_compared counts the rest
+    if http:
+        expected, compat = without_host_records(expected), without_host_records(compat)
     assert compat == expected, diff_report(expected, compat)
     skipped = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["skipped"]
 
     # Without --p0f-bugs we differ only where p0f's bugs bite: a SYN whose
     # ack+ p0f missed (and that flow's later lines), or frames p0f cannot read.
     fixed = flow_neutral(run_replay(pcap, tmp_path / "fixed.log", "--all-ports"))
+    if http:
+        fixed = without_host_records(fixed)
     expected = flow_neutral(expected)  # the IPv6 flow-label rule differs on purpose
     ack_keys = {_key(ln) for ln in fixed if "mod=syn|" in ln and "ack+" in ln.split("raw_sig=")[1]}
     fixed_rest = [ln for ln in fixed if _key(ln) not in ack_keys]
@@ -45,6 +63,17 @@ def test_corpus_matches_p0f(p0f_bin, corpus_present, pcap: Path, tmp_path, capsy
         p0f_keys = {_key(ln) for ln in p0f_rest}
         fixed_rest = [ln for ln in fixed_rest if _key(ln) in p0f_keys]
     assert fixed_rest == p0f_rest, diff_report(p0f_rest, fixed_rest)
+
+
+def test_corpus_host_records_compared(p0f_bin, corpus_present, tmp_path):
+    """Enough captures without HTTP carry p0f host records (host change, ip sharing, uptime)
+    for test_corpus_matches_p0f's full comparison to mean something."""
+    with_records = 0
+    for pcap in PCAPS:
+        if not carries_http(pcap):
+            lines = run_p0f(p0f_bin, pcap, tmp_path / "p0f.log")
+            with_records += any(m in ln for ln in lines for m in HOST_RECORDS)
+    assert with_records >= 5, with_records
 
 
 def test_corpus_default_port_filter(corpus_present, tmp_path):
@@ -58,12 +87,16 @@ def test_corpus_default_port_filter(corpus_present, tmp_path):
 
 
 def _observations(lines: list[str]) -> list[dict]:
-    """p0f-log lines -> one dict per syn, with its mtu line's fields merged in."""
+    """p0f-log lines -> one dict per syn, with its mtu, host change and uptime lines' fields merged in."""
     out: list[dict] = []
     for ln in lines:
         fields = dict(kv.split("=", 1) for kv in ln.split("] ", 1)[1].split("|"))
         if fields["mod"] == "mtu":
             out[-1].update(link=fields["link"], raw_mtu=fields["raw_mtu"])
+        elif fields["mod"] in ("host change", "ip sharing"):
+            out[-1].update({fields["mod"].replace(" ", "_"): fields["reason"], "raw_hits": fields["raw_hits"]})
+        elif fields["mod"] == "uptime":
+            out[-1].update(uptime=fields["uptime"], raw_freq=fields["raw_freq"])
         else:
             fields["os"] = fields["os"] if "os" in fields else f"app: {fields['app']}"
             out.append(fields)
@@ -80,7 +113,8 @@ def test_golden_vectors(tmp_path, p0f_bugs):
                        *(["--p0f-bugs"] if p0f_bugs else []), db=STOCK_DB)
     got = _observations(lines)
     assert len(got) == len(cases)
-    keys = ("os", "dist", "params", "raw_sig", "link", "raw_mtu")
+    keys = ("os", "dist", "params", "raw_sig", "link", "raw_mtu", "host_change", "ip_sharing", "raw_hits", "uptime",
+            "raw_freq")
     deviations = 0
     for case, obs in zip(cases, got, strict=True):
         if not p0f_bugs and "ack+" in obs["raw_sig"] and "ack+" not in case["raw_sig"]:
