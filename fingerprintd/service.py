@@ -207,11 +207,15 @@ class Service:
                 user, _, group = cfg.p0f_socket_owner.partition(":")
                 pw = pwd.getpwnam(user)
                 owner = (pw.pw_uid, grp.getgrnam(group).gr_gid if group else pw.pw_gid)
-            self.compat.append(P0fSocketServer(cfg.p0f_socket, self.hosts, int(cfg.p0f_socket_mode, 8), owner))
+            self.compat.append(P0fSocketServer(cfg.p0f_socket, self.hosts, int(cfg.p0f_socket_mode, 8), owner,
+                                               max_connections=cfg.p0f_socket_max_connections,
+                                               idle_timeout=cfg.p0f_socket_idle_timeout,
+                                               max_pending=cfg.p0f_socket_max_pending))
             event(logging.INFO, "p0f API socket", path=cfg.p0f_socket, mode=cfg.p0f_socket_mode)
         if cfg.analyzer_udp:
             host, port = split_host_port(cfg.analyzer_udp)
-            self.compat.append(AnalyzerServer(host, port, self.hosts, cfg.analyzer_allow))
+            self.compat.append(AnalyzerServer(host, port, self.hosts, cfg.analyzer_allow,
+                                              max_inflight=cfg.analyzer_max_inflight))
             event(logging.INFO, "p0f-analyzer UDP", listen=cfg.analyzer_udp, allow=cfg.analyzer_allow)
         for server in self.compat:
             server.start()
