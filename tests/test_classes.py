@@ -29,6 +29,7 @@ def test_every_bundled_label_has_a_class():
     ("Linux 4.19 and newer", "server"), ("Linux 2.6.x (Google crawler)", "server"),
     ("Linux Android 8 and newer", "mobile"), ("Linux (Android)", "mobile"),
     ("Windows 10 or 11", "desktop"), ("Windows XP", "desktop"), ("Windows NT kernel", "desktop"),
+    ("Windows Server 2016 and newer, or 10 or 11", "server"),
     ("Mac OS X 10.10 and newer, or iOS", "desktop"), ("iOS iPhone or iPad", "mobile"),
     ("FreeBSD 9.x or newer", "server"), ("OpenBSD 5.x", "server"), ("Solaris 10", "server"),
     ("NMap SYN scan", "scanner"), ("masscan", "scanner"), ("zmap", "scanner"), ("p0f sendsyn utility", "scanner"),
