@@ -299,6 +299,19 @@ def regenerate(text: str) -> str:
     return "\n".join(out)
 
 
+def generated_line_numbers(text: str) -> set[int]:
+    """Line numbers inside the generated blocks of a database text."""
+    inside, out = False, set()
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.startswith(GENERATED_START):
+            inside = True
+        elif line.startswith(GENERATED_END):
+            inside = False
+        elif inside:
+            out.add(number)
+    return out
+
+
 # --- The family fallback ---------------------------------------------------
 
 @dataclass(frozen=True)
