@@ -9,7 +9,7 @@ out of range make a line fuzzy).  A fuzzy tool (``!``) line means no match.
 One extension, in default mode and for a database built from the stack rules
 (``stackrules.fallback_for``): when no line matches and the option layout is
 one only a single stack's option writer produces at that initial TTL, the
-family is named as a generic match (flavor ``FALLBACK_FLAVOR``) with the
+family is named as a generic match (flavor ``stackrules.FALLBACK_FLAVOR``) with the
 reason, instead of ``???``.  ``p0f_bugs=True`` turns it off.
 
 Everything the answer depends on is a handful of header fields, and real
@@ -66,7 +66,6 @@ _FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
 _MASK_V4 = ~Q_FLOW  # quirks a '*' line cannot demand of an IPv4 packet
 _MASK_V6 = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)  # ... or of an IPv6 packet
 _FALLBACK_QUIRKS = Q_DF | Q_NZ_ID | Q_ZERO_ID | Q_ECN | Q_FLOW  # what a stock stack sets; anything else: no fallback
-FALLBACK_FLAVOR = "(by option layout)"
 _OPT_NAMES = {OPT_NOP: "nop", OPT_MSS: "mss", OPT_WS: "ws", OPT_SACKOK: "sok", OPT_SACK: "sack", OPT_TS: "ts"}
 
 
@@ -257,7 +256,6 @@ class Matcher:
         self.classes = classes  # loaded by the caller (classes.load_classes); without one every class is unknown
         self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
         self.fallback: FamilyFallback | None = None if p0f_bugs else fallback_for(db)
-        self._fallback_labels: dict[tuple[str, str], Label] = {}
         self.cache_size = cache_size
         self.cache: dict[tuple, Fingerprint] = {}
         self.hits = 0
@@ -308,14 +306,7 @@ class Matcher:
             return None
         got = self.fallback.claim(to_server, probe.ttl, layout_to_str(probe.layout, probe.eol_pad), probe.win,
                                   probe.mss, OPT_TS in probe.layout)
-        if got is None:
-            return None
-        claim, why = got
-        w = claim.writer
-        label = self._fallback_labels.get((w.klass, w.family))
-        if label is None:
-            label = self._fallback_labels[w.klass, w.family] = Label(True, w.klass, w.family, FALLBACK_FLAVOR, 0, 0)
-        return label, w.ttl - probe.ttl, why
+        return None if got is None else (got.label, got.ttl - probe.ttl, got.why)
 
     def explain(self, probe: Probe, to_server: bool = True) -> list[tuple[TcpSig, str | None, str]]:
         """Every line of the direction, with its verdict on the probe and why."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from itertools import product
+from typing import NamedTuple
 
-from fingerprintd.signatures import Database
+from fingerprintd.signatures import Database, Label
 
 # --- Option layouts --------------------------------------------------------
 #
@@ -367,6 +368,17 @@ class Claim:
     needs_whole_segments: bool  # the layout is shared: only Linux's segment-rounded window tells it apart
 
 
+FALLBACK_FLAVOR = "(by option layout)"  # the flavor of every fallback label: "Linux (by option layout)"
+
+
+class Fallback(NamedTuple):
+    """A family fallback verdict."""
+
+    label: Label  # generic, FALLBACK_FLAVOR, not from any line (line 0)
+    ttl: int  # the family's initial TTL
+    why: str
+
+
 class FamilyFallback:
     """(direction, initial TTL, layout) -> the one writer that produces it.
 
@@ -381,6 +393,7 @@ class FamilyFallback:
             for layout in w.layouts:
                 by_key.setdefault((w.to_server, w.ttl, layout), []).append(w)
         self.claims: dict[tuple[bool, int, str], Claim] = {}
+        self.labels = {(w.klass, w.family): Label(True, w.klass, w.family, FALLBACK_FLAVOR, 0, 0) for w in writers}
         for key, ws in by_key.items():
             families = {w.family for w in ws}
             if len(families) == 1:
@@ -390,8 +403,9 @@ class FamilyFallback:
                 if len(rounding) == 1:
                     self.claims[key] = Claim(rounding[0], rounding[0].layouts[key[2]], True)
 
-    def claim(self, to_server: bool, ttl: int, layout: str, win: int, mss: int, ts: bool) -> tuple[Claim, str] | None:
-        """The claim on a packet's shape and its reason, or None."""
+    def claim(self, to_server: bool, ttl: int, layout: str, win: int, mss: int, ts: bool) -> Fallback | None:
+        """The verdict on a packet's shape (TTL, option layout as p0f writes it, window, MSS, whether
+        it has timestamps), or None when no single writer claims it."""
         for ittl in (64, 128):
             if ittl - 35 <= ttl <= ittl:  # p0f's MAX_DIST: within 35 hops of the initial TTL
                 break
@@ -408,7 +422,7 @@ class FamilyFallback:
                f"writer produces ({claim.meaning}; {w.source})")
         if claim.needs_whole_segments:
             why += ", and the window is whole segments as Linux rounds it"
-        return claim, why
+        return Fallback(self.labels[w.klass, w.family], w.ttl, why)
 
 
 @cache

@@ -18,9 +18,9 @@ import pytest
 
 from fingerprintd import packet
 from fingerprintd.capture import open_offline
-from fingerprintd.matcher import FALLBACK_FLAVOR, Matcher
+from fingerprintd.matcher import Matcher
 from fingerprintd.signatures import load
-from fingerprintd.stackrules import generated_line_numbers
+from fingerprintd.stackrules import FALLBACK_FLAVOR, generated_line_numbers
 from tests.conftest import OUR_DB, STOCK_DB, diff_report, flow_neutral, run_p0f, run_replay
 from tests.craft import (
     IPv6ExtHdrDestOpt,

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from fingerprintd.matcher import FALLBACK_FLAVOR, Matcher, parse_raw_sig
+from fingerprintd.matcher import Matcher, parse_raw_sig
 from fingerprintd.signatures import load
-from fingerprintd.stackrules import regenerate
+from fingerprintd.stackrules import FALLBACK_FLAVOR, regenerate
 from tests.conftest import OUR_DB, ROOT, STOCK_DB, need
 
 OURS = Matcher(load(OUR_DB))
