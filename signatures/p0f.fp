@@ -3,6 +3,8 @@
 ; The TCP and MTU signatures below are the facts of p0f 3.09b's database
 ; (p0f by Michal Zalewski, LGPL-2.1), in p0f v3 syntax and in the same order,
 ; plus fingerprintd's additions for today's stacks, each marked and sourced.
+; The blocks marked "generated" are written by scripts/gen_signatures.py from
+; the stack-rule table in fingerprintd/stackrules.py: edit the table, not them.
 ; See README.md here for credits, the format, and how to add a signature.
 ; HTTP sections are left out: fingerprintd fingerprints TCP only. p0f 3.09b
 ; itself loads this file (p0f -f signatures/p0f.fp).
