@@ -12,6 +12,11 @@ counted once per database as:
 * unknown: `???` only,
 * wrong: another family (or a tool's line for an OS, or the reverse).
 
+The "p0f 3.09b" column is the real p0f binary (`p0f -r CAPTURE -o LOG` with
+its stock database, /etc/p0f/p0f.fp), its log read back; the fingerprintd
+column is `fingerprintd replay`'s engine with the bundled database (default
+mode: the fixes and the family fallback included).
+
 A host with several SYNs takes its most common verdict.  Families: Windows,
 Linux (Android is Linux's family too, but counted as its own row), macOS
 (with iOS), tool (scanners), other.  A label that starts with an OS name is
@@ -23,19 +28,25 @@ Android), the ones p0f 3.09b's database predates.
     python -m benchmarks.accuracy --netns
 
 adds real Linux-kernel SYNs and SYN+ACKs made here in network namespaces
-(tests/netns.py: every sysctl variant, IPv4 and IPv6; needs root), labeled
-"Linux" by construction.
+(tests/netns.py: the MTU x option-set sweep, buffer, TTL, ECN and listener
+variants, IPv4 and IPv6; needs root), labeled "Linux" by construction: the
+totals, then one row per variant with both databases' SYN and SYN+ACK labels.
 """
 
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from fingerprintd.capture import all_tcp_filter, open_offline, per_link
+from fingerprintd.classes import bundled_classes
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.signatures import load
@@ -79,38 +90,73 @@ def family_of_verdict(klass: str, name: str) -> str:
     return "other:" + name
 
 
-def _verdicts(pcap: Path, db_path: Path) -> dict[tuple, list[tuple[str, str, bool]]]:
-    """(address, sent SYNs?) and (address, sent SYNs?, client port) -> [(class, name, generic)]
-    for every SYN / SYN+ACK in the capture."""
-    engine = Engine(Matcher(load(db_path)), ports=None)
+P0F = "p0f"  # the binary; STOCK is its database
+
+
+def _verdicts(pcap: Path, db_path: Path) -> dict[tuple, list[tuple[str, str, bool, str]]]:
+    """(address, sent SYNs?) and (address, sent SYNs?, client port) -> [(class, name, generic, label text)]
+    for every SYN / SYN+ACK in the capture, by fingerprintd's engine."""
+    engine = Engine(Matcher(load(db_path), classes=bundled_classes()), ports=None)
     cap = open_offline(str(pcap), per_link(all_tcp_filter))
     out: dict = defaultdict(list)
     for batch in cap.batches():
         for obs in engine.feed_batch(batch, cap.linktype):
             label = obs.fp.label
-            verdict = (label.klass, label.name, label.generic) if label else ("", "???", False)
+            verdict = (label.klass, label.name, label.generic, label.text) if label else ("", "???", False, "???")
             out[(obs.pkt.src, obs.fp.to_server)].append(verdict)
             client_port = obs.pkt.sport if obs.fp.to_server else obs.pkt.dport
             out[(obs.pkt.src, obs.fp.to_server, client_port)].append(verdict)
     return out
 
 
-def evaluate(corpus: Path, db_path: Path, misses: list | None = None) -> dict:
+def p0f_verdicts(pcap: Path, db_path: Path = STOCK) -> dict[tuple, list[tuple[str, str, bool, str]]]:
+    """The same as _verdicts, from the real p0f binary's `-o` log of the capture."""
+    binary = shutil.which(P0F) or "/usr/sbin/p0f"
+    labels = {lab.text: lab for lab in load(db_path).labels}
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "p0f.log"
+        proc = subprocess.run([binary, "-f", str(db_path), "-r", str(pcap), "-o", str(log)], capture_output=True,
+                              text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"p0f failed on {pcap}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        text = log.read_text(errors="replace") if log.exists() else ""
+    out: dict = defaultdict(list)
+    for line in text.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split("] ", 1)[1].split("|") if "=" in kv)
+        if fields.get("mod") not in ("syn", "syn+ack"):
+            continue
+        to_server = fields["mod"] == "syn"
+        cli_ip, cli_port = fields["cli"].rsplit("/", 1)
+        host = cli_ip if to_server else fields["srv"].rsplit("/", 1)[0]
+        if "app" in fields:
+            app = labels.get(fields["app"])
+            verdict = ("!", app.name if app else fields["app"], False, fields["app"])
+        elif fields.get("os", "???") == "???":
+            verdict = ("", "???", False, "???")
+        else:
+            label = labels[fields["os"]]
+            verdict = (label.klass, label.name, "generic" in fields.get("params", "").split(), fields["os"])
+        addr = ipaddress.ip_address(host).packed
+        out[(addr, to_server)].append(verdict)
+        out[(addr, to_server, int(cli_port))].append(verdict)
+    return out
+
+
+def evaluate(corpus: Path, db_path: Path, misses: list | None = None, p0f: bool = False) -> dict:
     rows = list(csv.DictReader(open(corpus / "labels.csv", newline="")))
-    return score(rows, corpus / "pcaps", db_path, misses)
+    return score(rows, corpus / "pcaps", db_path, misses, p0f)
 
 
-def score(rows: list[dict], pcaps: Path, db_path: Path, misses: list | None = None) -> dict:
+def score(rows: list[dict], pcaps: Path, db_path: Path, misses: list | None = None, p0f: bool = False) -> dict:
     """Outcome counts per family for labels.csv-style rows (pcap, host_ip, role, label; and
-    optionally client_port, to score one connection rather than a host)."""
-    import ipaddress
-
+    optionally client_port, to score one connection rather than a host).  `p0f`: the verdicts are
+    the p0f binary's with `db_path`, not fingerprintd's."""
     cache: dict[Path, dict] = {}
     table: dict[str, Counter] = defaultdict(Counter)
     for row in rows:
         pcap = pcaps / row["pcap"]
         if pcap not in cache:
-            cache[pcap] = _verdicts(pcap, db_path)
+            cache[pcap] = p0f_verdicts(pcap, db_path) if p0f else _verdicts(pcap, db_path)
         addr = ipaddress.ip_address(row["host_ip"]).packed
         key = (addr, row["role"] == "S") + ((int(row["client_port"]),) if row.get("client_port") else ())
         seen = cache[pcap].get(key, [])
@@ -118,7 +164,7 @@ def score(rows: list[dict], pcaps: Path, db_path: Path, misses: list | None = No
         if not seen:
             table[want]["no SYN seen"] += 1
             continue
-        klass, name, generic = Counter(seen).most_common(1)[0][0]
+        klass, name, generic, _text = Counter(seen).most_common(1)[0][0]
         if name == "???":
             outcome = "unknown"
         elif family_of_verdict(klass, name) == ("Linux" if want == "Android" else want):
@@ -141,7 +187,7 @@ def score(rows: list[dict], pcaps: Path, db_path: Path, misses: list | None = No
 def report(corpus: Path, misses: list | None = None) -> dict:
     out = {"fingerprintd": evaluate(corpus, OURS, misses)}
     if STOCK.exists():
-        out["p0f 3.09b"] = evaluate(corpus, STOCK)
+        out["p0f 3.09b"] = evaluate(corpus, STOCK, p0f=True)
     return out
 
 
@@ -160,15 +206,51 @@ def kernel_rows(pcap: Path, sent: list, net: int) -> list[dict]:
     return rows
 
 
-def kernel_report(folder: Path) -> dict:
-    from tests.netns import capture_kernel_syns
+def kernel_report(folder: Path) -> tuple[dict, list[dict]]:
+    """The totals on a fresh kernel sweep, and one row per variant."""
+    from tests.netns import VARIANTS, capture_kernel_syns
 
     pcap = folder / "kernel.pcap"
-    rows = kernel_rows(pcap, capture_kernel_syns(pcap, net=78), net=78)
+    sent = capture_kernel_syns(pcap, net=78)
+    rows = kernel_rows(pcap, sent, net=78)
     out = {"fingerprintd": score(rows, folder, OURS)}
+    ours, theirs = _verdicts(pcap, OURS), {}
     if STOCK.exists():
-        out["p0f 3.09b"] = score(rows, folder, STOCK)
-    return out
+        out["p0f 3.09b"] = score(rows, folder, STOCK, p0f=True)
+        theirs = p0f_verdicts(pcap, STOCK)
+    order = {v["name"]: i for i, v in enumerate(VARIANTS)}
+    per_variant: dict[str, dict] = {}
+    for row in rows:
+        variant = row["label"][len("Linux ("):-1]
+        addr = ipaddress.ip_address(row["host_ip"]).packed
+        key = (addr, row["role"] == "S", int(row["client_port"]))
+        entry = per_variant.setdefault(variant, {"variant": variant})
+        for db, verdicts in (("fingerprintd", ours), ("p0f 3.09b", theirs)):
+            if db == "p0f 3.09b" and not STOCK.exists():
+                continue
+            seen = verdicts.get(key)
+            text = _verdict_text(Counter(seen).most_common(1)[0][0]) if seen else "-"
+            fam = "v6" if ":" in row["host_ip"] else "v4"
+            entry.setdefault(f"{db} {'syn' if row['role'] == 'S' else 'syn+ack'} {fam}", text)
+    return out, sorted(per_variant.values(), key=lambda e: order.get(e["variant"], 1 << 30))
+
+
+def _verdict_text(verdict: tuple[str, str, bool, str]) -> str:
+    _klass, _name, generic, text = verdict
+    return f"{text} [generic]" if generic else text
+
+
+def print_variants(rows: list[dict]) -> None:
+    """One line per kernel variant: the SYN and SYN+ACK verdicts over IPv4 (IPv6 where it differs)."""
+    dbs = [db for db in ("fingerprintd", "p0f 3.09b") if any(k.startswith(db) for r in rows for k in r)]
+    print(f"{'variant':<22} " + " ".join(f"{db + ' ' + mod:<36}" for db in dbs for mod in ("syn", "syn+ack")))
+    for r in rows:
+        cells = []
+        for db in dbs:
+            for mod in ("syn", "syn+ack"):
+                v4, v6 = r.get(f"{db} {mod} v4", "-"), r.get(f"{db} {mod} v6")
+                cells.append(f"{v4 if v6 in (None, v4) else v4 + ' / v6: ' + v6:<36}")
+        print(f"{r['variant']:<22} " + " ".join(cells))
 
 
 def _pct(counts: dict, keys: tuple[str, ...]) -> str:
@@ -196,17 +278,19 @@ if __name__ == "__main__":
         sys.exit(f"no labels.csv in {corpus}")
     misses: list = []
     results = {"labeled corpus": report(corpus, misses)}
+    variants: list = []
     if "--netns" in sys.argv:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
-            results["kernel SYNs made here"] = kernel_report(Path(tmp))
+            results["kernel SYNs made here"], variants = kernel_report(Path(tmp))
     if "--json" in sys.argv:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({**results, "kernel variants": variants} if variants else results, indent=2))
     else:
         for title, table in results.items():
             print(f"# {title}")
             print_table(table)
+        if variants:
+            print("# kernel variants (IPv4; IPv6 after / where it differs)")
+            print_variants(variants)
         if "--hosts" in sys.argv:
             print("# labeled hosts the bundled database does not name specifically")
             for row, verdict, outcome in misses:

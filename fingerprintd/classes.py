@@ -58,6 +58,9 @@ class ClassMap:
         return "unknown"
 
 
+NO_CLASSES = ClassMap("<no class map>", ())  # every label "unknown": for callers that need no classes
+
+
 def parse_classes(text: str, source: str = "<classes>") -> ClassMap:
     doc = Located(text, source)
     data, fail = doc.data, doc.error
@@ -87,5 +90,5 @@ def load_classes(path: str | Path) -> ClassMap:
 
 @cache
 def bundled_classes() -> ClassMap:
-    """The bundled map, read once: what a Matcher uses unless given another."""
+    """The bundled map, read once (I/O: for the edges and tests, never the matcher)."""
     return load_classes(default_classes())

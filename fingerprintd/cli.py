@@ -447,7 +447,10 @@ def cmd_signatures_explain(args: argparse.Namespace) -> int:
     matcher = Matcher(db)
     to_server = not args.syn_ack
     sig, fuzzy, dist = matcher.find_probe(probe, to_server)
-    if sig is None:
+    fallback = matcher.family_fallback(probe, to_server) if sig is None else None
+    if fallback is not None:
+        print(f"verdict: {fallback[0].text} (generic family fallback, dist {fallback[1]}): {fallback[2]}")
+    elif sig is None:
         print(f"verdict: ??? (no line matches; dist {guess_dist(probe.ttl)})")
     else:
         kind = "generic " if sig.generic else ""

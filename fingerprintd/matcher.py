@@ -6,6 +6,12 @@ specific line wins at once, else the first exact generic line, else the first
 fuzzy line (only ``df``/``id+`` vanishing, ``id-``/``ecn`` appearing, or a TTL
 out of range make a line fuzzy).  A fuzzy tool (``!``) line means no match.
 
+One extension, in default mode and for a database built from the stack rules
+(``stackrules.fallback_for``): when no line matches and the option layout is
+one only a single stack's option writer produces at that initial TTL, the
+family is named as a generic match (flavor ``stackrules.FALLBACK_FLAVOR``) with the
+reason, instead of ``???``.  ``p0f_bugs=True`` turns it off.
+
 Everything the answer depends on is a handful of header fields, and real
 traffic repeats the same few stacks, so whole results are memoized on those
 fields: a repeated stack costs one dict lookup.
@@ -16,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, NamedTuple, TypeVar
 
-from fingerprintd.classes import ClassMap, bundled_classes
+from fingerprintd.classes import NO_CLASSES, ClassMap
 from fingerprintd.packet import (
     ACK,
     OPT_EOL,
@@ -50,6 +56,7 @@ from fingerprintd.signatures import (
     parse_text,
     win_multiplier,
 )
+from fingerprintd.stackrules import FamilyFallback, fallback_for
 
 DEFAULT_CACHE_SIZE = 16384  # distinct stacks; real traffic has a few hundred
 T = TypeVar("T")
@@ -58,6 +65,7 @@ _FUZZY_DELETABLE = Q_DF | Q_NZ_ID
 _FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
 _MASK_V4 = ~Q_FLOW  # quirks a '*' line cannot demand of an IPv4 packet
 _MASK_V6 = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)  # ... or of an IPv6 packet
+_FALLBACK_QUIRKS = Q_DF | Q_NZ_ID | Q_ZERO_ID | Q_ECN | Q_FLOW  # what a stock stack sets; anything else: no fallback
 _OPT_NAMES = {OPT_NOP: "nop", OPT_MSS: "mss", OPT_WS: "ws", OPT_SACKOK: "sok", OPT_SACK: "sack", OPT_TS: "ts"}
 
 
@@ -243,10 +251,11 @@ class Matcher:
     """Matches packets against one database; immutable once built."""
 
     def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool = False,
-                 classes: ClassMap | None = None) -> None:
+                 classes: ClassMap = NO_CLASSES) -> None:
         self.db = db
-        self.classes = classes if classes is not None else bundled_classes()
+        self.classes = classes  # loaded by the caller (classes.load_classes); without one every class is unknown
         self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
+        self.fallback: FamilyFallback | None = None if p0f_bugs else fallback_for(db)
         self.cache_size = cache_size
         self.cache: dict[tuple, Fingerprint] = {}
         self.hits = 0
@@ -264,6 +273,7 @@ class Matcher:
         return self.find_probe(Probe.of(pkt, syn_mss, self.flow_twin), to_server)
 
     def find_probe(self, probe: Probe, to_server: bool) -> tuple[TcpSig | None, bool, int]:
+        """p0f's search: (matched line or None, fuzzy, distance)."""
         ttl = probe.ttl
         fmatch: TcpSig | None = None
         gmatch: TcpSig | None = None
@@ -289,6 +299,14 @@ class Matcher:
         ):
             return fmatch, fmatch is not None, guess_dist(ttl)
         return fmatch, True, fmatch.ttl - ttl
+
+    def family_fallback(self, probe: Probe, to_server: bool) -> tuple[Label, int, str] | None:
+        """(the family's generic label, distance, reason) for a probe no line matches, or None."""
+        if self.fallback is None or probe.quirks & ~_FALLBACK_QUIRKS:
+            return None
+        got = self.fallback.claim(to_server, probe.ttl, layout_to_str(probe.layout, probe.eol_pad), probe.win,
+                                  probe.mss, OPT_TS in probe.layout)
+        return None if got is None else (got.label, got.ttl - probe.ttl, got.why)
 
     def explain(self, probe: Probe, to_server: bool = True) -> list[tuple[TcpSig, str | None, str]]:
         """Every line of the direction, with its verdict on the probe and why."""
@@ -317,13 +335,17 @@ class Matcher:
         return fp
 
     def _render(self, pkt: Packet, to_server: bool, syn_mss: int, sendsyn: bool) -> Fingerprint:
-        sig, fuzzy, dist = self.find(pkt, to_server, syn_mss)
+        probe = Probe.of(pkt, syn_mss, self.flow_twin)
+        sig, fuzzy, dist = self.find_probe(probe, to_server)
         label = sig.label if sig else None
         generic = bool(sig and sig.label.generic)
         random_ttl = bool(sig and sig.bad_ttl)
+        if sig is None and not sendsyn and (fallback := self.family_fallback(probe, to_server)) is not None:
+            label, dist, _ = fallback
+            generic = True
 
         params = []
-        if sig:
+        if label:
             if generic:
                 params.append("generic")
             if fuzzy:
@@ -353,7 +375,7 @@ class Matcher:
         return Fingerprint(
             to_server=to_server,
             label=label,
-            line=sig.line if sig else 0,
+            line=sig.line if sig else 0,  # 0 for a family fallback too
             fuzzy=fuzzy,
             generic=generic,
             random_ttl=random_ttl,

@@ -29,6 +29,7 @@ def test_every_bundled_label_has_a_class():
     ("Linux 4.19 and newer", "server"), ("Linux 2.6.x (Google crawler)", "server"),
     ("Linux Android 8 and newer", "mobile"), ("Linux (Android)", "mobile"),
     ("Windows 10 or 11", "desktop"), ("Windows XP", "desktop"), ("Windows NT kernel", "desktop"),
+    ("Windows Server 2016 and newer, or 10 or 11", "server"),
     ("Mac OS X 10.10 and newer, or iOS", "desktop"), ("iOS iPhone or iPad", "mobile"),
     ("FreeBSD 9.x or newer", "server"), ("OpenBSD 5.x", "server"), ("Solaris 10", "server"),
     ("NMap SYN scan", "scanner"), ("masscan", "scanner"), ("zmap", "scanner"), ("p0f sendsyn utility", "scanner"),
@@ -71,3 +72,17 @@ def test_replay_shows_the_class_and_takes_another_map(tmp_path):
     rows = [json.loads(ln) for ln in
             fpd("replay", "--format", "jsonl", "--classes", str(mine), str(SAMPLE), check=True).stdout.splitlines()]
     assert {r["mail_class"] for r in rows if r["os"] and r["os"]["name"] == "Linux"} == {"embedded"}
+
+
+def test_matcher_takes_its_class_map_from_the_caller():
+    """The matcher reads no file: without a map every class is unknown; the caller's map decides."""
+    from fingerprintd.matcher import Matcher, parse_raw_sig
+
+    db = load(OUR_DB)
+    probe = parse_raw_sig("4:64+0:0:1460:mss*44,7:mss,sok,ts,nop,ws:df,id+:0")
+    sig = Matcher(db).find_probe(probe, True)[0]
+    assert sig is not None and sig.label.text == "Linux 4.19 and newer"
+    assert Matcher(db).classes.of(sig.label) == "unknown"
+    mine = parse_classes("[[class]]\nmail_class = 'embedded'\nos_name = '^Linux$'\n")
+    assert Matcher(db, classes=mine).classes.of(sig.label) == "embedded"
+    assert Matcher(db, classes=bundled_classes()).classes.of(sig.label) == "server"

@@ -116,10 +116,10 @@ def test_errors_exit_2_with_one_line(args, needle, tmp_path):
 
 def test_signatures_check(tmp_path):
     out = fpd("signatures", "check", check=True).stdout
-    assert "OK, 306 signatures" in out and "[tcp:request] 147" in out
+    assert "OK, 2107 signatures" in out and "[tcp:request] 1041" in out
     js = json.loads(fpd("signatures", "check", "--json", str(OUR_DB), check=True).stdout)
-    assert js["sections"] == {"mtu": 25, "tcp:request": 147, "tcp:response": 134, "http": 0}
-    assert js["classes"]["tcp:request"]["win (specific)"] == 14  # p0f's 11, Windows 10 or 11 (2), XP at 64240
+    assert js["sections"] == {"mtu": 25, "tcp:request": 1041, "tcp:response": 1041, "http": 0}
+    assert js["classes"]["tcp:request"]["win (specific)"] == 26  # p0f's 11, 14 generated, XP at 64240
 
 
 def test_signatures_check_coverage(tmp_path):

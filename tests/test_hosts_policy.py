@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from fingerprintd.classes import bundled_classes
 from fingerprintd.engine import Engine
 from fingerprintd.hosts import AddressError, HostTable, normalize_ip
 from fingerprintd.matcher import Matcher, PerFingerprint
@@ -34,7 +35,7 @@ STACKS = {
 
 
 def observe(stack: str, src: str = "203.0.113.7", sport: int = 40000, ts: float = 1_700_000_000.0):
-    eng = Engine(Matcher(DB))
+    eng = Engine(Matcher(DB, classes=bundled_classes()))
     obs = eng.feed(bytes(frame(STACKS[stack], src, "192.0.2.25", sport, 25, RNG, seq=RNG.randrange(1, 1 << 31))),
                    1, int(ts), int(ts % 1 * 1e6))
     assert obs is not None

@@ -108,9 +108,9 @@ def test_p0f_agrees_on_what_loads(p0f_bin, one_packet_pcap, tmp_path, text, line
 def test_stock_and_bundled_databases_load():
     ours = load(OUR_DB)
     added = marked_additions(OUR_DB.read_text())
-    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 147, 134)
+    assert (len(ours.mtu_lines), len(ours.request), len(ours.response)) == (25, 1041, 1041)
     # p0f 3.09b has 91 request and 101 response lines; the rest are ours, marked.
-    assert sum(s.line in added for s in ours.request + ours.response) == (147 - 91) + (134 - 101)
+    assert sum(s.line in added for s in ours.request + ours.response) == (1041 - 91) + (1041 - 101)
     if STOCK_DB.exists():
         stock = load(STOCK_DB)
         assert stock.sig_count == 322  # what p0f 3.09b reports: "Loaded 322 signatures"
