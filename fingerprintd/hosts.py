@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from fingerprintd.engine import Observation
 
@@ -162,6 +163,11 @@ class HostTable:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._waiting = 0  # lookups blocked in wait(): only then is a notify worth its cost
+        # Called with (client ip, client port) after each add, outside the lock, on the
+        # capture thread: how the asyncio gRPC server learns a SYN it waits for arrived
+        # without a thread blocked here.  A tuple, swapped whole, so the capture thread
+        # never iterates a list another thread is changing.
+        self.arrival_hooks: tuple[Callable[[bytes, int], None], ...] = ()
 
     def add(self, obs: Observation) -> None:
         """Record a fingerprinted SYN (SYN+ACKs describe servers: ignored here)."""
@@ -179,6 +185,8 @@ class HostTable:
             self.hosts[src] = host  # re-set: refreshes its TTL and LRU place
             if self._waiting:
                 self._arrived.notify_all()
+        for hook in self.arrival_hooks:
+            hook(src, obs.pkt.sport)
 
     def lookup(self, ip: bytes, port: int = 0, wait: float = 0.0) -> tuple[Observation | None, HostRecord | None]:
         """The SYN of connection (ip, port), or the latest from ip when port is 0.

@@ -2,15 +2,27 @@
 
 A thin edge: requests are validated here (INVALID_ARGUMENT with a message),
 answers come from the host table and the policy.
+
+The server is grpc.aio on one event-loop thread, so no client can take the
+service away from the others by holding threads: a Lookup whose SYN is not
+captured yet waits as a future the capture thread resolves (through
+HostTable.arrival_hooks and loop.call_soon_threadsafe), and a Watch stream is
+a coroutine with a bounded queue that drops, and counts, what a slow reader
+does not take.  Waits and streams are capped per client address and in all
+(RESOURCE_EXHAUSTED beyond); a Lookup that needs no wait is never refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import queue
 import re
 import socket
+import threading
 import time
-from concurrent import futures
+from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -25,6 +37,11 @@ from fingerprintd.policy import Policy
 from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+
+try:  # a dependency; the guard only keeps an old virtualenv importable
+    from prometheus_client import Histogram
+except ImportError:  # pragma: no cover
+    Histogram = None
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Fingerprint"].full_name
 
@@ -79,20 +96,115 @@ def host_pb(host: HostRecord) -> pb.Host:
     )
 
 
-class Servicer(pb_grpc.FingerprintServicer):
-    def __init__(self, backend: Backend) -> None:
-        self.b = backend
+@dataclass(frozen=True)
+class Limits:
+    """What one client, and all clients together, may hold open.
 
-    def _query(self, req: pb.LookupRequest, context) -> tuple[bytes, int, float]:
+    A client is an address (the port is left out: one client, many connections).
+    Only waits and streams cost something that lasts; a Lookup answered at once
+    is never limited.  A LookupBatch waits once, whatever its size.
+    """
+
+    waits: int = 8192  # Lookups/LookupBatches waiting for a SYN, all clients
+    waits_per_client: int = 2048
+    streams: int = 1024  # Watch streams open, all clients
+    streams_per_client: int = 64
+    watch_queue: int = 1000  # observations buffered per Watch stream; a slow reader loses the excess
+    fanout_queue: int = 10_000  # observations between the capture thread and the streams
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+def _refusals(handler):
+    """Turn a _Refused raised in a handler into the call's status."""
+
+    @functools.wraps(handler)
+    async def wrapped(self, request, context):
+        try:
+            return await handler(self, request, context)
+        except _Refused as r:
+            await context.abort(r.code, r.details)
+
+    return wrapped
+
+
+def client_key(peer: str) -> str:
+    """`ipv4:203.0.113.5:41234` -> `203.0.113.5`; unix peers share one key per socket."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0]
+    return peer
+
+
+class _Stream:
+    """One Watch stream's filter and bounded queue (touched on the loop thread only)."""
+
+    __slots__ = ("wants", "queue", "ready", "drops")
+
+    def __init__(self, wants) -> None:
+        self.wants = wants
+        self.queue: deque[Observation] = deque()
+        self.ready = asyncio.Event()
+        self.drops = 0
+
+
+class Servicer(pb_grpc.FingerprintServicer):
+    """The API, run on the event loop: nothing here blocks on a client or on the capture."""
+
+    def __init__(self, backend: Backend, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.b = backend
+        self.limits = limits
+        self.loop = loop
+        # (ip, port) -> the futures waiting for it; port 0 waits for any SYN from ip.
+        # Changed on the loop thread only; the capture thread only tests membership.
+        self._waiters: dict[tuple[bytes, int], set[asyncio.Future]] = {}
+        self._waits: Counter[str] = Counter()  # open waits by client
+        self._streams: dict[_Stream, str] = {}  # open Watch streams -> client
+        self._stream_count: Counter[str] = Counter()
+        self._fanout: _Fanout | None = None
+        self.counters: Counter[str] = Counter()  # see stats()
+        self.lookup_seconds = None
+        if Histogram is not None:
+            self.lookup_seconds = Histogram(
+                "fingerprintd_lookup_seconds", "Time to answer a Lookup or LookupBatch, waits included",
+                ["method", "waited"], registry=None,
+                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+            self._observe = {(m, w): self.lookup_seconds.labels(m, w)
+                             for m in ("Lookup", "LookupBatch") for w in ("yes", "no")}
+
+    # --- what the capture side calls ---------------------------------------
+
+    def arrived(self, ip: bytes, port: int) -> None:
+        """A SYN from (ip, port) is in the table (capture thread): wake whoever waits for it."""
+        waiters = self._waiters
+        if waiters and ((ip, port) in waiters or (ip, 0) in waiters):
+            try:
+                self.loop.call_soon_threadsafe(self._wake, ip, port)
+            except RuntimeError:  # the loop is closed: the server is gone
+                pass
+
+    def _wake(self, ip: bytes, port: int) -> None:
+        for key in ((ip, port), (ip, 0)):
+            for fut in self._waiters.get(key, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    # --- requests ----------------------------------------------------------
+
+    def _query(self, req: pb.LookupRequest) -> tuple[bytes, int, float]:
         try:
             ip = normalize_ip(req.ip)
         except AddressError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if req.port > 65535:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"port out of range 0..65535: {req.port}")
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"port out of range 0..65535: {req.port}")
         if req.wait_ms > self.b.max_wait_ms:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"wait_ms {req.wait_ms} is over the limit of {self.b.max_wait_ms}")
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"wait_ms {req.wait_ms} is over the limit of {self.b.max_wait_ms}")
         return ip, req.port, req.wait_ms / 1000
 
     def _answer(self, ip: bytes, obs: Observation | None, host: HostRecord | None) -> pb.LookupResponse:
@@ -105,102 +217,378 @@ class Servicer(pb_grpc.FingerprintServicer):
                                mail_class=MAIL_CLASS_PB[obs.fp.mail_class], reply=v.reply),
         )
 
-    def Lookup(self, request, context):  # noqa: N802 (gRPC method names)
-        ip, port, wait = self._query(request, context)
-        obs, host = self.b.hosts.lookup(ip, port, wait)
-        return self._answer(ip, obs, host)
+    async def _wait(self, queries: list[tuple[bytes, int, float]], found: list, client: str) -> None:
+        """Fill in `found` as the missing SYNs arrive, each until its own wait is up.
 
-    def LookupBatch(self, request, context):  # noqa: N802
+        One wait for the whole list: every missing key shares one future, and the
+        list costs its client one wait however long it is.
+        """
+        limits = self.limits
+        if sum(self._waits.values()) >= limits.waits:
+            self.counters["refused_waits"] += 1
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {limits.waits} waiting lookups in all")
+        if self._waits[client] >= limits.waits_per_client:
+            self.counters["refused_waits_per_client"] += 1
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"over {limits.waits_per_client} waiting lookups from {client}")
+        self._waits[client] += 1
+        self.counters["waits"] += 1
+        start = time.monotonic()
+        pending = {i for i, (obs, _) in enumerate(found) if obs is None and queries[i][2]}
+        try:
+            while pending:
+                fut = self.loop.create_future()
+                keys = {queries[i][:2] for i in pending}
+                for key in keys:
+                    self._waiters.setdefault(key, set()).add(fut)
+                try:
+                    # Looked up again once registered: a SYN that landed in between is not missed.
+                    for i in list(pending):
+                        ip, port, _ = queries[i]
+                        found[i] = self.b.hosts.lookup(ip, port)
+                        if found[i][0] is not None:
+                            pending.discard(i)
+                    now = time.monotonic()
+                    pending = {i for i in pending if start + queries[i][2] > now}
+                    if not pending:
+                        break
+                    try:
+                        async with asyncio.timeout(min(queries[i][2] for i in pending) + start - now):
+                            await fut
+                    except TimeoutError:
+                        pass
+                finally:
+                    for key in keys:
+                        waiting = self._waiters[key]
+                        waiting.discard(fut)
+                        if not waiting:
+                            del self._waiters[key]
+        finally:
+            self._waits[client] -= 1
+            if not self._waits[client]:
+                del self._waits[client]
+
+    def _observe_latency(self, method: str, waited: bool, t0: float) -> None:
+        if self.lookup_seconds is not None:
+            self._observe[method, "yes" if waited else "no"].observe(time.perf_counter() - t0)
+
+    @_refusals
+    async def Lookup(self, request, context):  # noqa: N802 (gRPC method names)
+        t0 = time.perf_counter()
+        ip, port, wait = self._query(request)
+        found = [self.b.hosts.lookup(ip, port)]
+        waited = found[0][0] is None and wait > 0
+        if waited:
+            await self._wait([(ip, port, wait)], found, client_key(context.peer()))
+        self.counters["lookups"] += 1
+        answer = self._answer(ip, *found[0])
+        self._observe_latency("Lookup", waited, t0)
+        return answer
+
+    @_refusals
+    async def LookupBatch(self, request, context):  # noqa: N802
+        t0 = time.perf_counter()
         if len(request.queries) > self.b.max_batch:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"batch of {len(request.queries)} is over the limit of {self.b.max_batch}")
-        queries = [self._query(q, context) for q in request.queries]
-        found = [self.b.hosts.lookup(ip, port, 0.0) for ip, port, _ in queries]
-        # Then wait, together, for the ones not captured yet.
-        wait = max((w for _, _, w in queries), default=0.0)
-        if wait and any(obs is None for obs, _ in found):
-            deadline = time.monotonic() + wait
-            for i, ((ip, port, w), (obs, _)) in enumerate(zip(queries, found, strict=True)):
-                if obs is None and w:
-                    found[i] = self.b.hosts.lookup(ip, port, max(0.0, min(w, deadline - time.monotonic())))
-        return pb.LookupBatchResponse(
-            results=[self._answer(ip, obs, host) for (ip, _, _), (obs, host) in zip(queries, found, strict=True)]
-        )
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"batch of {len(request.queries)} is over the limit of {self.b.max_batch}")
+        queries = [self._query(q) for q in request.queries]
+        found = [self.b.hosts.lookup(ip, port) for ip, port, _ in queries]
+        waited = any(obs is None and w for (obs, _), (_, _, w) in zip(found, queries, strict=True))
+        if waited:  # then wait, together, for the ones not captured yet
+            await self._wait(queries, found, client_key(context.peer()))
+        self.counters["batches"] += 1
+        answer = pb.LookupBatchResponse(
+            results=[self._answer(ip, obs, host) for (ip, _, _), (obs, host) in zip(queries, found, strict=True)])
+        self._observe_latency("LookupBatch", waited, t0)
+        return answer
 
-    def Watch(self, request, context):  # noqa: N802
+    @_refusals
+    async def Watch(self, request, context):  # noqa: N802
         try:
             name_rx = re.compile(request.os_name_regex) if request.os_name_regex else None
         except re.error as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad os_name_regex: {exc}")
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"bad os_name_regex: {exc}") from None
         ports = set(request.ports)
         wanted = set(request.mail_classes)
         if bad := wanted - set(MAIL_CLASS_PB.values()):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"mail_classes: not a mail class: {', '.join(map(str, sorted(bad)))}")
-        q = self.b.subscribe()
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"mail_classes: not a mail class: {', '.join(map(str, sorted(bad)))}")
+        unknown_only = request.unknown_only
+
+        def wants(obs: Observation) -> bool:
+            label = obs.fp.label
+            if unknown_only and label is not None:
+                return False
+            if name_rx and not (label and name_rx.search(label.name)):
+                return False
+            if ports and obs.server[1] not in ports:
+                return False
+            return not wanted or MAIL_CLASS_PB[obs.fp.mail_class] in wanted
+
+        client = client_key(context.peer())
+        limits = self.limits
+        if len(self._streams) >= limits.streams:
+            self.counters["refused_streams"] += 1
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {limits.streams} Watch streams in all")
+        if self._stream_count[client] >= limits.streams_per_client:
+            self.counters["refused_streams_per_client"] += 1
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"over {limits.streams_per_client} Watch streams from {client}")
+        stream = _Stream(wants)
+        self._streams[stream] = client
+        self._stream_count[client] += 1
+        self.counters["streams"] += 1
+        if self._fanout is None:
+            self._fanout = _Fanout(self)
         try:
-            while context.is_active():
-                try:
-                    obs = q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                label = obs.fp.label
-                if request.unknown_only and label is not None:
-                    continue
-                if name_rx and not (label and name_rx.search(label.name)):
-                    continue
-                if ports and obs.server[1] not in ports:
-                    continue
-                if wanted and MAIL_CLASS_PB[obs.fp.mail_class] not in wanted:
-                    continue
-                yield observation_pb(obs)
+            while True:
+                await stream.ready.wait()
+                stream.ready.clear()
+                while stream.queue:
+                    # Suspends while the client does not read (HTTP/2 flow control):
+                    # meanwhile the queue fills to its bound and the excess is dropped.
+                    await context.write(observation_pb(stream.queue.popleft()))
         finally:
-            self.b.unsubscribe(q)
+            del self._streams[stream]
+            self._stream_count[client] -= 1
+            if not self._stream_count[client]:
+                del self._stream_count[client]
+            if not self._streams and self._fanout is not None:
+                self._fanout.stop()
+                self._fanout = None
 
-    def Stats(self, request, context):  # noqa: N802
-        return pb.StatsResponse(**self.b.stats())
+    def deliver(self, batch: list[Observation]) -> None:
+        """Observations from the capture side -> each stream that wants them (loop thread)."""
+        bound = self.limits.watch_queue
+        for stream in self._streams:
+            wants, q = stream.wants, stream.queue
+            before = len(q)
+            for obs in batch:
+                if wants(obs):
+                    if len(q) < bound:
+                        q.append(obs)
+                    else:
+                        stream.drops += 1
+                        self.counters["watch_drops"] += 1
+            if len(q) > before:
+                stream.ready.set()
+
+    async def Stats(self, request, context):  # noqa: N802
+        # Off the loop: table sizes expire entries, which may take a while on a big table.
+        stats = await self.loop.run_in_executor(None, self.b.stats)
+        out = pb.StatsResponse(**stats)
+        # Counters of this server's own that the message has a field for (none yet: see stats()).
+        fields = pb.StatsResponse.DESCRIPTOR.fields_by_name
+        for key, value in self.stats().items():
+            if key in fields and key not in stats:
+                setattr(out, key, value)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """This server's counters, for Stats and for metrics.
+
+        lookups, batches: answered; waits: lookups that waited; streams: Watch
+        streams opened; watch_drops: observations a slow Watch reader lost (per
+        stream queue full) plus those lost before the streams (fan-out queue full);
+        refused_*: RESOURCE_EXHAUSTED answers by limit; open_waits, open_streams.
+        """
+        out = {k: 0 for k in ("lookups", "batches", "waits", "streams", "watch_drops", "refused_waits",
+                              "refused_waits_per_client", "refused_streams", "refused_streams_per_client")}
+        out.update(self.counters)
+        out["open_waits"] = sum(self._waits.values())
+        out["open_streams"] = len(self._streams)
+        return out
 
 
-class TokenCheck(grpc.ServerInterceptor):
+class _Fanout:
+    """The one subscriber to the service's observations while any Watch stream is open.
+
+    A thread takes them from the service's queue and hands them to the loop in
+    batches, one batch at a time: if the loop falls behind, the service's bounded
+    queue fills and the service counts the loss, rather than callbacks piling up.
+    """
+
+    def __init__(self, servicer: Servicer) -> None:
+        self.servicer = servicer
+        self.q = servicer.b.subscribe()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watch-fanout", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        servicer, q = self.servicer, self.q
+        done = threading.Event()
+
+        def deliver(batch: list[Observation]) -> None:
+            try:
+                servicer.deliver(batch)
+            finally:
+                done.set()
+
+        while not self._stop.is_set():
+            try:
+                batch = [q.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            try:
+                while len(batch) < 512:
+                    batch.append(q.get_nowait())
+            except queue.Empty:
+                pass
+            done.clear()
+            try:
+                servicer.loop.call_soon_threadsafe(deliver, batch)
+            except RuntimeError:  # the loop is closed
+                return
+            while not done.wait(0.2) and not self._stop.is_set():
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.servicer.b.unsubscribe(self.q)
+
+
+class TokenCheck(grpc.aio.ServerInterceptor):
     """A shared secret for remote filters: `authorization: Bearer <token>`."""
 
     def __init__(self, token: str) -> None:
         self.expected = f"Bearer {token}"
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
 
         self.deny = grpc.unary_unary_rpc_method_handler(deny)
         self.deny_stream = grpc.unary_stream_rpc_method_handler(deny)
 
-    def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation, details):
         if not details.method.startswith(f"/{SERVICE_NAME}/"):
-            return continuation(details)  # health and reflection stay open
+            return await continuation(details)  # health and reflection stay open
         if dict(details.invocation_metadata).get("authorization") == self.expected:
-            return continuation(details)
+            return await continuation(details)
         return self.deny_stream if details.method.endswith("/Watch") else self.deny
 
 
+class _Loop:
+    """The one event loop all the process's gRPC servers run on, in its own thread."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                cls._loop = asyncio.new_event_loop()
+                cls._thread = threading.Thread(target=cls._loop.run_forever, name="grpc", daemon=True)
+                cls._thread.start()
+            return cls._loop
+
+    @classmethod
+    def on_loop(cls) -> bool:
+        return threading.current_thread() is cls._thread
+
+
+def _run(loop: asyncio.AbstractEventLoop, fn, *args):
+    """fn(*args) on the loop thread (a coroutine function is awaited there); its result here."""
+
+    async def call():
+        out = fn(*args)
+        return await out if asyncio.iscoroutine(out) else out
+
+    return asyncio.run_coroutine_threadsafe(call(), loop).result()
+
+
+class Health:
+    """The aio health servicer, driven from any thread as the service does."""
+
+    def __init__(self, servicer, loop: asyncio.AbstractEventLoop) -> None:
+        self.servicer = servicer
+        self.loop = loop
+
+    def _do(self, coro_fn, *args) -> None:
+        if _Loop.on_loop():
+            self.loop.create_task(coro_fn(*args))
+        else:
+            _run(self.loop, coro_fn, *args)
+
+    def set(self, service: str, status) -> None:
+        self._do(self.servicer.set, service, status)
+
+    def enter_graceful_shutdown(self) -> None:
+        self._do(self.servicer.enter_graceful_shutdown)
+
+
+class Server:
+    """A grpc.aio server with the blocking interface of grpc.Server that the service uses."""
+
+    def __init__(self, aio: grpc.aio.Server, api: Servicer, loop: asyncio.AbstractEventLoop) -> None:
+        self.aio = aio
+        self.api = api
+        self.loop = loop
+        self._stopped = threading.Event()
+
+    def add_insecure_port(self, address: str) -> int:
+        return _run(self.loop, self.aio.add_insecure_port, address)
+
+    def add_secure_port(self, address: str, credentials) -> int:
+        return _run(self.loop, self.aio.add_secure_port, address, credentials)
+
+    def start(self) -> None:
+        hosts = self.api.b.hosts
+        hosts.arrival_hooks = (*hosts.arrival_hooks, self.api.arrived)
+        _run(self.loop, self.aio.start)
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop (waits and streams are cancelled after `grace` seconds); the event is set once stopped."""
+        hosts = self.api.b.hosts
+        hosts.arrival_hooks = tuple(h for h in hosts.arrival_hooks if h != self.api.arrived)
+
+        async def stop() -> None:
+            try:
+                await self.aio.stop(grace)
+            finally:
+                if self.api._fanout is not None:
+                    self.api._fanout.stop()
+                    self.api._fanout = None
+                self._stopped.set()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop)
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def stats(self) -> dict[str, int]:
+        return _run(self.loop, self.api.stats)
+
+
 def build_server(backend: Backend, listen: list[str], token: str = "", tls: tuple[bytes, bytes] | None = None,
-                 workers: int = 16) -> tuple[grpc.Server, health.HealthServicer]:
+                 limits: Limits | None = None) -> tuple[Server, Health]:
     """A started-ready server bound to `listen` (HOST:PORT or unix:PATH)."""
-    interceptors = [TokenCheck(token)] if token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors,
-                         options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_FingerprintServicer_to_server(Servicer(backend), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    creds = grpc.ssl_server_credentials([(tls[0], tls[1])]) if tls else None
     for addr in listen:
         if addr.startswith("unix:"):
             remove_stale_socket(addr[5:])
+    loop = _Loop.get()
+
+    async def make() -> tuple[Server, Health]:
+        interceptors = [TokenCheck(token)] if token else []
+        aio = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        api = Servicer(backend, limits or Limits(), loop)
+        pb_grpc.add_FingerprintServicer_to_server(api, aio)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, aio)
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), aio)
+        return Server(aio, api, loop), Health(health_servicer, loop)
+
+    server, health_ = _run(loop, make)
+    creds = grpc.ssl_server_credentials([(tls[0], tls[1])]) if tls else None
+    for addr in listen:
         try:
             bound = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
         except RuntimeError:  # grpcio raises this when bind() fails
             bound = 0
         if not bound and not addr.startswith("unix:"):
             raise OSError(f"cannot listen on {addr} (address in use, or not a local address)")
-    return server, health_servicer
+    return server, health_
