@@ -360,6 +360,7 @@ class Servicer(pb_grpc.FingerprintServicer):
     def deliver(self, batch: list[Observation]) -> None:
         """Observations from the capture side -> each stream that wants them (loop thread)."""
         bound = self.limits.watch_queue
+        self.counters["watch_observations"] += len(batch)
         for stream in self._streams:
             wants, q = stream.wants, stream.queue
             before = len(q)
@@ -388,12 +389,14 @@ class Servicer(pb_grpc.FingerprintServicer):
         """This server's counters, for Stats and for metrics.
 
         lookups, batches: answered; waits: lookups that waited; streams: Watch
-        streams opened; watch_drops: observations a slow Watch reader lost (per
-        stream queue full) plus those lost before the streams (fan-out queue full);
-        refused_*: RESOURCE_EXHAUSTED answers by limit; open_waits, open_streams.
+        streams opened; watch_observations: observations handed to the streams
+        (before their filters); watch_drops: observations a slow Watch reader lost
+        (its queue full; the service's own watch_drops counts those lost before, in
+        the queue it fills for this server); refused_*: RESOURCE_EXHAUSTED answers by limit; open_waits, open_streams.
         """
-        out = {k: 0 for k in ("lookups", "batches", "waits", "streams", "watch_drops", "refused_waits",
-                              "refused_waits_per_client", "refused_streams", "refused_streams_per_client")}
+        out = {k: 0 for k in ("lookups", "batches", "waits", "streams", "watch_observations", "watch_drops",
+                              "refused_waits", "refused_waits_per_client", "refused_streams",
+                              "refused_streams_per_client")}
         out.update(self.counters)
         out["open_waits"] = sum(self._waits.values())
         out["open_streams"] = len(self._streams)

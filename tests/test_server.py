@@ -6,6 +6,7 @@ import random
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 import grpc
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fingerprintd.config import Config
-from fingerprintd.server import build_server
+from fingerprintd.server import Limits, build_server
 from fingerprintd.service import Service
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
@@ -62,12 +63,30 @@ def test_lookup_by_connection_and_by_ip(api):
     assert not miss.found and not miss.HasField("observation")
 
 
-def test_lookup_waits_for_the_syn(api):
-    service, stub, _ = api
-    threading.Timer(0.1, service.ingest, ([syn("win7", "203.0.113.6", 41000)], 1)).start()
-    t0 = time.monotonic()
-    r = stub.Lookup(pb.LookupRequest(ip="203.0.113.6", port=41000, wait_ms=1500))
-    assert r.found and r.observation.os_name == "Windows" and time.monotonic() - t0 < 1.2
+@contextmanager
+def serving(tmp_path, max_wait_ms: int = 60_000, limits: Limits | None = None, **channel_options):
+    """A service and its server on a unix socket, and a channel to it."""
+    service = Service(Config(listen=[f"unix:{tmp_path}/w.sock"], max_batch=100, max_wait_ms=max_wait_ms))
+    server, _ = build_server(service, service.cfg.listen, limits=limits)
+    server.start()
+    channel = grpc.insecure_channel(f"unix:{tmp_path}/w.sock", options=list(channel_options.items()))
+    try:
+        yield service, server, pb_grpc.FingerprintStub(channel)
+    finally:
+        channel.close()
+        server.stop(0).wait(5)
+
+
+def test_lookup_waits_end_when_the_syn_arrives(tmp_path):
+    # The server would wait 60 s; the client gives up after 10: answered at all means the
+    # arrival ended the wait, by connection and (port 0) by address alone.
+    with serving(tmp_path) as (service, _, stub):
+        threading.Timer(0.1, service.ingest, ([syn("win7", "203.0.113.6", 41000)], 1)).start()
+        r = stub.Lookup(pb.LookupRequest(ip="203.0.113.6", port=41000, wait_ms=60_000), timeout=10)
+        assert r.found and r.observation.os_name == "Windows" and r.observation.client_port == 41000
+        threading.Timer(0.1, service.ingest, ([syn("linux", "203.0.113.7", 41001)], 1)).start()
+        r = stub.Lookup(pb.LookupRequest(ip="203.0.113.7", wait_ms=60_000), timeout=10)
+        assert r.found and r.observation.os_name == "Linux" and r.observation.client_port == 41001
 
 
 def test_batch_keeps_order(api):
@@ -213,3 +232,117 @@ def test_tls(tmp_path):
                 pb_grpc.FingerprintStub(ch).Lookup(pb.LookupRequest(ip="203.0.113.50"), timeout=3)
     finally:
         server.stop(0)
+
+
+def test_idle_streams_and_waits_leave_lookups_answered(tmp_path):
+    # Once, 16 unread Watch streams or 16 waiting Lookups took every worker thread, and
+    # every fresh Lookup (each milter and policy lookup) timed out and failed open.
+    # Within the default per-client limits: 60 streams, 200 waits, all from one client.
+    with serving(tmp_path) as (service, server, stub):
+        service.ingest([syn("linux", "203.0.113.60", 47000)], 1)
+        streams = [stub.Watch(pb.WatchRequest()) for _ in range(60)]
+        waits = [stub.Lookup.future(pb.LookupRequest(ip="198.51.100.1", port=1000 + i, wait_ms=60_000))
+                 for i in range(200)]
+        deadline = time.monotonic() + 20
+        while (server.stats()["open_waits"], server.stats()["open_streams"]) != (200, 60):
+            assert time.monotonic() < deadline, server.stats()
+            time.sleep(0.05)
+        service.ingest([syn("linux", "198.51.100.2", 48000 + i) for i in range(300)], 1)  # for nobody's reading
+        for _ in range(20):
+            r = stub.Lookup(pb.LookupRequest(ip="203.0.113.60", port=47000), timeout=2)
+            assert r.found and r.observation.os_name == "Linux" and r.observation.client_port == 47000
+        r = stub.LookupBatch(pb.LookupBatchRequest(queries=[pb.LookupRequest(ip="203.0.113.60", port=47000)]),
+                             timeout=2)
+        assert [x.observation.client_port for x in r.results] == [47000]
+        stats = server.stats()
+        assert (stats["open_waits"], stats["open_streams"]) == (200, 60)
+        assert not any(w.done() for w in waits)
+        for call in (*streams, *waits):
+            call.cancel()
+        while server.stats()["open_waits"] or server.stats()["open_streams"]:  # and all of it is released
+            assert time.monotonic() < deadline + 10, server.stats()
+            time.sleep(0.05)
+
+
+def test_watch_overflow_drops_and_counts_and_the_stream_lives_on(tmp_path):
+    # No BDP probing: the client's window stays at its 64 KiB, so an unread stream backs up fast.
+    with serving(tmp_path, limits=Limits(watch_queue=20), **{"grpc.http2.bdp_probe": 0}) as (service, server, stub):
+        stream = stub.Watch(pb.WatchRequest())
+        deadline = time.monotonic() + 10
+        while not server.stats()["open_streams"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        total = 3000
+        for i in range(0, total, 100):
+            service.ingest([syn("linux", "203.0.113.70", 10000 + j) for j in range(i, i + 100)], 1)
+        while server.stats()["watch_observations"] < total:  # all handed to the stream (or dropped)
+            assert time.monotonic() < deadline, server.stats()
+            time.sleep(0.02)
+        drops = server.stats()["watch_drops"]
+        assert drops > 0
+        # What was not dropped still arrives, oldest first, and nothing else.
+        got = [next(stream).client_port for _ in range(total - drops)]
+        assert got[0] == 10000 and got == sorted(got) and len(set(got)) == total - drops
+        assert server.stats()["open_streams"] == 1
+        service.ingest([syn("win7", "203.0.113.71", 9999)], 1)  # the same stream carries on
+        assert next(stream).client_port == 9999
+        assert server.stats()["watch_drops"] == drops
+        stream.cancel()
+
+
+def test_per_client_limits_refuse_with_resource_exhausted(tmp_path):
+    with serving(tmp_path, limits=Limits(streams_per_client=3, waits_per_client=2)) as (service, server, stub):
+        service.ingest([syn("linux", "203.0.113.80", 49000)], 1)
+        streams = [stub.Watch(pb.WatchRequest()) for _ in range(3)]
+        waits = [stub.Lookup.future(pb.LookupRequest(ip="198.51.100.3", port=1 + i, wait_ms=60_000))
+                 for i in range(2)]
+        deadline = time.monotonic() + 10
+        while (server.stats()["open_waits"], server.stats()["open_streams"]) != (2, 3):
+            assert time.monotonic() < deadline, server.stats()
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as err:
+            next(stub.Watch(pb.WatchRequest()))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Watch streams from" in err.value.details()
+        for call in (stub.Lookup, lambda r, **kw: stub.LookupBatch(pb.LookupBatchRequest(queries=[r]), **kw)):
+            with pytest.raises(grpc.RpcError) as err:
+                call(pb.LookupRequest(ip="198.51.100.3", port=9, wait_ms=60_000), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "waiting lookups" in err.value.details()
+        # A lookup that needs no wait is never refused, even with wait_ms set.
+        for wait_ms in (0, 60_000):
+            r = stub.Lookup(pb.LookupRequest(ip="203.0.113.80", port=49000, wait_ms=wait_ms), timeout=5)
+            assert r.found
+        assert server.stats()["refused_streams_per_client"] == 1 and server.stats()["refused_waits_per_client"] == 2
+        # A slot given back is a slot to take again.
+        streams.pop().cancel()
+        waits.pop().cancel()
+        while (server.stats()["open_waits"], server.stats()["open_streams"]) != (1, 2):
+            assert time.monotonic() < deadline, server.stats()
+            time.sleep(0.02)
+        streams.append(stub.Watch(pb.WatchRequest()))
+        late = stub.Lookup.future(pb.LookupRequest(ip="198.51.100.4", port=7, wait_ms=60_000))
+        service.ingest([syn("win7", "198.51.100.4", 7)], 1)
+        assert late.result(timeout=10).found
+        service.ingest([syn("win7", "198.51.100.5", 8)], 1)
+        assert next(streams[-1]).client_ip in ("198.51.100.4", "198.51.100.5")
+        for call in (*streams, *waits):
+            call.cancel()
+
+
+def test_batch_waits_once_for_all_its_addresses(tmp_path):
+    # Four SYNs arrive late but within the wait, three never do, and the last
+    # one's arrives after one wait is over.  A batch that waited per address
+    # (1 s for each missing one in turn) would be asking for the last one only
+    # after 4 s, and find it.
+    with serving(tmp_path) as (service, _, stub):
+        late = [syn("linux", f"203.0.113.{90 + i}", 50000 + i) for i in range(4)]
+        threading.Timer(0.3, service.ingest, (late, 1)).start()
+        after = threading.Timer(1.8, service.ingest, ([syn("win7", "203.0.113.99", 50009)], 1))
+        after.start()
+        queries = ([pb.LookupRequest(ip=f"203.0.113.{90 + i}", port=50000 + i, wait_ms=1000) for i in range(4)]
+                   + [pb.LookupRequest(ip=f"198.51.100.{i}", port=50005, wait_ms=1000) for i in range(3)]
+                   + [pb.LookupRequest(ip="203.0.113.99", port=50009, wait_ms=1000)])
+        r = stub.LookupBatch(pb.LookupBatchRequest(queries=queries), timeout=30)
+        assert [x.found for x in r.results] == [True] * 4 + [False] * 4
+        assert [x.observation.client_port for x in r.results[:4]] == [50000, 50001, 50002, 50003]
+        after.join()
+        assert stub.Lookup(pb.LookupRequest(ip="203.0.113.99", port=50009)).found  # it did arrive, later
