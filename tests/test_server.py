@@ -301,7 +301,7 @@ def test_per_client_limits_refuse_with_resource_exhausted(tmp_path):
             assert time.monotonic() < deadline, server.stats()
             time.sleep(0.02)
         with pytest.raises(grpc.RpcError) as err:
-            next(stub.Watch(pb.WatchRequest()))
+            next(stub.Watch(pb.WatchRequest(), timeout=5))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Watch streams from" in err.value.details()
         for call in (stub.Lookup, lambda r, **kw: stub.LookupBatch(pb.LookupBatchRequest(queries=[r]), **kw)):
             with pytest.raises(grpc.RpcError) as err:
