@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover
     Histogram = None
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Fingerprint"].full_name
+FANOUT_INTERVAL = 0.005  # seconds the Watch fan-out gathers observations before handing them to the streams
 
 
 class Backend(Protocol):
@@ -364,6 +365,10 @@ class Servicer(pb_grpc.FingerprintServicer):
         for stream in self._streams:
             wants, q = stream.wants, stream.queue
             before = len(q)
+            if before >= bound:  # a reader that does not keep up loses the batch, unfiltered: O(1) per stream
+                stream.drops += len(batch)
+                self.counters["watch_drops"] += len(batch)
+                continue
             for obs in batch:
                 if wants(obs):
                     if len(q) < bound:
@@ -391,8 +396,9 @@ class Servicer(pb_grpc.FingerprintServicer):
         lookups, batches: answered; waits: lookups that waited; streams: Watch
         streams opened; watch_observations: observations handed to the streams
         (before their filters); watch_drops: observations a slow Watch reader lost
-        (its queue full; the service's own watch_drops counts those lost before, in
-        the queue it fills for this server); refused_*: RESOURCE_EXHAUSTED answers by limit; open_waits, open_streams.
+        (offered while its queue was full, counted before its filter; the service's
+        own watch_drops counts those lost earlier, in the queue it fills for this
+        server); refused_*: RESOURCE_EXHAUSTED answers by limit; open_waits, open_streams.
         """
         out = {k: 0 for k in ("lookups", "batches", "waits", "streams", "watch_observations", "watch_drops",
                               "refused_waits", "refused_waits_per_client", "refused_streams",
@@ -433,8 +439,11 @@ class _Fanout:
                 batch = [q.get(timeout=0.2)]
             except queue.Empty:
                 continue
+            # A moment for more to come: the loop's cost is per batch and stream, so
+            # batches of one SYN each would make 1,000 streams cost 1,000 steps a SYN.
+            time.sleep(FANOUT_INTERVAL)
             try:
-                while len(batch) < 512:
+                while len(batch) < 1024:
                     batch.append(q.get_nowait())
             except queue.Empty:
                 pass
