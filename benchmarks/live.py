@@ -1,7 +1,7 @@
 """Helpers for the service benchmarks: SYN injection on a veth, and API servers.
 
-`python -m benchmarks.live api SOCK N` serves a Service whose table holds N
-synthetic SYNs; `python -m benchmarks.live empty SOCK` serves grpcio with an
+`python -m benchmarks.live api SOCK N [hostile]` serves a Service whose table
+holds N synthetic SYNs; `python -m benchmarks.live empty SOCK` serves grpcio with an
 empty unary handler (grpcio's own floor, for comparison).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import threading
 import time
 
 SENDER = r"""
@@ -53,19 +54,28 @@ def syn_frames(n: int, dst_ip: str) -> list[bytes]:
     return out
 
 
-def serve_api(sock: str, count: int) -> None:
+def serve_api(sock: str, count: int, hostile: bool = False) -> None:
+    """With `hostile`: limits wide enough for one client to hold 1,000 Watch streams and
+    1,000 waits (the worst the default global caps allow), and 500 new SYNs/s to fill them."""
     from fingerprintd.config import Config
-    from fingerprintd.server import build_server
+    from fingerprintd.server import Limits, build_server
     from fingerprintd.service import Service, tune_gc
 
-    service = Service(Config(listen=[sock]))
-    frames = syn_frames(count, "192.0.2.25")
+    service = Service(Config(listen=[sock], max_wait_ms=600_000 if hostile else 5000))
+    frames = syn_frames(count + (60_000 if hostile else 0), "192.0.2.25")
     now = int(time.time())
     for i in range(0, count, 512):
         service.ingest([(now, 0, f) for f in frames[i : i + 512]], 1)
     tune_gc()  # as `fingerprintd serve` does
-    server, _ = build_server(service, [sock])
+    server, _ = build_server(service, [sock], limits=Limits(streams_per_client=1024) if hostile else None)
     server.start()
+    if hostile:
+        def feed() -> None:
+            for i in range(count, len(frames), 50):
+                service.ingest([(int(time.time()), 0, f) for f in frames[i : i + 50]], 1)
+                time.sleep(0.1)
+
+        threading.Thread(target=feed, daemon=True).start()
     print("ready", flush=True)
     server.wait_for_termination()
 
@@ -90,6 +100,6 @@ def serve_empty(sock: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "api":
-        serve_api(sys.argv[2], int(sys.argv[3]))
+        serve_api(sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["hostile"])
     else:
         serve_empty(sys.argv[2])

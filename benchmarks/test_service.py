@@ -5,6 +5,8 @@
 * Lookup: calls/s and p50/p99 latency with 1 and 16 concurrent clients, for
   fingerprintd's gRPC Lookup, an empty grpcio unary handler (the floor), and
   p0f 3.09b's API socket holding the same SYNs; LookupBatch(100) address rate.
+* Lookup under hostile clients: fresh Lookup p50/p99 with 1,000 unread Watch
+  streams and 1,000 waiting Lookups open, beside the same server idle.
 * p0f socket under hostile clients (a pipeliner that never reads, 1,000 idle
   connections): an ordinary client's rate against its rate alone; the
   p0f-analyzer's reply latency beside amavisd's 50 ms budget.
@@ -131,6 +133,56 @@ def test_lookup_latency(benchmark, tmp_path):
     benchmark.extra_info.update(r)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     for key, value in r.items():
+        print(f"\n{key}: {value}", end="")
+    print()
+
+
+HOSTILE = 1_000  # unread Watch streams, and Lookups waiting for a SYN that never comes
+
+
+def test_lookup_under_hostile_clients(benchmark, tmp_path):
+    """Fresh Lookups on an idle server, then with 1,000 unread Watch streams and 1,000
+    waiting Lookups held open (500 SYN/s keep the streams' queues full); same server."""
+    import grpc
+
+    from fingerprintd.v1 import fingerprintd_pb2 as pb
+    from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+
+    results: dict = {}
+    sock = f"unix:{tmp_path}/api.sock"
+    api = _start([sys.executable, "-m", "benchmarks.live", "api", sock, str(TABLE), "hostile"])
+    hostile = [grpc.insecure_channel(sock, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(4)]
+    try:
+        with grpc.insecure_channel(sock) as ch:
+            stub = pb_grpc.FingerprintStub(ch)
+
+            def fresh(rng) -> None:
+                r = stub.Lookup(pb.LookupRequest(ip=_client_ip(rng.randrange(TABLE))), timeout=2)
+                assert r.found
+
+            for n in (1, 16):
+                results[f"idle_{n}"] = measure_server(api.pid, fresh, n)
+            stubs = [pb_grpc.FingerprintStub(c) for c in hostile]
+            streams = [stubs[i % 4].Watch(pb.WatchRequest()) for i in range(HOSTILE)]
+            waits = [stubs[i % 4].Lookup.future(pb.LookupRequest(ip=_client_ip(TABLE + 100_000 + i), port=1,
+                                                                 wait_ms=600_000)) for i in range(HOSTILE)]
+            time.sleep(3.0)  # all open, and the streams' queues full
+            assert not any(c.done() for c in (*streams, *waits))
+            for n in (1, 16):
+                results[f"hostile_{n}"] = measure_server(api.pid, fresh, n)
+            assert not any(c.done() for c in (*streams, *waits))  # held open throughout
+            for c in (*streams, *waits):
+                c.cancel()
+    finally:
+        for c in hostile:
+            c.close()
+        api.kill()
+    for n in (1, 16):
+        results[f"p99_ratio_hostile_over_idle_{n}"] = round(
+            results[f"hostile_{n}"]["p99_ms"] / results[f"idle_{n}"]["p99_ms"], 2)
+    benchmark.extra_info.update(results)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for key, value in results.items():
         print(f"\n{key}: {value}", end="")
     print()
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import queue
 import re
 import socket
 import threading
 import time
 from collections import Counter, deque
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +45,7 @@ try:  # a dependency; the guard only keeps an old virtualenv importable
 except ImportError:  # pragma: no cover
     Histogram = None
 
+log = logging.getLogger("fingerprintd")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Fingerprint"].full_name
 FANOUT_INTERVAL = 0.005  # seconds the Watch fan-out gathers observations before handing them to the streams
 
@@ -111,7 +114,7 @@ class Limits:
     streams: int = 1024  # Watch streams open, all clients
     streams_per_client: int = 64
     watch_queue: int = 1000  # observations buffered per Watch stream; a slow reader loses the excess
-    fanout_queue: int = 10_000  # observations between the capture thread and the streams
+    watch_rate: int = 5000  # Watch messages sent a second, all streams together
 
 
 class _Refused(Exception):
@@ -142,15 +145,62 @@ def client_key(peer: str) -> str:
 
 
 class _Stream:
-    """One Watch stream's filter and bounded queue (touched on the loop thread only)."""
+    """One Watch stream's filter (None: everything) and bounded queue (loop thread only)."""
 
     __slots__ = ("wants", "queue", "ready", "drops")
 
     def __init__(self, wants) -> None:
         self.wants = wants
-        self.queue: deque[Observation] = deque()
+        self.queue: deque[pb.Observation] = deque()  # messages shared by every stream they go to
         self.ready = asyncio.Event()
         self.drops = 0
+
+
+class _Pace:
+    """Turns to send a Watch message, `rate` a second for all streams together, first come first served.
+
+    What Watch costs the loop is per message sent, so it is bounded here, not per
+    stream: 1,000 streams that read get `rate` / 1,000 messages a second each (the
+    rest is dropped and counted at their queues), and Lookups keep the loop.
+    """
+
+    TICK = 0.005  # seconds between releases: a release's sends are a few hundred microseconds of work
+
+    def __init__(self, rate: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * self.TICK)
+        self.loop = loop
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+        self.turns: deque[asyncio.Future] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def turn(self) -> None:
+        self._refill()
+        if self.tokens >= 1 and not self.turns:
+            self.tokens -= 1
+            return
+        fut = self.loop.create_future()
+        self.turns.append(fut)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.TICK, self._release)
+        await fut
+
+    def _release(self) -> None:
+        self._timer = None
+        self._refill()
+        while self.turns and self.tokens >= 1:
+            fut = self.turns.popleft()
+            if not fut.done():  # else its stream is gone
+                fut.set_result(None)
+                self.tokens -= 1
+        if self.turns:
+            self._timer = self.loop.call_later(self.TICK, self._release)
 
 
 class Servicer(pb_grpc.FingerprintServicer):
@@ -167,6 +217,7 @@ class Servicer(pb_grpc.FingerprintServicer):
         self._streams: dict[_Stream, str] = {}  # open Watch streams -> client
         self._stream_count: Counter[str] = Counter()
         self._fanout: _Fanout | None = None
+        self._pace = _Pace(limits.watch_rate, loop)
         self.counters: Counter[str] = Counter()  # see stats()
         self.lookup_seconds = None
         if Histogram is not None:
@@ -315,6 +366,7 @@ class Servicer(pb_grpc.FingerprintServicer):
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
                            f"mail_classes: not a mail class: {', '.join(map(str, sorted(bad)))}")
         unknown_only = request.unknown_only
+        filtered = bool(unknown_only or name_rx or ports or wanted)
 
         def wants(obs: Observation) -> bool:
             label = obs.fp.label
@@ -335,7 +387,7 @@ class Servicer(pb_grpc.FingerprintServicer):
             self.counters["refused_streams_per_client"] += 1
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"over {limits.streams_per_client} Watch streams from {client}")
-        stream = _Stream(wants)
+        stream = _Stream(wants if filtered else None)
         self._streams[stream] = client
         self._stream_count[client] += 1
         self.counters["streams"] += 1
@@ -346,9 +398,10 @@ class Servicer(pb_grpc.FingerprintServicer):
                 await stream.ready.wait()
                 stream.ready.clear()
                 while stream.queue:
+                    await self._pace.turn()
                     # Suspends while the client does not read (HTTP/2 flow control):
                     # meanwhile the queue fills to its bound and the excess is dropped.
-                    await context.write(observation_pb(stream.queue.popleft()))
+                    await context.write(stream.queue.popleft())
         finally:
             del self._streams[stream]
             self._stream_count[client] -= 1
@@ -358,26 +411,28 @@ class Servicer(pb_grpc.FingerprintServicer):
                 self._fanout.stop()
                 self._fanout = None
 
-    def deliver(self, batch: list[Observation]) -> None:
+    async def deliver(self, batch: list[Observation], messages: list[pb.Observation]) -> None:
         """Observations from the capture side -> each stream that wants them (loop thread)."""
         bound = self.limits.watch_queue
-        self.counters["watch_observations"] += len(batch)
-        for stream in self._streams:
-            wants, q = stream.wants, stream.queue
-            before = len(q)
-            if before >= bound:  # a reader that does not keep up loses the batch, unfiltered: O(1) per stream
-                stream.drops += len(batch)
-                self.counters["watch_drops"] += len(batch)
-                continue
-            for obs in batch:
-                if wants(obs):
-                    if len(q) < bound:
-                        q.append(obs)
-                    else:
-                        stream.drops += 1
-                        self.counters["watch_drops"] += 1
-            if len(q) > before:
-                stream.ready.set()
+        counters = self.counters
+        counters["watch_observations"] += len(batch)
+        for n, stream in enumerate(list(self._streams)):
+            if n and not n % 64:
+                await asyncio.sleep(0)  # Lookups in between: a batch for 1,000 streams is not one long step
+            q = stream.queue
+            room = bound - len(q)
+            wants = stream.wants
+            picked = range(len(batch)) if wants is None else [i for i, obs in enumerate(batch) if wants(obs)]
+            if room <= 0:  # a reader that does not keep up
+                lost = len(picked)
+            else:
+                lost = max(0, len(picked) - room)
+                q.extend(messages[i] for i in picked[:room])
+                if picked:
+                    stream.ready.set()
+            if lost:
+                stream.drops += lost
+                counters["watch_drops"] += lost
 
     async def Stats(self, request, context):  # noqa: N802
         # Off the loop: table sizes expire entries, which may take a while on a big table.
@@ -426,14 +481,6 @@ class _Fanout:
 
     def _run(self) -> None:
         servicer, q = self.servicer, self.q
-        done = threading.Event()
-
-        def deliver(batch: list[Observation]) -> None:
-            try:
-                servicer.deliver(batch)
-            finally:
-                done.set()
-
         while not self._stop.is_set():
             try:
                 batch = [q.get(timeout=0.2)]
@@ -447,13 +494,20 @@ class _Fanout:
                     batch.append(q.get_nowait())
             except queue.Empty:
                 pass
-            done.clear()
+            messages = [observation_pb(obs) for obs in batch]  # here, once, not on the loop
             try:
-                servicer.loop.call_soon_threadsafe(deliver, batch)
+                done = asyncio.run_coroutine_threadsafe(servicer.deliver(batch, messages), servicer.loop)
             except RuntimeError:  # the loop is closed
                 return
-            while not done.wait(0.2) and not self._stop.is_set():
-                pass
+            while not self._stop.is_set():
+                try:
+                    done.result(0.2)
+                    break
+                except futures.TimeoutError:
+                    pass
+                except Exception:  # a bug; Watch goes on with the next batch
+                    log.exception("Watch fan-out failed")
+                    break
 
     def stop(self) -> None:
         self._stop.set()
