@@ -80,13 +80,17 @@ def serving(tmp_path, max_wait_ms: int = 60_000, limits: Limits | None = None, *
 def test_lookup_waits_end_when_the_syn_arrives(tmp_path):
     # The server would wait 60 s; the client gives up after 10: answered at all means the
     # arrival ended the wait, by connection and (port 0) by address alone.
-    with serving(tmp_path) as (service, _, stub):
+    with serving(tmp_path) as (service, server, stub):
         threading.Timer(0.1, service.ingest, ([syn("win7", "203.0.113.6", 41000)], 1)).start()
         r = stub.Lookup(pb.LookupRequest(ip="203.0.113.6", port=41000, wait_ms=60_000), timeout=10)
         assert r.found and r.observation.os_name == "Windows" and r.observation.client_port == 41000
         threading.Timer(0.1, service.ingest, ([syn("linux", "203.0.113.7", 41001)], 1)).start()
         r = stub.Lookup(pb.LookupRequest(ip="203.0.113.7", wait_ms=60_000), timeout=10)
         assert r.found and r.observation.os_name == "Linux" and r.observation.client_port == 41001
+        stub.Lookup(pb.LookupRequest(ip="203.0.113.7"))
+        counts = {s.labels["waited"]: s.value for s in server.api.lookup_seconds.collect()[0].samples
+                  if s.name.endswith("_count") and s.labels["method"] == "Lookup"}
+        assert counts == {"yes": 2, "no": 1} and server.stats()["waits"] == 2
 
 
 def test_batch_keeps_order(api):
@@ -188,6 +192,9 @@ def test_token(tmp_path):
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             with pytest.raises(grpc.RpcError) as err:
                 stub.Lookup(pb.LookupRequest(ip="192.0.2.1"), metadata=[("authorization", "Bearer wrong")])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                next(stub.Watch(pb.WatchRequest(), timeout=5))
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             ok = stub.Lookup(pb.LookupRequest(ip="192.0.2.1"), metadata=[("authorization", "Bearer s3cret")])
             assert not ok.found
