@@ -353,3 +353,22 @@ def test_batch_waits_once_for_all_its_addresses(tmp_path):
         assert [x.observation.client_port for x in r.results[:4]] == [50000, 50001, 50002, 50003]
         after.join()
         assert stub.Lookup(pb.LookupRequest(ip="203.0.113.99", port=50009)).found  # it did arrive, later
+
+
+def test_global_caps_refuse_with_resource_exhausted(tmp_path):
+    with serving(tmp_path, limits=Limits(streams=2, waits=1)) as (_, server, stub):
+        streams = [stub.Watch(pb.WatchRequest()) for _ in range(2)]
+        wait = stub.Lookup.future(pb.LookupRequest(ip="198.51.100.6", port=1, wait_ms=60_000))
+        deadline = time.monotonic() + 10
+        while (server.stats()["open_waits"], server.stats()["open_streams"]) != (1, 2):
+            assert time.monotonic() < deadline, server.stats()
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as err:
+            next(stub.Watch(pb.WatchRequest(), timeout=5))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams in all" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Lookup(pb.LookupRequest(ip="198.51.100.6", port=2, wait_ms=60_000), timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "lookups in all" in err.value.details()
+        assert server.stats()["refused_streams"] == 1 and server.stats()["refused_waits"] == 1
+        for call in (*streams, wait):
+            call.cancel()
