@@ -156,6 +156,16 @@ class _Stream:
         self.drops = 0
 
 
+class _Waiter:
+    """One Lookup's or LookupBatch's wait: woken through `fut`, told which keys were hit."""
+
+    __slots__ = ("fut", "hits")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.fut: asyncio.Future = loop.create_future()
+        self.hits: set[tuple[bytes, int]] = set()
+
+
 class _Pace:
     """Turns to send a Watch message, `rate` a second for all streams together, first come first served.
 
@@ -210,9 +220,9 @@ class Servicer(pb_grpc.FingerprintServicer):
         self.b = backend
         self.limits = limits
         self.loop = loop
-        # (ip, port) -> the futures waiting for it; port 0 waits for any SYN from ip.
+        # (ip, port) -> the waits for it; port 0 waits for any SYN from ip.
         # Changed on the loop thread only; the capture thread only tests membership.
-        self._waiters: dict[tuple[bytes, int], set[asyncio.Future]] = {}
+        self._waiters: dict[tuple[bytes, int], set[_Waiter]] = {}
         self._waits: Counter[str] = Counter()  # open waits by client
         self._streams: dict[_Stream, str] = {}  # open Watch streams -> client
         self._stream_count: Counter[str] = Counter()
@@ -241,9 +251,10 @@ class Servicer(pb_grpc.FingerprintServicer):
 
     def _wake(self, ip: bytes, port: int) -> None:
         for key in ((ip, port), (ip, 0)):
-            for fut in self._waiters.get(key, ()):
-                if not fut.done():
-                    fut.set_result(None)
+            for waiter in self._waiters.get(key, ()):
+                waiter.hits.add(key)
+                if not waiter.fut.done():
+                    waiter.fut.set_result(None)
 
     # --- requests ----------------------------------------------------------
 
@@ -272,8 +283,8 @@ class Servicer(pb_grpc.FingerprintServicer):
     async def _wait(self, queries: list[tuple[bytes, int, float]], found: list, client: str) -> None:
         """Fill in `found` as the missing SYNs arrive, each until its own wait is up.
 
-        One wait for the whole list: every missing key shares one future, and the
-        list costs its client one wait however long it is.
+        One wait for the whole list: every missing key wakes the same waiter, and
+        the list costs its client one wait however long it is.
         """
         limits = self.limits
         if sum(self._waits.values()) >= limits.waits:
@@ -287,35 +298,46 @@ class Servicer(pb_grpc.FingerprintServicer):
         self.counters["waits"] += 1
         start = time.monotonic()
         pending = {i for i, (obs, _) in enumerate(found) if obs is None and queries[i][2]}
+        by_key: dict[tuple[bytes, int], list[int]] = {}
+        for i in pending:
+            by_key.setdefault(queries[i][:2], []).append(i)
+        expiry = deque(sorted((start + queries[i][2], i) for i in pending))
+        waiter = _Waiter(self.loop)
+        for key in by_key:
+            self._waiters.setdefault(key, set()).add(waiter)
+        # Looked up again once registered: a SYN that landed in between is not missed.
+        # After that only the keys that were hit: a batch costs its arrivals, not
+        # its length times its arrivals.
+        waiter.hits.update(by_key)
         try:
-            while pending:
-                fut = self.loop.create_future()
-                keys = {queries[i][:2] for i in pending}
-                for key in keys:
-                    self._waiters.setdefault(key, set()).add(fut)
+            while True:
+                hits, waiter.hits = waiter.hits, set()
+                for key in hits:
+                    for i in by_key.get(key, ()):
+                        if i in pending:
+                            found[i] = self.b.hosts.lookup(*key)
+                            if found[i][0] is not None:
+                                pending.discard(i)
+                now = time.monotonic()
+                while expiry and (expiry[0][0] <= now or expiry[0][1] not in pending):
+                    pending.discard(expiry.popleft()[1])
+                if not expiry:
+                    break
+                if waiter.fut.done():
+                    waiter.fut = self.loop.create_future()
+                if waiter.hits:  # hit while we looked
+                    continue
                 try:
-                    # Looked up again once registered: a SYN that landed in between is not missed.
-                    for i in list(pending):
-                        ip, port, _ = queries[i]
-                        found[i] = self.b.hosts.lookup(ip, port)
-                        if found[i][0] is not None:
-                            pending.discard(i)
-                    now = time.monotonic()
-                    pending = {i for i in pending if start + queries[i][2] > now}
-                    if not pending:
-                        break
-                    try:
-                        async with asyncio.timeout(min(queries[i][2] for i in pending) + start - now):
-                            await fut
-                    except TimeoutError:
-                        pass
-                finally:
-                    for key in keys:
-                        waiting = self._waiters[key]
-                        waiting.discard(fut)
-                        if not waiting:
-                            del self._waiters[key]
+                    async with asyncio.timeout(expiry[0][0] - now):
+                        await waiter.fut
+                except TimeoutError:
+                    pass
         finally:
+            for key in by_key:
+                waiting = self._waiters[key]
+                waiting.discard(waiter)
+                if not waiting:
+                    del self._waiters[key]
             self._waits[client] -= 1
             if not self._waits[client]:
                 del self._waits[client]
