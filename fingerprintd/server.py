@@ -8,8 +8,10 @@ service away from the others by holding threads: a Lookup whose SYN is not
 captured yet waits as a future the capture thread resolves (through
 HostTable.arrival_hooks and loop.call_soon_threadsafe), and a Watch stream is
 a coroutine with a bounded queue that drops, and counts, what a slow reader
-does not take.  Waits and streams are capped per client address and in all
-(RESOURCE_EXHAUSTED beyond); a Lookup that needs no wait is never refused.
+does not take.  Watch messages are paced for all streams together, since what
+they cost the loop is per message.  Waits and streams are capped per client
+address and in all (RESOURCE_EXHAUSTED beyond); a Lookup that needs no wait is
+never refused.
 """
 
 from __future__ import annotations
@@ -104,9 +106,12 @@ def host_pb(host: HostRecord) -> pb.Host:
 class Limits:
     """What one client, and all clients together, may hold open.
 
-    A client is an address (the port is left out: one client, many connections).
-    Only waits and streams cost something that lasts; a Lookup answered at once
-    is never limited.  A LookupBatch waits once, whatever its size.
+    A client is an address (the port is left out: one client, many connections);
+    gRPC names no peer on a unix socket, so all its clients are one.  Only waits
+    and streams cost something that lasts; a Lookup answered at once is never
+    limited.  A LookupBatch waits once, whatever its size.  A stream holds at most
+    `watch_queue` references to messages shared by all streams, plus what gRPC
+    buffers up to the client's flow-control window.
     """
 
     waits: int = 8192  # Lookups/LookupBatches waiting for a SYN, all clients
