@@ -32,6 +32,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Histogram
 
 from fingerprintd.classes import MAIL_CLASSES
 from fingerprintd.engine import Observation
@@ -41,11 +42,6 @@ from fingerprintd.policy import Policy
 from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
-
-try:  # a dependency; the guard only keeps an old virtualenv importable
-    from prometheus_client import Histogram
-except ImportError:  # pragma: no cover
-    Histogram = None
 
 log = logging.getLogger("fingerprintd")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Fingerprint"].full_name
@@ -234,14 +230,13 @@ class Servicer(pb_grpc.FingerprintServicer):
         self._fanout: _Fanout | None = None
         self._pace = _Pace(limits.watch_rate, loop)
         self.counters: Counter[str] = Counter()  # see stats()
-        self.lookup_seconds = None
-        if Histogram is not None:
-            self.lookup_seconds = Histogram(
-                "fingerprintd_lookup_seconds", "Time to answer a Lookup or LookupBatch, waits included",
-                ["method", "waited"], registry=None,
-                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-            self._observe = {(m, w): self.lookup_seconds.labels(m, w)
-                             for m in ("Lookup", "LookupBatch") for w in ("yes", "no")}
+        # Made with registry=None: the service's metrics endpoint collects it from here.
+        self.lookup_seconds = Histogram(
+            "fingerprintd_lookup_seconds", "Time to answer a Lookup or LookupBatch, waits included",
+            ["method", "waited"], registry=None,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self._observe = {(m, w): self.lookup_seconds.labels(m, w)
+                         for m in ("Lookup", "LookupBatch") for w in ("yes", "no")}
 
     # --- what the capture side calls ---------------------------------------
 
@@ -348,8 +343,7 @@ class Servicer(pb_grpc.FingerprintServicer):
                 del self._waits[client]
 
     def _observe_latency(self, method: str, waited: bool, t0: float) -> None:
-        if self.lookup_seconds is not None:
-            self._observe[method, "yes" if waited else "no"].observe(time.perf_counter() - t0)
+        self._observe[method, "yes" if waited else "no"].observe(time.perf_counter() - t0)
 
     @_refusals
     async def Lookup(self, request, context):  # noqa: N802 (gRPC method names)
@@ -582,14 +576,14 @@ class _Loop:
         return threading.current_thread() is cls._thread
 
 
-def _run(loop: asyncio.AbstractEventLoop, fn, *args):
+def _run(loop: asyncio.AbstractEventLoop, fn, *args, timeout: float | None = None):
     """fn(*args) on the loop thread (a coroutine function is awaited there); its result here."""
 
     async def call():
         out = fn(*args)
         return await out if asyncio.iscoroutine(out) else out
 
-    return asyncio.run_coroutine_threadsafe(call(), loop).result()
+    return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout)
 
 
 class Health:
@@ -603,7 +597,7 @@ class Health:
         if _Loop.on_loop():
             self.loop.create_task(coro_fn(*args))
         else:
-            _run(self.loop, coro_fn, *args)
+            _run(self.loop, coro_fn, *args, timeout=5.0)  # a stuck loop must not hang who reports a fault
 
     def set(self, service: str, status) -> None:
         self._do(self.servicer.set, service, status)
@@ -615,9 +609,9 @@ class Health:
 class Server:
     """A grpc.aio server with the blocking interface of grpc.Server that the service uses."""
 
-    def __init__(self, aio: grpc.aio.Server, api: Servicer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, aio: grpc.aio.Server, servicer: Servicer, loop: asyncio.AbstractEventLoop) -> None:
         self.aio = aio
-        self.api = api
+        self.servicer = servicer
         self.loop = loop
         self._stopped = threading.Event()
 
@@ -628,22 +622,22 @@ class Server:
         return _run(self.loop, self.aio.add_secure_port, address, credentials)
 
     def start(self) -> None:
-        hosts = self.api.b.hosts
-        hosts.arrival_hooks = (*hosts.arrival_hooks, self.api.arrived)
+        hosts = self.servicer.b.hosts
+        hosts.arrival_hooks = (*hosts.arrival_hooks, self.servicer.arrived)
         _run(self.loop, self.aio.start)
 
     def stop(self, grace: float | None) -> threading.Event:
         """Stop (waits and streams are cancelled after `grace` seconds); the event is set once stopped."""
-        hosts = self.api.b.hosts
-        hosts.arrival_hooks = tuple(h for h in hosts.arrival_hooks if h != self.api.arrived)
+        hosts = self.servicer.b.hosts
+        hosts.arrival_hooks = tuple(h for h in hosts.arrival_hooks if h != self.servicer.arrived)
 
         async def stop() -> None:
             try:
                 await self.aio.stop(grace)
             finally:
-                if self.api._fanout is not None:
-                    self.api._fanout.stop()
-                    self.api._fanout = None
+                if self.servicer._fanout is not None:
+                    self.servicer._fanout.stop()
+                    self.servicer._fanout = None
                 self._stopped.set()
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop)
@@ -653,7 +647,7 @@ class Server:
         return self._stopped.wait(timeout)
 
     def stats(self) -> dict[str, int]:
-        return _run(self.loop, self.api.stats)
+        return _run(self.loop, self.servicer.stats)
 
 
 def build_server(backend: Backend, listen: list[str], token: str = "", tls: tuple[bytes, bytes] | None = None,

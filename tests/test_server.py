@@ -88,7 +88,7 @@ def test_lookup_waits_end_when_the_syn_arrives(tmp_path):
         r = stub.Lookup(pb.LookupRequest(ip="203.0.113.7", wait_ms=60_000), timeout=10)
         assert r.found and r.observation.os_name == "Linux" and r.observation.client_port == 41001
         stub.Lookup(pb.LookupRequest(ip="203.0.113.7"))
-        counts = {s.labels["waited"]: s.value for s in server.api.lookup_seconds.collect()[0].samples
+        counts = {s.labels["waited"]: s.value for s in server.servicer.lookup_seconds.collect()[0].samples
                   if s.name.endswith("_count") and s.labels["method"] == "Lookup"}
         assert counts == {"yes": 2, "no": 1} and server.stats()["waits"] == 2
 
