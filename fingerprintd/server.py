@@ -32,7 +32,8 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram
 
 from fingerprintd.classes import MAIL_CLASSES
 from fingerprintd.engine import Observation
@@ -237,6 +238,18 @@ class Servicer(pb_grpc.FingerprintServicer):
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self._observe = {(m, w): self.lookup_seconds.labels(m, w)
                          for m in ("Lookup", "LookupBatch") for w in ("yes", "no")}
+        self.refused = PromCounter("fingerprintd_grpc_refused", "Waits and Watch streams refused "
+                                   "(RESOURCE_EXHAUSTED), by the limit they were over", ["limit"], registry=None)
+        self.watch_stream_drops = PromCounter(
+            "fingerprintd_watch_stream_drops", "Observations a Watch stream lost: its reader did not keep up",
+            registry=None)
+        self.open = Gauge("fingerprintd_grpc_open", "Waits and Watch streams open now", ["kind"], registry=None)
+        self.open.labels("waits").set_function(lambda: sum(self._waits.values()))
+        self.open.labels("streams").set_function(lambda: len(self._streams))
+
+    def _refuse(self, limit: str) -> None:
+        self.counters[f"refused_{limit}"] += 1
+        self.refused.labels(limit).inc()
 
     # --- what the capture side calls ---------------------------------------
 
@@ -288,10 +301,10 @@ class Servicer(pb_grpc.FingerprintServicer):
         """
         limits = self.limits
         if sum(self._waits.values()) >= limits.waits:
-            self.counters["refused_waits"] += 1
+            self._refuse("waits")
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {limits.waits} waiting lookups in all")
         if self._waits[client] >= limits.waits_per_client:
-            self.counters["refused_waits_per_client"] += 1
+            self._refuse("waits_per_client")
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"over {limits.waits_per_client} waiting lookups from {client}")
         self._waits[client] += 1
@@ -402,10 +415,10 @@ class Servicer(pb_grpc.FingerprintServicer):
         client = client_key(context.peer())
         limits = self.limits
         if len(self._streams) >= limits.streams:
-            self.counters["refused_streams"] += 1
+            self._refuse("streams")
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {limits.streams} Watch streams in all")
         if self._stream_count[client] >= limits.streams_per_client:
-            self.counters["refused_streams_per_client"] += 1
+            self._refuse("streams_per_client")
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"over {limits.streams_per_client} Watch streams from {client}")
         stream = _Stream(wants if filtered else None)
@@ -454,6 +467,7 @@ class Servicer(pb_grpc.FingerprintServicer):
             if lost:
                 stream.drops += lost
                 counters["watch_drops"] += lost
+                self.watch_stream_drops.inc(lost)
 
     async def Stats(self, request, context):  # noqa: N802
         # Off the loop: table sizes expire entries, which may take a while on a big table.

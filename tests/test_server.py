@@ -77,6 +77,13 @@ def serving(tmp_path, max_wait_ms: int = 60_000, limits: Limits | None = None, *
         server.stop(0).wait(5)
 
 
+def sample(metric, **labels) -> float:
+    """The value of a prometheus_client metric's sample (its _total for a counter)."""
+    values = [s.value for s in metric.collect()[0].samples if s.labels == labels and not s.name.endswith("_created")]
+    assert len(values) == 1, values
+    return values[0]
+
+
 def test_lookup_waits_end_when_the_syn_arrives(tmp_path):
     # The server would wait 60 s; the client gives up after 10: answered at all means the
     # arrival ended the wait, by connection and (port 0) by address alone.
@@ -293,7 +300,7 @@ def test_watch_overflow_drops_and_counts_and_the_stream_lives_on(tmp_path):
         assert server.stats()["open_streams"] == 1
         service.ingest([syn("win7", "203.0.113.71", 9999)], 1)  # the same stream carries on
         assert next(stream).client_port == 9999
-        assert server.stats()["watch_drops"] == drops
+        assert server.stats()["watch_drops"] == drops == sample(server.servicer.watch_stream_drops)
         stream.cancel()
 
 
@@ -319,6 +326,9 @@ def test_per_client_limits_refuse_with_resource_exhausted(tmp_path):
             r = stub.Lookup(pb.LookupRequest(ip="203.0.113.80", port=49000, wait_ms=wait_ms), timeout=5)
             assert r.found
         assert server.stats()["refused_streams_per_client"] == 1 and server.stats()["refused_waits_per_client"] == 2
+        metrics = server.servicer
+        assert (sample(metrics.refused, limit="streams_per_client"), sample(metrics.refused, limit="waits_per_client"),
+                sample(metrics.open, kind="streams"), sample(metrics.open, kind="waits")) == (1, 2, 3, 2)
         # A slot given back is a slot to take again.
         streams.pop().cancel()
         waits.pop().cancel()
