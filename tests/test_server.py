@@ -251,16 +251,21 @@ def test_tls(tmp_path):
 def test_idle_streams_and_waits_leave_lookups_answered(tmp_path):
     # Once, 16 unread Watch streams or 16 waiting Lookups took every worker thread, and
     # every fresh Lookup (each milter and policy lookup) timed out and failed open.
-    # Within the default per-client limits: 60 streams, 200 waits, all from one client.
+    # One client, default limits: 200 streams (64 open, the rest refused), 200 waits.
     with serving(tmp_path) as (service, server, stub):
         service.ingest([syn("linux", "203.0.113.60", 47000)], 1)
-        streams = [stub.Watch(pb.WatchRequest()) for _ in range(60)]
+        streams = [stub.Watch(pb.WatchRequest()) for _ in range(200)]
         waits = [stub.Lookup.future(pb.LookupRequest(ip="198.51.100.1", port=1000 + i, wait_ms=60_000))
                  for i in range(200)]
         deadline = time.monotonic() + 20
-        while (server.stats()["open_waits"], server.stats()["open_streams"]) != (200, 60):
+        while (server.stats()["open_waits"], server.stats()["open_streams"]) != (200, 64):
             assert time.monotonic() < deadline, server.stats()
             time.sleep(0.05)
+        while sum(s.done() for s in streams) < 136:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = [s for s in streams if s.done()]
+        assert len(refused) == 136 and {s.code() for s in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         service.ingest([syn("linux", "198.51.100.2", 48000 + i) for i in range(300)], 1)  # for nobody's reading
         for _ in range(20):
             r = stub.Lookup(pb.LookupRequest(ip="203.0.113.60", port=47000), timeout=2)
@@ -269,8 +274,8 @@ def test_idle_streams_and_waits_leave_lookups_answered(tmp_path):
                              timeout=2)
         assert [x.observation.client_port for x in r.results] == [47000]
         stats = server.stats()
-        assert (stats["open_waits"], stats["open_streams"]) == (200, 60)
-        assert not any(w.done() for w in waits)
+        assert (stats["open_waits"], stats["open_streams"]) == (200, 64)
+        assert not any(w.done() for w in waits) and sum(s.done() for s in streams) == 136
         for call in (*streams, *waits):
             call.cancel()
         while server.stats()["open_waits"] or server.stats()["open_streams"]:  # and all of it is released
