@@ -140,13 +140,6 @@ def test_lookup_latency(benchmark, tmp_path):
 HOSTILE = 1_000  # unread Watch streams, and Lookups waiting for a SYN that never comes
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise AssertionError("no VmRSS")
-
-
 def test_lookup_under_hostile_clients(benchmark, tmp_path):
     """Fresh Lookups on an idle server, then with 1,000 unread Watch streams and 1,000
     waiting Lookups held open (500 SYN/s keep the streams' queues full); same server."""
@@ -169,7 +162,7 @@ def test_lookup_under_hostile_clients(benchmark, tmp_path):
 
             for n in (1, 16):
                 results[f"idle_{n}"] = measure_server(api.pid, fresh, n)
-            results["idle_server_rss_mib"] = _rss_mib(api.pid)
+            results["idle_server_rss_mib"] = round(_rss_mib(api.pid), 1)
             stubs = [pb_grpc.FingerprintStub(c) for c in hostile]
             streams = [stubs[i % 4].Watch(pb.WatchRequest()) for i in range(HOSTILE)]
             waits = [stubs[i % 4].Lookup.future(pb.LookupRequest(ip=_client_ip(TABLE + 100_000 + i), port=1,
@@ -179,7 +172,7 @@ def test_lookup_under_hostile_clients(benchmark, tmp_path):
             for n in (1, 16):
                 results[f"hostile_{n}"] = measure_server(api.pid, fresh, n)
             assert not any(c.done() for c in (*streams, *waits))  # held open throughout
-            results["hostile_server_rss_mib"] = _rss_mib(api.pid)
+            results["hostile_server_rss_mib"] = round(_rss_mib(api.pid), 1)
             for c in (*streams, *waits):
                 c.cancel()
     finally:
