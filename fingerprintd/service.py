@@ -1,7 +1,9 @@
 """`fingerprintd serve`: live capture -> engine -> host table -> gRPC answers.
 
 Capture runs in its own thread (a slow query never stalls it); the gRPC
-server answers from the host table in a thread pool; the main thread waits
+server answers from the host table on its own asyncio loop (waits and Watch
+streams are futures and bounded queues there, so no client can hold a thread
+and starve the others; see server.py); the main thread waits
 for signals: SIGHUP reloads the signatures, the mail classes and the policy
 (a bad file is reported with file:line and the old ones stay in force),
 SIGTERM and SIGINT stop cleanly.  Logs are JSON lines on stderr.
@@ -40,7 +42,7 @@ from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, load_policy
 from fingerprintd.report import p0f_log_formatter
-from fingerprintd.server import SERVICE_NAME, build_server
+from fingerprintd.server import SERVICE_NAME, Limits, build_server
 from fingerprintd.signatures import Database, SignatureError, load
 
 STOP_JOIN = 5.0  # seconds the capture thread gets to finish its batch at stop
@@ -344,7 +346,11 @@ class Service:
         if self.cfg.tls_cert:
             with open(self.cfg.tls_key, "rb") as k, open(self.cfg.tls_cert, "rb") as c:
                 tls = (k.read(), c.read())
-        server, self._health = build_server(self, self.cfg.listen, self.cfg.token, tls)
+        cfg = self.cfg
+        limits = Limits(waits=cfg.api_waits, waits_per_client=cfg.api_waits_per_client, streams=cfg.api_streams,
+                        streams_per_client=cfg.api_streams_per_client, watch_queue=cfg.watch_queue,
+                        watch_rate=cfg.watch_rate)
+        server, self._health = build_server(self, cfg.listen, cfg.token, tls, limits)
         self.grpc_server = server
         server.start()
         for addr in self.cfg.listen:
