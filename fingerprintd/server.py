@@ -88,6 +88,12 @@ def observation_pb(obs: Observation) -> pb.Observation:
     msg = pb.Observation(client_ip=_ip(pkt.src), client_port=pkt.sport, server_ip=_ip(pkt.dst),
                          server_port=pkt.dport, time=pkt.ts, ip_version=pkt.ip_ver, ttl=pkt.ttl)
     msg.MergeFrom(_fp_part(obs.fp))
+    if obs.nat is not None:
+        msg.nat = obs.nat.kind
+        msg.nat_reasons.extend(obs.nat.reason.split())
+    if obs.uptime is not None:
+        msg.uptime_minutes = obs.uptime.minutes
+        msg.uptime_modulo_days = obs.uptime.modulo_days
     return msg
 
 

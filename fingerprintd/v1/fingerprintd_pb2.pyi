@@ -59,7 +59,7 @@ class LookupBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[LookupResponse, _Mapping]]] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("client_ip", "client_port", "server_ip", "server_port", "time", "matched", "os_class", "os_name", "os_flavor", "label", "generic", "fuzzy", "tool", "distance", "raw_sig", "link", "mtu", "ip_version", "ttl", "params", "mail_class")
+    __slots__ = ("client_ip", "client_port", "server_ip", "server_port", "time", "matched", "os_class", "os_name", "os_flavor", "label", "generic", "fuzzy", "tool", "distance", "raw_sig", "link", "mtu", "ip_version", "ttl", "params", "mail_class", "nat", "nat_reasons", "uptime_minutes", "uptime_modulo_days")
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
     CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
     SERVER_IP_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,10 @@ class Observation(_message.Message):
     TTL_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MAIL_CLASS_FIELD_NUMBER: _ClassVar[int]
+    NAT_FIELD_NUMBER: _ClassVar[int]
+    NAT_REASONS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MODULO_DAYS_FIELD_NUMBER: _ClassVar[int]
     client_ip: str
     client_port: int
     server_ip: str
@@ -102,10 +106,14 @@ class Observation(_message.Message):
     ttl: int
     params: str
     mail_class: MailClass
-    def __init__(self, client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., server_ip: _Optional[str] = ..., server_port: _Optional[int] = ..., time: _Optional[float] = ..., matched: _Optional[bool] = ..., os_class: _Optional[str] = ..., os_name: _Optional[str] = ..., os_flavor: _Optional[str] = ..., label: _Optional[str] = ..., generic: _Optional[bool] = ..., fuzzy: _Optional[bool] = ..., tool: _Optional[bool] = ..., distance: _Optional[int] = ..., raw_sig: _Optional[str] = ..., link: _Optional[str] = ..., mtu: _Optional[int] = ..., ip_version: _Optional[int] = ..., ttl: _Optional[int] = ..., params: _Optional[str] = ..., mail_class: _Optional[_Union[MailClass, str]] = ...) -> None: ...
+    nat: str
+    nat_reasons: _containers.RepeatedScalarFieldContainer[str]
+    uptime_minutes: int
+    uptime_modulo_days: int
+    def __init__(self, client_ip: _Optional[str] = ..., client_port: _Optional[int] = ..., server_ip: _Optional[str] = ..., server_port: _Optional[int] = ..., time: _Optional[float] = ..., matched: _Optional[bool] = ..., os_class: _Optional[str] = ..., os_name: _Optional[str] = ..., os_flavor: _Optional[str] = ..., label: _Optional[str] = ..., generic: _Optional[bool] = ..., fuzzy: _Optional[bool] = ..., tool: _Optional[bool] = ..., distance: _Optional[int] = ..., raw_sig: _Optional[str] = ..., link: _Optional[str] = ..., mtu: _Optional[int] = ..., ip_version: _Optional[int] = ..., ttl: _Optional[int] = ..., params: _Optional[str] = ..., mail_class: _Optional[_Union[MailClass, str]] = ..., nat: _Optional[str] = ..., nat_reasons: _Optional[_Iterable[str]] = ..., uptime_minutes: _Optional[int] = ..., uptime_modulo_days: _Optional[int] = ...) -> None: ...
 
 class Host(_message.Message):
-    __slots__ = ("first_seen", "last_seen", "seen_count", "host_changed", "last_change", "distinct_signatures", "last_distance", "os_names")
+    __slots__ = ("first_seen", "last_seen", "seen_count", "host_changed", "last_change", "distinct_signatures", "last_distance", "os_names", "last_ip_sharing", "last_host_change", "uptime_minutes", "uptime_modulo_days")
     FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     SEEN_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +122,10 @@ class Host(_message.Message):
     DISTINCT_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     LAST_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     OS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    LAST_IP_SHARING_FIELD_NUMBER: _ClassVar[int]
+    LAST_HOST_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MODULO_DAYS_FIELD_NUMBER: _ClassVar[int]
     first_seen: float
     last_seen: float
     seen_count: int
@@ -122,7 +134,11 @@ class Host(_message.Message):
     distinct_signatures: int
     last_distance: int
     os_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., seen_count: _Optional[int] = ..., host_changed: _Optional[bool] = ..., last_change: _Optional[float] = ..., distinct_signatures: _Optional[int] = ..., last_distance: _Optional[int] = ..., os_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    last_ip_sharing: float
+    last_host_change: float
+    uptime_minutes: int
+    uptime_modulo_days: int
+    def __init__(self, first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., seen_count: _Optional[int] = ..., host_changed: _Optional[bool] = ..., last_change: _Optional[float] = ..., distinct_signatures: _Optional[int] = ..., last_distance: _Optional[int] = ..., os_names: _Optional[_Iterable[str]] = ..., last_ip_sharing: _Optional[float] = ..., last_host_change: _Optional[float] = ..., uptime_minutes: _Optional[int] = ..., uptime_modulo_days: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("score", "action", "rules", "header", "trusted", "mail_class", "reply")
