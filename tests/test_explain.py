@@ -66,14 +66,36 @@ def test_shadowed_lines(tmp_path):
     assert shadowed(load(OUR_DB)) == []
 
 
-@pytest.mark.parametrize("raw", ["4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0",
-                                 "6:64+0:0:1440:mss*45,10:mss,sok,ts,nop,ws:flow:0",
-                                 "4:128+0:0:1460:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0"])
-def test_explain_lists_every_line_of_the_layout(raw):
+# Read off signatures/p0f.fp by hand: the lines of the probe's option layout that match it exactly, in
+# file order (each as "label | sig"), the first of which is the verdict. The IPv6 probe carries a flow
+# label, so it matches its flow-less twin's lines (the flow-label rule).
+LINUX_419 = "s:unix:Linux:4.19 and newer"
+LINUX_GENERIC = "g:unix:Linux:2.2.x-3.x | *:64:0:*:*,*:mss,sok,ts,nop,ws:df,id+:0"
+
+
+@pytest.mark.parametrize("raw,exact", [
+    ("4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0",
+     [f"{LINUX_419} | *:64:0:*:mss*44,10:mss,sok,ts,nop,ws:df,id+:0", LINUX_GENERIC]),
+    ("6:64+0:0:1440:mss*45,10:mss,sok,ts,nop,ws:flow:0",
+     [f"{LINUX_419} | *:64:0:*:mss*45,10:mss,sok,ts,nop,ws:df,id+:0", LINUX_GENERIC]),
+    ("4:128+0:0:1460:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0",
+     ["s:win:Windows:7 or 8 | *:128:0:*:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0",
+      "g:win:Windows:NT kernel 6.x | *:128:0:*:8192,*:mss,nop,ws,nop,nop,sok:df,id+:0",
+      "g:win:Windows:NT kernel | *:128:0:*:*,*:mss,nop,ws,nop,nop,sok:df,id+:0"]),
+])
+def test_explain_lists_every_line_of_the_layout(raw, exact):
     matcher = Matcher(load(OUR_DB))
     probe = parse_raw_sig(raw)
     rows = matcher.explain(probe)
     assert len(rows) == len(matcher.db.request)
-    verdict = matcher.find_probe(probe, True)[0]
-    exact = [ref for ref, status, _ in rows if status == "exact"]
-    assert verdict is None or verdict in exact or verdict in [ref for ref, s, _ in rows if s == "fuzzy"]
+
+    def named(ref) -> str:
+        lab = ref.label
+        return f"{'g' if lab.generic else 's'}:{lab.klass}:{lab.name}:{lab.flavor} | {ref.text}"
+
+    assert [named(ref) for ref, status, _ in rows if status == "exact"] == exact
+    assert not [ref for ref, status, _ in rows if status == "fuzzy"]
+    # Every other line says why it does not match.
+    assert all(why and why != "matches" for _, status, why in rows if status is None)
+    verdict, fuzzy, _ = matcher.find_probe(probe, True)
+    assert named(verdict) == exact[0] and not fuzzy
