@@ -28,11 +28,11 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import pytest
 
 from fingerprintd import mail
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+from tests.conftest import need
 from tests.test_mail import POLICY_NO_TRUST, SMTP_PORT, Stack
 
 N = 40
@@ -63,8 +63,7 @@ def _median_ms(n: int) -> float:
 
 
 def test_added_latency(benchmark):
-    if os.geteuid() != 0 or not shutil.which("postfix"):
-        pytest.skip("needs root and postfix")
+    need(os.geteuid() == 0 and shutil.which("postfix") is not None, "needs root and postfix")
     d = Path(tempfile.mkdtemp(prefix="fpd-bench-"))
     os.chmod(d, 0o755)
     stack = Stack(d, POLICY_NO_TRUST)
