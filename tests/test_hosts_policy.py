@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -101,13 +100,20 @@ def test_entries_expire():
 def test_lookup_waits_for_a_syn_not_captured_yet():
     table = HostTable()
     obs = observe("linux")
-    threading.Timer(0.05, table.add, (obs,)).start()
-    t0 = time.monotonic()
-    assert table.lookup(obs.pkt.src, obs.pkt.sport, wait=2.0)[0] is obs
-    assert time.monotonic() - t0 < 1.5
-    t0 = time.monotonic()
-    assert table.lookup(obs.pkt.src, 1, wait=0.1)[0] is None
-    assert 0.09 <= time.monotonic() - t0 < 1.0
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(table.lookup(obs.pkt.src, obs.pkt.sport, wait=60.0)),
+                              daemon=True)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not got  # still waiting: nothing has arrived
+    table.add(obs)  # the SYN arrives from this thread
+    waiter.join(20)  # woken by the arrival, long before its own 60 s: a hang guard, not a speed goal
+    assert not waiter.is_alive() and got[0][0] is obs
+    # Nothing arrives for another port: the wait ends, empty-handed.
+    empty = threading.Thread(target=lambda: got.append(table.lookup(obs.pkt.src, 1, wait=0.1)), daemon=True)
+    empty.start()
+    empty.join(20)
+    assert not empty.is_alive() and got[1] == (None, table.lookup(obs.pkt.src)[1])
 
 
 @pytest.mark.parametrize("stack,score,rule,mail_class", [
