@@ -10,7 +10,7 @@ import pytest
 from fingerprintd.classes import MAIL_CLASSES, ClassesError, bundled_classes, parse_classes
 from fingerprintd.signatures import load
 from tests.conftest import OUR_DB, ROOT, STOCK_DB, assert_fails_at
-from tests.test_cli import SAMPLE, fpd
+from tests.helpers import SAMPLE, fpd
 
 
 def _labels(path):

@@ -17,16 +17,7 @@ from scapy.all import TCP, PcapNgWriter, rdpcap  # type: ignore[attr-defined]
 
 from tests.conftest import OUR_DB, ROOT
 from tests.craft import Shape, frame, write_pcap
-
-SAMPLE = ROOT / "samples" / "kernel-syn.pcap"
-
-
-def fpd(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "fingerprintd", *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from tests.helpers import SAMPLE, fpd
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ import time
 import pytest
 
 from tests.conftest import ROOT, need, run_replay
+from tests.helpers import fpd
+from tests.helpers import raw_syns as _syn_frames
 from tests.netns import NetnsPair, can_use_netns
 
 VARIANTS = [
@@ -32,11 +34,6 @@ VARIANTS = [
     ("bare", {"net.ipv4.tcp_timestamps": 0, "net.ipv4.tcp_sack": 0, "net.ipv4.tcp_window_scaling": 0}),
     ("flowlabel0", {"net.ipv6.auto_flowlabels": 0}),
 ]
-
-
-def fpd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fingerprintd", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
 
 
 class Served:
@@ -163,19 +160,6 @@ def test_lookup_waits_for_a_connection_still_opening(pair, tmp_path):
         assert missing["found"] is False
     finally:
         served.stop()
-
-
-def _syn_frames(n: int, dst_ip: str) -> list[bytes]:
-    """n SYNs to port 25 from n spoofed sources (Linux-shaped), as raw Ethernet frames."""
-    opts = bytes.fromhex("020405b4") + b"\x04\x02" + b"\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07"
-    frames = []
-    dst = socket.inet_aton(dst_ip)
-    for i in range(n):
-        src = struct.pack("!I", 0x0B000000 + i * 7919 % (1 << 24))
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 20 + len(opts), i & 0xFFFF or 1, 0x4000, 50, 6, 0, src, dst)
-        tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 25, i + 1, 0, (5 + len(opts) // 4) << 4, 0x02, 29200, 0, 0)
-        frames.append(b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp + opts)
-    return frames
 
 
 FLOOD_SENDER = r"""

@@ -6,17 +6,17 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, need
+from tests.conftest import need
+from tests.helpers import SA_CONTRIB, sa_site_dir
 from tests.netns import NetnsPair, can_use_netns
 from tests.test_service_live import Served
 
-CONTRIB = ROOT / "contrib" / "spamassassin"
+# The old names, still imported by tests/test_mail.py (to become `from tests.helpers import ...`).
+CONTRIB, site_dir = SA_CONTRIB, sa_site_dir
 
 
 def message(*fingerprints: str, received_from: str = "", body: str = "hello") -> bytes:
@@ -27,16 +27,6 @@ def message(*fingerprints: str, received_from: str = "", body: str = "hello") ->
     head += "".join(f"X-OS-Fingerprint: {fp}\r\n" for fp in fingerprints)
     return (head + "From: a@example.net\r\nTo: user@test.example\r\nSubject: t\r\n"
             "Date: Sun, 29 Nov 2026 04:00:00 +0000\r\nMessage-ID: <t@example.net>\r\n\r\n" + body + "\r\n").encode()
-
-
-def site_dir() -> Path:
-    """A site config dir spamd's unprivileged children can read, with the stock .pre files
-    (they load the Check plugin and friends; --siteconfigpath replaces the whole directory)."""
-    site = Path(tempfile.mkdtemp(prefix="fpd-sa-"))
-    os.chmod(site, 0o755)
-    for pre in Path("/etc/spamassassin").glob("*.pre"):
-        shutil.copy(pre, site / pre.name)
-    return site
 
 
 # SpamAssassin's test string: every working SpamAssassin scores it 1000 (the GTUBE rule).
