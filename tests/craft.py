@@ -53,6 +53,7 @@ class Shape:
     synack: bool = False
     ack_value: int | None = None  # overrides the ack number
     opt_nz_last: bool = False  # put opt+'s non-zero byte last (p0f misses it)
+    raw_options: bytes | None = None  # the TCP option bytes as given, in place of layout (padded to 4)
     extra: dict = field(default_factory=dict)
 
 
@@ -71,6 +72,8 @@ STACKS = {
 
 def options_bytes(shape: Shape, rng: random.Random) -> bytes:
     q = shape.quirks
+    if shape.raw_options is not None:
+        return shape.raw_options + bytes(-len(shape.raw_options) % 4)
     out = bytearray()
     for tok in shape.layout:
         if tok == "nop":
