@@ -61,7 +61,7 @@ def spamd(tmp_path_factory):
         else:
             pytest.fail(f"spamd did not answer a ping on port {port}: {log.read_text(errors='replace')[-2000:]}")
         gtube = report(port, message(body=GTUBE))
-        assert "GTUBE" in gtube and gtube.startswith("1000"), gtube
+        assert "GTUBE" in gtube and float(gtube.split("/")[0]) >= 900, gtube  # GTUBE alone scores 1000
         yield port
     finally:
         proc.terminate()
