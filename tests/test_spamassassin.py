@@ -11,12 +11,8 @@ import time
 import pytest
 
 from tests.conftest import need
-from tests.helpers import SA_CONTRIB, sa_site_dir
+from tests.helpers import SA_CONTRIB, Served, sa_site_dir
 from tests.netns import NetnsPair, can_use_netns
-from tests.test_service_live import Served
-
-# The old names, still imported by tests/test_mail.py (to become `from tests.helpers import ...`).
-CONTRIB, site_dir = SA_CONTRIB, sa_site_dir
 
 
 def message(*fingerprints: str, received_from: str = "", body: str = "hello") -> bytes:
@@ -37,8 +33,8 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 def spamd(tmp_path_factory):
     need(shutil.which("spamd") is not None and shutil.which("spamc") is not None,
          "SpamAssassin is not installed (make test installs spamassassin and spamc as root)")
-    site = site_dir()
-    shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
+    site = sa_site_dir()
+    shutil.copy(SA_CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
     (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\ndns_available no\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -136,8 +132,8 @@ def test_plugin_queries_the_service_in_taint_mode(tmp_path):
     ok, why = can_use_netns()
     need(ok, why)
     os.chmod(tmp_path, 0o755)
-    site = site_dir()
-    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=CONTRIB / "FingerprintD.pm"))
+    site = sa_site_dir()
+    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=SA_CONTRIB / "FingerprintD.pm"))
     with NetnsPair(net=84) as pair:
         pair.start_listener()
         served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),
