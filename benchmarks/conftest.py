@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.synthetic import generate
+from tests.conftest import need
 
 DATA = Path(__file__).resolve().parent / ".data"
 
@@ -41,6 +42,5 @@ def syn_50k() -> Path:
 @pytest.fixture(scope="session")
 def p0f_bin() -> str:
     path = shutil.which("p0f") or "/usr/sbin/p0f"
-    if not Path(path).exists():
-        pytest.skip("p0f is not installed: the benchmarks compare against it (apt-get install p0f)")
+    need(Path(path).exists(), "p0f is not installed: the benchmarks compare against it (apt-get install p0f)")
     return path

@@ -7,11 +7,11 @@ empty unary handler (grpcio's own floor, for comparison).
 
 from __future__ import annotations
 
-import socket
-import struct
 import sys
 import threading
 import time
+
+from tests.helpers import raw_syns
 
 SENDER = r"""
 import socket, struct, sys, time
@@ -43,14 +43,7 @@ print(sent, time.perf_counter() - t0)
 
 def syn_frames(n: int, dst_ip: str) -> list[bytes]:
     """n Linux-shaped SYNs to dst_ip:25 from n distinct sources (other-host MAC: the IP stack ignores them)."""
-    opts = bytes.fromhex("020405b4") + b"\x04\x02" + b"\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07"
-    dst = socket.inet_aton(dst_ip)
-    out = []
-    for i in range(n):
-        src = struct.pack("!I", 0x0C000000 + i * 7919 % (1 << 24))
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 60, i & 0xFFFF or 1, 0x4000, 50, 6, 0, src, dst)
-        tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 25, i + 1, 0, 0xA0, 0x02, 29200, 0, 0)
-        out.append(b"\x02\x00\x00\x00\x00\x09\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp + opts)
+    out = raw_syns(n, dst_ip, src_base=0x0C000000, dst_mac=b"\x02\x00\x00\x00\x00\x09")
     return out
 
 

@@ -13,7 +13,7 @@ import struct
 import sys
 from pathlib import Path
 
-from scapy.all import IP, TCP, Ether, IPv6, Raw  # type: ignore[attr-defined]
+from tests.craft import Shape, frame
 
 # (weight, initial TTL, window (None: 44*mss), wscale, raw TCP options with MSS placeholder, DF/ID, ecn)
 _LINUX = b"\x02\x04MM\x04\x02\x08\x0a\x00\x01\x02\x03\x00\x00\x00\x00\x01\x03\x03\x07"
@@ -38,12 +38,11 @@ MSS_CHOICES = (1460, 1460, 1460, 1452, 1440, 1400, 1380, 1360, 1412, 536)
 
 
 def _template(ver: int, opts: bytes, win: int, df: bool) -> bytes:
-    tcp = TCP(sport=1, dport=25, flags="S", seq=1, window=win, dataofs=5 + len(opts) // 4) / Raw(opts)
-    if ver == 4:
-        ip = IP(src="198.18.0.1", dst="192.0.2.25", ttl=64, flags="DF" if df else 0, id=1 if df else 7)
-    else:
-        ip = IPv6(src="2001:db8::1", dst="2001:db8::25", hlim=64)
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / tcp)
+    """One SYN of the shape, built by tests/craft.py (an IPv4 one with a non-zero IP ID)."""
+    shape = Shape(ver=ver, ttl=64, win=win, raw_options=opts,
+                  quirks=frozenset({"df", "id+"} if df and ver == 4 else ()))
+    src, dst = ("198.18.0.1", "192.0.2.25") if ver == 4 else ("2001:db8::1", "2001:db8::25")
+    return bytes(frame(shape, src, dst, 1, 25, random.Random(len(opts)), seq=1))
 
 
 def generate(path: Path, count: int, seed: int = 1, ipv6_share: float = 0.1, hosts: int | None = None) -> Path:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 from benchmarks.accuracy import ROOT, print_table, report
+from tests.conftest import need
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 
 def test_accuracy(benchmark):
-    if not (CORPUS / "labels.csv").exists():
-        pytest.skip(f"the labeled corpus is not present at {CORPUS}")
+    need((CORPUS / "labels.csv").exists(), f"the labeled corpus is not present at {CORPUS}")
     results = benchmark.pedantic(lambda: report(CORPUS), rounds=1, iterations=1)
     benchmark.extra_info.update(results)
     print()

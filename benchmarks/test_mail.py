@@ -28,18 +28,18 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import pytest
 
 from fingerprintd import mail
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
-from tests.test_mail import POLICY_NO_TRUST, SMTP_PORT, Stack
+from tests.conftest import need
+from tests.helpers import POLICY_NO_TRUST, SMTP_PORT, MailStack
 
 N = 40
 TIMEOUT_MS = 250  # the filters' default --timeout-ms
 
 
-def _configure(stack: Stack, milter: bool, policy: bool) -> None:
+def _configure(stack: MailStack, milter: bool, policy: bool) -> None:
     d = stack.d
     milters = f"{{ unix:{d}/milter.sock, default_action=accept }}" if milter else ""
     restrictions = (f"check_policy_service {{ unix:{d}/policy.sock, default_action=DUNNO }}, " if policy else "") + \
@@ -63,11 +63,10 @@ def _median_ms(n: int) -> float:
 
 
 def test_added_latency(benchmark):
-    if os.geteuid() != 0 or not shutil.which("postfix"):
-        pytest.skip("needs root and postfix")
+    need(os.geteuid() == 0 and shutil.which("postfix") is not None, "needs root and postfix")
     d = Path(tempfile.mkdtemp(prefix="fpd-bench-"))
     os.chmod(d, 0o755)
-    stack = Stack(d, POLICY_NO_TRUST)
+    stack = MailStack(d, POLICY_NO_TRUST)
     try:
         stack.start_service()
         stack.start_filters()

@@ -27,9 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from benchmarks.live import SENDER, syn_frames
+from tests.conftest import need
 from tests.netns import NetnsPair, can_use_netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +37,7 @@ TABLE = 20_000  # SYNs in the tables queried
 
 def need_root() -> None:
     ok, why = can_use_netns()
-    if not ok:
-        pytest.skip(why)
+    need(ok, why)
 
 
 def measure(call, clients: int, seconds: float = 3.0) -> dict:

@@ -53,11 +53,27 @@ class Shape:
     synack: bool = False
     ack_value: int | None = None  # overrides the ack number
     opt_nz_last: bool = False  # put opt+'s non-zero byte last (p0f misses it)
+    raw_options: bytes | None = None  # the TCP option bytes as given, in place of layout (padded to 4)
     extra: dict = field(default_factory=dict)
+
+
+# Shapes that p0f's database names (verified by the conformance tests).
+STACKS = {
+    "linux": Shape(ttl=55, mss=1460, win=29200, wscale=7),  # Linux 3.11 and newer
+    "win7": Shape(ttl=117, mss=1460, win=8192, wscale=8, layout=("mss", "nop", "ws", "nop", "nop", "sok")),
+    "winxp": Shape(ttl=113, mss=1460, win=65535, wscale=0, layout=("mss", "nop", "nop", "sok")),
+    "freebsd": Shape(ttl=60, mss=1460, win=65535, wscale=6, layout=("mss", "nop", "ws", "sok", "ts")),
+    "unknown": Shape(ttl=60, mss=1460, win=1234, wscale=3, layout=("mss", "ws", "nop", "sok")),
+    "nmap": Shape(ttl=50, mss=1460, win=1024, wscale=0, layout=("mss",), quirks=frozenset()),
+    "android": Shape(ttl=62, mss=1400, win=65535, wscale=8),  # Linux Android 8 and newer
+    "masscan": Shape(ttl=250, mss=0, win=1024, wscale=0, layout=(), quirks=frozenset()),
+}
 
 
 def options_bytes(shape: Shape, rng: random.Random) -> bytes:
     q = shape.quirks
+    if shape.raw_options is not None:
+        return shape.raw_options + bytes(-len(shape.raw_options) % 4)
     out = bytearray()
     for tok in shape.layout:
         if tok == "nop":
@@ -234,6 +250,6 @@ def mutations(base: Shape, sig: TcpSig, rng: random.Random) -> list[tuple[str, S
 
 
 __all__ = [
-    "Shape", "frame", "write_pcap", "shape_from_sig", "mutations", "options_bytes",
+    "Shape", "STACKS", "frame", "write_pcap", "shape_from_sig", "mutations", "options_bytes",
     "Ether", "IP", "IPv6", "TCP", "Raw", "IPv6ExtHdrHopByHop", "IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment",
 ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from fingerprintd.classes import MAIL_CLASSES, ClassesError, bundled_classes, parse_classes
 from fingerprintd.signatures import load
-from tests.conftest import OUR_DB, STOCK_DB, assert_fails_at
-from tests.test_cli import SAMPLE, fpd
+from tests.conftest import OUR_DB, ROOT, STOCK_DB, assert_fails_at
+from tests.helpers import SAMPLE, fpd
 
 
 def _labels(path):
@@ -47,7 +48,14 @@ def test_no_match_is_unknown_and_first_rule_wins():
     assert cm.of(labels["Linux 4.19 and newer"]) == "server"
     assert cm.of(labels["Linux 3.x"]) == "embedded"  # flavor "3.x" holds an x: the first rule
     assert cm.of(labels["Windows XP"]) == "unknown"  # no rule covers it
-    assert set(MAIL_CLASSES) >= {"server", "desktop", "mobile", "embedded", "scanner", "unknown"}
+
+
+def test_mail_classes_are_the_apis():
+    """The classes the files may name are exactly the API's MailClass values (read from the .proto text)."""
+    proto = (ROOT / "proto" / "fingerprintd" / "v1" / "fingerprintd.proto").read_text()
+    values = re.findall(r"^\s*MAIL_CLASS_([A-Z]+)\s*=\s*\d+;", proto, re.M)
+    assert sorted(MAIL_CLASSES) == sorted(v.lower() for v in values if v != "UNSPECIFIED")
+    assert len(set(MAIL_CLASSES)) == len(MAIL_CLASSES) == 6
 
 
 @pytest.mark.parametrize("text,line,needle", [

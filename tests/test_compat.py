@@ -25,9 +25,9 @@ from fingerprintd import compat
 from fingerprintd.hosts import HostTable
 from fingerprintd.service import JsonFormatter
 from tests.conftest import ROOT, need
+from tests.helpers import Served
 from tests.netns import NetnsPair, can_use_netns
 from tests.test_hosts_policy import observe
-from tests.test_service_live import Served
 
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 

@@ -21,7 +21,7 @@ from fingerprintd.capture import open_offline
 from fingerprintd.matcher import Matcher
 from fingerprintd.signatures import load
 from fingerprintd.stackrules import FALLBACK_FLAVOR, generated_line_numbers
-from tests.conftest import OUR_DB, STOCK_DB, diff_report, flow_neutral, run_p0f, run_replay
+from tests.conftest import OUR_DB, STOCK_DB, diff_report, flow_neutral, need, run_p0f, run_replay
 from tests.craft import (
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -87,8 +87,8 @@ def crafted_packets(db_path: Path, seed: int) -> tuple[list, dict[str, int]]:
 @pytest.fixture(scope="module", params=["stock", "ours"])
 def crafted(request, tmp_path_factory):
     db = STOCK_DB if request.param == "stock" else OUR_DB
-    if request.param == "stock" and not STOCK_DB.exists():
-        pytest.skip("p0f's database is not installed")
+    if request.param == "stock":
+        need(STOCK_DB.exists(), "p0f's database is not installed (apt-get install p0f)")
     packets, kinds = crafted_packets(db, seed=20261129)
     path = tmp_path_factory.mktemp("crafted") / "crafted.pcap"
     write_pcap(path, packets)

@@ -66,14 +66,46 @@ def test_shadowed_lines(tmp_path):
     assert shadowed(load(OUR_DB)) == []
 
 
-@pytest.mark.parametrize("raw", ["4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0",
-                                 "6:64+0:0:1440:mss*45,10:mss,sok,ts,nop,ws:flow:0",
-                                 "4:128+0:0:1460:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0"])
-def test_explain_lists_every_line_of_the_layout(raw):
-    matcher = Matcher(load(OUR_DB))
+# A database small enough to explain by hand (the line numbers are the file's).
+EXPLAIN_DB = (
+    "classes = win,unix\n"
+    "[tcp:request]\n"
+    "label = s:unix:Linux:4.19 and newer\n"
+    "sig = *:64:0:*:mss*44,7:mss,sok,ts,nop,ws:df,id+:0\n"  # line 4
+    "sig = *:64:0:*:mss*44,10:mss,sok,ts,nop,ws:df,id+:0\n"  # line 5
+    "sig = *:64:0:*:mss*45,10:mss,sok,ts,nop,ws:df,id+:0\n"  # line 6
+    "label = s:unix:Linux:other layout\n"
+    "sig = *:64:0:*:mss*44,10:mss,nop,ws:df,id+:0\n"  # line 8
+    "label = g:unix:Linux:2.2.x-3.x\n"
+    "sig = *:64:0:*:*,*:mss,sok,ts,nop,ws:df,id+:0\n"  # line 10
+    "label = s:win:Windows:7 or 8\n"
+    "sig = *:128:0:*:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0\n"  # line 12
+    "label = g:win:Windows:NT kernel\n"
+    "sig = *:128:0:*:*,*:mss,nop,ws,nop,nop,sok:df,id+:0\n"  # line 14
+)
+
+
+# Worked out by hand: the lines that match each probe exactly, in file order (the first is the verdict),
+# and why two of the others do not. 1460 * 44 = 64240 is line 5's window, not line 6's (1460 * 45); the
+# IPv6 probe (1440 * 45, with a flow label) matches its flow-less twin's lines, 6 and the generic 10.
+@pytest.mark.parametrize("raw,exact,why", [
+    ("4:64+0:0:1460:mss*44,10:mss,sok,ts,nop,ws:df,id+:0", [5, 10],
+     {4: "window scale differs: wants 7, has 10", 8: "option layout differs: wants mss,nop,ws"}),
+    ("6:64+0:0:1440:mss*45,10:mss,sok,ts,nop,ws:flow:0", [6, 10],
+     {4: "window scale differs: wants 7, has 10", 12: "option layout differs: wants mss,nop,ws,nop,nop,sok"}),
+    ("4:128+0:0:1460:8192,8:mss,nop,ws,nop,nop,sok:df,id+:0", [12, 14],
+     {5: "option layout differs: wants mss,sok,ts,nop,ws", 10: "option layout differs: wants mss,sok,ts,nop,ws"}),
+])
+def test_explain_lists_every_line_of_the_layout(raw, exact, why):
+    matcher = Matcher(parse_text(EXPLAIN_DB, "x.fp"))
     probe = parse_raw_sig(raw)
     rows = matcher.explain(probe)
-    assert len(rows) == len(matcher.db.request)
-    verdict = matcher.find_probe(probe, True)[0]
-    exact = [ref for ref, status, _ in rows if status == "exact"]
-    assert verdict is None or verdict in exact or verdict in [ref for ref, s, _ in rows if s == "fuzzy"]
+    assert [ref.line for ref, _, _ in rows] == [4, 5, 6, 8, 10, 12, 14]
+    assert [ref.line for ref, status, _ in rows if status == "exact"] == exact
+    assert not [ref for ref, status, _ in rows if status == "fuzzy"]
+    reasons = {ref.line: text for ref, _, text in rows}
+    assert {line: reasons[line] for line in why} == why
+    # Every line that does not match says why.
+    assert all(text and text != "matches" for _, status, text in rows if status is None)
+    verdict, fuzzy, _ = matcher.find_probe(probe, True)
+    assert verdict.line == exact[0] and not fuzzy

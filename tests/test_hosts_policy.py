@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -15,23 +14,11 @@ from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import PolicyError, load_policy, parse_policy
 from fingerprintd.signatures import load
 from tests.conftest import OUR_DB, ROOT, assert_fails_at
-from tests.craft import Shape, frame
+from tests.craft import STACKS, frame
 
 DB = load(OUR_DB)
 POLICY = load_policy(ROOT / "signatures" / "policy.toml")
 RNG = random.Random(11)
-
-# Shapes that p0f's database names (verified by the conformance tests).
-STACKS = {
-    "linux": Shape(ttl=55, mss=1460, win=29200, wscale=7),  # Linux 3.11 and newer
-    "win7": Shape(ttl=117, mss=1460, win=8192, wscale=8, layout=("mss", "nop", "ws", "nop", "nop", "sok")),
-    "winxp": Shape(ttl=113, mss=1460, win=65535, wscale=0, layout=("mss", "nop", "nop", "sok")),
-    "freebsd": Shape(ttl=60, mss=1460, win=65535, wscale=6, layout=("mss", "nop", "ws", "sok", "ts")),
-    "unknown": Shape(ttl=60, mss=1460, win=1234, wscale=3, layout=("mss", "ws", "nop", "sok")),
-    "nmap": Shape(ttl=50, mss=1460, win=1024, wscale=0, layout=("mss",), quirks=frozenset()),
-    "android": Shape(ttl=62, mss=1400, win=65535, wscale=8),  # Linux Android 8 and newer
-    "masscan": Shape(ttl=250, mss=0, win=1024, wscale=0, layout=(), quirks=frozenset()),
-}
 
 
 def observe(stack: str, src: str = "203.0.113.7", sport: int = 40000, ts: float = 1_700_000_000.0):
@@ -101,13 +88,22 @@ def test_entries_expire():
 def test_lookup_waits_for_a_syn_not_captured_yet():
     table = HostTable()
     obs = observe("linux")
-    threading.Timer(0.05, table.add, (obs,)).start()
-    t0 = time.monotonic()
-    assert table.lookup(obs.pkt.src, obs.pkt.sport, wait=2.0)[0] is obs
-    assert time.monotonic() - t0 < 1.5
-    t0 = time.monotonic()
-    assert table.lookup(obs.pkt.src, 1, wait=0.1)[0] is None
-    assert 0.09 <= time.monotonic() - t0 < 1.0
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(table.lookup(obs.pkt.src, obs.pkt.sport, wait=60.0)),
+                              daemon=True)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not got  # still waiting: nothing has arrived
+    table.add(obs)  # the SYN arrives from this thread
+    waiter.join(20)  # woken by the arrival, long before its own 60 s: a hang guard, not a speed goal
+    assert not waiter.is_alive()
+    found = got[0][0]
+    assert (found.pkt.src, found.pkt.sport, found.pkt.ts, found.fp) == (obs.pkt.src, obs.pkt.sport, obs.pkt.ts, obs.fp)
+    # Nothing arrives for another port: the wait ends, empty-handed.
+    empty = threading.Thread(target=lambda: got.append(table.lookup(obs.pkt.src, 1, wait=0.1)), daemon=True)
+    empty.start()
+    empty.join(20)
+    assert not empty.is_alive() and got[1][0] is None
 
 
 @pytest.mark.parametrize("stack,score,rule,mail_class", [

@@ -10,154 +10,25 @@ from __future__ import annotations
 
 import email
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, need
-
-SMTP_PORT = 2525
-POLICY_NO_TRUST = """[settings]
-trusted_networks = []
-[[rule]]
-name = "linux"
-os_name = "^Linux$"
-score = -0.1
-[[rule]]
-name = "unknown"
-unknown = true
-score = 0.8
-"""
-
-MAIN_CF = """compatibility_level = 3.6
-queue_directory = {d}/spool
-data_directory = {d}/lib
-maillog_file_prefixes = {d}
-maillog_file = {d}/maillog
-myhostname = mx.test.example
-mydomain = test.example
-inet_interfaces = loopback-only
-inet_protocols = all
-mydestination =
-mynetworks = 127.0.0.0/8 [::1]/128
-alias_maps =
-alias_database =
-smtpd_client_port_logging = yes
-virtual_mailbox_domains = test.example
-virtual_mailbox_base = {d}/vmail
-virtual_mailbox_maps = inline:{{ user@test.example=user/ }}
-virtual_uid_maps = static:65534
-virtual_gid_maps = static:65534
-virtual_minimum_uid = 100
-smtpd_milters = {{ unix:{d}/milter.sock, default_action=accept }}
-milter_connect_macros = j {{daemon_name}} {{daemon_addr}} v _ {{client_addr}} {{client_port}}
-smtpd_recipient_restrictions = check_policy_service {{ unix:{d}/policy.sock, default_action=DUNNO }},
-    permit_mynetworks, reject_unauth_destination
-"""
-
-
-def _wait(predicate, seconds: float = 15, step: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError
-
-
-class Stack:
-    def __init__(self, d: Path, policy: str) -> None:
-        self.d = d
-        # Client ports are pinned (each message is checked against its own
-        # connection); a fresh range per run avoids the last run's TIME_WAITs.
-        self.base = random.randrange(42000, 60000, 10)
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.policy = d / "policy.toml"
-        self.policy.write_text(policy)
-
-    def start_service(self) -> None:
-        log = open(self.d / "serve.log", "a")
-        self.procs["serve"] = subprocess.Popen(
-            [sys.executable, "-m", "fingerprintd", "serve", "-i", "lo", "--port", str(SMTP_PORT),
-             "--grpc", f"unix:{self.d}/api.sock", "--policy", str(self.policy)], stderr=log, cwd=ROOT)
-        _wait(lambda: '"msg": "serving"' in (self.d / "serve.log").read_text())
-
-    def stop(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-    def start_filters(self, *extra: str) -> None:
-        for kind in ("milter", "policyd"):
-            sock = self.d / ("milter.sock" if kind == "milter" else "policy.sock")
-            log = open(self.d / f"{kind}.log", "a")
-            self.procs[kind] = subprocess.Popen(
-                [sys.executable, "-m", "fingerprintd", kind, "--listen", f"unix:{sock}",
-                 "--server", f"unix:{self.d}/api.sock", "--log-level", "debug", *extra], stderr=log, cwd=ROOT)
-            _wait(lambda s=sock: s.exists())
-
-    def start_postfix(self) -> None:
-        d = self.d
-        etc = d / "etc"
-        for sub in ("etc", "spool", "lib", "vmail"):
-            (d / sub).mkdir(exist_ok=True)
-        shutil.chown(d / "lib", "postfix")
-        os.chown(d / "vmail", 65534, 65534)
-        (etc / "main.cf").write_text(MAIN_CF.format(d=d))
-        master = []
-        for line in Path("/usr/share/postfix/master.cf.dist").read_text().splitlines():
-            fields = line.split()
-            if line and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
-                fields[4] = "n"  # no chroot: a private queue has no chroot files
-                if fields[0] == "smtp" and fields[1] == "inet":
-                    fields[0] = str(SMTP_PORT)
-                line = "  ".join(fields)
-            master.append(line)
-        (etc / "master.cf").write_text("\n".join(master) + "\n")
-        out = subprocess.run(["postfix", "-c", str(etc), "start"], capture_output=True, text=True, timeout=30)
-        assert out.returncode == 0, out.stdout + out.stderr
-        _wait(lambda: socket.socket().connect_ex(("127.0.0.1", SMTP_PORT)) == 0)
-
-    def stop_postfix(self) -> None:
-        subprocess.run(["postfix", "-c", str(self.d / "etc"), "stop"], capture_output=True, timeout=30)
-
-    def send(self, server: str, local_port: int, extra: list[str] = ()) -> subprocess.CompletedProcess:
-        return subprocess.run(["swaks", "--server", server, "--port", str(SMTP_PORT), "--local-port",
-                               str(local_port), "--from", "sender@example.net", "--to", "user@test.example",
-                               "--header", f"Subject: test {local_port}", "--body", "hello", *extra],
-                              capture_output=True, text=True, timeout=60)
-
-    def delivered(self, subject: str) -> email.message.Message:
-        def find():
-            for path in (self.d / "vmail" / "user" / "new").glob("*"):
-                msg = email.message_from_bytes(path.read_bytes())
-                if msg["Subject"] == subject:
-                    return msg
-            return None
-
-        return _wait(find, 20)
+from tests.conftest import need
+from tests.helpers import POLICY_NO_TRUST, SA_CONTRIB, MailStack, sa_site_dir, wait_until
 
 
 def sa_report(msg: email.message.Message) -> str:
     """SpamAssassin's report on `msg` with fingerprintd's rules (and no network tests)."""
-    from tests.test_spamassassin import CONTRIB, site_dir
-
-    site = site_dir()
+    site = sa_site_dir()
     try:
-        shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
+        shutil.copy(SA_CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
         (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\n")
         out = subprocess.run(["spamassassin", "-L", "-t", f"--siteconfigpath={site}"],
                              input=msg.as_bytes(), capture_output=True, timeout=120)
@@ -177,7 +48,7 @@ def stack():
     # pytest's tmp_path sits under a 0700 directory, so use one of our own.
     d = Path(tempfile.mkdtemp(prefix="fpd-postfix-"))
     os.chmod(d, 0o755)
-    s = Stack(d, POLICY_NO_TRUST)
+    s = MailStack(d, POLICY_NO_TRUST)
     s.start_service()
     s.start_filters()
     s.start_postfix()
@@ -268,7 +139,7 @@ def test_policy_service_alone_keeps_forged_headers_below_its_own(stack):
 def test_trusted_clients_get_no_header(stack):
     stack.policy.write_text("[settings]\ntrusted_networks = ['127.0.0.0/8', '::1/128']\n")
     os.kill(stack.procs["serve"].pid, signal.SIGHUP)
-    _wait(lambda: '"msg": "reloaded"' in (stack.d / "serve.log").read_text())
+    wait_until(lambda: '"msg": "reloaded"' in (stack.d / "serve.log").read_text())
     sent = stack.send("127.0.0.1", stack.base + 3)
     assert sent.returncode == 0, sent.stdout[-2000:]
     msg = stack.delivered(f"test {stack.base + 3}")
@@ -279,7 +150,7 @@ def test_enforce_replies_with_the_policys_texts(stack):
     stack.policy.write_text(POLICY_NO_TRUST.replace('score = -0.1', 'score = -0.1\naction = "reject"').replace(
         "[settings]", "[settings]\nreject_message = '554 5.7.0 Linux says no (policy.toml)'"))
     os.kill(stack.procs["serve"].pid, signal.SIGHUP)
-    _wait(lambda: '"msg": "reloaded"' in (stack.d / "serve.log").read_text())
+    wait_until(lambda: '"msg": "reloaded"' in (stack.d / "serve.log").read_text())
     for kind in ("milter", "policyd"):
         stack.stop(kind)
         (stack.d / ("milter.sock" if kind == "milter" else "policy.sock")).unlink()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
+from tests.helpers import Served
 from tests.netns import NetnsPair, can_use_netns
-from tests.test_service_live import Served
 
 P0F_CONF = """enabled = true;
 socket = "{sock}";

@@ -19,7 +19,7 @@ from fingerprintd.server import Limits, build_server
 from fingerprintd.service import Service
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
-from tests.test_hosts_policy import STACKS, frame
+from tests.craft import STACKS, frame
 
 RNG = random.Random(4)
 

@@ -22,6 +22,8 @@ import time
 import pytest
 
 from tests.conftest import ROOT, need, run_replay
+from tests.helpers import Served
+from tests.helpers import raw_syns as _syn_frames
 from tests.netns import NetnsPair, can_use_netns
 
 VARIANTS = [
@@ -32,76 +34,6 @@ VARIANTS = [
     ("bare", {"net.ipv4.tcp_timestamps": 0, "net.ipv4.tcp_sack": 0, "net.ipv4.tcp_window_scaling": 0}),
     ("flowlabel0", {"net.ipv6.auto_flowlabels": 0}),
 ]
-
-
-def fpd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fingerprintd", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-
-
-class Served:
-    def __init__(self, pair: NetnsPair, sock: str, log: str, *extra: str,
-                 program: tuple[str, ...] = ("-m", "fingerprintd"), wait: bool = True) -> None:
-        self.pair = pair
-        self.sock = sock
-        self.logfile = open(log, "w")
-        self.log = log
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", pair.srv, sys.executable, *program, "serve", "-i", pair.vsrv,
-             "--grpc", f"unix:{sock}", *extra], stderr=self.logfile, cwd=ROOT)
-        if wait:
-            self.wait_for('"msg": "serving"')
-
-    def wait_for(self, needle: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in open(self.log).read():
-                return
-            assert self.proc.poll() is None, open(self.log).read()
-            time.sleep(0.05)
-        raise RuntimeError(f"no {needle} in the log: " + open(self.log).read())
-
-    def events(self) -> list[dict]:
-        return [json.loads(ln) for ln in open(self.log).read().splitlines() if ln.startswith("{")]
-
-    def scrape(self, port: int) -> dict[str, float]:
-        """GET /metrics inside the server's namespace, parsed: {sample name{labels}: value}."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        out = self.pair.ns(self.pair.srv, sys.executable, "-c",
-                           f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',"
-                           f" timeout=10).read().decode())")
-        samples = {}
-        self.metric_names = set()  # every family, with or without samples yet
-        for family in text_string_to_metric_families(out.stdout):
-            self.metric_names.add(family.name + ("_total" if family.type == "counter" else ""))
-            for sm in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sm.labels.items()))
-                samples[f"{sm.name}{{{labels}}}" if labels else sm.name] = sm.value
-        return samples
-
-    def lookup(self, ip: str, port: int = 0, wait_ms: int = 0) -> dict:
-        out = fpd("lookup", ip, "--port", str(port), "--wait-ms", str(wait_ms), "--server", f"unix:{self.sock}",
-                  "--json")
-        assert out.returncode in (0, 1), out.stderr
-        return json.loads(out.stdout)
-
-    def stats(self) -> dict:
-        import grpc
-
-        from fingerprintd.v1 import fingerprintd_pb2 as pb
-        from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
-
-        with grpc.insecure_channel(f"unix:{self.sock}") as ch:
-            s = pb_grpc.FingerprintStub(ch).Stats(pb.StatsRequest(), timeout=5)
-        return {"packets": s.packets, "fingerprinted": s.fingerprinted, "skipped": dict(s.skipped),
-                "kernel_dropped": s.kernel_dropped, "connections": s.connections, "hosts": s.hosts}
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(10)
-        self.logfile.close()
-        return rc
 
 
 @pytest.fixture
@@ -163,19 +95,6 @@ def test_lookup_waits_for_a_connection_still_opening(pair, tmp_path):
         assert missing["found"] is False
     finally:
         served.stop()
-
-
-def _syn_frames(n: int, dst_ip: str) -> list[bytes]:
-    """n SYNs to port 25 from n spoofed sources (Linux-shaped), as raw Ethernet frames."""
-    opts = bytes.fromhex("020405b4") + b"\x04\x02" + b"\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07"
-    frames = []
-    dst = socket.inet_aton(dst_ip)
-    for i in range(n):
-        src = struct.pack("!I", 0x0B000000 + i * 7919 % (1 << 24))
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 20 + len(opts), i & 0xFFFF or 1, 0x4000, 50, 6, 0, src, dst)
-        tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, 25, i + 1, 0, (5 + len(opts) // 4) << 4, 0x02, 29200, 0, 0)
-        frames.append(b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp + opts)
-    return frames
 
 
 FLOOD_SENDER = r"""

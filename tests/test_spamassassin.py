@@ -6,70 +6,77 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, need
+from tests.conftest import need
+from tests.helpers import SA_CONTRIB, Served, sa_site_dir
 from tests.netns import NetnsPair, can_use_netns
-from tests.test_service_live import Served
-
-CONTRIB = ROOT / "contrib" / "spamassassin"
 
 
-def message(*fingerprints: str, received_from: str = "") -> bytes:
+def message(*fingerprints: str, received_from: str = "", body: str = "hello") -> bytes:
     head = ""
     if received_from:
         head += (f"Received: from client.example (client.example [{received_from}])\r\n"
                  "\tby mx.test.example (Postfix) with ESMTP id 4ABC123; Sun, 29 Nov 2026 04:00:00 +0000 (UTC)\r\n")
     head += "".join(f"X-OS-Fingerprint: {fp}\r\n" for fp in fingerprints)
     return (head + "From: a@example.net\r\nTo: user@test.example\r\nSubject: t\r\n"
-            "Date: Sun, 29 Nov 2026 04:00:00 +0000\r\nMessage-ID: <t@example.net>\r\n\r\nhello\r\n").encode()
+            "Date: Sun, 29 Nov 2026 04:00:00 +0000\r\nMessage-ID: <t@example.net>\r\n\r\n" + body + "\r\n").encode()
 
 
-def site_dir() -> Path:
-    """A site config dir spamd's unprivileged children can read, with the stock .pre files
-    (they load the Check plugin and friends; --siteconfigpath replaces the whole directory)."""
-    site = Path(tempfile.mkdtemp(prefix="fpd-sa-"))
-    os.chmod(site, 0o755)
-    for pre in Path("/etc/spamassassin").glob("*.pre"):
-        shutil.copy(pre, site / pre.name)
-    return site
+# SpamAssassin's test string: every working SpamAssassin scores it 1000 (the GTUBE rule).
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
 @pytest.fixture(scope="module")
 def spamd(tmp_path_factory):
     need(shutil.which("spamd") is not None and shutil.which("spamc") is not None,
          "SpamAssassin is not installed (make test installs spamassassin and spamc as root)")
-    site = site_dir()
-    shutil.copy(CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
+    site = sa_site_dir()
+    shutil.copy(SA_CONTRIB / "fingerprintd.cf", site / "fingerprintd.cf")
     (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\ndns_available no\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["spamd", "-L", "-i", "127.0.0.1", "-p", str(port), "-A", "127.0.0.1",
-                             f"--siteconfigpath={site}", "--max-children=1", "-u", "nobody", "-x",
-                             "--pidfile", str(site / "spamd.pid")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+    log = tmp_path_factory.mktemp("spamd") / "spamd.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(["spamd", "-L", "-i", "127.0.0.1", "-p", str(port), "-A", "127.0.0.1",
+                                 f"--siteconfigpath={site}", "--max-children=1", "-u", "nobody", "-x",
+                                 "--pidfile", str(site / "spamd.pid")], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # spamd must really answer: a ping (spamc -K: "SPAMD/1.5 0"), and GTUBE scored as spam (spamc without
+        # -x prints "0/0" when nothing answers, which would pass any "no hits" test).
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            ping = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(port), "-K"], capture_output=True,
+                                  timeout=30)
+            if ping.returncode == 0 and ping.stdout.startswith(b"SPAMD/"):
                 break
-        time.sleep(0.3)
-    yield port
-    proc.terminate()
-    proc.wait(20)
-    shutil.rmtree(site, ignore_errors=True)
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"spamd did not answer a ping on port {port}: {log.read_text(errors='replace')[-2000:]}")
+        gtube = report(port, message(body=GTUBE))
+        assert "GTUBE" in gtube and float(gtube.split("/")[0]) >= 900, gtube  # GTUBE alone scores 1000
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def report(port: int, msg: bytes) -> str:
+    """spamd's full report ("score/threshold" line, then the rule table); -x: an error, never "0/0",
+    when spamd is not there."""
+    out = subprocess.run(["spamc", "-x", "-d", "127.0.0.1", "-p", str(port), "-R"], input=msg,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    return out.stdout.decode()
 
 
 def spamc(port: int, msg: bytes) -> dict[str, float]:
-    out = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(port), "-R"], input=msg, capture_output=True,
-                         timeout=60).stdout.decode()
     hits = {}
-    for line in out.splitlines():
+    for line in report(port, msg).splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[1].startswith("FPD_"):
             hits[parts[1]] = float(parts[0])
@@ -96,7 +103,10 @@ def test_rules(spamd, fingerprints, rule, score):
 
 
 def test_no_header_no_hits(spamd):
-    assert spamc(spamd, message()) == {}
+    out = report(spamd, message())
+    # A real report from spamd: its score line and its rule table, with no FPD_ rule in it.
+    assert out.splitlines()[0].endswith("/5.0") and "Content analysis details" in out, out
+    assert " FPD_" not in out, out
 
 
 PLUGIN_CF = """loadplugin Mail::SpamAssassin::Plugin::FingerprintD {pm}
@@ -122,8 +132,8 @@ def test_plugin_queries_the_service_in_taint_mode(tmp_path):
     ok, why = can_use_netns()
     need(ok, why)
     os.chmod(tmp_path, 0o755)
-    site = site_dir()
-    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=CONTRIB / "FingerprintD.pm"))
+    site = sa_site_dir()
+    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=SA_CONTRIB / "FingerprintD.pm"))
     with NetnsPair(net=84) as pair:
         pair.start_listener()
         served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),

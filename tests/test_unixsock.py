@@ -10,7 +10,7 @@ from fingerprintd.compat import P0fSocketServer
 from fingerprintd.hosts import HostTable
 from fingerprintd.server import build_server
 from fingerprintd.unixsock import remove_stale_socket
-from tests.test_cli import fpd
+from tests.helpers import fpd
 
 
 def test_a_stale_socket_goes_and_a_missing_one_is_fine(tmp_path):
