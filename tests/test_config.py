@@ -20,7 +20,7 @@ from fingerprintd.config import (
     render_markdown,
     render_toml,
 )
-from tests.conftest import ROOT, assert_fails_at
+from tests.conftest import ROOT, assert_fails_at, need
 
 
 def test_defaults_run_without_a_file():
@@ -82,8 +82,8 @@ def test_serve_fails_with_one_line(tmp_path, args, needle):
     assert needle in last and "Traceback" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the test as an unprivileged user")
 def test_serve_without_cap_net_raw_says_how_to_grant_it(tmp_path):
+    need(os.geteuid() == 0, "needs root to run the test as an unprivileged user")
     os.chmod(tmp_path, 0o777)
     proc = _serve("-i", "lo", "--grpc", f"unix:{tmp_path}/s.sock", user=65534)
     assert proc.returncode == 2, proc.stderr
@@ -98,8 +98,8 @@ def test_serve_with_the_api_address_taken(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         proc = _serve("-i", "lo", "--grpc", f"127.0.0.1:{port}")
-    if proc.returncode == 2 and "cannot capture" in proc.stderr:
-        pytest.skip("needs capture privileges to get as far as the API")
+    need(not (proc.returncode == 2 and "cannot capture" in proc.stderr),
+         "needs capture privileges to get as far as the API")
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]  # JSON log lines aside
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]

@@ -160,9 +160,7 @@ def test_sighup_reload_and_sigterm(pair, tmp_path):
         assert failure["error"].startswith(f"{policy}:3: ")
         assert served.lookup(pair.client4, 34000)["verdict"]["score"] == 2.5  # the old policy stays
     finally:
-        t0 = time.monotonic()
-        assert served.stop() == 0
-        assert time.monotonic() - t0 < 5
+        assert served.stop() == 0  # stop() waits a bounded time: a hang fails here
     assert '"msg": "stopped"' in log.read_text()
 
 
@@ -181,9 +179,7 @@ def test_sigterm_stops_it_amid_a_storm_of_signals(pair, tmp_path):
         pair.connect(pair.server4, 1, 0, 34500)
         assert served.lookup(pair.client4, 34500, wait_ms=2000)["found"]
     finally:
-        t0 = time.monotonic()
-        assert served.stop() == 0
-        assert time.monotonic() - t0 < 5
+        assert served.stop() == 0  # stop() waits a bounded time: a hang fails here
     text = log.read_text()
     assert '"msg": "reloaded"' in text and '"msg": "stopped"' in text
 
