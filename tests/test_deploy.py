@@ -346,7 +346,7 @@ def test_rspamd_reads_the_p0f_socket_as_its_own_user(deployed, rspamd_user):
         shutil.chown(conf / sub, "_rspamd", "_rspamd")
     first = deployed.port + 1
     assert deployed.send(first).returncode == 0  # a SYN from the client for the IP-only p0f query
-    proc = subprocess.Popen(["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "-i", "--var",
+    proc = subprocess.Popen(["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd", "--var",
                              f"LOCAL_CONFDIR={conf}", "--var", f"RUNDIR={conf}/run", "--var", f"DBDIR={conf}/db",
                              "--var", f"LOGDIR={conf}/log", "-c", "/etc/rspamd/rspamd.conf"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -364,6 +364,10 @@ def test_rspamd_reads_the_p0f_socket_as_its_own_user(deployed, rspamd_user):
         assert out.returncode == 0, text + out.stderr.decode()
         p0f = [ln for ln in text.splitlines() if ln.startswith("Symbol: P0F ")]
         assert p0f and "link=Ethernet or modem" in p0f[0], text + deployed.log("rspamd/log/rspamd.log")[-3000:]
+        # It was rspamd's worker, as _rspamd, that read the socket (no -i: workers never run as root).
+        workers = subprocess.run(["ps", "-o", "user=,args=", "--ppid", str(proc.pid)], capture_output=True,
+                                 text=True).stdout.splitlines()
+        assert workers and all(w.split()[0] == "_rspamd" for w in workers), workers
     finally:
         proc.terminate()
         proc.wait(30)
