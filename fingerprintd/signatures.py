@@ -144,6 +144,8 @@ class _Parser:
         self.label_id = 0
         self.mtu_label: str | None = None
         self.line = 0
+        # The specific lines so far, per direction (True: request), for p0f's "already covered" check.
+        self.specific = {True: CoverIndex(), False: CoverIndex()}
 
     def fail(self, message: str) -> SignatureError:
         return SignatureError(self.source, self.line, message)
@@ -312,11 +314,13 @@ class _Parser:
             ver, ttl, bad_ttl, olen, mss, win_type, win, wscale, layout, eol_pad, quirks,
             pclass_map[pclass_s], self.label, self.line, val,
         )
-        sigs = self.db.tcp(self.section == "tcp:request")
-        covering = _covering(sig, sigs)
+        request = self.section == "tcp:request"
+        earlier = self.specific[request]
+        covering = earlier.first(sig)
         if covering is not None:
             raise self.fail(f"signature is already covered by line {covering.line}")
-        sigs.append(sig)
+        earlier.add(sig)
+        self.db.tcp(request).append(sig)
 
     def split(self, text: str, sep: str, expected: str) -> tuple[str, str]:
         head, found, rest = text.partition(sep)
@@ -398,64 +402,145 @@ def shadowed(db: Database) -> list[tuple[str, TcpSig, TcpSig]]:
     """
     out = []
     for section, sigs in (("tcp:request", db.request), ("tcp:response", db.response)):
-        for i, sig in enumerate(sigs):
+        earlier = CoverIndex(include_generic=True)
+        for sig in sigs:
             if sig.generic:
-                ref = _covering(sig, [s for s in sigs[:i] if s.generic], include_generic=True)
+                ref = earlier.first(sig)
                 if ref is not None:
                     out.append((section, sig, ref))
+                earlier.add(sig)
     return out
 
 
-def _covering(new: TcpSig, sigs: list[TcpSig], include_generic: bool = False) -> TcpSig | None:
-    """The earlier signature that matches everything `new` does.
+_NOT_V4_MASK = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)  # what a `*` line ignores for an IPv6 (or `*`) line
+_V4_MASK = ~Q_FLOW  # ... and for an IPv4 line
+
+
+class CoverIndex:
+    """Earlier lines, bucketed by what `covers` needs to be exactly equal.
+
+    p0f checks a new line against every earlier one, which is quadratic: 200k
+    lines took minutes.  A line can only cover another with the same option
+    layout, EOL padding, IP option length and (masked) quirks, an MSS, window
+    scale and payload class that is equal or `*`, and a window that is equal,
+    `*`, a modulus, or the multiplier the new line's window reads as.  So the
+    candidates are the few buckets those keys name; `covers` still decides,
+    and the earliest covering line wins, as in p0f's file-order scan.
+    """
+
+    def __init__(self, include_generic: bool = False) -> None:
+        self.include_generic = include_generic
+        # (layout, eol_pad, olen, masked quirks, mss, wscale, pclass) -> window key -> lines in file order;
+        # one map for new IPv4 lines, one for the rest (a `*` line's quirk mask differs).
+        self._v4: dict[tuple, dict[tuple[int, int], list[TcpSig]]] = {}
+        self._other: dict[tuple, dict[tuple[int, int], list[TcpSig]]] = {}
+        self._moduli: dict[tuple, set[int]] = {}  # the %N windows present per bucket of _other/_v4
+
+    def add(self, ref: TcpSig) -> None:
+        if ref.generic and not self.include_generic:
+            return
+        q4 = ref.quirks & _V4_MASK if ref.ver is None else ref.quirks
+        qo = ref.quirks & _NOT_V4_MASK if ref.ver is None else ref.quirks
+        wkey = (ref.win_type, ref.win)
+        for table, q, tag in ((self._v4, q4, 4), (self._other, qo, 0)):
+            key = (ref.layout, ref.eol_pad, ref.olen, q, ref.mss, ref.wscale, ref.pclass)
+            table.setdefault(key, {}).setdefault(wkey, []).append(ref)
+            if ref.win_type == WIN_MOD:
+                self._moduli.setdefault((tag, *key), set()).add(ref.win)
+
+    def first(self, new: TcpSig) -> TcpSig | None:
+        """The earliest added line that covers `new`, or None."""
+        table, tag = (self._v4, 4) if new.ver == 4 else (self._other, 0)
+        wkeys = self._window_keys(new)
+        best: TcpSig | None = None
+        for mss in {new.mss, None}:
+            for wscale in {new.wscale, None}:
+                for pclass in {new.pclass, None}:
+                    key = (new.layout, new.eol_pad, new.olen, new.quirks, mss, wscale, pclass)
+                    windows = table.get(key)
+                    if windows is None:
+                        continue
+                    keys = wkeys
+                    if new.win_type == WIN_NORMAL:
+                        moduli = self._moduli.get((tag, *key))
+                        if moduli:
+                            keys = wkeys + [(WIN_MOD, m) for m in _dividing(new.win, moduli)]
+                    for wkey in keys:
+                        for ref in windows.get(wkey, ()):
+                            if best is not None and ref.line > best.line:
+                                break
+                            if covers(ref, new, self.include_generic):
+                                best = ref
+                                break
+        return best
+
+    def _window_keys(self, new: TcpSig) -> list[tuple[int, int]]:
+        keys = [(new.win_type, new.win)]
+        if new.win_type == WIN_NORMAL:
+            keys.append((WIN_ANY, 0))
+            multi, use_mtu = win_multiplier(new.win, -1 if new.mss is None else new.mss, 0, new.ver or 0, 0, 0)
+            if multi > 0:
+                keys.append((WIN_MTU if use_mtu else WIN_MSS, multi))
+        elif self.include_generic and new.win_type != WIN_ANY:
+            keys.append((WIN_ANY, 0))
+        return keys
+
+
+def _dividing(win: int, moduli: set[int]) -> list[int]:
+    """The moduli that divide `win`: by trying each while there are few, else by `win`'s divisors."""
+    if len(moduli) <= 64 or not win:
+        return [m for m in moduli if win % m == 0]
+    out = []
+    d = 1
+    while d * d <= win:
+        if win % d == 0:
+            out += [x for x in {d, win // d} if x in moduli]
+        d += 1
+    return out
+
+
+def covers(ref: TcpSig, new: TcpSig, include_generic: bool = False) -> bool:
+    """Whether `ref` matches everything `new` does.
 
     This is p0f's registration check: the new line, treated as a packet, is
-    matched exactly (no fuzz) against the specific lines before it.  With
+    matched exactly (no fuzz) against a specific line before it.  With
     `include_generic` (the shadow report, not p0f's check) generic lines count
     too, and a `*` window covers every window form, as it does for packets.
     """
-    for ref in sigs:
-        if (ref.generic and not include_generic) or ref.layout != new.layout:
-            continue
-        ref_quirks = ref.quirks
-        if ref.ver is None:
-            ref_quirks &= ~(Q_DF | Q_NZ_ID | Q_ZERO_ID) if new.ver != 4 else ~Q_FLOW
-        if ref_quirks != new.quirks:
-            continue
-        if ref.eol_pad != new.eol_pad or ref.olen != new.olen:
-            continue
-        if ref.bad_ttl:
-            if ref.ttl < new.ttl:
-                continue
-        elif ref.ttl < new.ttl or ref.ttl - new.ttl > MAX_DIST:
-            continue
-        if ref.mss is not None and ref.mss != new.mss:
-            continue
-        if ref.wscale is not None and ref.wscale != new.wscale:
-            continue
-        if ref.pclass is not None and ref.pclass != new.pclass:
-            continue
-        if include_generic and ref.win_type == WIN_ANY:
-            pass
-        elif new.win_type != WIN_NORMAL:
-            if ref.win_type != new.win_type or ref.win != new.win:
-                continue
-        elif ref.win_type == WIN_NORMAL:
-            if ref.win != new.win:
-                continue
-        elif ref.win_type == WIN_MOD:
-            if new.win % ref.win:
-                continue
-        elif ref.win_type != WIN_ANY:
-            # A literal window in the new line is read as a packet would be:
-            # it may be a multiple of its own literal MSS.
-            multi, use_mtu = win_multiplier(
-                new.win, -1 if new.mss is None else new.mss, 0, new.ver or 0, 0, 0
-            )
-            if use_mtu != (ref.win_type == WIN_MTU) or multi != ref.win:
-                continue
-        return ref
-    return None
+    if (ref.generic and not include_generic) or ref.layout != new.layout:
+        return False
+    ref_quirks = ref.quirks
+    if ref.ver is None:
+        ref_quirks &= _NOT_V4_MASK if new.ver != 4 else _V4_MASK
+    if ref_quirks != new.quirks:
+        return False
+    if ref.eol_pad != new.eol_pad or ref.olen != new.olen:
+        return False
+    if ref.bad_ttl:
+        if ref.ttl < new.ttl:
+            return False
+    elif ref.ttl < new.ttl or ref.ttl - new.ttl > MAX_DIST:
+        return False
+    if ref.mss is not None and ref.mss != new.mss:
+        return False
+    if ref.wscale is not None and ref.wscale != new.wscale:
+        return False
+    if ref.pclass is not None and ref.pclass != new.pclass:
+        return False
+    if include_generic and ref.win_type == WIN_ANY:
+        return True
+    if new.win_type != WIN_NORMAL:
+        return ref.win_type == new.win_type and ref.win == new.win
+    if ref.win_type == WIN_NORMAL:
+        return ref.win == new.win
+    if ref.win_type == WIN_MOD:
+        return new.win % ref.win == 0
+    if ref.win_type != WIN_ANY:
+        # A literal window in the new line is read as a packet would be:
+        # it may be a multiple of its own literal MSS.
+        multi, use_mtu = win_multiplier(new.win, -1 if new.mss is None else new.mss, 0, new.ver or 0, 0, 0)
+        return use_mtu == (ref.win_type == WIN_MTU) and multi == ref.win
+    return True
 
 
 def win_multiplier(

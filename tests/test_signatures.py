@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from scapy.all import IP, UDP, Ether  # type: ignore[attr-defined]
 
-from fingerprintd.signatures import WIN_MSS, SignatureError, load, marked_additions, parse_text
+from fingerprintd import signatures
+from fingerprintd.signatures import WIN_MSS, SignatureError, load, marked_additions, parse_text, shadowed
+from tests import bigdb
 from tests.conftest import OUR_DB, STOCK_DB
 from tests.craft import write_pcap
 
@@ -81,6 +83,55 @@ def test_parser_accepts_and_refuses_with_file_and_line(text, line):
         parse_text(text, "test.fp")
     assert err.value.line == line
     assert str(err.value).startswith(f"test.fp:{line}: ")
+
+
+_MODULI = "".join(f"sig = *:64:0:*:%{m},*:mss::0\n" for m in range(1099, 999, -1))  # lines 4..103
+# (database text, the refused line, the line p0f says covers it): the earliest of several candidates
+# in different buckets of the index, and a %N window among more moduli than are tried one by one.
+COVERED = [
+    (HEAD + "sig = *:64:0:*:8192,*:mss::0\nsig = *:64:0:1460:*,0:mss::0\nsig = *:64:0:1460:8192,0:mss::0\n",
+     6, 4),
+    (HEAD + "sig = *:64:0:1460:*,0:mss::0\nsig = *:64:0:*:8192,*:mss::0\nsig = *:64:0:1460:8192,0:mss::0\n",
+     6, 4),
+    (HEAD + "sig = 4:64:0:1460:mss*4,0:mss::0\nsig = 4:64:0:*:%1460,0:mss::0\nsig = *:64:0:1460:5840,0:mss::0\n",
+     6, 4),  # 5840 reads as mss*4; p0f does not compare the IP version
+    (HEAD + _MODULI + "sig = 4:64:0:1460:64260,0:mss::0\n", 104, 4 + 1099 - 1071),  # 64260 = 1071*60 = 1020*63
+]
+
+
+@pytest.mark.parametrize("text,line,by", COVERED)
+def test_covered_names_the_earliest_covering_line(text, line, by):
+    with pytest.raises(SignatureError, match=rf"^test.fp:{line}: signature is already covered by line {by}$"):
+        parse_text(text, "test.fp")
+
+
+@pytest.mark.parametrize("text,line,by", COVERED)
+def test_p0f_agrees_on_the_covering_line(p0f_bin, one_packet_pcap, tmp_path, text, line, by):
+    db = tmp_path / "case.fp"
+    db.write_text(text)
+    out = subprocess.run([p0f_bin, "-f", str(db), "-r", str(one_packet_pcap)], capture_output=True, text=True,
+                         timeout=30)
+    assert f"Signature in line {line} is already covered by line {by}." in out.stdout + out.stderr
+
+
+def test_covering_checks_are_not_quadratic(monkeypatch):
+    """p0f compares each new line with every earlier one: 200k lines took minutes to load.
+
+    Counted, not timed: the pairwise check runs about once per line, where
+    the all-pairs scan of 4,000 lines makes ~8 million comparisons.
+    """
+    calls = {False: 0, True: 0}
+    real = signatures.covers
+
+    def counting(ref, new, include_generic=False):
+        calls[include_generic] += 1
+        return real(ref, new, include_generic)
+
+    monkeypatch.setattr(signatures, "covers", counting)
+    db = parse_text(bigdb.text(4000), "big.fp")
+    assert len(db.request) == 4000
+    assert shadowed(db) == []
+    assert calls[False] <= 4000 and calls[True] <= 400, calls
 
 
 @pytest.fixture(scope="module")
