@@ -2,11 +2,17 @@
 
 The engine owns no I/O.  Live capture and offline replay both feed it frames
 and take back `Observation`s; every frame it is given is either fingerprinted
-or counted under a skip reason, so the counters always add up.
+or counted under a skip reason, so the counters always add up:
+``packets == sum(fingerprinted.values()) + sum(skipped.values())``, and
+``sum(syn_mail_classes.values()) == fingerprinted["syn"] + fingerprinted["sendsyn probe"]``.
+A batch updates them under a lock and `summary()` reads them under it: a
+reader on another thread (the service's Stats) sees them between batches,
+never half-way through one (it once saw more fingerprinted than packets).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -77,6 +83,7 @@ class Engine:
         self.records: Counter[str] = Counter()  # host change, ip sharing, uptime
         self.host_records = host_records  # uptime records from ACK/FIN/RST packets too
         self.nat_exact = p0f_bugs  # p0f's NAT scoring to the bit, see nat.py
+        self._lock = threading.Lock()  # held for a whole batch: the counters change together
 
     def feed(self, frame: bytes, linktype: int, sec: int, usec: int = 0) -> Observation | None:
         """Process one captured frame; the observation it yields, if any."""
@@ -85,6 +92,10 @@ class Engine:
 
     def feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
         """Process captured frames, given as (sec, usec, frame); their observations, in order."""
+        with self._lock:
+            return self._feed_batch(batch, linktype)
+
+    def _feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
         out = []
         parse = packet.parse
         bugs = self.p0f_bugs
@@ -146,11 +157,13 @@ class Engine:
         return out
 
     def summary(self) -> dict:
-        return {
-            "packets": self.packets,
-            "fingerprinted": dict(self.fingerprinted),
-            "skipped": dict(sorted(self.skipped.items())),
-            "syn_mail_classes": dict(sorted(self.syn_classes.items())),
-            "records": dict(sorted(self.records.items())),
-            "cache": self.matcher.cache_stats(),
-        }
+        """The counters, all from the same moment (between two batches)."""
+        with self._lock:
+            return {
+                "packets": self.packets,
+                "fingerprinted": dict(self.fingerprinted),
+                "skipped": dict(sorted(self.skipped.items())),
+                "syn_mail_classes": dict(sorted(self.syn_classes.items())),
+                "records": dict(sorted(self.records.items())),
+                "cache": self.matcher.cache_stats(),
+            }

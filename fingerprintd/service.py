@@ -311,17 +311,17 @@ class Service:
         for cap in self.captures:
             r, d, i = cap.stats()
             recv, drop, ifdrop = recv + r, drop + d, ifdrop + i
-        e = self.engine
+        e = self.engine.summary()  # one consistent snapshot: the capture thread may be mid-batch
         sizes = self.hosts.sizes()
-        cache = e.matcher.cache_stats()
+        cache = e["cache"]
         return {
-            "packets": e.packets, "fingerprinted": sum(e.fingerprinted.values()), "skipped": dict(e.skipped),
+            "packets": e["packets"], "fingerprinted": sum(e["fingerprinted"].values()), "skipped": e["skipped"],
             "kernel_received": recv, "kernel_dropped": drop, "interface_dropped": ifdrop,
             "connections": sizes["connections"], "hosts": sizes["hosts"],
             "match_cache_hits": cache["hits"], "match_cache_misses": cache["misses"],
             "lookups": self.hosts.lookups, "lookup_hits": self.hosts.hits,
             "uptime_seconds": time.time() - self.started, "reloads": self.reloads,
-            "syn_mail_classes": dict(e.syn_classes),
+            "syn_mail_classes": e["syn_mail_classes"],
         }
 
     def drop_privileges(self, user: str) -> None:
