@@ -24,8 +24,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from fingerprintd.engine import Observation
+from fingerprintd.matcher import Fingerprint
 
 MAX_SIGNATURES_PER_HOST = 8  # distinct raw signatures remembered per host
+MAX_INTERNED_SERVERS = 256  # server addresses shared by all entries; more are stored per entry
+EXPIRY_QUANTUM = 1 / 16  # seconds: writes this close together share one expiry time
 
 
 class AddressError(ValueError):
@@ -56,13 +59,94 @@ def normalize_ip(text: str) -> bytes:
     return addr.packed
 
 
+class Syn:
+    """What the table keeps of one fingerprinted SYN: the parts of an `Observation` a lookup answers with.
+
+    A flood of spoofed sources fills the table with a million of these, so
+    they are small: the verdict is the matcher's shared `Fingerprint`, the
+    server address is interned, and the client address and port are the
+    connection table's int key (`conn_key`), decoded when asked for.  It
+    reads like an Observation (``obs.pkt.src``, ``obs.fp``, ``obs.server``);
+    ``pkt`` is the record itself.
+    """
+
+    __slots__ = ("ts", "key", "dst", "dport", "ttl", "mod", "linktype", "fp", "expires")
+
+    def __init__(self, ts: float, key: int, dst: bytes, dport: int, ttl: int, mod: str, linktype: int,
+                 fp: Fingerprint) -> None:
+        self.ts = ts
+        self.key = key
+        self.dst = dst
+        self.dport = dport
+        self.ttl = ttl
+        self.mod = mod
+        self.linktype = linktype
+        self.fp = fp
+        self.expires = 0.0  # set by the table that holds it
+
+    @property
+    def pkt(self) -> Syn:
+        return self
+
+    @property
+    def src(self) -> bytes:
+        key = self.key
+        if key >> 144:
+            return (key >> 16 & _ADDR6).to_bytes(16, "big")
+        return (key >> 16).to_bytes(4, "big")
+
+    @property
+    def sport(self) -> int:
+        return self.key & 0xFFFF
+
+    @property
+    def ip_ver(self) -> int:
+        return 6 if self.key >> 144 else 4
+
+    @property
+    def to_server(self) -> bool:
+        return self.fp.to_server
+
+    @property
+    def client(self) -> tuple[bytes, int]:
+        return self.src, self.sport
+
+    @property
+    def server(self) -> tuple[bytes, int]:
+        return self.dst, self.dport
+
+    def __repr__(self) -> str:
+        return f"Syn({self.mod}, {self.src.hex()}:{self.sport} -> {self.dst.hex()}:{self.dport}, {self.fp.raw_sig})"
+
+
+_ADDR6 = (1 << 128) - 1
+
+
+def conn_key(ip: bytes, port: int) -> int:
+    """(address, port) as one int: 32 bytes for IPv4, against 136 for a tuple and its items.
+
+    An IPv6 key carries a marker bit, so ::a.b.c.d and a.b.c.d differ.
+    """
+    return (int.from_bytes(ip, "big") | (1 << 128 if len(ip) == 16 else 0)) << 16 | port
+
+
+def host_key(ip: bytes) -> int:
+    """An address as an int (an IPv6 one with a marker bit, as in `conn_key`)."""
+    return int.from_bytes(ip, "big") | (1 << 128 if len(ip) == 16 else 0)
+
+
 class HostRecord:
-    """One client address's history within the table's window."""
+    """One client address's history within the table's window.
+
+    The table keeps a host seen once as its `Syn` alone (a spoofed flood is
+    all such hosts) and makes a HostRecord of it when asked or when the
+    second SYN comes.
+    """
 
     __slots__ = ("first_seen", "last_seen", "count", "last_distance", "signatures", "os_names", "last_change",
-                 "changes", "latest", "last_match")
+                 "changes", "latest", "last_match", "expires")
 
-    def __init__(self, obs: Observation) -> None:
+    def __init__(self, obs: Syn) -> None:
         fp = obs.fp
         self.first_seen = self.last_seen = obs.pkt.ts
         self.count = 1
@@ -74,8 +158,9 @@ class HostRecord:
         self.latest = obs
         # The latest SYN that matched an OS (not a tool): what p0f's API reports.
         self.last_match = obs if fp.label is not None and not fp.label.is_app else None
+        self.expires = obs.expires
 
-    def update(self, obs: Observation) -> None:
+    def update(self, obs: Syn) -> None:
         pkt, fp = obs.pkt, obs.fp
         self.last_seen = pkt.ts
         self.count += 1
@@ -107,32 +192,37 @@ class HostRecord:
 class ExpiringLRU:
     """A bounded mapping whose entries expire `ttl` seconds after their last write.
 
-    cachetools' TTLCache does this too, but costs 5.5 us per insert here
-    against 0.4 us for this OrderedDict (measured, 200k inserts with
-    eviction); the capture thread writes two tables per SYN, and at 50k SYN/s
-    TTLCache alone would take half a core.  Writes move an entry to the back,
-    so the front is always the oldest: expiry pops from the front.
+    Values carry their own expiry (an ``expires`` attribute, set on write):
+    a (time, value) pair per entry would cost 80 bytes more.  cachetools'
+    TTLCache does the same job but is slower on the insert path, which the
+    capture thread takes twice per SYN (benchmarks/test_lru.py measures it).
+    Writes move an entry to the back, so the front is always the oldest:
+    expiry pops from the front.
     """
 
     def __init__(self, maxsize: int, ttl: float, timer=time.monotonic) -> None:
         self.maxsize = maxsize
         self.ttl = ttl
         self.timer = timer
-        self._data: OrderedDict = OrderedDict()  # key -> (expires, value)
+        self._data: OrderedDict = OrderedDict()  # key -> value, oldest write first
         self._writes = 0
 
     def get(self, key, default=None):
         item = self._data.get(key)
-        if item is None or item[0] <= self.timer():
+        if item is None or item.expires <= self.timer():
             return default
-        return item[1]
+        return item
 
     def __setitem__(self, key, value) -> None:
+        self.put(key, value, self.timer() + self.ttl)
+
+    def put(self, key, value, expires: float) -> None:
+        """Write with a given expiry (the host table writes both tables with the same one)."""
         data = self._data
-        now = self.timer()
-        data[key] = (now + self.ttl, value)
+        value.expires = expires
+        data[key] = value
         data.move_to_end(key)
-        while len(data) > self.maxsize:
+        if len(data) > self.maxsize:
             data.popitem(last=False)
         self._writes += 1
         if not self._writes & 255:
@@ -142,11 +232,10 @@ class ExpiringLRU:
         now = self.timer()
         data = self._data
         while data:
-            key, item = data.popitem(last=False)
-            if item[0] > now:  # still fresh: put it back at the front, and stop
-                data[key] = item
-                data.move_to_end(key, last=False)
+            key = next(iter(data))
+            if data[key].expires > now:
                 break
+            del data[key]
 
     def __len__(self) -> int:
         return len(self._data)
@@ -156,10 +245,15 @@ class HostTable:
     def __init__(self, max_connections: int = 1_000_000, max_hosts: int = 1_000_000,
                  ttl: float = 600.0, timer=time.monotonic) -> None:
         self.connections = ExpiringLRU(max_connections, ttl, timer)
-        self.hosts = ExpiringLRU(max_hosts, ttl, timer)
+        self.hosts = ExpiringLRU(max_hosts, ttl, timer)  # address -> Syn (seen once) or HostRecord
+        self.ttl = ttl
+        self.timer = timer
         self.added = 0
         self.lookups = 0
         self.hits = 0
+        self._servers: dict[bytes, bytes] = {}  # interned server addresses (a few: ours)
+        self._expires = 0.0  # the expiry given to every write until `_fresh_until`: one float for many
+        self._fresh_until = -1.0
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._waiting = 0  # lookups blocked in wait(): only then is a notify worth its cost
@@ -173,22 +267,41 @@ class HostTable:
         """Record a fingerprinted SYN (SYN+ACKs describe servers: ignored here)."""
         if not obs.fp.to_server:
             return
-        src = obs.pkt.src
+        pkt = obs.pkt
+        src = pkt.src
+        dst = self._servers.get(pkt.dst)
+        if dst is None:
+            dst = pkt.dst
+            if len(self._servers) < MAX_INTERNED_SERVERS:
+                self._servers[dst] = dst
+        key = conn_key(src, pkt.sport)
+        syn = Syn(pkt.ts, key, dst, pkt.dport, pkt.ttl, obs.mod, obs.linktype, obs.fp)
+        hkey = key >> 16
         with self._lock:
             self.added += 1
-            self.connections[(src, obs.pkt.sport)] = obs
-            host = self.hosts.get(src)
+            now = self.timer()
+            if now >= self._fresh_until:
+                # Writes within EXPIRY_QUANTUM share one expiry (a float per entry is 32 bytes):
+                # an entry lives between ttl and ttl + EXPIRY_QUANTUM seconds after its write.
+                self._fresh_until = now + EXPIRY_QUANTUM
+                self._expires = now + self.ttl + EXPIRY_QUANTUM
+            expires = self._expires
+            self.connections.put(key, syn, expires)
+            hosts = self.hosts
+            host = hosts.get(hkey)
             if host is None:
-                host = HostRecord(obs)
+                hosts.put(hkey, syn, expires)
             else:
-                host.update(obs)
-            self.hosts[src] = host  # re-set: refreshes its TTL and LRU place
+                if host.__class__ is Syn:
+                    host = HostRecord(host)
+                host.update(syn)
+                hosts.put(hkey, host, expires)  # re-put: refreshes its TTL and LRU place
             if self._waiting:
                 self._arrived.notify_all()
         for hook in self.arrival_hooks:
             hook(src, obs.pkt.sport)
 
-    def lookup(self, ip: bytes, port: int = 0, wait: float = 0.0) -> tuple[Observation | None, HostRecord | None]:
+    def lookup(self, ip: bytes, port: int = 0, wait: float = 0.0) -> tuple[Syn | None, HostRecord | None]:
         """The SYN of connection (ip, port), or the latest from ip when port is 0.
 
         Waits up to `wait` seconds for it to arrive.
@@ -197,8 +310,10 @@ class HostTable:
         with self._lock:
             self.lookups += 1
             while True:
-                host = self.hosts.get(ip)
-                obs = self.connections.get((ip, port)) if port else (host.latest if host else None)
+                host = self.hosts.get(host_key(ip))
+                if host is not None and host.__class__ is Syn:
+                    host = HostRecord(host)
+                obs = self.connections.get(conn_key(ip, port)) if port else (host.latest if host else None)
                 remaining = deadline - time.monotonic()
                 if obs is not None or remaining <= 0:
                     break

@@ -21,6 +21,14 @@ POLICY = load_policy(ROOT / "signatures" / "policy.toml")
 RNG = random.Random(11)
 
 
+def same_syn(got, obs) -> bool:
+    """The table's record of a SYN carries what a lookup answers with: addresses, ports, time, TTL, verdict."""
+    want, have = obs.pkt, got.pkt
+    return (got.mod, got.linktype, got.fp) == (obs.mod, obs.linktype, obs.fp) and \
+        (have.ts, have.src, have.sport, have.dst, have.dport, have.ttl, have.ip_ver) == \
+        (want.ts, want.src, want.sport, want.dst, want.dport, want.ttl, want.ip_ver) and got.server == obs.server
+
+
 def observe(stack: str, src: str = "203.0.113.7", sport: int = 40000, ts: float = 1_700_000_000.0):
     eng = Engine(Matcher(DB, classes=bundled_classes()))
     obs = eng.feed(bytes(frame(STACKS[stack], src, "192.0.2.25", sport, 25, RNG, seq=RNG.randrange(1, 1 << 31))),
@@ -52,13 +60,28 @@ def test_connection_and_latest_lookup():
     table.add(a)
     table.add(b)
     ip = normalize_ip("203.0.113.7")
-    assert table.lookup(ip, 40001)[0] is a
-    assert table.lookup(ip, 40002)[0] is b
+    assert same_syn(table.lookup(ip, 40001)[0], a)
+    assert same_syn(table.lookup(ip, 40002)[0], b) and not same_syn(table.lookup(ip, 40002)[0], a)
     obs, host = table.lookup(ip, 0)
-    assert obs is b and host.count == 2 and host.host_changed and host.os_names == ["Linux", "Windows"]
+    assert same_syn(obs, b) and host.count == 2 and host.host_changed and host.os_names == ["Linux", "Windows"]
     assert len(host.signatures) == 2 and host.last_change == b.pkt.ts
-    assert table.lookup(ip, 40003) == (None, host)
+    assert table.lookup(ip, 40003)[0] is None and table.lookup(ip, 40003)[1].count == 2
     assert table.lookup(normalize_ip("198.51.100.1"), 0) == (None, None)
+
+
+def test_ipv6_and_ipv4_compatible_addresses_are_different_entries():
+    """Entries are keyed by the address as a number: ::203.0.113.7 must not be 203.0.113.7."""
+    table = HostTable()
+    v4 = observe("linux", sport=40000)
+    compat = bytes(12) + v4.pkt.src
+    v6 = v4._replace(pkt=v4.pkt._replace(src=compat, ip_ver=6), fp=observe("win7").fp)
+    table.add(v4)
+    table.add(v6)
+    got4, host4 = table.lookup(v4.pkt.src, 40000)
+    got6, host6 = table.lookup(compat, 40000)
+    assert same_syn(got4, v4) and same_syn(got6, v6)
+    assert (got4.pkt.src, got4.pkt.ip_ver, got6.pkt.src, got6.pkt.ip_ver) == (v4.pkt.src, 4, compat, 6)
+    assert host4.count == host6.count == 1 and host4.os_names == ["Linux"] and host6.os_names == ["Windows"]
 
 
 def test_flood_stays_within_bound_oldest_go_first():
@@ -80,7 +103,7 @@ def test_entries_expire():
     obs = observe("linux")
     table.add(obs)
     now[0] = 599
-    assert table.lookup(obs.pkt.src, obs.pkt.sport)[0] is obs
+    assert same_syn(table.lookup(obs.pkt.src, obs.pkt.sport)[0], obs)
     now[0] = 601
     assert table.lookup(obs.pkt.src, obs.pkt.sport) == (None, None)
 
@@ -98,7 +121,7 @@ def test_lookup_waits_for_a_syn_not_captured_yet():
     waiter.join(20)  # woken by the arrival, long before its own 60 s: a hang guard, not a speed goal
     assert not waiter.is_alive()
     found = got[0][0]
-    assert (found.pkt.src, found.pkt.sport, found.pkt.ts, found.fp) == (obs.pkt.src, obs.pkt.sport, obs.pkt.ts, obs.fp)
+    assert same_syn(found, obs)
     # Nothing arrives for another port: the wait ends, empty-handed.
     empty = threading.Thread(target=lambda: got.append(table.lookup(obs.pkt.src, 1, wait=0.1)), daemon=True)
     empty.start()
