@@ -27,6 +27,13 @@ WIN_ANY, WIN_NORMAL, WIN_MOD, WIN_MSS, WIN_MTU = 0, 1, 2, 3, 4
 
 _OPT_TOKENS = (("nop", 1), ("mss", 2), ("ws", 3), ("sok", 4), ("sack", 5), ("ts", 8))
 _IPV4_ONLY = {"df", "id+", "id-", "0+"}
+_FIELD = re.compile(r"([A-Za-z_]*)[ \t]*=[ \t]*")
+_LABEL = re.compile(r"([sg]):([A-Za-z0-9!]+):")
+_NAME = re.compile(r"[A-Za-z0-9 ./\-_!?()]+:")
+_TTL = re.compile(r"([0-9]+)(?:(-)|\+([0-9]*))?")
+_DIGITS = re.compile(r"[0-9]*")
+_EOL = re.compile(r"eol\+([0-9]*)")
+_PCLASS = {"*": None, "0": 0, "+": 1}
 
 
 class SignatureError(ValueError):
@@ -146,6 +153,8 @@ class _Parser:
         self.line = 0
         # The specific lines so far, per direction (True: request), for p0f's "already covered" check.
         self.specific = {True: CoverIndex(), False: CoverIndex()}
+        self.handlers = {"classes": self.classes_line, "label": self.label_line, "sys": self.sys_line,
+                         "sig": self.sig_line, "ua_os": self.ua_os_line}
 
     def fail(self, message: str) -> SignatureError:
         return SignatureError(self.source, self.line, message)
@@ -160,17 +169,11 @@ class _Parser:
         if line.startswith("["):
             self.section_line(line)
             return
-        m = re.match(r"([A-Za-z_]*)[ \t]*=[ \t]*", line)
+        m = _FIELD.match(line)
         if not m or not m.group(1):
             raise self.fail("expected 'name = value' or a [section] header")
         key, val = m.group(1), line[m.end():]
-        handler = {
-            "classes": self.classes_line,
-            "label": self.label_line,
-            "sys": self.sys_line,
-            "sig": self.sig_line,
-            "ua_os": self.ua_os_line,
-        }.get(key)
+        handler = self.handlers.get(key)
         if handler is None:
             raise self.fail(f"unknown field {key!r} (expected classes, label, sys, sig or ua_os)")
         handler(val)
@@ -213,12 +216,12 @@ class _Parser:
             self.mtu_label = val
             self.state = "sig"
             return
-        m = re.match(r"([sg]):([A-Za-z0-9!]+):", val)
+        m = _LABEL.match(val)
         if not m:
             raise self.fail("malformed label; expected 'label = s|g:class|!:name:flavor'")
         klass = "!" if m.group(2) == "!" else self.find_class(m.group(2))
         rest = val[m.end():]
-        nm = re.match(r"[A-Za-z0-9 ./\-_!?()]+:", rest)
+        nm = _NAME.match(rest)
         if not nm or not rest[: nm.end() - 1].isascii():
             raise self.fail(
                 f"malformed name in label; names use letters, digits and {NAME_CHARS!r}, "
@@ -281,7 +284,7 @@ class _Parser:
         ver = None if ver_s == "*" else int(ver_s)
 
         # Numbers follow p0f's atol(): an empty field reads as 0.
-        m = re.fullmatch(r"([0-9]+)(?:(-)|\+([0-9]*))?", ittl_s)
+        m = _TTL.fullmatch(ittl_s)
         if not m:
             raise self.fail(f"malformed initial TTL {ittl_s!r}; expected N, N- or N+D")
         ttl = int(m.group(1))
@@ -305,7 +308,7 @@ class _Parser:
         layout, eol_pad = self.options(layout_s)
         quirks_s, pclass_s = self.split(rest, ":", "malformed signature; expected ':' before the payload class")
         quirks = self.quirks(quirks_s, ver)
-        pclass_map = {"*": None, "0": 0, "+": 1}
+        pclass_map = _PCLASS
         if pclass_s not in pclass_map:
             hint = " (trailing blanks or a \\r are not allowed)" if pclass_s.rstrip() in pclass_map else ""
             raise self.fail(f"malformed payload class {pclass_s!r}; expected *, 0 or +{hint}")
@@ -329,7 +332,7 @@ class _Parser:
         return head, rest
 
     def number(self, s: str, lo: int, hi: int, what: str) -> int:
-        if not re.fullmatch(r"[0-9]*", s):
+        if not _DIGITS.fullmatch(s):
             raise self.fail(f"malformed {what}: {s!r}")
         n = _num(s)
         if not lo <= n <= hi:
@@ -343,7 +346,7 @@ class _Parser:
             return WIN_MOD, self.number(s[1:], 2, 65535, "window modulus (%N)")
         if s[:4] in ("mss*", "mtu*"):
             return (WIN_MSS if s[1] == "s" else WIN_MTU), self.number(s[4:], 1, 1000, "window multiplier")
-        if not re.fullmatch(r"[0-9]*", s):
+        if not _DIGITS.fullmatch(s):
             raise self.fail(f"malformed window {s!r}; expected *, N, %N, mss*N or mtu*N")
         return WIN_NORMAL, self.number(s, 0, 65535, "window size")
 
@@ -357,7 +360,7 @@ class _Parser:
             if len(kinds) >= MAX_TCP_OPT:
                 raise self.fail(f"more than {MAX_TCP_OPT} TCP options")
             if tok.startswith("eol"):
-                m = re.fullmatch(r"eol\+([0-9]*)", tok)
+                m = _EOL.fullmatch(tok)
                 if not m:
                     raise self.fail(f"malformed EOL option {tok!r}; expected eol+N")
                 if i != len(items) - 1:
@@ -453,9 +456,9 @@ class CoverIndex:
         table, tag = (self._v4, 4) if new.ver == 4 else (self._other, 0)
         wkeys = self._window_keys(new)
         best: TcpSig | None = None
-        for mss in {new.mss, None}:
-            for wscale in {new.wscale, None}:
-                for pclass in {new.pclass, None}:
+        for mss in _OR_ANY(new.mss):
+            for wscale in _OR_ANY(new.wscale):
+                for pclass in _OR_ANY(new.pclass):
                     key = (new.layout, new.eol_pad, new.olen, new.quirks, mss, wscale, pclass)
                     windows = table.get(key)
                     if windows is None:
@@ -484,6 +487,11 @@ class CoverIndex:
         elif self.include_generic and new.win_type != WIN_ANY:
             keys.append((WIN_ANY, 0))
         return keys
+
+
+def _OR_ANY(value: int | None) -> tuple[int | None, ...]:
+    """The values of a field a covering line may have: the same, or `*`."""
+    return (None,) if value is None else (value, None)
 
 
 def _dividing(win: int, moduli: set[int]) -> list[int]:
