@@ -42,13 +42,13 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.s
-        e = s.engine
-        yield _counter("packets", "Frames the capture handed to the engine", value=e.packets)
+        e = s.engine.summary()  # one snapshot between two batches: the counters add up
+        yield _counter("packets", "Frames the capture handed to the engine", value=e["packets"])
         yield _labelled(_counter("observations", "Fingerprinted packets by kind (syn, syn+ack, ...)", ["kind"]),
-                        e.fingerprinted)
-        yield _labelled(_counter("skipped", "Frames not fingerprinted, by reason", ["reason"]), e.skipped)
+                        e["fingerprinted"])
+        yield _labelled(_counter("skipped", "Frames not fingerprinted, by reason", ["reason"]), e["skipped"])
         yield _labelled(_counter("syns", "Fingerprinted SYNs by the sender's mail class", ["mail_class"]),
-                        e.syn_classes)
+                        e["syn_mail_classes"])
         yield _labelled(_counter("syn_verdicts", "Fingerprinted SYNs by the action the policy gives their stack "
                                  "(trusted networks aside)", ["action"]), s.syn_actions)
         recv = _counter("kernel_received", "Packets the kernel filter passed, per interface", ["interface"])
@@ -64,7 +64,7 @@ class ServiceCollector(Collector):
         yield _labelled(_gauge("table_entries", "Entries in the host table", ["table"]), sizes)
         yield _labelled(_gauge("table_capacity", "Bound of each host table", ["table"]),
                         {"connections": s.cfg.max_connections, "hosts": s.cfg.max_hosts})
-        cache = e.matcher.cache_stats()
+        cache = e["cache"]
         yield _counter("match_cache_hits", "Fingerprints answered from the per-stack memo", value=cache["hits"])
         yield _counter("match_cache_misses", "Fingerprints matched against the database", value=cache["misses"])
         yield _gauge("match_cache_entries", "Stacks in the memo", value=cache["size"])
