@@ -27,7 +27,7 @@ from fingerprintd.engine import Observation
 from fingerprintd.matcher import Fingerprint
 
 MAX_SIGNATURES_PER_HOST = 8  # distinct raw signatures remembered per host
-MAX_INTERNED_SERVERS = 256  # server addresses shared by all entries; more are stored per entry
+MAX_INTERNED_SERVERS = 256  # (server, port, mod, linktype) shared by all entries; more are stored per entry
 EXPIRY_QUANTUM = 1 / 16  # seconds: writes this close together share one expiry time
 
 
@@ -63,26 +63,39 @@ class Syn:
     """What the table keeps of one fingerprinted SYN: the parts of an `Observation` a lookup answers with.
 
     A flood of spoofed sources fills the table with a million of these, so
-    they are small: the verdict is the matcher's shared `Fingerprint`, the
-    server address is interned, and the client address and port are the
+    they are small: the verdict is the matcher's shared `Fingerprint`, where
+    it was seen (server address and port, kind, link type) is one interned
+    tuple, and the client address and port are the
     connection table's int key (`conn_key`), decoded when asked for.  It
     reads like an Observation (``obs.pkt.src``, ``obs.fp``, ``obs.server``);
     ``pkt`` is the record itself.
     """
 
-    __slots__ = ("ts", "key", "dst", "dport", "ttl", "mod", "linktype", "fp", "expires")
+    __slots__ = ("ts", "key", "ttl", "where", "fp", "expires")  # six slots: 80 bytes, seven would be 96
 
-    def __init__(self, ts: float, key: int, dst: bytes, dport: int, ttl: int, mod: str, linktype: int,
-                 fp: Fingerprint) -> None:
+    def __init__(self, ts: float, key: int, ttl: int, where: tuple[bytes, int, str, int], fp: Fingerprint) -> None:
         self.ts = ts
         self.key = key
-        self.dst = dst
-        self.dport = dport
         self.ttl = ttl
-        self.mod = mod
-        self.linktype = linktype
+        self.where = where  # (server address, server port, mod, linktype): interned, shared by many
         self.fp = fp
         self.expires = 0.0  # set by the table that holds it
+
+    @property
+    def dst(self) -> bytes:
+        return self.where[0]
+
+    @property
+    def dport(self) -> int:
+        return self.where[1]
+
+    @property
+    def mod(self) -> str:
+        return self.where[2]
+
+    @property
+    def linktype(self) -> int:
+        return self.where[3]
 
     @property
     def pkt(self) -> Syn:
@@ -251,7 +264,7 @@ class HostTable:
         self.added = 0
         self.lookups = 0
         self.hits = 0
-        self._servers: dict[bytes, bytes] = {}  # interned server addresses (a few: ours)
+        self._servers: dict[tuple, tuple] = {}  # interned (server, port, mod, linktype): a few, ours
         self._expires = 0.0  # the expiry given to every write until `_fresh_until`: one float for many
         self._fresh_until = -1.0
         self._lock = threading.Lock()
@@ -269,13 +282,14 @@ class HostTable:
             return
         pkt = obs.pkt
         src = pkt.src
-        dst = self._servers.get(pkt.dst)
-        if dst is None:
-            dst = pkt.dst
+        where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
+        shared = self._servers.get(where)
+        if shared is None:
+            shared = where
             if len(self._servers) < MAX_INTERNED_SERVERS:
-                self._servers[dst] = dst
+                self._servers[where] = where
         key = conn_key(src, pkt.sport)
-        syn = Syn(pkt.ts, key, dst, pkt.dport, pkt.ttl, obs.mod, obs.linktype, obs.fp)
+        syn = Syn(pkt.ts, key, pkt.ttl, shared, obs.fp)
         hkey = key >> 16
         with self._lock:
             self.added += 1

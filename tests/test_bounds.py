@@ -77,10 +77,11 @@ def test_flow_books_prune_flows_at_their_cap():
 
 
 def test_recent_syns_keeps_only_the_last_size_syns():
-    books = RecentSyns(size=100)
+    books = RecentSyns(size=100, hosts=50)
     engine = Engine(Matcher(DB), flows=books)
     assert len(feed(engine, [syn_frame(n, seq=7) for n in range(1000)])) == 1000
     assert len(books.seen) == 100
+    assert len(books.hosts) == 50  # the host-change book (nat.py) too
     # The newest are remembered (their retransmissions skipped), the oldest forgotten.
     again = feed(engine, [syn_frame(999, seq=7), syn_frame(0, seq=7)])
     assert [o.pkt.src for o in again] == [bytes([10, 0, 0, 0])]
