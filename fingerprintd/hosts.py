@@ -81,6 +81,11 @@ class Syn:
         self.fp = fp
         self.expires = 0.0  # set by the table that holds it
 
+    # The host records a SYN set off (nat.py): almost always none, so they live
+    # in a subclass's slots only when there are some.
+    nat = None
+    uptime = None
+
     @property
     def dst(self) -> bytes:
         return self.where[0]
@@ -130,6 +135,12 @@ class Syn:
 
     def __repr__(self) -> str:
         return f"Syn({self.mod}, {self.src.hex()}:{self.sport} -> {self.dst.hex()}:{self.dport}, {self.fp.raw_sig})"
+
+
+class SynWithRecords(Syn):
+    """A Syn that set off a host-change, ip-sharing or uptime record."""
+
+    __slots__ = ("nat", "uptime")  # type: ignore[misc]
 
 
 _ADDR6 = (1 << 128) - 1
@@ -289,7 +300,12 @@ class HostTable:
             if len(self._servers) < MAX_INTERNED_SERVERS:
                 self._servers[where] = where
         key = conn_key(src, pkt.sport)
-        syn = Syn(pkt.ts, key, pkt.ttl, shared, obs.fp)
+        if obs.nat is None and obs.uptime is None:
+            syn = Syn(pkt.ts, key, pkt.ttl, shared, obs.fp)
+        else:
+            syn = SynWithRecords(pkt.ts, key, pkt.ttl, shared, obs.fp)
+            syn.nat = obs.nat
+            syn.uptime = obs.uptime
         hkey = key >> 16
         with self._lock:
             self.added += 1
@@ -306,7 +322,7 @@ class HostTable:
             if host is None:
                 hosts.put(hkey, syn, expires)
             else:
-                if host.__class__ is Syn:
+                if host.__class__ is not HostRecord:
                     host = HostRecord(host)
                 host.update(syn)
                 hosts.put(hkey, host, expires)  # re-put: refreshes its TTL and LRU place
@@ -325,7 +341,7 @@ class HostTable:
             self.lookups += 1
             while True:
                 host = self.hosts.get(host_key(ip))
-                if host is not None and host.__class__ is Syn:
+                if host is not None and host.__class__ is not HostRecord:
                     host = HostRecord(host)
                 obs = self.connections.get(conn_key(ip, port)) if port else (host.latest if host else None)
                 remaining = deadline - time.monotonic()

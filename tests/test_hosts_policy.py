@@ -11,6 +11,7 @@ from fingerprintd.classes import bundled_classes
 from fingerprintd.engine import Engine
 from fingerprintd.hosts import AddressError, HostTable, normalize_ip
 from fingerprintd.matcher import Matcher, PerFingerprint
+from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.policy import PolicyError, load_policy, parse_policy
 from fingerprintd.signatures import load
 from tests.conftest import OUR_DB, ROOT, assert_fails_at
@@ -67,6 +68,21 @@ def test_connection_and_latest_lookup():
     assert len(host.signatures) == 2 and host.last_change == b.pkt.ts
     assert table.lookup(ip, 40003)[0] is None and table.lookup(ip, 40003)[1].count == 2
     assert table.lookup(normalize_ip("198.51.100.1"), 0) == (None, None)
+
+
+def test_a_syn_keeps_the_host_records_it_set_off():
+    """A lookup answers with the SYN's host-change and uptime records (nat.py), when it had any."""
+    table = HostTable()
+    plain = observe("linux", sport=40001)
+    rec, up = NatRecord("host change", "ttl tcp", (1, 0, 0, 0)), Uptime(90, 49, 100.0)
+    marked = observe("win7", sport=40002)._replace(nat=rec, uptime=up)
+    table.add(plain)
+    table.add(marked)
+    ip = plain.pkt.src
+    got_plain, got_marked = table.lookup(ip, 40001)[0], table.lookup(ip, 40002)[0]
+    assert (got_plain.nat, got_plain.uptime) == (None, None)
+    assert (got_marked.nat, got_marked.uptime) == (rec, up) and same_syn(got_marked, marked)
+    assert table.lookup(ip, 0)[0].nat == rec  # the latest from the address
 
 
 def test_ipv6_and_ipv4_compatible_addresses_are_different_entries():
