@@ -68,11 +68,10 @@ def p0f_response(status: int, host: HostRecord | None = None) -> bytes:
     label = fp.label if fp is not None else None
     quality = (MATCH_FUZZY if fp and fp.fuzzy else 0) | (MATCH_GENERIC if fp and fp.generic else 0)
     latest = host.latest.fp if host.latest is not None else None
-    # Changing OS more than once in the window looks like several hosts behind one address.
-    last_nat = int(host.last_change) if host.changes >= 2 else 0
     return _RESPONSE.pack(
         RESPONSE_MAGIC, STATUS_OK, int(host.first_seen), int(host.last_seen), min(host.count, 0xFFFFFFFF),
-        0, 0, last_nat, int(host.last_change), min(host.last_distance, 0x7FFF), 0, quality,
+        host.uptime_minutes, host.uptime_modulo_days, int(host.last_ip_sharing), int(host.last_host_change),
+        min(host.last_distance, 0x7FFF), 0, quality,
         _cstr(label.name) if label else b"", _cstr(label.flavor or "") if label else b"", b"", b"",
         _cstr(latest.link or "") if latest is not None and latest.raw_mtu else b"", b"",
     )

@@ -168,7 +168,8 @@ class HostRecord:
     """
 
     __slots__ = ("first_seen", "last_seen", "count", "last_distance", "signatures", "os_names", "last_change",
-                 "changes", "latest", "last_match", "expires")
+                 "changes", "latest", "last_match", "expires", "last_ip_sharing", "last_host_change",
+                 "uptime_minutes", "uptime_modulo_days")
 
     def __init__(self, obs: Syn) -> None:
         fp = obs.fp
@@ -183,6 +184,21 @@ class HostRecord:
         # The latest SYN that matched an OS (not a tool): what p0f's API reports.
         self.last_match = obs if fp.label is not None and not fp.label.is_app else None
         self.expires = obs.expires
+        # p0f's host records (nat.py) as its API reports them: the time of the last
+        # "ip sharing" (last_nat) and "host change" (last_chg) record, the last uptime.
+        self.last_ip_sharing = self.last_host_change = 0.0
+        self.uptime_minutes = self.uptime_modulo_days = 0
+        self._records(obs)
+
+    def _records(self, obs: Syn) -> None:
+        nat, up = obs.nat, obs.uptime
+        if nat is not None:
+            if nat.kind == "ip sharing":
+                self.last_ip_sharing = obs.pkt.ts
+            else:
+                self.last_host_change = obs.pkt.ts
+        if up is not None:
+            self.uptime_minutes, self.uptime_modulo_days = up.minutes, up.modulo_days
 
     def update(self, obs: Syn) -> None:
         pkt, fp = obs.pkt, obs.fp
@@ -190,6 +206,8 @@ class HostRecord:
         self.count += 1
         self.last_distance = fp.dist
         self.latest = obs
+        if obs.nat is not None or obs.uptime is not None:
+            self._records(obs)
         sigs = self.signatures
         if fp.raw_sig not in sigs:
             sigs.append(fp.raw_sig)

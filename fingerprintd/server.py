@@ -102,6 +102,8 @@ def host_pb(host: HostRecord) -> pb.Host:
         first_seen=host.first_seen, last_seen=host.last_seen, seen_count=host.count,
         host_changed=host.host_changed, last_change=host.last_change,
         distinct_signatures=len(host.signatures), last_distance=host.last_distance, os_names=host.os_names,
+        last_ip_sharing=host.last_ip_sharing, last_host_change=host.last_host_change,
+        uptime_minutes=host.uptime_minutes, uptime_modulo_days=host.uptime_modulo_days,
     )
 
 

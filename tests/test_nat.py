@@ -224,3 +224,66 @@ def test_one_real_kernel_host_is_not_shared(p0f_bin, tmp_path):
     assert len(_records(ours, "syn")) == 120
     assert not _records(ours, "ip sharing") and not _records(ours, "host change"), \
         "\n".join(_records(ours, "ip sharing") + _records(ours, "host change"))
+
+
+def _uptime_minutes(text: str) -> int:
+    days, _, hrs, _, mins = text.split()[:5]
+    return (int(days) * 24 + int(hrs)) * 60 + int(mins)
+
+
+def test_the_service_path_keeps_the_records_for_the_p0f_api_and_grpc(p0f_bin, tmp_path):
+    """Live, the service's books (RecentSyns) score each SYN like p0f; the host table keeps the
+    time of the last host change / ip sharing record and the last uptime, and the p0f API answer
+    (last_chg, last_nat, uptime_min, up_mod_days) and gRPC's Host report them.  The oracle is
+    p0f's own log of the same capture: the record times and the uptime it printed."""
+    from fingerprintd import compat
+    from fingerprintd.classes import bundled_classes
+    from fingerprintd.engine import Engine
+    from fingerprintd.flows import RecentSyns
+    from fingerprintd.hosts import HostTable
+    from fingerprintd.matcher import Matcher
+    from fingerprintd.server import host_pb
+
+    rng = random.Random(11)
+    linux = Shape(ttl=64, mss=1460, win=29200, wscale=7)  # p0f's "Linux 3.11 and newer"
+    windows = Shape(ttl=128, mss=1460, win=8192, wscale=8, layout=("mss", "nop", "ws", "nop", "nop", "sok"))
+    clock = _Clock(rng, 1000)
+    plan = [(linux, 0.0), (linux, 2.0), (windows, 4.0), (linux, 6.0), (windows, 8.0), (linux, 10.0),
+            (windows, 12.0), (linux, 14.0), (linux, 20.0)]
+    packets = []
+    for i, (shape, dt) in enumerate(plan):
+        pkt = frame(replace(shape, ts1=clock.at(T0 + dt)), "10.9.0.7", SERVER4, 40000 + i, 25, rng,
+                    seq=rng.randrange(1, 1 << 32))
+        pkt.time = T0 + dt
+        packets.append(pkt)
+    pcap = tmp_path / "host.pcap"
+    write_pcap(pcap, packets)
+    p0f = run_p0f(p0f_bin, pcap, tmp_path / "p0f.log")
+    changes = _records(p0f, "host change")
+    sharing = _records(p0f, "ip sharing")
+    uptimes = _records(p0f, "uptime")
+    assert changes and sharing and uptimes, p0f  # the oracle set all three off
+
+    engine = Engine(Matcher(load(STOCK_DB), p0f_bugs=True, classes=bundled_classes()), p0f_bugs=True,
+                    flows=RecentSyns())
+    table = HostTable()
+    for pkt in packets:
+        t = float(pkt.time)
+        for obs in engine.feed_batch([(int(t), round(t % 1 * 1e6), bytes(pkt))], 1):
+            table.add(obs)
+
+    def stamp(line: str) -> int:  # the time of a p0f log line, in the log's local time
+        import time
+
+        return int(time.mktime(time.strptime(line[1:20], "%Y/%m/%d %H:%M:%S")))
+
+    answer = compat._RESPONSE.unpack(compat.p0f_answer(
+        compat._QUERY.pack(compat.QUERY_MAGIC, 4, bytes([10, 9, 0, 7]) + bytes(12)), table))
+    uptime_min, up_mod_days, last_nat, last_chg = answer[5:9]
+    assert last_chg == stamp(changes[-1]) and last_nat == stamp(sharing[-1])
+    want_up = uptimes[-1].split("uptime=")[1].split("|")[0]
+    assert uptime_min == _uptime_minutes(want_up) and up_mod_days == int(want_up.split("modulo ")[1].split()[0])
+    _, host = table.lookup(bytes([10, 9, 0, 7]), 0)
+    msg = host_pb(host)
+    assert int(msg.last_host_change) == last_chg and int(msg.last_ip_sharing) == last_nat
+    assert msg.uptime_minutes == uptime_min
