@@ -6,30 +6,55 @@ adding its score, until one marked ``final`` fires.  The action is the most
 severe one among the rules that fired.  Clients in trusted networks score
 nothing (like amavisd's @mynetworks: your own Windows relays are not spam).
 
+Rules also condition on what the MTA knows about the client (its verified
+name, reverse name and HELO; see fingerprintd/context.py): regexes over the
+names and derived facts (no reverse name, a name that does not verify, a
+dynamic-looking name, an address-literal or bare HELO, a HELO that matches
+the verified name).  A rule asking about the context never fires without one.
+
 The header value starts with the OS string, so `\\A`-anchored SpamAssassin
-header rules written for p0f/amavisd keep working:
-``Windows XP; dist: 12; link: Ethernet or modem; class: desktop; score: 2.3``.
+header rules written for p0f/amavisd keep working, then names the rules that
+fired, the score, and a stable identifier of what was seen (signature hash,
+mail class, context bucket) for learning from outcomes:
+``Windows 10 or 11; dist: 12; link: Ethernet or modem; class: desktop; rules: desktop-no-rdns,client-helo-bare;
+score: 1.8; id: 5d0c9b4e2a/desktop/nordns-bare``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 from fingerprintd.classes import MAIL_CLASSES
+from fingerprintd.context import (
+    NO_FACTS,
+    Context,
+    DynamicNames,
+    DynamicNamesError,
+    Facts,
+    bundled_dynamic_names,
+    derive,
+    load_dynamic_names,
+)
 from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.tomlfile import Located, TomlError, compile_regexes
 
 ACTIONS = ("tag", "tempfail", "reject")  # least to most severe
 _REGEX_KEYS = ("os_class", "os_name", "flavor", "label", "link")
 _BOOL_KEYS = ("unknown", "app", "generic", "fuzzy")
+_NAME_KEYS = ("client_name", "reverse_name", "helo")  # regexes over the MTA's names
+# Derived facts (fingerprintd/context.py); "context" = the MTA gave any names at all.
+_FACT_KEYS = ("context", "rdns_verified", "rdns_none", "rdns_unverified", "rdns_dynamic", "helo_literal",
+              "helo_bare", "helo_matches")
 _INT_KEYS = ("dist_min", "dist_max")
 _RULE_KEYS = {"name", "score", "action", "final", "description", "mail_class", *_REGEX_KEYS, *_BOOL_KEYS,
-              *_INT_KEYS}
-_SETTINGS_KEYS = {"trusted_networks", "reject_message", "tempfail_message"}
+              *_INT_KEYS, *_NAME_KEYS, *_FACT_KEYS}
+_SETTINGS_KEYS = {"trusted_networks", "reject_message", "tempfail_message", "dynamic_names"}
+_TTL_DIST = re.compile(r"\+\d+")
 
 
 PolicyError = TomlError  # errors read "file:line: message"
@@ -46,10 +71,24 @@ class Rule:
     dist_min: int | None
     dist_max: int | None
     mail_classes: frozenset[str] | None = None  # None: any class
+    names: tuple[tuple[str, re.Pattern], ...] = ()  # regexes over client_name, reverse_name, helo
+    facts: tuple[tuple[str, bool], ...] = ()
 
-    def matches(self, fp: Fingerprint) -> bool:
+    @property
+    def contextual(self) -> bool:
+        return bool(self.names or self.facts)
+
+    def matches(self, fp: Fingerprint, ctx: Context | None = None, facts: Facts = NO_FACTS) -> bool:
         if self.mail_classes is not None and fp.mail_class not in self.mail_classes:
             return False
+        for key, want in self.facts:
+            have = facts.known if key == "context" else getattr(facts, key)
+            if have is None or have != want:
+                return False  # unknown facts never satisfy a condition
+        for key, rx in self.names:
+            text = getattr(ctx, key) if ctx is not None else None
+            if text is None or not rx.search(text):
+                return False
         label = fp.label
         for key, want in self.flags:
             have = {
@@ -83,6 +122,43 @@ class Verdict:
     header: str
     trusted: bool = False
     reply: str = ""  # the policy's reject_message/tempfail_message for those actions, else empty
+    key: str = ""  # stable identifier: <signature hash>/<mail class>/<context bucket>
+    learned: float = 0.0  # the adjustment learned from outcomes (fingerprintd/reputation.py), in score
+    head: str = ""  # the header's OS part ("<OS>; dist: N; link: L; class: C")
+
+
+def sig_hash(fp: Fingerprint) -> str:
+    """The stack, independent of the path: label and raw signature without the TTL distance or the MSS
+    (a tunnel lowers the MSS; the window's form, options and quirks stay)."""
+    fields = fp.raw_sig.split(":")
+    if len(fields) >= 4:
+        fields[1] = _TTL_DIST.sub("", fields[1])
+        fields[3] = "*"
+    text = f"{fp.os_text}|{int(fp.generic)}|{':'.join(fields)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def verdict_key(fp: Fingerprint, bucket: str) -> str:
+    return f"{sig_hash(fp)}/{fp.mail_class}/{bucket}"
+
+
+def render_header(head: str, rules: tuple[str, ...], score: float, key: str, learned: float = 0.0,
+                  client: str = "") -> str:
+    learned_part = f"; learned: {learned:+g}" if learned else ""
+    client_part = f"; client: {client}" if client else ""
+    return f"{head}; rules: {','.join(rules) or 'none'}{learned_part}; score: {score:g}; id: {key}{client_part}"
+
+
+def served_verdict(v: Verdict, client: str, adjustment: float = 0.0) -> Verdict:
+    """The verdict as served: a learned adjustment added to the score, and the client address in the header
+    (what `fingerprintd learn` needs to count one client once).  Trusted verdicts stay as they are."""
+    if v.trusted:
+        return v
+    adjustment = round(adjustment, 2)
+    score = round(v.score + adjustment, 3)
+    rules = (*v.rules, "learned") if adjustment else v.rules
+    return replace(v, score=score, rules=rules, learned=adjustment,
+                   header=render_header(v.head, rules, score, v.key, adjustment, client))
 
 
 @dataclass(frozen=True)
@@ -92,15 +168,20 @@ class Policy:
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     reject_message: str = "550 5.7.1 Your host looks like a compromised desktop, not a mail server"
     tempfail_message: str = "451 4.7.1 Please try again later"
+    dynamic_names: DynamicNames | None = None  # None: the bundled signatures/dynamic-names.toml
     # Derived: trusted networks as (address length, network, mask) integers, and
     # the untrusted verdict, made once per stack.
     _ranges: tuple = field(init=False, repr=False, compare=False)
     _scored: PerFingerprint[Verdict] = field(init=False, repr=False, compare=False)
+    _replies: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ranges = tuple((n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in self.trusted)
         object.__setattr__(self, "_ranges", ranges)
         replies = {"reject": self.reject_message, "tempfail": self.tempfail_message}
+        object.__setattr__(self, "_replies", replies)
+        if self.dynamic_names is None:
+            object.__setattr__(self, "dynamic_names", bundled_dynamic_names())
         # Built on the rules, not on self: no reference cycle to outlive a reload.
         object.__setattr__(self, "_scored", PerFingerprint(partial(_score, self.rules, replies)))
 
@@ -111,19 +192,26 @@ class Policy:
                 return True
         return False
 
-    def verdict(self, fp: Fingerprint, client_ip: bytes) -> Verdict:
+    def facts(self, ctx: Context | None, client_ip: bytes | None) -> Facts:
+        return derive(ctx, client_ip, self.dynamic_names)  # type: ignore[arg-type]
+
+    def verdict(self, fp: Fingerprint, client_ip: bytes, ctx: Context | None = None) -> Verdict:
         if self.is_trusted(client_ip):
-            return Verdict(0.0, "accept", ("trusted_network",), f"{_head(fp)}; score: 0 (trusted)", True)
-        return self._scored(fp)
+            return Verdict(0.0, "accept", ("trusted_network",), f"{_head(fp)}; score: 0 (trusted)", True,
+                           head=_head(fp))
+        if ctx is None or not ctx.known:
+            return self._scored(fp)  # made once per stack
+        return _score(self.rules, self._replies, fp, ctx, self.facts(ctx, client_ip))
 
 
-def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint) -> Verdict:
+def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint, ctx: Context | None = None,
+           facts: Facts = NO_FACTS) -> Verdict:
     """Every rule in order until a final one fires; the most severe action wins."""
     score = 0.0
     fired = []
     action = "tag"
     for rule in rules:
-        if rule.matches(fp):
+        if rule.matches(fp, ctx, facts):
             score += rule.score
             fired.append(rule.name)
             if ACTIONS.index(rule.action) > ACTIONS.index(action):
@@ -131,7 +219,11 @@ def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint) ->
             if rule.final:
                 break
     score = round(score, 3)
-    return Verdict(score, action, tuple(fired), f"{_head(fp)}; score: {score:g}", reply=replies.get(action, ""))
+    head = _head(fp)
+    key = verdict_key(fp, facts.bucket)
+    rules_fired = tuple(fired)
+    return Verdict(score, action, rules_fired, render_header(head, rules_fired, score, key),
+                   reply=replies.get(action, ""), key=key, head=head)
 
 
 def _head(fp: Fingerprint) -> str:
@@ -139,11 +231,12 @@ def _head(fp: Fingerprint) -> str:
 
 
 def load_policy(path: str | Path) -> Policy:
+    """A policy file, with the dynamic-name patterns it names (relative to the policy's directory)."""
     p = Path(path)
-    return parse_policy(p.read_text(encoding="utf-8"), str(p))
+    return parse_policy(p.read_text(encoding="utf-8"), str(p), base=p.parent)
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
+def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) -> Policy:
     """Parse a policy; every error names source:line."""
     doc = Located(text, source)
     data, fail = doc.data, doc.error
@@ -166,10 +259,21 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise fail(("rule",), None, "rules are written [[rule]]")
     for i, raw in enumerate(raw_rules):
         rules.append(_rule(raw, ("rule", i), fail))
-    extra = {k: settings[k] for k in ("reject_message", "tempfail_message") if k in settings}
+    extra: dict = {k: settings[k] for k in ("reject_message", "tempfail_message") if k in settings}
     for key, value in extra.items():
         if not isinstance(value, str) or not re.match(r"[45]\d\d [45]\.\d{1,3}\.\d{1,3} ", value):
             raise fail(("settings",), key, f"{key} must be an SMTP reply like '550 5.7.1 text'")
+    if settings.get("dynamic_names"):
+        path = settings["dynamic_names"]
+        if not isinstance(path, str):
+            raise fail(("settings",), "dynamic_names", "dynamic_names must be a file path")
+        full = Path(path) if base is None else base / path
+        try:
+            extra["dynamic_names"] = load_dynamic_names(full)
+        except OSError as exc:
+            raise fail(("settings",), "dynamic_names", f"cannot read {full}: {exc.strerror or exc}") from None
+        except DynamicNamesError as exc:
+            raise fail(("settings",), "dynamic_names", f"in dynamic_names: {exc}") from None
     return Policy(source, tuple(rules), tuple(trusted), **extra)
 
 
@@ -187,6 +291,15 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
     if action not in ACTIONS:
         raise fail(sec, "action", f"rule {name!r}: action must be one of {', '.join(ACTIONS)}")
     regexes = compile_regexes(raw, _REGEX_KEYS, fail, sec, f"rule {name!r}: ")
+    # Names are lowercased (fingerprintd/context.py): so are their patterns' matches.
+    names = tuple((k, re.compile(rx.pattern, rx.flags | re.IGNORECASE))
+                  for k, rx in compile_regexes(raw, _NAME_KEYS, fail, sec, f"rule {name!r}: "))
+    facts = []
+    for key in _FACT_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
+            facts.append((key, raw[key]))
     flags = []
     for key in _BOOL_KEYS:
         if key in raw:
@@ -210,4 +323,5 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
             raise fail(sec, "mail_class", f"rule {name!r}: mail_class must be one of {', '.join(MAIL_CLASSES)}, "
                                           "or a list of them")
         mail_classes = frozenset(want)
-    return Rule(name, float(score), action, final, regexes, tuple(flags), dist[0], dist[1], mail_classes)
+    return Rule(name, float(score), action, final, regexes, tuple(flags), dist[0], dist[1], mail_classes, names,
+                tuple(facts))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fingerprintd/v1/fingerprintd.proto\x12\x0f\x66ingerprintd.v1\":\n\rLookupRequest\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"\xa2\x01\n\x0eLookupResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x31\n\x0bobservation\x18\x02 \x01(\x0b\x32\x1c.fingerprintd.v1.Observation\x12#\n\x04host\x18\x03 \x01(\x0b\x32\x15.fingerprintd.v1.Host\x12)\n\x07verdict\x18\x04 \x01(\x0b\x32\x18.fingerprintd.v1.Verdict\"E\n\x12LookupBatchRequest\x12/\n\x07queries\x18\x01 \x03(\x0b\x32\x1e.fingerprintd.v1.LookupRequest\"G\n\x13LookupBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.fingerprintd.v1.LookupResponse\"\xe4\x03\n\x0bObservation\x12\x11\n\tclient_ip\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_port\x18\x02 \x01(\r\x12\x11\n\tserver_ip\x18\x03 \x01(\t\x12\x13\n\x0bserver_port\x18\x04 \x01(\r\x12\x0c\n\x04time\x18\x05 \x01(\x01\x12\x0f\n\x07matched\x18\x06 \x01(\x08\x12\x10\n\x08os_class\x18\x07 \x01(\t\x12\x0f\n\x07os_name\x18\x08 \x01(\t\x12\x11\n\tos_flavor\x18\t \x01(\t\x12\r\n\x05label\x18\n \x01(\t\x12\x0f\n\x07generic\x18\x0b \x01(\x08\x12\r\n\x05\x66uzzy\x18\x0c \x01(\x08\x12\x0c\n\x04tool\x18\r \x01(\x08\x12\x10\n\x08\x64istance\x18\x0e \x01(\r\x12\x0f\n\x07raw_sig\x18\x0f \x01(\t\x12\x0c\n\x04link\x18\x10 \x01(\t\x12\x0b\n\x03mtu\x18\x11 \x01(\r\x12\x12\n\nip_version\x18\x12 \x01(\r\x12\x0b\n\x03ttl\x18\x13 \x01(\r\x12\x0e\n\x06params\x18\x14 \x01(\t\x12.\n\nmail_class\x18\x15 \x01(\x0e\x32\x1a.fingerprintd.v1.MailClass\x12\x0b\n\x03nat\x18\x16 \x01(\t\x12\x13\n\x0bnat_reasons\x18\x17 \x03(\t\x12\x16\n\x0euptime_minutes\x18\x18 \x01(\r\x12\x1a\n\x12uptime_modulo_days\x18\x19 \x01(\r\"\x99\x02\n\x04Host\x12\x12\n\nfirst_seen\x18\x01 \x01(\x01\x12\x11\n\tlast_seen\x18\x02 \x01(\x01\x12\x12\n\nseen_count\x18\x03 \x01(\x04\x12\x14\n\x0chost_changed\x18\x04 \x01(\x08\x12\x13\n\x0blast_change\x18\x05 \x01(\x01\x12\x1b\n\x13\x64istinct_signatures\x18\x06 \x01(\r\x12\x15\n\rlast_distance\x18\x07 \x01(\r\x12\x10\n\x08os_names\x18\x08 \x03(\t\x12\x17\n\x0flast_ip_sharing\x18\t \x01(\x01\x12\x18\n\x10last_host_change\x18\n \x01(\x01\x12\x16\n\x0euptime_minutes\x18\x0b \x01(\r\x12\x1a\n\x12uptime_modulo_days\x18\x0c \x01(\r\"\x97\x01\n\x07Verdict\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05rules\x18\x03 \x03(\t\x12\x0e\n\x06header\x18\x04 \x01(\t\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12.\n\nmail_class\x18\x06 \x01(\x0e\x32\x1a.fingerprintd.v1.MailClass\x12\r\n\x05reply\x18\x07 \x01(\t\"|\n\x0cWatchRequest\x12\x14\n\x0cunknown_only\x18\x01 \x01(\x08\x12\x15\n\ros_name_regex\x18\x02 \x01(\t\x12\r\n\x05ports\x18\x03 \x03(\r\x12\x30\n\x0cmail_classes\x18\x04 \x03(\x0e\x32\x1a.fingerprintd.v1.MailClass\"\x0e\n\x0cStatsRequest\"\x9f\x04\n\rStatsResponse\x12\x0f\n\x07packets\x18\x01 \x01(\x04\x12\x15\n\rfingerprinted\x18\x02 \x01(\x04\x12<\n\x07skipped\x18\x03 \x03(\x0b\x32+.fingerprintd.v1.StatsResponse.SkippedEntry\x12\x17\n\x0fkernel_received\x18\x04 \x01(\x04\x12\x16\n\x0ekernel_dropped\x18\x05 \x01(\x04\x12\x19\n\x11interface_dropped\x18\x06 \x01(\x04\x12\x13\n\x0b\x63onnections\x18\x07 \x01(\x04\x12\r\n\x05hosts\x18\x08 \x01(\x04\x12\x18\n\x10match_cache_hits\x18\t \x01(\x04\x12\x1a\n\x12match_cache_misses\x18\n \x01(\x04\x12\x0f\n\x07lookups\x18\x0b \x01(\x04\x12\x13\n\x0blookup_hits\x18\x0c \x01(\x04\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12\x0f\n\x07reloads\x18\x0e \x01(\x04\x12L\n\x10syn_mail_classes\x18\x0f \x03(\x0b\x32\x32.fingerprintd.v1.StatsResponse.SynMailClassesEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13SynMailClassesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xb6\x01\n\tMailClass\x12\x1a\n\x16MAIL_CLASS_UNSPECIFIED\x10\x00\x12\x15\n\x11MAIL_CLASS_SERVER\x10\x01\x12\x16\n\x12MAIL_CLASS_DESKTOP\x10\x02\x12\x15\n\x11MAIL_CLASS_MOBILE\x10\x03\x12\x17\n\x13MAIL_CLASS_EMBEDDED\x10\x04\x12\x16\n\x12MAIL_CLASS_SCANNER\x10\x05\x12\x16\n\x12MAIL_CLASS_UNKNOWN\x10\x06\x32\xc2\x02\n\x0b\x46ingerprint\x12I\n\x06Lookup\x12\x1e.fingerprintd.v1.LookupRequest\x1a\x1f.fingerprintd.v1.LookupResponse\x12X\n\x0bLookupBatch\x12#.fingerprintd.v1.LookupBatchRequest\x1a$.fingerprintd.v1.LookupBatchResponse\x12\x46\n\x05Watch\x12\x1d.fingerprintd.v1.WatchRequest\x1a\x1c.fingerprintd.v1.Observation0\x01\x12\x46\n\x05Stats\x12\x1d.fingerprintd.v1.StatsRequest\x1a\x1e.fingerprintd.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fingerprintd/v1/fingerprintd.proto\x12\x0f\x66ingerprintd.v1\"e\n\rLookupRequest\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\x12)\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x18.fingerprintd.v1.Context\"\x85\x01\n\x07\x43ontext\x12\x18\n\x0b\x63lient_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0creverse_name\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x16\n\thelo_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\x0e\n\x0c_client_nameB\x0f\n\r_reverse_nameB\x0c\n\n_helo_name\"\xa2\x01\n\x0eLookupResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x31\n\x0bobservation\x18\x02 \x01(\x0b\x32\x1c.fingerprintd.v1.Observation\x12#\n\x04host\x18\x03 \x01(\x0b\x32\x15.fingerprintd.v1.Host\x12)\n\x07verdict\x18\x04 \x01(\x0b\x32\x18.fingerprintd.v1.Verdict\"E\n\x12LookupBatchRequest\x12/\n\x07queries\x18\x01 \x03(\x0b\x32\x1e.fingerprintd.v1.LookupRequest\"G\n\x13LookupBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.fingerprintd.v1.LookupResponse\"\xe4\x03\n\x0bObservation\x12\x11\n\tclient_ip\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_port\x18\x02 \x01(\r\x12\x11\n\tserver_ip\x18\x03 \x01(\t\x12\x13\n\x0bserver_port\x18\x04 \x01(\r\x12\x0c\n\x04time\x18\x05 \x01(\x01\x12\x0f\n\x07matched\x18\x06 \x01(\x08\x12\x10\n\x08os_class\x18\x07 \x01(\t\x12\x0f\n\x07os_name\x18\x08 \x01(\t\x12\x11\n\tos_flavor\x18\t \x01(\t\x12\r\n\x05label\x18\n \x01(\t\x12\x0f\n\x07generic\x18\x0b \x01(\x08\x12\r\n\x05\x66uzzy\x18\x0c \x01(\x08\x12\x0c\n\x04tool\x18\r \x01(\x08\x12\x10\n\x08\x64istance\x18\x0e \x01(\r\x12\x0f\n\x07raw_sig\x18\x0f \x01(\t\x12\x0c\n\x04link\x18\x10 \x01(\t\x12\x0b\n\x03mtu\x18\x11 \x01(\r\x12\x12\n\nip_version\x18\x12 \x01(\r\x12\x0b\n\x03ttl\x18\x13 \x01(\r\x12\x0e\n\x06params\x18\x14 \x01(\t\x12.\n\nmail_class\x18\x15 \x01(\x0e\x32\x1a.fingerprintd.v1.MailClass\x12\x0b\n\x03nat\x18\x16 \x01(\t\x12\x13\n\x0bnat_reasons\x18\x17 \x03(\t\x12\x16\n\x0euptime_minutes\x18\x18 \x01(\r\x12\x1a\n\x12uptime_modulo_days\x18\x19 \x01(\r\"\x99\x02\n\x04Host\x12\x12\n\nfirst_seen\x18\x01 \x01(\x01\x12\x11\n\tlast_seen\x18\x02 \x01(\x01\x12\x12\n\nseen_count\x18\x03 \x01(\x04\x12\x14\n\x0chost_changed\x18\x04 \x01(\x08\x12\x13\n\x0blast_change\x18\x05 \x01(\x01\x12\x1b\n\x13\x64istinct_signatures\x18\x06 \x01(\r\x12\x15\n\rlast_distance\x18\x07 \x01(\r\x12\x10\n\x08os_names\x18\x08 \x03(\t\x12\x17\n\x0flast_ip_sharing\x18\t \x01(\x01\x12\x18\n\x10last_host_change\x18\n \x01(\x01\x12\x16\n\x0euptime_minutes\x18\x0b \x01(\r\x12\x1a\n\x12uptime_modulo_days\x18\x0c \x01(\r\"\xc4\x01\n\x07Verdict\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05rules\x18\x03 \x03(\t\x12\x0e\n\x06header\x18\x04 \x01(\t\x12\x0f\n\x07trusted\x18\x05 \x01(\x08\x12.\n\nmail_class\x18\x06 \x01(\x0e\x32\x1a.fingerprintd.v1.MailClass\x12\r\n\x05reply\x18\x07 \x01(\t\x12\n\n\x02id\x18\x08 \x01(\t\x12\x0f\n\x07learned\x18\t \x01(\x01\x12\x0e\n\x06\x62ucket\x18\n \x01(\t\"R\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04spam\x18\x02 \x01(\x08\x12\x11\n\tclient_ip\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\"C\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0e\n\x06result\x18\x01 \x01(\t\x12\x12\n\nadjustment\x18\x02 \x01(\x01\x12\x0b\n\x03why\x18\x03 \x01(\t\"|\n\x0cWatchRequest\x12\x14\n\x0cunknown_only\x18\x01 \x01(\x08\x12\x15\n\ros_name_regex\x18\x02 \x01(\t\x12\r\n\x05ports\x18\x03 \x03(\r\x12\x30\n\x0cmail_classes\x18\x04 \x03(\x0e\x32\x1a.fingerprintd.v1.MailClass\"\x0e\n\x0cStatsRequest\"\x9f\x04\n\rStatsResponse\x12\x0f\n\x07packets\x18\x01 \x01(\x04\x12\x15\n\rfingerprinted\x18\x02 \x01(\x04\x12<\n\x07skipped\x18\x03 \x03(\x0b\x32+.fingerprintd.v1.StatsResponse.SkippedEntry\x12\x17\n\x0fkernel_received\x18\x04 \x01(\x04\x12\x16\n\x0ekernel_dropped\x18\x05 \x01(\x04\x12\x19\n\x11interface_dropped\x18\x06 \x01(\x04\x12\x13\n\x0b\x63onnections\x18\x07 \x01(\x04\x12\r\n\x05hosts\x18\x08 \x01(\x04\x12\x18\n\x10match_cache_hits\x18\t \x01(\x04\x12\x1a\n\x12match_cache_misses\x18\n \x01(\x04\x12\x0f\n\x07lookups\x18\x0b \x01(\x04\x12\x13\n\x0blookup_hits\x18\x0c \x01(\x04\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12\x0f\n\x07reloads\x18\x0e \x01(\x04\x12L\n\x10syn_mail_classes\x18\x0f \x03(\x0b\x32\x32.fingerprintd.v1.StatsResponse.SynMailClassesEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13SynMailClassesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xb6\x01\n\tMailClass\x12\x1a\n\x16MAIL_CLASS_UNSPECIFIED\x10\x00\x12\x15\n\x11MAIL_CLASS_SERVER\x10\x01\x12\x16\n\x12MAIL_CLASS_DESKTOP\x10\x02\x12\x15\n\x11MAIL_CLASS_MOBILE\x10\x03\x12\x17\n\x13MAIL_CLASS_EMBEDDED\x10\x04\x12\x16\n\x12MAIL_CLASS_SCANNER\x10\x05\x12\x16\n\x12MAIL_CLASS_UNKNOWN\x10\x06\x32\x93\x03\n\x0b\x46ingerprint\x12I\n\x06Lookup\x12\x1e.fingerprintd.v1.LookupRequest\x1a\x1f.fingerprintd.v1.LookupResponse\x12X\n\x0bLookupBatch\x12#.fingerprintd.v1.LookupBatchRequest\x1a$.fingerprintd.v1.LookupBatchResponse\x12\x46\n\x05Watch\x12\x1d.fingerprintd.v1.WatchRequest\x1a\x1c.fingerprintd.v1.Observation0\x01\x12\x46\n\x05Stats\x12\x1d.fingerprintd.v1.StatsRequest\x1a\x1e.fingerprintd.v1.StatsResponse\x12O\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12 .fingerprintd.v1.FeedbackRequest\x1a!.fingerprintd.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSRESPONSE_SKIPPEDENTRY']._serialized_options = b'8\001'
   _globals['_STATSRESPONSE_SYNMAILCLASSESENTRY']._loaded_options = None
   _globals['_STATSRESPONSE_SYNMAILCLASSESENTRY']._serialized_options = b'8\001'
-  _globals['_MAILCLASS']._serialized_start=2038
-  _globals['_MAILCLASS']._serialized_end=2220
+  _globals['_MAILCLASS']._serialized_start=2415
+  _globals['_MAILCLASS']._serialized_end=2597
   _globals['_LOOKUPREQUEST']._serialized_start=55
-  _globals['_LOOKUPREQUEST']._serialized_end=113
-  _globals['_LOOKUPRESPONSE']._serialized_start=116
-  _globals['_LOOKUPRESPONSE']._serialized_end=278
-  _globals['_LOOKUPBATCHREQUEST']._serialized_start=280
-  _globals['_LOOKUPBATCHREQUEST']._serialized_end=349
-  _globals['_LOOKUPBATCHRESPONSE']._serialized_start=351
-  _globals['_LOOKUPBATCHRESPONSE']._serialized_end=422
-  _globals['_OBSERVATION']._serialized_start=425
-  _globals['_OBSERVATION']._serialized_end=909
-  _globals['_HOST']._serialized_start=912
-  _globals['_HOST']._serialized_end=1193
-  _globals['_VERDICT']._serialized_start=1196
-  _globals['_VERDICT']._serialized_end=1347
-  _globals['_WATCHREQUEST']._serialized_start=1349
-  _globals['_WATCHREQUEST']._serialized_end=1473
-  _globals['_STATSREQUEST']._serialized_start=1475
-  _globals['_STATSREQUEST']._serialized_end=1489
-  _globals['_STATSRESPONSE']._serialized_start=1492
-  _globals['_STATSRESPONSE']._serialized_end=2035
-  _globals['_STATSRESPONSE_SKIPPEDENTRY']._serialized_start=1934
-  _globals['_STATSRESPONSE_SKIPPEDENTRY']._serialized_end=1980
-  _globals['_STATSRESPONSE_SYNMAILCLASSESENTRY']._serialized_start=1982
-  _globals['_STATSRESPONSE_SYNMAILCLASSESENTRY']._serialized_end=2035
-  _globals['_FINGERPRINT']._serialized_start=2223
-  _globals['_FINGERPRINT']._serialized_end=2545
+  _globals['_LOOKUPREQUEST']._serialized_end=156
+  _globals['_CONTEXT']._serialized_start=159
+  _globals['_CONTEXT']._serialized_end=292
+  _globals['_LOOKUPRESPONSE']._serialized_start=295
+  _globals['_LOOKUPRESPONSE']._serialized_end=457
+  _globals['_LOOKUPBATCHREQUEST']._serialized_start=459
+  _globals['_LOOKUPBATCHREQUEST']._serialized_end=528
+  _globals['_LOOKUPBATCHRESPONSE']._serialized_start=530
+  _globals['_LOOKUPBATCHRESPONSE']._serialized_end=601
+  _globals['_OBSERVATION']._serialized_start=604
+  _globals['_OBSERVATION']._serialized_end=1088
+  _globals['_HOST']._serialized_start=1091
+  _globals['_HOST']._serialized_end=1372
+  _globals['_VERDICT']._serialized_start=1375
+  _globals['_VERDICT']._serialized_end=1571
+  _globals['_FEEDBACKREQUEST']._serialized_start=1573
+  _globals['_FEEDBACKREQUEST']._serialized_end=1655
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1657
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1724
+  _globals['_WATCHREQUEST']._serialized_start=1726
+  _globals['_WATCHREQUEST']._serialized_end=1850
+  _globals['_STATSREQUEST']._serialized_start=1852
+  _globals['_STATSREQUEST']._serialized_end=1866
+  _globals['_STATSRESPONSE']._serialized_start=1869
+  _globals['_STATSRESPONSE']._serialized_end=2412
+  _globals['_STATSRESPONSE_SKIPPEDENTRY']._serialized_start=2311
+  _globals['_STATSRESPONSE_SKIPPEDENTRY']._serialized_end=2357
+  _globals['_STATSRESPONSE_SYNMAILCLASSESENTRY']._serialized_start=2359
+  _globals['_STATSRESPONSE_SYNMAILCLASSESENTRY']._serialized_end=2412
+  _globals['_FINGERPRINT']._serialized_start=2600
+  _globals['_FINGERPRINT']._serialized_end=3003
 # @@protoc_insertion_point(module_scope)

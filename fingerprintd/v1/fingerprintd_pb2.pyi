@@ -25,14 +25,26 @@ MAIL_CLASS_SCANNER: MailClass
 MAIL_CLASS_UNKNOWN: MailClass
 
 class LookupRequest(_message.Message):
-    __slots__ = ("ip", "port", "wait_ms")
+    __slots__ = ("ip", "port", "wait_ms", "context")
     IP_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ip: str
     port: int
     wait_ms: int
-    def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    context: Context
+    def __init__(self, ip: _Optional[str] = ..., port: _Optional[int] = ..., wait_ms: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
+
+class Context(_message.Message):
+    __slots__ = ("client_name", "reverse_name", "helo_name")
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HELO_NAME_FIELD_NUMBER: _ClassVar[int]
+    client_name: str
+    reverse_name: str
+    helo_name: str
+    def __init__(self, client_name: _Optional[str] = ..., reverse_name: _Optional[str] = ..., helo_name: _Optional[str] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("found", "observation", "host", "verdict")
@@ -141,7 +153,7 @@ class Host(_message.Message):
     def __init__(self, first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., seen_count: _Optional[int] = ..., host_changed: _Optional[bool] = ..., last_change: _Optional[float] = ..., distinct_signatures: _Optional[int] = ..., last_distance: _Optional[int] = ..., os_names: _Optional[_Iterable[str]] = ..., last_ip_sharing: _Optional[float] = ..., last_host_change: _Optional[float] = ..., uptime_minutes: _Optional[int] = ..., uptime_modulo_days: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("score", "action", "rules", "header", "trusted", "mail_class", "reply")
+    __slots__ = ("score", "action", "rules", "header", "trusted", "mail_class", "reply", "id", "learned", "bucket")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +161,9 @@ class Verdict(_message.Message):
     TRUSTED_FIELD_NUMBER: _ClassVar[int]
     MAIL_CLASS_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
     score: float
     action: str
     rules: _containers.RepeatedScalarFieldContainer[str]
@@ -156,7 +171,32 @@ class Verdict(_message.Message):
     trusted: bool
     mail_class: MailClass
     reply: str
-    def __init__(self, score: _Optional[float] = ..., action: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., header: _Optional[str] = ..., trusted: _Optional[bool] = ..., mail_class: _Optional[_Union[MailClass, str]] = ..., reply: _Optional[str] = ...) -> None: ...
+    id: str
+    learned: float
+    bucket: str
+    def __init__(self, score: _Optional[float] = ..., action: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., header: _Optional[str] = ..., trusted: _Optional[bool] = ..., mail_class: _Optional[_Union[MailClass, str]] = ..., reply: _Optional[str] = ..., id: _Optional[str] = ..., learned: _Optional[float] = ..., bucket: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("id", "spam", "client_ip", "message_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPAM_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    spam: bool
+    client_ip: str
+    message_id: str
+    def __init__(self, id: _Optional[str] = ..., spam: _Optional[bool] = ..., client_ip: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("result", "adjustment", "why")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTMENT_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    adjustment: float
+    why: str
+    def __init__(self, result: _Optional[str] = ..., adjustment: _Optional[float] = ..., why: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("unknown_only", "os_name_regex", "ports", "mail_classes")

@@ -54,6 +54,11 @@ class FingerprintStub:
                 request_serializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.StatsRequest.SerializeToString,
                 response_deserializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/fingerprintd.v1.Fingerprint/Feedback',
+                request_serializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class FingerprintServicer:
@@ -87,6 +92,14 @@ class FingerprintServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """An outcome (spam or ham) for a verdict's id, from a filter that knows the final verdict.
+        FAILED_PRECONDITION when the service keeps no reputation store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FingerprintServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_FingerprintServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.StatsRequest.FromString,
                     response_serializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.StatsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.FeedbackRequest.FromString,
+                    response_serializer=fingerprintd_dot_v1_dot_fingerprintd__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class Fingerprint:
             '/fingerprintd.v1.Fingerprint/Stats',
             fingerprintd_dot_v1_dot_fingerprintd__pb2.StatsRequest.SerializeToString,
             fingerprintd_dot_v1_dot_fingerprintd__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fingerprintd.v1.Fingerprint/Feedback',
+            fingerprintd_dot_v1_dot_fingerprintd__pb2.FeedbackRequest.SerializeToString,
+            fingerprintd_dot_v1_dot_fingerprintd__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
