@@ -109,6 +109,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("policy", "files", "str", "", "policy rules (empty: the bundled signatures/policy.toml)", metavar="PATH"),
     Option("classes", "files", "str", "", "mail classes by label (empty: the bundled signatures/classes.toml)",
       metavar="PATH"),
+    Option("reputation", "files", "str", "", "what was learned from outcomes, an SQLite file (empty: no learning)",
+           metavar="PATH"),
     Option("user", "daemon", "str", "", "drop to this user once the capture is open", metavar="NAME"),
     Option("log_level", "daemon", "str", "info", "log level", choices=("debug", "info", "warning", "error")),
 )

@@ -5,7 +5,15 @@ and never stall mail: every lookup has one hard bound, `timeout` (the
 service's wait for a SYN in flight is carved out of it), and any failure
 (the service down, slow, busy, or the client not seen) lets the mail through,
 logged and counted.  A message waits at most `timeout` once per filter: the
-milter asks at connect, the policy service once per message.
+milter asks at the first MAIL FROM of a connection (when the HELO is known),
+the policy service once per message.
+
+Both pass what the MTA knows about the client (fingerprintd does no DNS):
+the policy service Postfix's `client_name` (verified), `reverse_client_name`
+and `helo_name`; the milter the connect hostname (verified, or `[ip]`), the
+PTR from `{client_ptr}` or the default `_` macro (`name [addr]`),
+`{client_resolve}` (TEMP: a DNS hiccup, the names count as not known) and the
+HELO.  The verdict's rules use them (fingerprintd/context.py).
 
 * Milter (pymilter): the client's ip and source port come from the connect
   callback; at end of message it removes any `X-OS-Fingerprint` headers the
@@ -56,6 +64,7 @@ from typing import NamedTuple
 
 import grpc
 
+from fingerprintd.context import Context, from_milter, from_postfix
 from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
@@ -139,13 +148,13 @@ class VerdictClient:
     def unknown(self) -> int:
         return self.counters.get("unknown")
 
-    def lookup(self, ip: str, port: int) -> Outcome:
+    def lookup(self, ip: str, port: int, context: Context | None = None) -> Outcome:
         self.counters.inc("lookups")
         # A bounded number in flight: the pool's queue never grows behind a slow service.
         if not self._slots.acquire(blocking=False):
             return self._failed("busy", f"{MAX_INFLIGHT} lookups already in flight")
         deadline = time.monotonic() + self.timeout
-        request = pb.LookupRequest(ip=ip, port=port, wait_ms=self.wait_ms)
+        request = pb.LookupRequest(ip=ip, port=port, wait_ms=self.wait_ms, context=context_pb(context))
         try:
             future = self._pool.submit(self._call, request, deadline)
         except RuntimeError:  # the pool is shut down (closing)
@@ -210,6 +219,19 @@ class VerdictClient:
             self._channel.close()
 
 
+def context_pb(ctx: Context | None) -> pb.Context | None:
+    """The names as the service's Lookup takes them (unset fields: not known)."""
+    if ctx is None or not ctx.known:
+        return None
+    fields = {"client_name": ctx.client_name, "reverse_name": ctx.reverse_name, "helo_name": ctx.helo}
+    return pb.Context(**{k: v for k, v in fields.items() if v is not None})
+
+
+def postfix_context(attrs: dict[str, str]) -> Context:
+    """A policy request's names: client_name (verified or "unknown"), reverse_client_name, helo_name."""
+    return from_postfix(attrs.get("client_name"), attrs.get("reverse_client_name"), attrs.get("helo_name"))
+
+
 def header_value(outcome: Outcome) -> str | None:
     """Our header's value for an untrusted client, or None when the client is trusted."""
     reply = outcome.reply
@@ -242,23 +264,45 @@ def make_milter(client: VerdictClient, enforce: bool = False, score_header: bool
             self.outcome: Outcome | None = None
             self.skip = ""
             self.seen: dict[str, list[str]] = {HEADER.lower(): [], SCORE_HEADER.lower(): []}
+            self.client: tuple[str, int] | None = None
+            self.hostname: str | None = None
+            self.macros: dict[str, str | None] = {}
+            self.helo_name: str | None = None
+            self.asked_helo: str | None = None
 
         @Milter.noreply
         def connect(self, hostname, family, hostaddr):
             if family not in (socket.AF_INET, socket.AF_INET6):
                 self.skip = "local"  # a local (unix socket) client: nothing to fingerprint
                 return Milter.CONTINUE
-            ip, port = hostaddr[0], hostaddr[1]
-            self.outcome = client.lookup(ip, port)
+            self.client = (hostaddr[0], hostaddr[1])
+            self.hostname = hostname
+            self.macros = {name: self.getsymval(name) for name in ("_", "{client_ptr}", "{client_resolve}",
+                                                                   "{client_name}")}
+            return Milter.CONTINUE
+
+        @Milter.noreply
+        def hello(self, hostname):
+            self.helo_name = hostname
+            return Milter.CONTINUE
+
+        def _lookup(self) -> None:
+            """Once per connection, at its first MAIL FROM (again only if the client greeted anew)."""
+            if self.client is None or (self.outcome is not None and self.asked_helo == self.helo_name):
+                return
+            ip, port = self.client
+            self.asked_helo = self.helo_name
+            self.outcome = client.lookup(ip, port, from_milter(self.hostname, self.macros, self.helo_name))
             reply = self.outcome.reply
             log.debug("milter connect %s port %s: %s", ip, port,
                       reply.verdict.header if reply is not None else f"no verdict ({self.outcome.reason})")
-            return Milter.CONTINUE
 
         def envfrom(self, mailfrom, *params):
             self.seen = {HEADER.lower(): [], SCORE_HEADER.lower(): []}  # per message
             if self.getsymval("{auth_authen}"):
                 self.skip = "authenticated"  # an authenticated user: their OS is not a spam signal
+            if not self.skip:
+                self._lookup()
             if enforce and not self.skip and self.outcome is not None:
                 enforced = enforced_reply(self.outcome)
                 if enforced is not None:
@@ -353,7 +397,7 @@ class PolicyDecider:
         if not ip or ip == "unknown":
             outcome = Outcome(None, "no-client-address")
         else:
-            outcome = self.client.lookup(ip, port)
+            outcome = self.client.lookup(ip, port, postfix_context(attrs))
         value = header_value(outcome)
         if value is None:
             self.counters.inc("skipped", "trusted")

@@ -57,7 +57,7 @@ EPOCH = 1_767_225_600.0  # 2026-01-01 UTC: scaled counts stay near 1 for decades
 NEGLIGIBLE = 0.05  # decayed total below which decay() drops a key
 DAY = 86400.0
 
-KEY_RE = re.compile(r"\A[0-9a-f]{10}/(%s)/[a-z?-]{1,40}\Z" % "|".join(MAIL_CLASSES))
+KEY_RE = re.compile(r"\A[0-9a-f]{10}/(" + "|".join(MAIL_CLASSES) + r")/[a-z?-]{1,40}\Z")
 
 
 class ReputationError(ValueError):
@@ -94,7 +94,9 @@ class SqliteStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()
+        # Two connections: a lookup's read never waits behind a write (a commit, a checkpoint) in WAL mode.
+        self._lock = threading.Lock()  # the writer
+        self._read_lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -103,10 +105,11 @@ class SqliteStore:
                                                first REAL NOT NULL, last REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS marks (token TEXT PRIMARY KEY, n INTEGER NOT NULL, expires REAL NOT NULL);
         """)
+        self._reader = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
 
     def get(self, key):
-        with self._lock:
-            return self._db.execute("SELECT spam, ham, first, last FROM counts WHERE key = ?", (key,)).fetchone()
+        with self._read_lock:
+            return self._reader.execute("SELECT spam, ham, first, last FROM counts WHERE key = ?", (key,)).fetchone()
 
     def increment(self, key, spam, ham, now):
         with self._lock:
@@ -125,8 +128,8 @@ class SqliteStore:
             return self._db.execute("DELETE FROM counts WHERE key = ?", (key,)).rowcount > 0
 
     def items(self):
-        with self._lock:
-            return self._db.execute("SELECT key, spam, ham, first, last FROM counts ORDER BY key").fetchall()
+        with self._read_lock:
+            return self._reader.execute("SELECT key, spam, ham, first, last FROM counts ORDER BY key").fetchall()
 
     def claim(self, token, now, ttl):
         with self._lock:
@@ -143,8 +146,9 @@ class SqliteStore:
             return cur.rowcount > 0
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,10 +36,12 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
 from fingerprintd.classes import MAIL_CLASSES
+from fingerprintd.context import Context, from_postfix
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
 from fingerprintd.matcher import Fingerprint, PerFingerprint
-from fingerprintd.policy import Policy
+from fingerprintd.policy import Policy, served_verdict
+from fingerprintd.reputation import Reputation, ReputationError
 from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
@@ -56,6 +58,7 @@ class Backend(Protocol):
     policy: Policy
     max_batch: int
     max_wait_ms: int
+    reputation: Reputation | None  # None: no learning (Feedback answers FAILED_PRECONDITION)
 
     def subscribe(self) -> queue.Queue: ...
 
@@ -76,6 +79,24 @@ def _make_fp_part(fp: Fingerprint) -> pb.Observation:
 
 
 _fp_part = PerFingerprint(_make_fp_part)  # built once per stack
+MAX_CONTEXT_NAME = 1024  # bytes per name in a Lookup's context (DNS names stop at 253)
+
+
+def context_of(req: pb.LookupRequest) -> Context | None:
+    """The request's MTA context (None: not given); an oversized name is INVALID_ARGUMENT."""
+    if not req.HasField("context"):
+        return None
+    c = req.context
+    names = []
+    for field in ("client_name", "reverse_name", "helo_name"):
+        if not c.HasField(field):
+            names.append(None)
+            continue
+        value = getattr(c, field)
+        if len(value.encode()) > MAX_CONTEXT_NAME:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"context.{field} is over {MAX_CONTEXT_NAME} bytes")
+        names.append(value)
+    return from_postfix(*names)
 MAIL_CLASS_PB = {name: pb.MailClass.Value(f"MAIL_CLASS_{name.upper()}") for name in MAIL_CLASSES}
 
 
@@ -291,14 +312,18 @@ class Servicer(pb_grpc.FingerprintServicer):
                            f"wait_ms {req.wait_ms} is over the limit of {self.b.max_wait_ms}")
         return ip, req.port, req.wait_ms / 1000
 
-    def _answer(self, ip: bytes, obs: Observation | None, host: HostRecord | None) -> pb.LookupResponse:
+    def _answer(self, ip: bytes, obs: Observation | None, host: HostRecord | None,
+                ctx: Context | None = None) -> pb.LookupResponse:
         if obs is None:
             return pb.LookupResponse(found=False, host=host_pb(host) if host else None)
-        v = self.b.policy.verdict(obs.fp, ip)
+        v = self.b.policy.verdict(obs.fp, ip, ctx)
+        rep = getattr(self.b, "reputation", None)
+        v = served_verdict(v, _ip(ip), rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
         return pb.LookupResponse(
             found=True, observation=observation_pb(obs), host=host_pb(host) if host else None,
             verdict=pb.Verdict(score=v.score, action=v.action, rules=v.rules, header=v.header, trusted=v.trusted,
-                               mail_class=MAIL_CLASS_PB[obs.fp.mail_class], reply=v.reply),
+                               mail_class=MAIL_CLASS_PB[obs.fp.mail_class], reply=v.reply, id=v.key,
+                               learned=v.learned, bucket=v.key.rpartition("/")[2]),
         )
 
     async def _wait(self, queries: list[tuple[bytes, int, float]], found: list, client: str) -> None:
@@ -370,14 +395,35 @@ class Servicer(pb_grpc.FingerprintServicer):
     async def Lookup(self, request, context):  # noqa: N802 (gRPC method names)
         t0 = time.perf_counter()
         ip, port, wait = self._query(request)
+        ctx = context_of(request)
         found = [self.b.hosts.lookup(ip, port)]
         waited = found[0][0] is None and wait > 0
         if waited:
             await self._wait([(ip, port, wait)], found, client_key(context.peer()))
         self.counters["lookups"] += 1
-        answer = self._answer(ip, *found[0])
+        answer = self._answer(ip, *found[0], ctx)
         self._observe_latency("Lookup", waited, t0)
         return answer
+
+    @_refusals
+    async def Feedback(self, request, context):  # noqa: N802
+        rep = getattr(self.b, "reputation", None)
+        if rep is None:
+            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, "this service keeps no reputation store "
+                                                                "(serve --reputation PATH)")
+        if len(request.message_id) > 998:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "message_id is over 998 bytes")
+
+        def record() -> pb.FeedbackResponse:
+            result = rep.record(request.id, request.spam, request.client_ip, request.message_id)
+            learned = rep.learned(request.id)
+            return pb.FeedbackResponse(result=result, adjustment=learned.adjustment, why=learned.why)
+
+        try:
+            # A write (a commit, now and then a WAL checkpoint) stays off the event loop.
+            return await asyncio.to_thread(record)
+        except ReputationError as exc:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
     @_refusals
     async def LookupBatch(self, request, context):  # noqa: N802
@@ -386,13 +432,15 @@ class Servicer(pb_grpc.FingerprintServicer):
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
                            f"batch of {len(request.queries)} is over the limit of {self.b.max_batch}")
         queries = [self._query(q) for q in request.queries]
+        contexts = [context_of(q) for q in request.queries]
         found = [self.b.hosts.lookup(ip, port) for ip, port, _ in queries]
         waited = any(obs is None and w for (obs, _), (_, _, w) in zip(found, queries, strict=True))
         if waited:  # then wait, together, for the ones not captured yet
             await self._wait(queries, found, client_key(context.peer()))
         self.counters["batches"] += 1
         answer = pb.LookupBatchResponse(
-            results=[self._answer(ip, obs, host) for (ip, _, _), (obs, host) in zip(queries, found, strict=True)])
+            results=[self._answer(ip, obs, host, ctx)
+                     for (ip, _, _), (obs, host), ctx in zip(queries, found, contexts, strict=True)])
         self._observe_latency("LookupBatch", waited, t0)
         return answer
 

@@ -42,6 +42,7 @@ from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, load_policy
 from fingerprintd.report import p0f_log_formatter
+from fingerprintd.reputation import Reputation, SqliteStore
 from fingerprintd.server import SERVICE_NAME, Limits, build_server
 from fingerprintd.signatures import Database, SignatureError, load
 
@@ -177,6 +178,7 @@ class Service:
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
+        self.reputation = Reputation(SqliteStore(cfg.reputation)) if cfg.reputation else None
         self.captures: list[Live] = []
         self.started = time.time()
         self.reloads = 0

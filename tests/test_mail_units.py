@@ -23,6 +23,7 @@ import pytest
 
 from fingerprintd import mail
 from fingerprintd.config import Config
+from fingerprintd.context import from_milter
 from fingerprintd.hosts import normalize_ip
 from fingerprintd.policy import parse_policy
 from fingerprintd.server import build_server
@@ -186,7 +187,8 @@ def test_milter_adds_headers_and_drops_forged_copies(api):
     import Milter
 
     client = client_for(f"unix:{api.path}")
-    ours = client.lookup(*LINUX_CLIENT).reply.verdict.header
+    # What the policy service would PREPEND for the same names (the milter's connect hostname, no HELO).
+    ours = client.lookup(*LINUX_CLIENT, from_milter("client.example", {})).reply.verdict.header
     assert ours.startswith("Linux 3.11 and newer; dist: 9;")
     m = milter(client)
     result, eom = run(m, LINUX_CLIENT, [("X-OS-Fingerprint", "FreeBSD; score: -5"), ("X-Os-Fingerprint-Score", "-5"),

@@ -50,10 +50,15 @@ def test_lookup_by_connection_and_by_ip(api):
                     syn("linux", "2001:db8::5", 40003)], 1)
     r = stub.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40001))
     assert r.found and r.observation.os_name == "Linux" and r.observation.label == "Linux 3.11 and newer"
-    assert r.verdict.score == pytest.approx(-0.1) and r.verdict.header.startswith("Linux 3.11 and newer; dist: 9;")
+    assert r.verdict.score == 0 and r.verdict.header.startswith("Linux 3.11 and newer; dist: 9;")
     assert r.observation.mail_class == r.verdict.mail_class == pb.MAIL_CLASS_SERVER
+    # With the MTA's names: an MTA whose verified name its HELO agrees with.
+    names = pb.Context(client_name="mx1.example.net", reverse_name="mx1.example.net", helo_name="mx1.example.net")
+    mta = stub.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40001, context=names))
+    assert (mta.verdict.score, list(mta.verdict.rules), mta.verdict.bucket) == (-0.3, ["server-mta"], "fcrdns-match")
+    assert mta.verdict.header.endswith(f"; score: -0.3; id: {mta.verdict.id}; client: 203.0.113.5")
     latest = stub.Lookup(pb.LookupRequest(ip="::ffff:203.0.113.5"))
-    assert latest.observation.client_port == 40002 and latest.verdict.rules == ["windows_xp"]
+    assert latest.observation.client_port == 40002 and latest.verdict.rules == ["windows-xp"]
     assert latest.verdict.mail_class == pb.MAIL_CLASS_DESKTOP
     assert latest.host.seen_count == 2 and latest.host.host_changed and list(latest.host.os_names) == ["Linux",
                                                                                                         "Windows"]
