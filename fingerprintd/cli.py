@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 from collections import Counter
 from pathlib import Path
@@ -105,7 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA")
     lk.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
     lk.add_argument("--json", action="store_true")
+    lk.add_argument("--client-name", metavar="NAME",
+                    help="the client's verified (FCrDNS) name, as the MTA knows it ('unknown': none)")
+    lk.add_argument("--reverse-name", metavar="NAME", help="the client's unverified PTR name ('unknown': none)")
+    lk.add_argument("--helo", metavar="NAME", help="the client's HELO/EHLO argument")
     lk.set_defaults(func=cmd_lookup)
+
+    ln = sub.add_parser("learn", help="record outcomes (spam or ham) of messages carrying X-OS-Fingerprint")
+    kind = ln.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--spam", dest="spam", action="store_true", help="the messages are spam")
+    kind.add_argument("--ham", dest="spam", action="store_false", help="the messages are ham")
+    ln.add_argument("messages", nargs="+", metavar="MESSAGE", help="message files, mbox files or Maildir folders")
+    where = ln.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", metavar="PATH", help="the service's reputation file (serve --reputation PATH)")
+    where.add_argument("--server", metavar="ADDR", help="a running service (Feedback RPC): HOST:PORT or unix:PATH")
+    ln.add_argument("--token", metavar="SECRET")
+    ln.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    ln.add_argument("--json", action="store_true", help="one JSON object per message, then the summary")
+    ln.set_defaults(func=cmd_learn)
+
+    rp2 = sub.add_parser("reputation", help="what was learned from outcomes, and why scores moved")
+    rp2.add_argument("--db", required=True, metavar="PATH", help="the reputation file (serve --reputation PATH)")
+    rp2.add_argument("--reset", action="append", metavar="ID", help="forget what was learned for this id; repeatable")
+    rp2.add_argument("--json", action="store_true")
+    rp2.set_defaults(func=cmd_reputation)
 
     for name, helptext in (("milter", "a milter adding X-OS-Fingerprint headers (pymilter)"),
                            ("policyd", "a Postfix policy service (check_policy_service)")):
@@ -343,6 +367,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot start: {exc}") from None
+    except sqlite3.Error as exc:
+        raise UsageError(f"--reputation {cfg.reputation}: {exc}") from None
     except KeyError as exc:  # pwd/grp lookups for --user and --p0f-socket-owner
         raise UsageError(f"unknown user or group: {exc.args[0]}") from None
 
@@ -414,10 +440,13 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     else:
         channel = grpc.insecure_channel(args.server)
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    names = {"client_name": args.client_name, "reverse_name": args.reverse_name, "helo_name": args.helo}
+    names = {k: v for k, v in names.items() if v is not None}
+    context = pb.Context(**names) if names else None
     try:
         with channel:
             stub = pb_grpc.FingerprintStub(channel)
-            reply = stub.Lookup(pb.LookupRequest(ip=args.ip, port=args.port, wait_ms=args.wait_ms),
+            reply = stub.Lookup(pb.LookupRequest(ip=args.ip, port=args.port, wait_ms=args.wait_ms, context=context),
                                 timeout=args.timeout + args.wait_ms / 1000, metadata=metadata)
     except grpc.RpcError as exc:
         raise UsageError(f"{args.server}: {exc.code().name}: {exc.details()}") from None
@@ -430,10 +459,69 @@ def cmd_lookup(args: argparse.Namespace) -> int:
         o, v = reply.observation, reply.verdict
         print(f"{o.client_ip}:{o.client_port} {o.label}{' (generic)' if o.generic else ''}"
               f"{' (fuzzy)' if o.fuzzy else ''} dist={o.distance} link={o.link} raw_sig={o.raw_sig}")
-        print(f"verdict: score {v.score:g}, action {v.action}, rules {','.join(v.rules) or '-'}; header: {v.header}")
+        learned = f" (learned {v.learned:+g})" if v.learned else ""
+        print(f"verdict: score {v.score:g}{learned}, action {v.action}, rules {', '.join(v.rules) or 'none'}")
+        print(f"context: {v.bucket or '-'}; id: {v.id or '-'}")
+        print(f"header: {v.header}")
     else:
         print(f"{args.ip}{':' + str(args.port) if args.port else ''}: not found")
     return 0 if reply.found else 1
+
+
+def _open_reputation(path: str):
+    import sqlite3
+
+    from fingerprintd.reputation import Reputation, SqliteStore
+
+    try:
+        return Reputation(SqliteStore(path))
+    except sqlite3.Error as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from fingerprintd.learn import LearnError, feedback_sender, learn_messages
+
+    if args.db:
+        rep = _open_reputation(args.db)
+
+        def send(key: str, spam: bool, client: str, message_id: str) -> tuple[str, float]:
+            result = rep.record(key, spam, client, message_id)
+            return result, rep.adjustment(key)
+    else:
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        send = feedback_sender(args.server, args.token or "", args.timeout)
+    try:
+        summary = learn_messages(args.messages, args.spam, send, print if args.json else None)
+    except LearnError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(summary.items()) if k != "messages")
+        print(f"fingerprintd: {summary['messages']} messages read as {'spam' if args.spam else 'ham'}: {parts or '-'}")
+    return 0
+
+
+def cmd_reputation(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.db):
+        raise UsageError(f"{args.db}: no such file")
+    rep = _open_reputation(args.db)
+    for key in args.reset or ():
+        print(f"{key}: {'reset' if rep.reset(key) else 'nothing learned'}")
+    if args.reset:
+        return 0
+    rows = rep.explain()
+    if args.json:
+        print(json.dumps([{"id": r.key, "spam": round(r.spam, 2), "ham": round(r.ham, 2),
+                           "adjustment": r.adjustment, "why": r.why, "first": r.first, "last": r.last}
+                          for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("nothing learned yet")
+    for r in sorted(rows, key=lambda r: (-abs(r.adjustment), r.key)):
+        print(f"{r.key:<44} spam {r.spam:7.1f}  ham {r.ham:7.1f}  adjustment {r.adjustment:+.2f}  {r.why}")
+    return 0
 
 
 def cmd_signatures_explain(args: argparse.Namespace) -> int:
