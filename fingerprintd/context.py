@@ -16,9 +16,10 @@ module turns them into facts:
   bundled, overridable ``signatures/dynamic-names.toml``;
 * ``helo_literal``    the HELO is an address literal (``[203.0.113.46]``) or a bare address;
 * ``helo_bare``       the HELO is one word without a dot (``DESKTOP-4F7K2LQ``, ``localhost``) or empty;
-* ``helo_matches``    the HELO is the verified name, its parent domain, or a
-  name under that domain (Exchange Online: PTR ``mail-...outbound.protection.outlook.com``,
-  HELO ``EUR05-DB8-obe.outbound.protection.outlook.com``).
+* ``helo_matches``    the HELO is the verified name, or a name in its
+  organizational domain (Exchange Online: the PTR and the HELO differ per
+  address and datacenter but share ``*.protection.outlook.com``; T. Zink,
+  "The outbound IP and HELO format for Office 365", 2016).
 
 Every fact is None when the names it needs were not given: a rule that asks
 for a fact does not fire on a lookup without context (an old client).
@@ -224,22 +225,27 @@ class Facts:
 NO_FACTS = Facts(False, None, None, None, None, None, None, None)
 
 
-def _parent(name: str) -> str:
-    """The name without its first label, if that leaves a registrable-looking domain (2+ labels)."""
-    _, _, rest = name.partition(".")
-    return rest if rest.count(".") >= 1 else ""
+_SECOND_LEVEL = {"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go", "gv"}
+
+
+def org_domain(name: str) -> str:
+    """The name's organizational domain, approximated without a public suffix list: the last two
+    labels, or three under a country's second level (example.co.uk, example.com.au)."""
+    labels = name.split(".")
+    n = 3 if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL else 2
+    return ".".join(labels[-n:]) if len(labels) >= n else ""
 
 
 def helo_matches(helo: str, name: str) -> bool:
+    """The HELO names the verified host or a host of its organization (Exchange Online: PTR and HELO
+    differ per IP and datacenter but share *.protection.outlook.com).  Lenient on purpose: a bot that
+    knows its verified name can HELO exactly that anyway; what this catches is the HELO that fits nothing."""
     if not helo or not name:
         return False
     if helo == name:
         return True
-    parent = _parent(name)
-    if parent and (helo == parent or helo.endswith("." + parent)):
-        return True
-    # HELO names the domain (example-corp.de) of a host under it (mail.example-corp.de)
-    return helo.count(".") >= 1 and name.endswith("." + helo)
+    domain = org_domain(name)
+    return bool(domain) and (helo == domain or helo.endswith("." + domain))
 
 
 def is_literal(helo: str) -> bool:

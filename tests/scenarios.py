@@ -1,0 +1,131 @@
+"""The scoring scenarios of issue 12: who connects, with which names, and what the score must be.
+
+Each row is a sender as Postfix sees it (client_address, client_name = the
+verified name or "unknown", reverse_client_name, helo_name, sasl_username)
+with a SYN built to a line of the bundled signatures, picked by its label (so
+the rows keep working when lines are added to signatures/p0f.fp), and the
+bound its score must meet.  Used by tests/test_scoring.py (policy service and
+milter, in-process), tests/test_mail.py (real Postfix) and
+benchmarks/scoring.py (the table).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from functools import cache
+
+from fingerprintd.signatures import WIN_MSS, Database, TcpSig, load
+from tests.conftest import OUR_DB
+from tests.craft import Shape, frame, shape_from_sig
+
+SERVER_IP = "192.0.2.25"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str  # the signature label the SYN is built to ("" for a real kernel SYN)
+    ip: str
+    client_name: str  # Postfix: the verified name, or "unknown"
+    reverse_name: str  # Postfix: the PTR, or "unknown"
+    helo: str
+    want: str  # "<=0", ">=1", or "none" (no header: trusted or authenticated)
+    sasl: str = ""
+    mss: int = 1460
+    layout: tuple[int, ...] | None = None  # pick the label's line with this option layout (first otherwise)
+    os_name: str = ""  # what the SYN must come out as (the row checks its own SYN)
+
+    def ok(self, score: float | None) -> bool:
+        if self.want == "none":
+            return score is None
+        if score is None:
+            return False
+        return score <= 0 if self.want == "<=0" else score >= 1.0
+
+
+# Windows 10/11's layout: mss, nop, ws, nop, nop, sok (the Windows Server SYN is the same).
+WIN10_LAYOUT = (2, 1, 3, 1, 1, 4)
+EOP_PTR = "mail-bn1on0090.outbound.protection.outlook.com"
+EOP_HELO = "na01-bn1-OBE.outbound.protection.outlook.com"  # seen in a header (mta-context.md §5)
+
+ROWS = (
+    Row("Exchange Online (Windows Server)", "Windows 10 or 11", "198.51.100.10", EOP_PTR, EOP_PTR, EOP_HELO, "<=0",
+        layout=WIN10_LAYOUT, os_name="Windows"),
+    Row("Exchange on-premises (Windows Server)", "Windows 10 or 11", "198.51.100.11", "mail.example-corp.de",
+        "mail.example-corp.de", "mail.example-corp.de", "<=0", layout=WIN10_LAYOUT, os_name="Windows"),
+    Row("Linux MTA, MTU 1500", "Linux 4.19 and newer", "198.51.100.12", "mx1.example.net", "mx1.example.net",
+        "mx1.example.net", "<=0", os_name="Linux"),
+    Row("Linux MTA, 1280 tunnel", "Linux 4.19 and newer", "198.51.100.13", "mx2.example.net", "mx2.example.net",
+        "mx2.example.net", "<=0", mss=1240, os_name="Linux"),
+    Row("FreeBSD MTA", "FreeBSD 9.x or newer", "198.51.100.14", "smtp.example.org", "smtp.example.org",
+        "smtp.example.org", "<=0", os_name="FreeBSD"),
+    Row("Windows desktop, no rDNS", "Windows 10 or 11", "203.0.113.45", "unknown", "unknown", "DESKTOP-4F7K2LQ",
+        ">=1", layout=WIN10_LAYOUT, os_name="Windows"),
+    Row("Windows desktop, dynamic rDNS", "Windows 10 or 11", "203.0.113.46", "dsl-203-0-113-46.dyn.example-isp.net",
+        "dsl-203-0-113-46.dyn.example-isp.net", "[203.0.113.46]", ">=1", layout=WIN10_LAYOUT, os_name="Windows"),
+    Row("Windows desktop, PTR not verifying", "Windows 10 or 11", "203.0.113.47", "unknown",
+        "host47.example-isp.net", "DESKTOP-4F7K2LQ", ">=1", layout=WIN10_LAYOUT, os_name="Windows"),
+    Row("Android phone, carrier name", "Linux Android 8 and newer", "203.0.113.48",
+        "mobile-203-0-113-48.lte.example-carrier.net", "mobile-203-0-113-48.lte.example-carrier.net", "localhost",
+        ">=1", mss=1400, os_name="Linux"),
+    Row("Embedded/IoT, no rDNS", "Nintendo 3DS", "203.0.113.49", "unknown", "unknown", "mail.example.com", ">=1",
+        mss=1360, os_name="Nintendo"),
+    Row("Windows XP, names agree", "Windows XP", "203.0.113.50", "mail.example.com", "mail.example.com",
+        "mail.example.com", ">=1", os_name="Windows"),
+    Row("Scanner (masscan)", "masscan", "203.0.113.51", "unknown", "unknown", "[203.0.113.51]", ">=1",
+        os_name="masscan"),
+    Row("Windows desktop, trusted network", "Windows 10 or 11", "10.20.30.40", "unknown", "unknown",
+        "DESKTOP-4F7K2LQ", "none", layout=WIN10_LAYOUT, os_name="Windows"),
+    Row("Windows desktop, authenticated", "Windows 10 or 11", "203.0.113.52", "unknown", "unknown",
+        "DESKTOP-4F7K2LQ", "none", sasl="alice", layout=WIN10_LAYOUT, os_name="Windows"),
+)
+
+
+@cache
+def database() -> Database:
+    return load(OUR_DB)
+
+
+def signature(label: str, layout: tuple[int, ...] | None = None) -> TcpSig:
+    """The first specific [tcp:request] line with this label (and layout)."""
+    for sig in database().request:
+        if sig.label.text == label and not sig.label.generic and (layout is None or tuple(sig.layout) == layout):
+            return sig
+    raise LookupError(f"no [tcp:request] line labeled {label!r} with layout {layout} in {OUR_DB}")
+
+
+def shape(row: Row, rng: random.Random) -> Shape:
+    sig = signature(row.label, row.layout)
+    s = shape_from_sig(sig, rng, ver=4)
+    mss = sig.mss if sig.mss is not None else row.mss
+    s = replace(s, mss=mss, payload=b"")
+    if sig.win_type == WIN_MSS:
+        s = replace(s, win=min(65535, sig.win * mss))
+    return s
+
+
+def syn(row: Row, port: int, rng: random.Random, ts: int) -> tuple[int, int, bytes]:
+    return (ts, 0, bytes(frame(shape(row, rng), row.ip, SERVER_IP, port, 25, rng, seq=rng.randrange(1, 1 << 31))))
+
+
+def policy_attrs(row: Row, port: int, instance: str) -> dict[str, str]:
+    """The policy request Postfix sends at RCPT (Postfix 3.7's attributes, the ones that matter here)."""
+    return {"request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
+            "client_address": row.ip, "client_port": str(port), "client_name": row.client_name,
+            "reverse_client_name": row.reverse_name, "helo_name": row.helo, "sasl_username": row.sasl,
+            "sasl_method": "PLAIN" if row.sasl else "", "instance": instance, "sender": "a@example.net",
+            "recipient": "user@test.example"}
+
+
+def milter_inputs(row: Row) -> tuple[str, dict[str, str]]:
+    """The connect hostname and macros Postfix gives a milter (MILTER_README, smtpd_milter.c): the verified
+    name or "[ip]"; `_` = "<reverse name> [<ip>]", "(may be forged)" when the names differ."""
+    hostname = row.client_name if row.client_name != "unknown" else f"[{row.ip}]"
+    forged = " (may be forged)" if row.client_name != row.reverse_name else ""
+    macros = {"_": f"{row.reverse_name} [{row.ip}]{forged}", "{client_addr}": row.ip,
+              "{client_resolve}": "OK" if row.client_name != "unknown" else (
+                  "FORGED" if row.reverse_name != "unknown" else "FAIL")}
+    if row.sasl:
+        macros["{auth_authen}"] = row.sasl
+    return hostname, macros
