@@ -54,7 +54,7 @@ _INT_KEYS = ("dist_min", "dist_max")
 _RULE_KEYS = {"name", "score", "action", "final", "description", "mail_class", *_REGEX_KEYS, *_BOOL_KEYS,
               *_INT_KEYS, *_NAME_KEYS, *_FACT_KEYS}
 _SETTINGS_KEYS = {"trusted_networks", "reject_message", "tempfail_message", "dynamic_names"}
-_TTL_DIST = re.compile(r"\+\d+")
+_TTL_DIST = re.compile(r"(\d+)\+(\d+)")
 
 
 PolicyError = TomlError  # errors read "file:line: message"
@@ -132,7 +132,9 @@ def sig_hash(fp: Fingerprint) -> str:
     (a tunnel lowers the MSS; the window's form, options and quirks stay)."""
     fields = fp.raw_sig.split(":")
     if len(fields) >= 4:
-        fields[1] = _TTL_DIST.sub("", fields[1])
+        m = _TTL_DIST.fullmatch(fields[1])  # "112+16": the TTL seen plus the distance = the initial TTL
+        if m:
+            fields[1] = str(int(m.group(1)) + int(m.group(2)))
         fields[3] = "*"
     text = f"{fp.os_text}|{int(fp.generic)}|{':'.join(fields)}"
     return hashlib.sha256(text.encode()).hexdigest()[:10]
