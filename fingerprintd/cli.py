@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--server", default="127.0.0.1:50051", metavar="ADDR",
                         help="the fingerprintd service: HOST:PORT or unix:PATH")
         mp.add_argument("--token", metavar="SECRET")
-        when = "at connect" if name == "milter" else "once per message"
+        when = "at the first MAIL FROM" if name == "milter" else "once per message"
         mp.add_argument("--timeout-ms", type=int, default=250,
                         help="the whole bound of one lookup, the wait included: after it the mail goes on without "
                              f"a verdict (fail open). Asked {when}, so a message waits at most this long for "
