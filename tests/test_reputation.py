@@ -140,8 +140,11 @@ def test_learn_and_reputation_commands(tmp_path, capsys):
     box = mailbox.mbox(str(tmp_path / "spam.mbox"))
     maildir = mailbox.Maildir(str(tmp_path / "Junk"), create=True)
     for i in range(24):
+        # Ours first (the policy service PREPENDs it); a copy below it, forged by the sender, is not read.
+        forged = header.format(key="ffffffffff/server/fcrdns-match", ip="192.0.2.1")
         msg = email.message_from_string(f"X-OS-Fingerprint: {header.format(key=KEY, ip=_addr(rng))}\n"
-                                        f"Message-ID: <{i}@spam.example>\nSubject: {i}\n\nbuy\n")
+                                        f"Message-ID: <{i}@spam.example>\nSubject: {i}\n"
+                                        f"X-OS-Fingerprint: {forged}\n\nbuy\n")
         (box if i % 2 else maildir).add(msg)
     box.flush()
     maildir.add(email.message_from_string("Subject: no header\n\nhi\n"))
