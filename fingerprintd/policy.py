@@ -17,7 +17,7 @@ header rules written for p0f/amavisd keep working, then names the rules that
 fired, the score, and a stable identifier of what was seen (signature hash,
 mail class, context bucket) for learning from outcomes:
 ``Windows 10 or 11; dist: 12; link: Ethernet or modem; class: desktop; rules: desktop-no-rdns,client-helo-bare;
-score: 1.8; id: 5d0c9b4e2a/desktop/nordns-bare``.
+id: 5d0c9b4e2a/desktop/nordns-bare; client: 203.0.113.45; score: 1.8`` (the score last, as before).
 """
 
 from __future__ import annotations
@@ -146,9 +146,10 @@ def verdict_key(fp: Fingerprint, bucket: str) -> str:
 
 def render_header(head: str, rules: tuple[str, ...], score: float, key: str, learned: float = 0.0,
                   client: str = "") -> str:
-    learned_part = f"; learned: {learned:+g}" if learned else ""
-    client_part = f"; client: {client}" if client else ""
-    return f"{head}; rules: {','.join(rules) or 'none'}{learned_part}; score: {score:g}; id: {key}{client_part}"
+    # The score stays last, as in the p0f-era header (scripts read "score: (\S+)$").
+    learned_part = f"learned: {learned:+g}; " if learned else ""
+    client_part = f"client: {client}; " if client else ""
+    return f"{head}; rules: {','.join(rules) or 'none'}; {learned_part}id: {key}; {client_part}score: {score:g}"
 
 
 def served_verdict(v: Verdict, client: str, adjustment: float = 0.0) -> Verdict:

@@ -135,7 +135,7 @@ def test_the_store_persists_in_wal_mode_and_resets_per_key(tmp_path):
 def test_learn_and_reputation_commands(tmp_path, capsys):
     """`learn` reads message files, mbox and Maildir; `reputation` lists what was learned and why; --reset."""
     header = ("Windows 10 or 11; dist: 12; link: Ethernet or modem; class: desktop; rules: desktop-no-rdns; "
-              "score: 1.8; id: {key}; client: {ip}")
+              "id: {key}; client: {ip}; score: 1.8")
     rng = random.Random(8)
     box = mailbox.mbox(str(tmp_path / "spam.mbox"))
     maildir = mailbox.Maildir(str(tmp_path / "Junk"), create=True)
@@ -192,7 +192,7 @@ def test_feedback_moves_the_served_score(service, tmp_path, capsys):
              "helo_name": row.helo, "instance": "i1"})
     finally:
         client.close()
-    assert first.startswith("PREPEND X-OS-Fingerprint: Windows") and "; score: 1.8; id: " in first, first
+    assert first.startswith("PREPEND X-OS-Fingerprint: Windows") and first.endswith("; score: 1.8"), first
     key = first.split("; id: ")[1].split(";")[0]
     # The header is all `learn` needs; here the same outcomes go through the Feedback RPC.
     results = [stub.Feedback(pb.FeedbackRequest(id=key, spam=True, client_ip=_addr(rng), message_id=f"<{i}@x>")).result

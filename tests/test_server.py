@@ -56,7 +56,7 @@ def test_lookup_by_connection_and_by_ip(api):
     names = pb.Context(client_name="mx1.example.net", reverse_name="mx1.example.net", helo_name="mx1.example.net")
     mta = stub.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40001, context=names))
     assert (mta.verdict.score, list(mta.verdict.rules), mta.verdict.bucket) == (-0.3, ["server-mta"], "fcrdns-match")
-    assert mta.verdict.header.endswith(f"; score: -0.3; id: {mta.verdict.id}; client: 203.0.113.5")
+    assert mta.verdict.header.endswith(f"; id: {mta.verdict.id}; client: 203.0.113.5; score: -0.3")
     latest = stub.Lookup(pb.LookupRequest(ip="::ffff:203.0.113.5"))
     assert latest.observation.client_port == 40002 and latest.verdict.rules == ["windows-xp"]
     assert latest.verdict.mail_class == pb.MAIL_CLASS_DESKTOP

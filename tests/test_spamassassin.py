@@ -86,14 +86,14 @@ def spamc(port: int, msg: bytes) -> dict[str, float]:
 @pytest.mark.parametrize("fingerprints,hits", [
     # The points follow fingerprintd's score, in half-point bands; the OS rules name the stack (token score).
     (["Windows 10 or 11; dist: 12; link: Ethernet or modem; class: desktop; rules: desktop-no-rdns,client-helo-bare; "
-      "score: 1.8; id: 5d0c9b4e2a/desktop/nordns-bare; client: 203.0.113.45"],
+      "id: 5d0c9b4e2a/desktop/nordns-bare; client: 203.0.113.45; score: 1.8"],
      {"FPD_WINDOWS": 0.0, "FPD_SCORE_1_5": 1.5}),
     # Exchange: the same Windows SYN, names that agree: no points.
     (["Windows 10 or 11; dist: 9; link: Ethernet or modem; class: desktop; rules: windows-server-mta; score: 0; "
       "id: 5d0c9b4e2a/desktop/fcrdns-match; client: 198.51.100.10"], {"FPD_WINDOWS": 0.0}),
     (["Windows XP; dist: 12; link: Ethernet or modem; class: desktop; rules: windows-xp; score: 2.3; id: x"],
      {"FPD_WINXP": 0.0, "FPD_SCORE_2": 2.0}),
-    (["Linux 4.19 and newer; dist: 0; link: Ethernet or modem; class: server; rules: server-mta; score: -0.3; id: x"],
+    (["Linux 4.19 and newer; dist: 0; link: Ethernet or modem; class: server; rules: server-mta; id: x; score: -0.3"],
      {"FPD_LINUX": 0.0, "FPD_SCORE_NEG": -0.3}),
     (["Linux Android 8 and newer; dist: 2; link: ?; class: mobile; rules: mobile; score: 0.5; id: x"],
      {"FPD_MOBILE": 0.0, "FPD_SCORE_0_5": 0.5}),
@@ -102,7 +102,7 @@ def spamc(port: int, msg: bytes) -> dict[str, float]:
     (["zmap; dist: 0; link: ???; class: scanner; rules: scanner; score: 2.5; id: x"],
      {"FPD_SCANNER": 0.0, "FPD_SCORE_2_5": 2.5}),
     (["Windows 10 or 11; dist: 9; link: ?; class: desktop; rules: desktop-dynamic-rdns,client-helo-literal,learned; "
-      "learned: +1; score: 3; id: x"], {"FPD_WINDOWS": 0.0, "FPD_SCORE_3": 3.0}),
+      "learned: +1; id: x; score: 3"], {"FPD_WINDOWS": 0.0, "FPD_SCORE_3": 3.0}),
     (["???; dist: 0; link: ???; class: unknown; rules: none; score: 0; id: x"], {"FPD_UNKNOWN": 0.0}),
     # p0f-era headers (the score last) still get their band.
     (["FreeBSD 9.x or newer; dist: 3; link: Ethernet or modem; score: -1"], {"FPD_UNIX": 0.0, "FPD_SCORE_NEG": -0.3}),
