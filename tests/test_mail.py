@@ -43,8 +43,8 @@ def sa_report(msg: email.message.Message) -> str:
     return report
 
 
-@pytest.fixture
-def stack():
+def _stacked(stack_class: type[MailStack], policy: str, prepare=None):
+    """A running stack (service, milter, policy service, Postfix) in a directory of its own; stopped after."""
     need(os.geteuid() == 0, "needs root (a private Postfix instance, capture on lo)")
     need(shutil.which("postfix") is not None and shutil.which("swaks") is not None,
          "postfix and swaks are not installed (make test installs them as root)")
@@ -52,7 +52,9 @@ def stack():
     # pytest's tmp_path sits under a 0700 directory, so use one of our own.
     d = Path(tempfile.mkdtemp(prefix="fpd-postfix-"))
     os.chmod(d, 0o755)
-    s = MailStack(d, POLICY_NO_TRUST)
+    s = stack_class(d, policy)
+    if prepare is not None:
+        prepare(d)
     s.start_service()
     s.start_filters()
     s.start_postfix()
@@ -64,6 +66,11 @@ def stack():
             s.stop(name)
         if not os.environ.get("FPD_KEEP"):  # FPD_KEEP=1 keeps the Postfix logs for debugging
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def stack():
+    yield from _stacked(MailStack, POLICY_NO_TRUST)
 
 
 def test_headers_for_the_exact_connection(stack):
@@ -189,26 +196,10 @@ class ScenarioStack(MailStack):
 
 @pytest.fixture
 def scenario_stack():
-    need(os.geteuid() == 0, "needs root (a private Postfix instance, capture on lo)")
-    need(shutil.which("postfix") is not None and shutil.which("swaks") is not None,
-         "postfix and swaks are not installed (make test installs them as root)")
-    d = Path(tempfile.mkdtemp(prefix="fpd-postfix-"))
-    os.chmod(d, 0o755)
     bundled = (ROOT / "signatures" / "policy.toml").read_text()
     untrusting = re.sub(r"^trusted_networks = .*$", "trusted_networks = []", bundled, count=1, flags=re.M)
-    s = ScenarioStack(d, untrusting)
-    shutil.copy(ROOT / "signatures" / "classes.toml", d / "classes.toml")
-    s.start_service()
-    s.start_filters()
-    s.start_postfix()
-    try:
-        yield s
-    finally:
-        s.stop_postfix()
-        for name in list(s.procs):
-            s.stop(name)
-        if not os.environ.get("FPD_KEEP"):
-            shutil.rmtree(d, ignore_errors=True)
+    yield from _stacked(ScenarioStack, untrusting,
+                        lambda d: shutil.copy(ROOT / "signatures" / "classes.toml", d / "classes.toml"))
 
 
 def test_scenario_rows_through_postfix(scenario_stack, tmp_path):
