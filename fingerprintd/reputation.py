@@ -55,6 +55,7 @@ SOURCE_PREFIX_V4 = 24
 SOURCE_PREFIX_V6 = 56
 EPOCH = 1_767_225_600.0  # 2026-01-01 UTC: scaled counts stay near 1 for decades
 NEGLIGIBLE = 0.05  # decayed total below which decay() drops a key
+DECAY_EVERY = 1000  # outcomes between two maintenance passes (expired marks, negligible keys): the file stays bounded
 DAY = 86400.0
 
 KEY_RE = re.compile(r"\A[0-9a-f]{10}/(" + "|".join(MAIL_CLASSES) + r")/[a-z?-]{1,40}\Z")
@@ -195,6 +196,8 @@ class Reputation:
         self.source_cap = source_cap
         self.seen = seen_days * DAY
         self.clock = clock
+        self._since_decay = 0
+        self._decay_lock = threading.Lock()
 
     @property
     def flood_cap(self) -> float:
@@ -210,6 +213,13 @@ class Reputation:
             raise ReputationError(f"not a fingerprintd verdict id: {key!r}")
         ip = _ip(client)
         now = self.clock() if now is None else now
+        with self._decay_lock:
+            self._since_decay += 1
+            due = self._since_decay >= DECAY_EVERY
+            if due:
+                self._since_decay = 0
+        if due:
+            self.decay(now)
         client_text = ipaddress.ip_address(ip).compressed
         if message_id:
             token = hashlib.sha256(f"{message_id.strip()}|{key}|{client_text}".encode()).hexdigest()[:32]

@@ -117,6 +117,19 @@ def test_counts_decay_and_vanish(rep, tmp_path):
     assert rep.decay(now=T0 + 300 * DAY) == 1 and rep.learned(KEY, now=T0 + 300 * DAY).why == "nothing learned"
 
 
+def test_expired_marks_are_purged_as_outcomes_come(rep, tmp_path):
+    """The file stays bounded: a maintenance pass every DECAY_EVERY outcomes drops marks past their time."""
+    from fingerprintd.reputation import DECAY_EVERY
+
+    for i in range(DECAY_EVERY - 1):
+        rep.record(KEY, True, "198.51.100.7", f"<{i}@x>", now=T0)
+    marks = sqlite3.connect(tmp_path / "rep.sqlite").execute("SELECT COUNT(*) FROM marks").fetchone()[0]
+    assert marks == DECAY_EVERY + 1  # one per message, one for the client, one for its network
+    rep.record(KEY, True, "198.51.100.8", "<last@x>", now=T0 + 31 * DAY)  # the pass, a month later
+    marks = sqlite3.connect(tmp_path / "rep.sqlite").execute("SELECT COUNT(*) FROM marks").fetchone()[0]
+    assert marks == 3  # only the last outcome's
+
+
 def test_the_store_persists_in_wal_mode_and_resets_per_key(tmp_path):
     path = tmp_path / "rep.sqlite"
     store = SqliteStore(path)

@@ -278,3 +278,18 @@ def test_kernel_syns_of_a_linux_mta(api, tmp_path):
         prepended, added = through_filters(api, row, port)
         assert prepended == added and row.ok(score_of(prepended)), (row.name, prepended)
         assert verdict_fields(prepended)["rules"] == "server-mta"
+
+
+def test_lookup_command_shows_the_rules_context_and_id(api, capsys):
+    from fingerprintd import cli
+
+    row = next(r for r in ROWS if r.name == "Windows desktop, dynamic rDNS")
+    api.service.ingest([syn(row, 43000, random.Random(1), int(time.time()))], 1)
+    rc = cli.main(["lookup", row.ip, "--port", "43000", "--server", f"unix:{api.path}", "--client-name",
+                   row.client_name, "--reverse-name", row.reverse_name, "--helo", row.helo])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and out[1] == "verdict: score 2, action tag, rules desktop-dynamic-rdns, client-helo-literal", out
+    assert out[2].startswith("context: dynamic-literal; id: ") and out[2].endswith("/desktop/dynamic-literal"), out
+    assert out[3].startswith("header: Windows 10 or 11; ") and out[3].endswith("; score: 2"), out
+    assert cli.main(["lookup", row.ip, "--port", "43000", "--server", f"unix:{api.path}"]) == 0
+    assert "rules desktop-no-context" in capsys.readouterr().out  # no names given: the stack alone
