@@ -25,14 +25,24 @@ from fingerprintd.learn import verdict_fields
 from fingerprintd.policy import load_policy
 from fingerprintd.reputation import MAX_ADJUSTMENT, Reputation, SqliteStore
 from tests.conftest import ROOT
-from tests.scenarios import ROWS, STREAMS, Row, public_address, simulate, syn
+from tests.scenarios import (
+    KERNEL_PORTS,
+    KERNEL_ROWS,
+    ROWS,
+    STREAMS,
+    Api,
+    Row,
+    kernel_syns,
+    public_address,
+    simulate,
+    syn,
+    through_filters,
+)
 
 POINTS = (10, 20, 21, 30, 50, 100, 200, 400)
 
 
 def scenario_table(kernel: bool) -> list[str]:
-    from tests.test_scoring import KERNEL_ROWS, Api, kernel_syns, through_filters
-
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         api = Api(Path(tmp))
@@ -44,8 +54,8 @@ def scenario_table(kernel: bool) -> list[str]:
                 rows.append((row, port))
             if kernel:
                 syns = kernel_syns(Path(tmp))
-                api.service.ingest([syns[30000], syns[31000]], 1)
-                rows += [(KERNEL_ROWS[0], 30000), (KERNEL_ROWS[1], 31000)]
+                api.service.ingest([syns[p] for p in KERNEL_PORTS], 1)
+                rows += list(zip(KERNEL_ROWS, KERNEL_PORTS, strict=True))
             out.append(f"{'sender':<40} {'stack':<26} {'client_name / helo':<58} {'want':<5} "
                        f"{'policyd':>7} {'milter':>7}  rules")
             failed = 0

@@ -5,18 +5,30 @@ verified name or "unknown", reverse_client_name, helo_name, sasl_username)
 with a SYN built to a line of the bundled signatures, picked by its label (so
 the rows keep working when lines are added to signatures/p0f.fp), and the
 bound its score must meet.  Used by tests/test_scoring.py (policy service and
-milter, in-process), tests/test_mail.py (real Postfix) and
-benchmarks/scoring.py (the table).
+milter, in-process), tests/test_reputation.py, tests/test_mail.py (real
+Postfix) and benchmarks/scoring.py (the table); with the pieces they share:
+the real service on a unix socket (Api), pymilter's class with libmilter's
+calls recorded (recording_milter), one row through both filters
+(through_filters), real kernel SYNs from a namespace (kernel_syns).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import socket
+import sys
 from dataclasses import dataclass, replace
 from functools import cache
+from pathlib import Path
 
+from fingerprintd import mail
+from fingerprintd.config import Config
+from fingerprintd.learn import verdict_fields
+from fingerprintd.server import build_server
+from fingerprintd.service import Service
 from fingerprintd.signatures import WIN_MSS, Database, TcpSig, load
-from tests.conftest import OUR_DB
+from tests.conftest import OUR_DB, need
 from tests.craft import Shape, frame, shape_from_sig
 
 SERVER_IP = "192.0.2.25"
@@ -206,3 +218,103 @@ def simulate(stream: Stream, messages: int, policy, reputation, seed: int = 1, s
         curve.append(reputation.adjustment(key, now=now))
         now += 60.0  # a message a minute: decay plays no part within a stream
     return key, curve, static
+
+
+# --- the filters, in-process ------------------------------------------------------------------
+
+def recording_milter(client: mail.VerdictClient, enforce: bool = False, macros: dict | None = None):
+    """fingerprintd's milter class with libmilter's context calls recorded instead of sent."""
+    need(importlib.util.find_spec("Milter") is not None, "pymilter is not installed (pip install -e '.[test]')")
+    cls = mail.make_milter(client, enforce)
+
+    class Recording(cls):
+        def __init__(self):
+            super().__init__()
+            self._setctx(None)  # pymilter's bookkeeping, without a libmilter context
+            self.added, self.removed, self.replies = [], [], []
+
+        def getsymval(self, name):
+            return (macros or {}).get(name)
+
+        def addheader(self, name, value, idx=-1):
+            self.added.append((name, value))
+
+        def chgheader(self, name, idx, value):
+            self.removed.append((name, idx))
+
+        def setreply(self, rcode, xcode, msg):
+            self.replies.append((rcode, xcode, msg))
+
+    return Recording()
+
+
+class Api:
+    """The real service (bundled policy unless a config says otherwise), its gRPC API on a unix socket."""
+
+    def __init__(self, tmp_path: Path, **config) -> None:
+        self.path = f"{tmp_path}/api.sock"
+        self.service = Service(Config(listen=[f"unix:{self.path}"], **config))
+        self.server, _ = build_server(self.service, self.service.cfg.listen)
+        self.server.start()
+        self.client = mail.VerdictClient(f"unix:{self.path}", timeout=5.0)  # generous: no timing is tested here
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop(0).wait()
+
+
+def through_filters(api: Api, row: Row, port: int) -> tuple[str | None, str | None]:
+    """The header value the policy service PREPENDs and the one the milter adds (None: no header)."""
+    action = mail.PolicyDecider(api.client).decide(policy_attrs(row, port, f"inst.{port}"))
+    prepended = action.removeprefix("PREPEND X-OS-Fingerprint: ") if action.startswith("PREPEND ") else None
+    hostname, macros = milter_inputs(row)
+    m = recording_milter(api.client, macros=macros)
+    m.connect(hostname, socket.AF_INET, (row.ip, port))
+    m.hello(row.helo)
+    m.envfrom("<a@example.net>")
+    m.eom()
+    added = dict(m.added).get("X-OS-Fingerprint")
+    return prepended, added
+
+
+def score_of(value: str | None) -> float | None:
+    return None if value is None else float(verdict_fields(value)["score"])
+
+
+# --- real kernel SYNs: a Linux MTA at MTU 1500 and behind a 1280-byte tunnel ----------------------
+
+KERNEL_ROWS = (
+    Row("Linux MTA (kernel SYN), MTU 1500", "", "203.0.113.80", "mx3.example.net", "mx3.example.net",
+        "mx3.example.net", "<=0", os_name="Linux"),
+    Row("Linux MTA (kernel SYN), MTU 1280", "", "203.0.113.80", "mx3.example.net", "mx3.example.net",
+        "mx3.example.net", "<=0", os_name="Linux"),
+)
+KERNEL_PORTS = (30000, 31000)  # the source ports of the two SYNs
+
+
+def kernel_syns(tmp_path: Path) -> dict[int, tuple[int, int, bytes]]:
+    """Real SYNs from 203.0.113.80 (a client namespace) at MTU 1500 and 1280, by source port."""
+    from fingerprintd.capture import open_offline
+    from tests.netns import NetnsPair, can_use_netns
+
+    ok, why = can_use_netns()
+    need(ok, why)
+    pcap = tmp_path / "kernel.pcap"
+    # One SYN to port 25 of an address with no listener: the SYN is what counts, a reset ends it.
+    code = ("import socket,sys\ns=socket.socket()\ns.bind(('203.0.113.80',int(sys.argv[2])))\ns.settimeout(3)\n"
+            "try:\n s.connect((sys.argv[1],25))\nexcept OSError:\n pass\ns.close()\n")
+    with NetnsPair(net=88) as pair:
+        pair.ns(pair.srv, "ip", "addr", "add", "203.0.113.1/24", "dev", pair.vsrv)
+        pair.ns(pair.cli, "ip", "addr", "add", "203.0.113.80/24", "dev", pair.vcli)
+        cap = pair.capture(pcap, "tcp port 25 and tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0")
+        try:
+            for mtu, port in zip((1500, 1280), KERNEL_PORTS, strict=True):
+                pair.set_mtu(mtu)
+                pair.ns(pair.cli, sys.executable, "-c", code, "203.0.113.1", str(port), timeout=30)
+        finally:
+            pair.stop_capture(cap)
+    out = {}
+    for batch in open_offline(str(pcap), None).batches():
+        for ts, us, data in batch:
+            out[int.from_bytes(data[14 + 20:14 + 22], "big")] = (ts, us, data)  # Ethernet, IPv4 without options
+    return out

@@ -32,6 +32,7 @@ from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, need
 from tests.craft import Shape, frame
+from tests.scenarios import recording_milter
 
 RNG = random.Random(10)
 WINXP = Shape(ttl=113, mss=1460, win=65535, wscale=0, layout=("mss", "nop", "nop", "sok"))
@@ -147,30 +148,7 @@ def test_policy_verdict_carries_the_configured_replies(api):
 # --- milter ---------------------------------------------------------------------------
 
 def milter(client, enforce=False, macros=None):
-    need(importlib.util.find_spec("Milter") is not None, "pymilter is not installed (pip install -e '.[test]')")
-    cls = mail.make_milter(client, enforce)
-
-    class Recording(cls):
-        """pymilter's class with libmilter's context calls recorded instead of sent."""
-
-        def __init__(self):
-            super().__init__()
-            self._setctx(None)  # pymilter's bookkeeping, without a libmilter context
-            self.added, self.removed, self.replies = [], [], []
-
-        def getsymval(self, name):
-            return (macros or {}).get(name)
-
-        def addheader(self, name, value, idx=-1):
-            self.added.append((name, value))
-
-        def chgheader(self, name, idx, value):
-            self.removed.append((name, idx))
-
-        def setreply(self, rcode, xcode, msg):
-            self.replies.append((rcode, xcode, msg))
-
-    return Recording()
+    return recording_milter(client, enforce, macros)
 
 
 def run(m, client_addr, headers=()):

@@ -16,18 +16,38 @@ import time
 
 import pytest
 
-from fingerprintd import mail
-from fingerprintd.config import Config
+from fingerprintd.classes import bundled_classes
 from fingerprintd.context import Context, derive, from_milter, from_postfix, parse_dynamic_names
+from fingerprintd.engine import Engine
 from fingerprintd.learn import verdict_fields
+from fingerprintd.matcher import Matcher
 from fingerprintd.policy import PolicyError, parse_policy
-from fingerprintd.server import build_server
-from fingerprintd.service import Service
-from tests.conftest import ROOT, assert_fails_at, need
-from tests.scenarios import ROWS, Row, milter_inputs, policy_attrs, syn
+from tests.conftest import ROOT, assert_fails_at
+from tests.craft import Shape, frame
+from tests.scenarios import (
+    KERNEL_PORTS,
+    KERNEL_ROWS,
+    ROWS,
+    Api,
+    database,
+    kernel_syns,
+    score_of,
+    syn,
+    through_filters,
+)
 
 NAMES = parse_dynamic_names((ROOT / "signatures" / "dynamic-names.toml").read_text())
 IP46 = socket.inet_aton("203.0.113.46")
+WIN7 = Shape(ttl=117, mss=1460, win=8192, wscale=8, layout=("mss", "nop", "ws", "nop", "nop", "sok"))
+
+
+def observe(shape: Shape = WIN7, src: str = "203.0.113.7"):
+    """One SYN through the engine with the bundled database and classes."""
+    rng = random.Random(2)
+    obs = Engine(Matcher(database(), classes=bundled_classes())).feed(
+        bytes(frame(shape, src, "192.0.2.25", 40000, 25, rng, seq=rng.randrange(1, 1 << 31))), 1, 1_700_000_000, 0)
+    assert obs is not None and obs.fp.mail_class == "desktop"
+    return obs
 
 
 # --- facts from names ------------------------------------------------------------------
@@ -83,8 +103,6 @@ def test_facts(ctx, facts, bucket):
 
 
 def test_rules_on_names_and_facts_need_the_context():
-    from tests.test_hosts_policy import observe
-
     policy = parse_policy("""
 [[rule]]
 name = "lh"
@@ -98,7 +116,7 @@ score = 0.5
 name = "plain"
 score = 0.25
 """)
-    obs = observe("win7")
+    obs = observe()
     with_ctx = policy.verdict(obs.fp, obs.pkt.src, from_postfix("unknown", "unknown", "LOCALHOST"))
     assert (with_ctx.score, with_ctx.rules) == (1.75, ("lh", "nordns", "plain"))
     bare = policy.verdict(obs.fp, obs.pkt.src)
@@ -124,14 +142,13 @@ def test_policy_errors_name_the_line(tmp_path, text, line, needle):
 
 def test_dynamic_names_file_is_overridable(tmp_path):
     from fingerprintd.policy import load_policy
-    from tests.test_hosts_policy import observe
 
     (tmp_path / "names.toml").write_text("[settings]\naddress_digits = false\n"
                                          "[[dynamic]]\nname = 'ours'\nregex = '\\.lab\\.example$'\n")
     (tmp_path / "policy.toml").write_text("[settings]\ndynamic_names = 'names.toml'\n"
                                           "[[rule]]\nname = 'dyn'\nrdns_dynamic = true\nscore = 1\n")
     policy = load_policy(tmp_path / "policy.toml")
-    obs = observe("win7", src="203.0.113.46")
+    obs = observe(src="203.0.113.46")
     ours = policy.verdict(obs.fp, obs.pkt.src, from_postfix("pc9.lab.example", "pc9.lab.example", "pc9"))
     bundled_would = policy.verdict(obs.fp, obs.pkt.src, from_postfix("dsl-203-0-113-46.dyn.isp.example",
                                                                      "dsl-203-0-113-46.dyn.isp.example", "x"))
@@ -145,46 +162,11 @@ def test_dynamic_names_file_is_overridable(tmp_path):
 
 # --- the scenarios through the service, the policy service and the milter ----------------------
 
-class Api:
-    """The real service with the bundled policy, its gRPC API on a unix socket."""
-
-    def __init__(self, tmp_path) -> None:
-        self.path = f"{tmp_path}/api.sock"
-        self.service = Service(Config(listen=[f"unix:{self.path}"]))
-        self.server, _ = build_server(self.service, self.service.cfg.listen)
-        self.server.start()
-        self.client = mail.VerdictClient(f"unix:{self.path}", timeout=5.0)  # generous: no timing is tested here
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.stop(0).wait()
-
-
 @pytest.fixture
 def api(tmp_path):
     a = Api(tmp_path)
     yield a
     a.close()
-
-
-def through_filters(api: Api, row: Row, port: int) -> tuple[str | None, str | None]:
-    """The header value the policy service PREPENDs and the one the milter adds (None: no header)."""
-    from tests.test_mail_units import milter
-
-    action = mail.PolicyDecider(api.client).decide(policy_attrs(row, port, f"inst.{port}"))
-    prepended = action.removeprefix("PREPEND X-OS-Fingerprint: ") if action.startswith("PREPEND ") else None
-    hostname, macros = milter_inputs(row)
-    m = milter(api.client, macros=macros)
-    m.connect(hostname, socket.AF_INET, (row.ip, port))
-    m.hello(row.helo)
-    m.envfrom("<a@example.net>")
-    m.eom()
-    added = dict(m.added).get("X-OS-Fingerprint")
-    return prepended, added
-
-
-def score_of(value: str | None) -> float | None:
-    return None if value is None else float(verdict_fields(value)["score"])
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
@@ -224,54 +206,11 @@ def test_scores_are_context_conditional(api):
 
 # --- real kernel SYNs: a Linux MTA at MTU 1500 and behind a 1280-byte tunnel ----------------------
 
-KERNEL_ROWS = (
-    Row("Linux MTA (kernel SYN), MTU 1500", "", "203.0.113.80", "mx3.example.net", "mx3.example.net",
-        "mx3.example.net", "<=0", os_name="Linux"),
-    Row("Linux MTA (kernel SYN), MTU 1280", "", "203.0.113.80", "mx3.example.net", "mx3.example.net",
-        "mx3.example.net", "<=0", os_name="Linux"),
-)
-
-
-def kernel_syns(tmp_path) -> dict[int, tuple[int, int, bytes]]:
-    """Real SYNs from 203.0.113.80 (a client namespace) at MTU 1500 (ports 30000+) and 1280 (31000+)."""
-    from fingerprintd.capture import open_offline
-    from tests.netns import NetnsPair, can_use_netns
-
-    ok, why = can_use_netns()
-    need(ok, why)
-    pcap = tmp_path / "kernel.pcap"
-    with NetnsPair(net=88) as pair:
-        pair.ns(pair.srv, "ip", "addr", "add", "203.0.113.1/24", "dev", pair.vsrv)
-        pair.ns(pair.cli, "ip", "addr", "add", "203.0.113.80/24", "dev", pair.vcli)
-        cap = pair.capture(pcap, "tcp port 25 and tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0")
-        try:
-            for mtu, first in ((1500, 30000), (1280, 31000)):
-                pair.set_mtu(mtu)
-                _connect_from(pair, "203.0.113.1", first)
-        finally:
-            pair.stop_capture(cap)
-    out = {}
-    capture = open_offline(str(pcap), None)
-    for batch in capture.batches():
-        for ts, us, data in batch:
-            out[int.from_bytes(data[14 + 20:14 + 22], "big")] = (ts, us, data)
-    return out
-
-
-def _connect_from(pair, server: str, port: int) -> None:
-    """One SYN to port 25 of `server` (no listener there: the SYN is what counts, a reset ends it)."""
-    code = ("import socket,sys\ns=socket.socket()\ns.bind(('203.0.113.80',int(sys.argv[2])))\ns.settimeout(3)\n"
-            "try:\n s.connect((sys.argv[1],25))\nexcept OSError:\n pass\ns.close()\n")
-    import sys as _sys
-
-    pair.ns(pair.cli, _sys.executable, "-c", code, server, str(port), timeout=30)
-
-
 def test_kernel_syns_of_a_linux_mta(api, tmp_path):
     syns = kernel_syns(tmp_path)
-    assert 30000 in syns and 31000 in syns, sorted(syns)
-    api.service.ingest([syns[30000], syns[31000]], 1)
-    for row, port, mss in zip(KERNEL_ROWS, (30000, 31000), (1460, 1240), strict=True):
+    assert set(KERNEL_PORTS) <= set(syns), sorted(syns)
+    api.service.ingest([syns[p] for p in KERNEL_PORTS], 1)
+    for row, port, mss in zip(KERNEL_ROWS, KERNEL_PORTS, (1460, 1240), strict=True):
         obs, _ = api.service.hosts.lookup(socket.inet_aton(row.ip), port, 0)
         assert obs is not None and obs.fp.label is not None and obs.fp.label.name == "Linux", obs and obs.fp
         assert f":{mss}:" in obs.fp.raw_sig  # the tunnel's MSS really is in the SYN
