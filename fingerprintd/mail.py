@@ -18,7 +18,8 @@ HELO.  The verdict's rules use them (fingerprintd/context.py).
 * Milter (pymilter): the client's ip and source port come from the connect
   callback; at end of message it removes any `X-OS-Fingerprint` headers the
   message brought along (forged scores) and adds its own, value first the OS
-  string: `Linux 3.11 and newer; dist: 6; link: Ethernet or modem; class: server; score: -0.1`.
+  string: `Linux 3.11 and newer; dist: 6; link: Ethernet or modem; class: server; rules: server-mta;
+  id: e2ea5aab88/server/fcrdns-match; client: 198.51.100.12; score: -0.3`.
   Trusted networks (the policy's) and SASL-authenticated clients get no header.
   With `enforce`, the policy's tempfail/reject replies are given at MAIL FROM.
 * Policy service: Postfix's SMTPD access policy delegation protocol
