@@ -50,9 +50,12 @@ _NAME_KEYS = ("client_name", "reverse_name", "helo")  # regexes over the MTA's n
 # Derived facts (fingerprintd/context.py); "context" = the MTA gave any names at all.
 _FACT_KEYS = ("context", "rdns_verified", "rdns_none", "rdns_unverified", "rdns_dynamic", "helo_literal",
               "helo_bare", "helo_matches")
+# The address's p0f host records in the table's window (nat.py): a "host change" or an
+# "ip sharing" record was logged for it.  Unknown (no host record given) never fires.
+_HOST_KEYS = ("host_change", "ip_sharing")
 _INT_KEYS = ("dist_min", "dist_max")
 _RULE_KEYS = {"name", "score", "action", "final", "description", "mail_class", *_REGEX_KEYS, *_BOOL_KEYS,
-              *_INT_KEYS, *_NAME_KEYS, *_FACT_KEYS}
+              *_INT_KEYS, *_NAME_KEYS, *_FACT_KEYS, *_HOST_KEYS}
 _SETTINGS_KEYS = {"trusted_networks", "reject_message", "tempfail_message", "dynamic_names"}
 _TTL_DIST = re.compile(r"(\d+)\+(\d+)")
 
@@ -73,14 +76,19 @@ class Rule:
     mail_classes: frozenset[str] | None = None  # None: any class
     names: tuple[tuple[str, re.Pattern], ...] = ()  # regexes over client_name, reverse_name, helo
     facts: tuple[tuple[str, bool], ...] = ()
+    host: tuple[tuple[str, bool], ...] = ()  # host_change / ip_sharing conditions
 
     @property
     def contextual(self) -> bool:
         return bool(self.names or self.facts)
 
-    def matches(self, fp: Fingerprint, ctx: Context | None = None, facts: Facts = NO_FACTS) -> bool:
+    def matches(self, fp: Fingerprint, ctx: Context | None = None, facts: Facts = NO_FACTS,
+                records: dict[str, bool] | None = None) -> bool:
         if self.mail_classes is not None and fp.mail_class not in self.mail_classes:
             return False
+        for key, want in self.host:
+            if records is None or records[key] != want:
+                return False
         for key, want in self.facts:
             have = facts.known if key == "context" else getattr(facts, key)
             if have is None or have != want:
@@ -177,8 +185,10 @@ class Policy:
     _ranges: tuple = field(init=False, repr=False, compare=False)
     _scored: PerFingerprint[Verdict] = field(init=False, repr=False, compare=False)
     _replies: dict = field(init=False, repr=False, compare=False)
+    _uses_host: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_uses_host", any(rule.host for rule in self.rules))
         ranges = tuple((n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in self.trusted)
         object.__setattr__(self, "_ranges", ranges)
         replies = {"reject": self.reject_message, "tempfail": self.tempfail_message}
@@ -198,23 +208,29 @@ class Policy:
     def facts(self, ctx: Context | None, client_ip: bytes | None) -> Facts:
         return derive(ctx, client_ip, self.dynamic_names)  # type: ignore[arg-type]
 
-    def verdict(self, fp: Fingerprint, client_ip: bytes, ctx: Context | None = None) -> Verdict:
+    def verdict(self, fp: Fingerprint, client_ip: bytes, ctx: Context | None = None, host=None) -> Verdict:
+        """`host`: the address's record in the host table (hosts.HostRecord) when known, for the
+        host_change / ip_sharing conditions."""
         if self.is_trusted(client_ip):
             return Verdict(0.0, "accept", ("trusted_network",), f"{_head(fp)}; score: 0 (trusted)", True,
                            head=_head(fp))
-        if ctx is None or not ctx.known:
+        records = None
+        if host is not None and self._uses_host:
+            records = {"host_change": bool(getattr(host, "last_host_change", 0)),
+                       "ip_sharing": bool(getattr(host, "last_ip_sharing", 0))}
+        if (ctx is None or not ctx.known) and records is None:
             return self._scored(fp)  # made once per stack
-        return _score(self.rules, self._replies, fp, ctx, self.facts(ctx, client_ip))
+        return _score(self.rules, self._replies, fp, ctx, self.facts(ctx, client_ip), records)
 
 
 def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint, ctx: Context | None = None,
-           facts: Facts = NO_FACTS) -> Verdict:
+           facts: Facts = NO_FACTS, records: dict[str, bool] | None = None) -> Verdict:
     """Every rule in order until a final one fires; the most severe action wins."""
     score = 0.0
     fired = []
     action = "tag"
     for rule in rules:
-        if rule.matches(fp, ctx, facts):
+        if rule.matches(fp, ctx, facts, records):
             score += rule.score
             fired.append(rule.name)
             if ACTIONS.index(rule.action) > ACTIONS.index(action):
@@ -326,5 +342,11 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
             raise fail(sec, "mail_class", f"rule {name!r}: mail_class must be one of {', '.join(MAIL_CLASSES)}, "
                                           "or a list of them")
         mail_classes = frozenset(want)
+    host = []
+    for key in _HOST_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
+            host.append((key, raw[key]))
     return Rule(name, float(score), action, final, regexes, tuple(flags), dist[0], dist[1], mail_classes, names,
-                tuple(facts))
+                tuple(facts), tuple(host))

@@ -316,7 +316,7 @@ class Servicer(pb_grpc.FingerprintServicer):
                 ctx: Context | None = None) -> pb.LookupResponse:
         if obs is None:
             return pb.LookupResponse(found=False, host=host_pb(host) if host else None)
-        v = self.b.policy.verdict(obs.fp, ip, ctx)
+        v = self.b.policy.verdict(obs.fp, ip, ctx, host)
         rep = getattr(self.b, "reputation", None)
         v = served_verdict(v, _ip(ip), rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
         return pb.LookupResponse(

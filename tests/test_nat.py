@@ -264,8 +264,11 @@ def test_the_service_path_keeps_the_records_for_the_p0f_api_and_grpc(p0f_bin, tm
     uptimes = _records(p0f, "uptime")
     assert changes and sharing and uptimes, p0f  # the oracle set all three off
 
-    engine = Engine(Matcher(load(STOCK_DB), p0f_bugs=True, classes=bundled_classes()), p0f_bugs=True,
-                    flows=RecentSyns())
+    def service_engine() -> Engine:
+        return Engine(Matcher(load(STOCK_DB), p0f_bugs=True, classes=bundled_classes()), p0f_bugs=True,
+                      flows=RecentSyns())
+
+    engine = service_engine()
     table = HostTable()
     for pkt in packets:
         t = float(pkt.time)
@@ -287,3 +290,24 @@ def test_the_service_path_keeps_the_records_for_the_p0f_api_and_grpc(p0f_bin, tm
     msg = host_pb(host)
     assert int(msg.last_host_change) == last_chg and int(msg.last_ip_sharing) == last_nat
     assert msg.uptime_minutes == uptime_min
+    # The records are policy conditions: a rule on ip_sharing fires for this address only.
+    from fingerprintd.policy import parse_policy
+
+    policy = parse_policy('[[rule]]\nname = "shared"\nip_sharing = true\nscore = 0.7\n'
+                          '[[rule]]\nname = "changed"\nhost_change = true\nscore = 0.2\n'
+                          '[[rule]]\nname = "steady"\nhost_change = false\nscore = -0.1\n')
+    fp = host.latest.fp
+    assert policy.verdict(fp, bytes([10, 9, 0, 7]), host=host).rules == ("shared", "changed")
+    other = HostTable()
+    other.add(service_engine().feed_batch([(int(T0), 0, bytes(packets[0]))], 1)[0])  # one SYN, no records
+    _, quiet = other.lookup(bytes([10, 9, 0, 7]), 0)
+    assert policy.verdict(fp, bytes([10, 9, 0, 7]), host=quiet).rules == ("steady",)
+    assert policy.verdict(fp, bytes([10, 9, 0, 7])).rules == ()  # no host record: the conditions are unknown
+
+
+def test_host_conditions_must_be_booleans():
+    from fingerprintd.policy import PolicyError, parse_policy
+    from tests.conftest import assert_fails_at
+
+    assert_fails_at(lambda: parse_policy('[[rule]]\nname = "x"\nip_sharing = "yes"\n', "p.toml"), PolicyError,
+                    "p.toml", 3, "ip_sharing must be true or false")
