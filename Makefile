@@ -7,7 +7,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 # Debian packages: building pcapy-ng needs libpcap's headers and a compiler.
 RUN_DEBS  := libpcap-dev libmilter-dev gcc python3-dev python3-venv
-TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time openssl rspamd postfix swaks libio-socket-inet6-perl spamassassin spamc spamd \
+TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time openssl rspamd postfix swaks libio-socket-inet6-perl spamassassin spamc spamd redis-server \
              amavisd-new systemd adduser \
              nmap masscan zmap
 

@@ -111,6 +111,14 @@ OPTIONS: tuple[Option, ...] = (
       metavar="PATH"),
     Option("reputation", "files", "str", "", "what was learned from outcomes, an SQLite file (empty: no learning)",
            metavar="PATH"),
+    Option("redis_url", "redis", "str", "", "publish every observation to this Redis and look up local misses there: "
+      "redis://[USER:PASSWORD@]HOST:PORT/DB, rediss:// (TLS) or unix:///PATH (empty: off)", "--redis", "URL"),
+    Option("redis_password_file", "redis", "str", "", "file whose first line is the Redis password (instead of the "
+      "URL's)", metavar="PATH"),
+    Option("redis_rspamd_prefix", "redis", "str", "", "also write rspamd's p0f keys, PREFIX<ip> = the 232-byte p0f "
+      "answer (rspamd's default prefix: p0f; empty: off)", metavar="PREFIX"),
+    Option("redis_queue", "redis", "int", 100_000, "observations held for Redis while it is down or slow; more are "
+      "dropped and counted", metavar="N", minimum=1),
     Option("user", "daemon", "str", "", "drop to this user once the capture is open", metavar="NAME"),
     Option("log_level", "daemon", "str", "info", "log level", choices=("debug", "info", "warning", "error")),
 )
@@ -210,6 +218,10 @@ def check(cfg, doc: Located | None = None) -> None:
     for key in ("analyzer_udp", "metrics"):
         if getattr(cfg, key) and not _HOST_PORT.fullmatch(getattr(cfg, key)):
             raise fail(key, f"{key} is HOST:PORT, e.g. 127.0.0.1:2345 or [::1]:2345")
+    if cfg.redis_url and not re.match(r"(redis|rediss|unix)://.", cfg.redis_url):
+        raise fail("redis_url", "redis_url must be redis://HOST:PORT, rediss://HOST:PORT (TLS) or unix:///PATH")
+    if (cfg.redis_password_file or cfg.redis_rspamd_prefix) and not cfg.redis_url:
+        raise fail("redis_url", "redis_password_file and redis_rspamd_prefix need redis_url")
     for net in cfg.analyzer_allow:
         try:
             ipaddress.ip_network(net, strict=False)

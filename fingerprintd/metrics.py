@@ -68,8 +68,9 @@ class ServiceCollector(Collector):
         yield _counter("match_cache_hits", "Fingerprints answered from the per-stack memo", value=cache["hits"])
         yield _counter("match_cache_misses", "Fingerprints matched against the database", value=cache["misses"])
         yield _gauge("match_cache_entries", "Stacks in the memo", value=cache["size"])
-        yield _counter("lookups", "Host-table lookups (gRPC, p0f socket, analyzer)", value=s.hosts.lookups)
-        yield _counter("lookup_hits", "Lookups that found a SYN or host", value=s.hosts.hits)
+        lookups, hits = s.lookup_counts() if hasattr(s, "lookup_counts") else (s.hosts.lookups, s.hosts.hits)
+        yield _counter("lookups", "Host-table lookups (gRPC, p0f socket, analyzer)", value=lookups)
+        yield _counter("lookup_hits", "Lookups that found a SYN or host", value=hits)
         yield _counter("watch_drops", "Observations a slow Watch stream did not get", value=s.watch_drops)
         yield _counter("reloads", "Successful SIGHUP reloads", value=s.reloads)
         yield _counter("reload_failures", "SIGHUP reloads refused (a bad file; the old ones stay)",
@@ -82,7 +83,31 @@ class ServiceCollector(Collector):
             yield _counter("log_lines_lost", "Observations not written to the --log file", value=s.log.lines_lost)
             yield _counter("log_reopens", "Reopens of the --log file (SIGHUP)", value=s.log.reopens)
         yield from self._compat()
+        yield from self._redis()
         yield from self._server_metrics()
+
+    def _redis(self) -> Iterator[Metric]:
+        """The Redis publisher's and reader's counters (--redis)."""
+        pub = getattr(self.s, "publisher", None)
+        if pub is not None:
+            st = pub.stats()
+            yield _counter("redis_published", "Observations written to Redis", value=st["published"])
+            yield _counter("redis_dropped", "Observations dropped: the Redis queue was full", value=st["dropped"])
+            yield _counter("redis_rejected", "Writes Redis refused (ACL, maxmemory)", value=st["rejected"])
+            yield _counter("redis_errors", "Batch writes that failed (Redis down or slow; retried)", value=st["errors"])
+            yield _counter("redis_outages", "Episodes of Redis being unreachable or slow", value=st["outages"])
+            yield _counter("redis_batches", "Pipelined batch writes to Redis", value=st["batches"])
+            yield _gauge("redis_queued", "Observations waiting for Redis", value=st["queued"])
+            yield _gauge("redis_up", "1 while the last write to Redis worked", value=st["up"])
+        reader = getattr(self.s, "reader", None)
+        if reader is not None:
+            st = reader.stats()
+            yield _counter("redis_lookups", "Lookups that went to Redis after a local miss", value=st["lookups"])
+            yield _counter("redis_lookup_hits", "Redis lookups that found the SYN", value=st["hits"])
+            yield _counter("redis_lookup_errors", "Redis lookups that failed or timed out", value=st["errors"])
+            yield _counter("redis_lookup_skipped", "Lookups that skipped Redis after a recent failure",
+                           value=st["skipped"])
+            yield _counter("redis_bad_records", "Records in Redis that could not be decoded", value=st["bad_records"])
 
     def _compat(self) -> Iterator[Metric]:
         """The p0f socket's and the analyzer's counters: their stats() if they have one, else the

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,9 @@ from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fingerprintd")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Fingerprint"].full_name
+REDIS_TIMEOUT = 0.05  # seconds a Lookup without a deadline waits for Redis after a local miss
+REDIS_MAX_TIMEOUT = 1.0  # at most this much of a caller's deadline goes to Redis
+REDIS_THREADS = 8  # Redis look-ups at once (each one bounded by its deadline)
 FANOUT_INTERVAL = 0.005  # seconds the Watch fan-out gathers observations before handing them to the streams
 
 
@@ -55,6 +59,7 @@ class Backend(Protocol):
     """What the API needs from the running service."""
 
     hosts: HostTable
+    reader: object  # store.Reader with --redis (looked up after a local miss), else None
     policy: Policy
     max_batch: int
     max_wait_ms: int
@@ -259,6 +264,8 @@ class Servicer(pb_grpc.FingerprintServicer):
         self._stream_count: Counter[str] = Counter()
         self._fanout: _Fanout | None = None
         self._pace = _Pace(limits.watch_rate, loop)
+        # Redis look-ups block: they run in a few threads of their own, never on the loop.
+        self._redis_pool: ThreadPoolExecutor | None = None
         self.counters: Counter[str] = Counter()  # see stats()
         # Made with registry=None: the service's metrics endpoint collects it from here.
         self.lookup_seconds = Histogram(
@@ -325,6 +332,36 @@ class Servicer(pb_grpc.FingerprintServicer):
                                mail_class=MAIL_CLASS_PB[obs.fp.mail_class], reply=v.reply, id=v.key,
                                learned=v.learned, bucket=v.key.rpartition("/")[2]),
         )
+
+    async def _from_redis(self, queries: list[tuple[bytes, int, float]], found: list, context) -> None:
+        """Fill in the misses of `found` from Redis (--redis), within the caller's deadline.
+
+        A miss here may be a connection another MX took: Redis is asked before
+        any wait (the SYN is usually long published) and again when a wait ends."""
+        reader = getattr(self.b, "reader", None)
+        missing = [i for i, (obs, _) in enumerate(found) if obs is None]
+        if reader is None or not missing:
+            return
+        left = context.time_remaining()
+        budget = REDIS_TIMEOUT if left is None else max(0.0, min(REDIS_MAX_TIMEOUT, left * 0.8))
+        if budget <= 0:
+            return
+        if self._redis_pool is None:
+            self._redis_pool = ThreadPoolExecutor(max_workers=REDIS_THREADS, thread_name_prefix="grpc-redis")
+        deadline = time.monotonic() + budget
+
+        def ask() -> list:
+            return [reader.lookup(queries[i][0], queries[i][1], deadline - time.monotonic()) for i in missing]
+
+        try:
+            answers = await self.loop.run_in_executor(self._redis_pool, ask)
+        except RuntimeError:  # the pool is shut down: the service is stopping
+            return
+        for i, (obs, host) in zip(missing, answers, strict=True):
+            if obs is not None:
+                found[i] = (obs, found[i][1] or host)
+            elif found[i][1] is None and host is not None:
+                found[i] = (None, host)
 
     async def _wait(self, queries: list[tuple[bytes, int, float]], found: list, client: str) -> None:
         """Fill in `found` as the missing SYNs arrive, each until its own wait is up.
@@ -397,9 +434,12 @@ class Servicer(pb_grpc.FingerprintServicer):
         ip, port, wait = self._query(request)
         ctx = context_of(request)
         found = [self.b.hosts.lookup(ip, port)]
+        if found[0][0] is None:
+            await self._from_redis([(ip, port, wait)], found, context)
         waited = found[0][0] is None and wait > 0
         if waited:
             await self._wait([(ip, port, wait)], found, client_key(context.peer()))
+            await self._from_redis([(ip, port, wait)], found, context)
         self.counters["lookups"] += 1
         answer = self._answer(ip, *found[0], ctx)
         self._observe_latency("Lookup", waited, t0)
@@ -434,9 +474,11 @@ class Servicer(pb_grpc.FingerprintServicer):
         queries = [self._query(q) for q in request.queries]
         contexts = [context_of(q) for q in request.queries]
         found = [self.b.hosts.lookup(ip, port) for ip, port, _ in queries]
+        await self._from_redis(queries, found, context)
         waited = any(obs is None and w for (obs, _), (_, _, w) in zip(found, queries, strict=True))
         if waited:  # then wait, together, for the ones not captured yet
             await self._wait(queries, found, client_key(context.peer()))
+            await self._from_redis(queries, found, context)
         self.counters["batches"] += 1
         answer = pb.LookupBatchResponse(
             results=[self._answer(ip, obs, host, ctx)
@@ -708,6 +750,8 @@ class Server:
                 if self.servicer._fanout is not None:
                     self.servicer._fanout.stop()
                     self.servicer._fanout = None
+                if self.servicer._redis_pool is not None:
+                    self.servicer._redis_pool.shutdown(wait=False, cancel_futures=True)
                 self._stopped.set()
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop)

@@ -197,8 +197,46 @@ class Service:
         self.grpc_server = None
         self._health = None
         self.metrics = None
+        # Redis (--redis): the publisher, the reader, and what every lookup path asks (the local
+        # table alone without Redis; the table first, then Redis, with it).
+        self.publisher = None
+        self.reader = None
+        self.lookups = self.hosts
+        self._host_reads = 0  # the publisher's reads of the table, kept out of the lookup counters
+        self._host_read_hits = 0
 
     # --- capture ----------------------------------------------------------
+
+    def open_store(self) -> None:
+        """The Redis publisher and reader, as configured (--redis)."""
+        cfg = self.cfg
+        if not cfg.redis_url:
+            return
+        from fingerprintd import store
+
+        password = store.read_password(cfg.redis_password_file) if cfg.redis_password_file else None
+        target = store.describe(cfg.redis_url)
+        self.publisher = store.Publisher(store.make_pool(cfg.redis_url, password), cfg.ttl_seconds, self._host_of,
+                                         rspamd_prefix=cfg.redis_rspamd_prefix, max_queue=cfg.redis_queue,
+                                         target=target)
+        self.reader = store.Reader(store.make_pool(cfg.redis_url, password, store.READ_CONNECT_TIMEOUT,
+                                                   store.READ_TIMEOUT), lambda: self.engine.matcher)
+        self.lookups = store.SharedLookup(self.hosts, self.reader)
+        self.publisher.start()
+        event(logging.INFO, "publishing to redis", redis=target, rspamd_prefix=cfg.redis_rspamd_prefix or None,
+              queue=cfg.redis_queue)
+
+    def _host_of(self, ip: bytes):
+        """The table's record of an address, for the publisher (not counted as a lookup)."""
+        _, host = self.hosts.lookup(ip, 0)
+        self._host_reads += 1
+        self._host_read_hits += host is not None
+        return host
+
+    def lookup_counts(self) -> tuple[int, int]:
+        """(lookups, hits) of the lookup paths: the table's counts less the publisher's own reads."""
+        reads, read_hits = self._host_reads, self._host_read_hits  # first: the table's counts only grow past them
+        return self.hosts.lookups - reads, self.hosts.hits - read_hits
 
     def open_compat(self) -> None:
         """The p0f API socket, the p0f-analyzer UDP port and the p0f log, as configured."""
@@ -211,14 +249,14 @@ class Service:
                 user, _, group = cfg.p0f_socket_owner.partition(":")
                 pw = pwd.getpwnam(user)
                 owner = (pw.pw_uid, grp.getgrnam(group).gr_gid if group else pw.pw_gid)
-            self.compat.append(P0fSocketServer(cfg.p0f_socket, self.hosts, int(cfg.p0f_socket_mode, 8), owner,
+            self.compat.append(P0fSocketServer(cfg.p0f_socket, self.lookups, int(cfg.p0f_socket_mode, 8), owner,
                                                max_connections=cfg.p0f_socket_max_connections,
                                                idle_timeout=cfg.p0f_socket_idle_timeout,
                                                max_pending=cfg.p0f_socket_max_pending))
             event(logging.INFO, "p0f API socket", path=cfg.p0f_socket, mode=cfg.p0f_socket_mode)
         if cfg.analyzer_udp:
             host, port = split_host_port(cfg.analyzer_udp)
-            self.compat.append(AnalyzerServer(host, port, self.hosts, cfg.analyzer_allow,
+            self.compat.append(AnalyzerServer(host, port, self.lookups, cfg.analyzer_allow,
                                               max_inflight=cfg.analyzer_max_inflight))
             event(logging.INFO, "p0f-analyzer UDP", listen=cfg.analyzer_udp, allow=cfg.analyzer_allow)
         for server in self.compat:
@@ -261,6 +299,8 @@ class Service:
             action = action_of(obs.fp)
             actions[action] = actions.get(action, 0) + 1
             self._publish(obs)
+        if self.publisher is not None and observations:
+            self.publisher.offer([obs for obs in observations if obs.to_server and obs.fp is not None])
         if self.log is not None and observations:
             self.log.write("".join(self._log_format(obs) for obs in observations), len(observations))
 
@@ -316,12 +356,13 @@ class Service:
         e = self.engine.summary()  # one consistent snapshot: the capture thread may be mid-batch
         sizes = self.hosts.sizes()
         cache = e["cache"]
+        lookups, lookup_hits = self.lookup_counts()
         return {
             "packets": e["packets"], "fingerprinted": sum(e["fingerprinted"].values()), "skipped": e["skipped"],
             "kernel_received": recv, "kernel_dropped": drop, "interface_dropped": ifdrop,
             "connections": sizes["connections"], "hosts": sizes["hosts"],
             "match_cache_hits": cache["hits"], "match_cache_misses": cache["misses"],
-            "lookups": self.hosts.lookups, "lookup_hits": self.hosts.hits,
+            "lookups": lookups, "lookup_hits": lookup_hits,
             "uptime_seconds": time.time() - self.started, "reloads": self.reloads,
             "syn_mail_classes": e["syn_mail_classes"],
         }
@@ -343,6 +384,7 @@ class Service:
         signals = signals or Signals()
         tune_gc()
         self.open_captures()
+        self.open_store()
         self.open_compat()
         tls = None
         if self.cfg.tls_cert:
@@ -408,6 +450,9 @@ class Service:
                 cap.close()
         for part in self.compat:
             part.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
+            stats.update({f"redis_{k}": v for k, v in self.publisher.stats().items()})
         if self.metrics is not None:
             self.metrics.stop()
         if self.log is not None:
@@ -449,6 +494,8 @@ class Service:
             alive = getattr(part, "alive", None)
             if callable(alive) and not alive() and not self._stop.is_set():
                 self.fatal(name, "its thread is gone")
+        if self.publisher is not None and not self.publisher.alive() and not self._stop.is_set():
+            self.fatal("redis-publisher", "its thread is gone")
 
     def _capture_guarded(self) -> None:
         try:

@@ -128,7 +128,8 @@ def test_every_option_is_a_key_a_flag_and_a_docs_line(tmp_path):
                "list[str]": (["a", "b"], ["a", "b"]), "list[int]": ([26, 27], ["26", "27"])}
     special = {"p0f_socket_mode": ("0640", "0640"), "analyzer_udp": ("127.0.0.1:9", "127.0.0.1:9"),
                "metrics": ("127.0.0.1:9", "127.0.0.1:9"), "analyzer_allow": (["10.0.0.0/8"], ["10.0.0.0/8"]),
-               "log_level": ("debug", "debug"), "tls_cert": ("", ""), "tls_key": ("", "")}
+               "log_level": ("debug", "debug"), "tls_cert": ("", ""), "tls_key": ("", ""),
+               "redis_url": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0")}
     lines, argv = [], ["serve"]
     for section, names in SECTIONS.items():
         lines.append(f"[{section}]")

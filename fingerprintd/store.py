@@ -1,0 +1,538 @@
+"""A shared view for several MX hosts: observations published to Redis, read back on a local miss.
+
+Every sensor (`serve --redis URL`) writes each fingerprinted SYN twice, with
+the host table's TTL:
+
+* ``fpd:c:<packed ip><port, 2 bytes>``: that connection's SYN;
+* ``fpd:h:<packed ip>``: the address's history as this sensor keeps it
+  (first/last seen, count, OS changes) and its latest SYN;
+* with `rspamd_prefix` (``p0f``), also ``p0f<ip as text>``: the raw 232-byte
+  p0f v3 API answer, which rspamd's own p0f module GETs before it asks a
+  socket (lualib/lua_scanners/p0f.lua: key ``prefix .. ip:to_string()``,
+  value stored with SETEX).
+
+A SYN travels as the fields its fingerprint is made of (the packet's
+`shape`) plus time, ports and server address, 40-odd bytes; the reader
+fingerprints it again with its own database (the matcher's memo makes that a
+dict look-up), so every host's answers carry its own signatures and policy.
+
+Publishing never blocks the capture thread: `Publisher.offer` appends to a
+bounded deque (over the bound an observation is dropped and counted) and a
+thread of its own writes batches as one pipelined write, RESP packed here
+(redis-py's pipeline costs 8 us a command in Python, this 1.5 us; the
+connection, its AUTH, TLS and unix sockets are redis-py's).  Redis down or
+slow: the batch is kept and sent again after a backoff (SET is idempotent),
+the outage is logged once and counted; what arrives meanwhile waits in the
+deque up to its bound.
+
+Reading (`Reader`): one MGET of the connection and host keys, bounded by the
+caller's deadline; after a failure Redis is not asked again for a moment, so
+an outage costs lookups nothing but the local answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from fingerprintd.compat import STATUS_OK, p0f_response
+from fingerprintd.engine import Observation
+from fingerprintd.hosts import HostRecord, HostTable
+from fingerprintd.matcher import Matcher
+from fingerprintd.packet import Q_DF, Packet
+
+log = logging.getLogger("fingerprintd")
+
+KEY_PREFIX = b"fpd:"  # every key fingerprintd writes, except rspamd's (an ACL can hold a client to it)
+QUEUE_MAX = 100_000  # observations waiting for Redis (an outage of 2 s at 50k SYN/s); more are dropped
+BATCH = 1000  # observations per pipelined write
+CONNECT_TIMEOUT = 1.0  # seconds for the publisher to connect
+IO_TIMEOUT = 2.0  # seconds the publisher waits for a batch's replies before calling Redis slow
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds between reconnection attempts, doubling
+READ_TIMEOUT = 0.05  # the longest a lookup waits for Redis when its caller gives no deadline
+READ_CONNECT_TIMEOUT = 0.25
+READ_PAUSE = 1.0  # seconds lookups skip Redis after it failed them
+WAIT_SLICE = 0.02  # a waiting lookup looks in Redis again this often (another MX may publish the SYN)
+SCHEMES = ("redis", "rediss", "unix")
+_MEMO_MAX = 16384
+
+# A SYN's fields: its time and ports, then its stack (memoized by shape), then the server address.
+_HEAD = struct.Struct("!dHH")  # ts, sport, dport
+_STACK = struct.Struct("!BBBHIBHHBBHHB")  # ver|flags, ttl, tos, ip_opt_len, quirks, tcp_type, win, mss, wscale,
+#                                            eol_pad, tot_hdr, linktype, layout length; then the layout bytes
+_F_TS1, _F_PAYLOAD, _F_SENDSYN = 0x10, 0x20, 0x40
+_HOST = struct.Struct("!ddIhHdBB")  # first, last, count, distance, changes, last change, signatures, os names
+_MATCH_NONE, _MATCH_LATEST, _MATCH_OWN = 0, 1, 2
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return low if value < low else high if value > high else value
+
+
+class Codec:
+    """Observations <-> bytes.  Decoding needs a matcher: the SYN is fingerprinted again."""
+
+    def __init__(self) -> None:
+        self._stacks: dict[tuple, bytes] = {}
+        self._shapes: dict[bytes, tuple] = {}
+
+    def syn(self, obs) -> bytes:
+        """One SYN (an Observation or anything that reads like one: .pkt, .fp, .mod, .linktype)."""
+        pkt = obs.pkt
+        shape = pkt.shape
+        sendsyn = obs.mod == "sendsyn probe"
+        key = (shape, sendsyn, obs.linktype)
+        stack = self._stacks.get(key)
+        if stack is None:
+            ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, ts1, layout, eol_pad, payload, tot_hdr = shape
+            flags = ver | (_F_TS1 if ts1 else 0) | (_F_PAYLOAD if payload else 0) | (_F_SENDSYN if sendsyn else 0)
+            stack = _STACK.pack(flags, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, eol_pad, tot_hdr,
+                                obs.linktype & 0xFFFF, len(layout)) + layout
+            if len(self._stacks) >= _MEMO_MAX:
+                self._stacks.clear()
+            self._stacks[key] = stack
+        return _HEAD.pack(pkt.ts, pkt.sport, pkt.dport) + stack + pkt.dst
+
+    def host(self, host) -> bytes:
+        """An address's history (a HostRecord or RemoteHost) and its latest SYN."""
+        latest, match = host.latest, host.last_match
+        os_names = [n.encode()[:255] for n in host.os_names[:255]]
+        head = _HOST.pack(host.first_seen, host.last_seen, min(host.count, 0xFFFFFFFF),
+                          _clamp(host.last_distance, -32768, 32767), min(host.changes, 0xFFFF),
+                          host.last_change, min(len(host.signatures), 255), len(os_names))
+        names = b"".join(bytes((len(n),)) + n for n in os_names)
+        syn = self.syn(latest)
+        if match is None:
+            tail = bytes((_MATCH_NONE,))
+        elif match is latest:
+            tail = bytes((_MATCH_LATEST,))
+        else:
+            own = self.syn(match)
+            tail = bytes((_MATCH_OWN, len(own))) + own
+        return head + names + bytes((len(syn),)) + syn + tail
+
+    # --- decoding -------------------------------------------------------------------------
+
+    def decode_syn(self, data: bytes, src: bytes, matcher: Matcher) -> Observation:
+        ts, sport, dport = _HEAD.unpack_from(data, 0)
+        off = _HEAD.size
+        n_layout = data[off + _STACK.size - 1]
+        stack_end = off + _STACK.size + n_layout
+        stack = data[off:stack_end]
+        fields = self._shapes.get(stack)
+        if fields is None:
+            flags, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, eol_pad, tot_hdr, linktype, _ = \
+                _STACK.unpack_from(stack, 0)
+            layout = bytes(stack[_STACK.size:])
+            ver = flags & 0x0F
+            shape = (ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, bool(flags & _F_TS1), layout,
+                     eol_pad, bool(flags & _F_PAYLOAD), tot_hdr)
+            fields = (shape, bool(flags & _F_SENDSYN), linktype)
+            if len(self._shapes) >= _MEMO_MAX:
+                self._shapes.clear()
+            self._shapes[stack] = fields
+        shape, sendsyn, linktype = fields
+        ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, ts1, layout, eol_pad, payload, tot_hdr = shape
+        dst = bytes(data[stack_end:stack_end + (4 if ver == 4 else 16)])
+        if len(dst) != (4 if ver == 4 else 16):
+            raise ValueError("truncated record")
+        pkt = Packet(ts, ver, src, dst, sport, dport, ttl, tos, 0, olen, bool(quirks & Q_DF), 0, 0,
+                     tcp_type, tcp_type, 0, 0, 0, win, mss, wscale, 1 if ts1 else 0, 0, layout, eol_pad,
+                     1 if payload else 0, tot_hdr, quirks, b"", shape)
+        fp = matcher.fingerprint(pkt, True, 0, sendsyn)
+        return Observation("sendsyn probe" if sendsyn else "syn", pkt, fp, linktype, True, None, None)
+
+    def decode_host(self, data: bytes, src: bytes, matcher: Matcher) -> RemoteHost:
+        first, last, count, dist, changes, last_change, n_sigs, n_names = _HOST.unpack_from(data, 0)
+        off = _HOST.size
+        names = []
+        for _ in range(n_names):
+            size = data[off]
+            names.append(bytes(data[off + 1:off + 1 + size]).decode("utf-8", "replace"))
+            off += 1 + size
+        size = data[off]
+        latest = self.decode_syn(data[off + 1:off + 1 + size], src, matcher)
+        off += 1 + size
+        kind = data[off]
+        match = None
+        if kind == _MATCH_LATEST:
+            match = latest
+        elif kind == _MATCH_OWN:
+            size = data[off + 1]
+            match = self.decode_syn(data[off + 2:off + 2 + size], src, matcher)
+        return RemoteHost(first, last, count, dist, changes, last_change, n_sigs, names, latest, match)
+
+
+class RemoteHost:
+    """An address's history as the sensor that saw its latest SYN published it.
+
+    Reads like a HostRecord for the API and the p0f socket; only the number of
+    distinct signatures travels, so `signatures` holds the latest one and
+    placeholders."""
+
+    __slots__ = ("first_seen", "last_seen", "count", "last_distance", "changes", "last_change", "signatures",
+                 "os_names", "latest", "last_match")
+
+    def __init__(self, first_seen: float, last_seen: float, count: int, last_distance: int, changes: int,
+                 last_change: float, n_signatures: int, os_names: list[str], latest: Observation,
+                 last_match: Observation | None) -> None:
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.count = count
+        self.last_distance = last_distance
+        self.changes = changes
+        self.last_change = last_change
+        self.signatures = [""] * max(0, n_signatures - 1) + [latest.fp.raw_sig]
+        self.os_names = os_names
+        self.latest = latest
+        self.last_match = last_match
+
+    @property
+    def host_changed(self) -> bool:
+        return self.changes > 0
+
+
+def one_syn_host(obs) -> RemoteHost:
+    """The history of an address seen once (the table no longer holds it: evicted meanwhile)."""
+    fp = obs.fp
+    match = obs if fp.label is not None and not fp.label.is_app else None
+    return RemoteHost(obs.pkt.ts, obs.pkt.ts, 1, fp.dist, 0, 0.0, 1, [], obs, match)
+
+
+def conn_key(ip: bytes, port: int, prefix: bytes = KEY_PREFIX) -> bytes:
+    return prefix + b"c:" + ip + port.to_bytes(2, "big")
+
+
+def host_key(ip: bytes, prefix: bytes = KEY_PREFIX) -> bytes:
+    return prefix + b"h:" + ip
+
+
+def rspamd_key(ip: bytes, prefix: str) -> bytes:
+    """rspamd's p0f module's key: its prefix, then the address as rspamd prints it (inet_ntop's form)."""
+    return (prefix + socket.inet_ntop(socket.AF_INET if len(ip) == 4 else socket.AF_INET6, ip)).encode()
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+
+def check_url(url: str) -> str:
+    """'' when the URL is one we take, else why not."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if parts.scheme not in SCHEMES:
+        return "redis URL must start with redis://, rediss:// (TLS) or unix://"
+    if parts.scheme == "unix" and not parts.path:
+        return "a unix:// redis URL needs a socket path, e.g. unix:///run/redis/redis.sock"
+    if parts.scheme != "unix" and not parts.hostname:
+        return "a redis:// URL needs a host, e.g. redis://127.0.0.1:6379/0"
+    return ""
+
+
+def read_password(path: str) -> str:
+    """The password file's first line (a trailing newline is not part of it)."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
+def make_pool(url: str, password: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+              timeout: float = IO_TIMEOUT):
+    """A redis-py connection pool for the URL (user and password from it, or `password`)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kw = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout, "retry": Retry(NoBackoff(), 0),
+          "health_check_interval": 0}
+    if password is not None:
+        kw["password"] = password
+    return redis.ConnectionPool.from_url(url, **kw)
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = (parts.username or "") + ":***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+
+class Publisher:
+    """Writes every observation to Redis from a thread of its own.
+
+    `host_of(ip)` gives the local table's record for an address (its history
+    travels with the latest SYN).  Counters: `published` (observations
+    written), `dropped` (over the queue's bound), `rejected` (refused by Redis
+    itself: an ACL, maxmemory), `errors` (failed batch writes), `outages`
+    (episodes of Redis being unreachable or slow), `queued` (waiting now)."""
+
+    def __init__(self, pool, ttl: float, host_of: Callable[[bytes], HostRecord | None], *,
+                 rspamd_prefix: str = "", prefix: bytes = KEY_PREFIX, max_queue: int = QUEUE_MAX,
+                 batch: int = BATCH, backoff: tuple[float, float] = (BACKOFF_FIRST, BACKOFF_MAX),
+                 target: str = "") -> None:
+        self.pool = pool
+        self.ttl_ms = b"%d" % max(1, int(ttl * 1000))
+        self.rspamd_ttl = b"%d" % max(1, math.ceil(ttl))
+        self.host_of = host_of
+        self.rspamd_prefix = rspamd_prefix
+        self.prefix = prefix
+        self.max_queue = max_queue
+        self.batch = batch
+        self.backoff = backoff
+        self.target = target
+        self.codec = Codec()
+        self.published = self.dropped = self.rejected = self.errors = self.outages = self.batches = 0
+        self.down = False
+        self._queue: deque = deque()
+        self._pending: list = []  # the batch being written: kept until Redis took it
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._conn = None
+        self._flush_until = 0.0
+        self._rejected_logged = False
+        self._thread = threading.Thread(target=self._run, name="redis-publisher", daemon=True)
+
+    # The capture thread's side: never blocks, never raises.
+    def offer(self, observations: list) -> None:
+        q = self._queue
+        room = self.max_queue - len(q)
+        if room < len(observations):
+            self.dropped += len(observations) - max(room, 0)
+            observations = observations[:max(room, 0)]
+        if observations:
+            q.extend(observations)
+            self._ready.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, flush: float = 1.0) -> None:
+        """Stop; what is queued gets `flush` seconds to reach Redis (if it is up)."""
+        self._flush_until = time.monotonic() + flush
+        self._stop.set()
+        self._ready.set()
+        if self._thread.ident is not None:
+            self._thread.join(flush + IO_TIMEOUT + 1)
+        if self._conn is not None:
+            self._conn.disconnect()
+
+    def stats(self) -> dict[str, int]:
+        return {"published": self.published, "dropped": self.dropped, "rejected": self.rejected,
+                "errors": self.errors, "outages": self.outages, "batches": self.batches,
+                "queued": len(self._queue) + len(self._pending), "up": 0 if self.down else 1}
+
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being written (tests and the benchmarks wait for it)."""
+        return not self._queue and not self._pending
+
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        while True:
+            if not self._pending:
+                if not self._take():
+                    if self._stop.is_set():
+                        return
+                    continue
+            if self._stop.is_set() and time.monotonic() > self._flush_until:
+                return
+            try:
+                self._write(self._pending)
+            except Exception as exc:  # noqa: BLE001 - any failure of the link is an outage, never fatal
+                self._failed(exc)
+                if self._stop.wait(delay) and time.monotonic() > self._flush_until:
+                    return
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            delay = self.backoff[0]
+            self.published += len(self._pending)
+            self.batches += 1
+            self._pending = []
+            if self.down:
+                self.down = False
+                log.info("redis reachable again; publishing", extra={"fields": {
+                    "redis": self.target, "dropped": self.dropped, "published": self.published}})
+
+    def _take(self) -> bool:
+        q = self._queue
+        if not q:
+            self._ready.clear()
+            if not q:
+                self._ready.wait(0.5)
+            if not q:
+                return False
+        n = min(len(q), self.batch)
+        self._pending = [q.popleft() for _ in range(n)]
+        return True
+
+    def _commands(self, batch: list) -> tuple[bytes, int]:
+        syn, host_rec, host_of, prefix, px = self.codec.syn, self.codec.host, self.host_of, self.prefix, self.ttl_ms
+        rspamd = self.rspamd_prefix
+        out = []
+        n = 0
+        for obs in batch:
+            pkt = obs.pkt
+            src = pkt.src
+            host = host_of(src) or one_syn_host(obs)
+            out.append(_resp(b"SET", prefix + b"c:" + src + pkt.sport.to_bytes(2, "big"), syn(obs), b"PX", px))
+            out.append(_resp(b"SET", prefix + b"h:" + src, host_rec(host), b"PX", px))
+            n += 2
+            if rspamd:
+                answer = p0f_response(STATUS_OK, host)
+                out.append(_resp(b"SETEX", rspamd_key(src, rspamd), self.rspamd_ttl, answer))
+                n += 1
+        return b"".join(out), n
+
+    def _write(self, batch: list) -> None:
+        import redis
+
+        data, n = self._commands(batch)
+        if self._conn is None:
+            self._conn = self.pool.get_connection()
+        conn = self._conn
+        try:
+            conn.send_packed_command([data], check_health=False)
+            refused = ""
+            for _ in range(n):
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:  # this key refused (NOPERM, OOM): the others still count
+                    self.rejected += 1
+                    refused = str(exc)
+        except BaseException:
+            conn.disconnect()  # a half-read reply stream is useless: the next attempt starts afresh
+            raise
+        if refused and not self._rejected_logged:
+            self._rejected_logged = True
+            log.error("redis refuses writes (an ACL or maxmemory?); those observations are lost",
+                      extra={"fields": {"redis": self.target, "error": refused}})
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if not self.down:
+            self.down = True
+            self.outages += 1
+            log.warning("redis unreachable or slow; observations wait in the queue (over its bound they are "
+                        "dropped) and writes are retried", extra={"fields": {
+                            "redis": self.target, "error": str(exc) or type(exc).__name__,
+                            "queue_bound": self.max_queue}})
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+class Reader:
+    """Lookups in Redis, each bounded by a timeout; after a failure Redis is skipped for `pause` seconds."""
+
+    def __init__(self, pool, matcher_of: Callable[[], Matcher], prefix: bytes = KEY_PREFIX,
+                 pause: float = READ_PAUSE) -> None:
+        self.pool = pool
+        self.matcher_of = matcher_of
+        self.prefix = prefix
+        self.pause = pause
+        self.codec = Codec()
+        self.lookups = self.hits = self.errors = self.skipped = self.bad_records = 0
+        self._skip_until = 0.0
+        self._lock = threading.Lock()
+
+    def stats(self) -> dict[str, int]:
+        return {"lookups": self.lookups, "hits": self.hits, "errors": self.errors, "skipped": self.skipped,
+                "bad_records": self.bad_records}
+
+    def lookup(self, ip: bytes, port: int, timeout: float) -> tuple[Observation | None, RemoteHost | None]:
+        """The connection's SYN (port 0: the address's latest) and the address's history, from Redis."""
+        now = time.monotonic()
+        with self._lock:
+            self.lookups += 1
+            if now < self._skip_until or timeout <= 0:
+                self.skipped += 1
+                return None, None
+        keys = [host_key(ip, self.prefix)] + ([conn_key(ip, port, self.prefix)] if port else [])
+        try:
+            values = self._mget(keys, timeout)
+        except Exception:  # noqa: BLE001 - Redis down, slow or confused: the local answer stands
+            with self._lock:
+                self.errors += 1
+                self._skip_until = time.monotonic() + self.pause
+            return None, None
+        try:
+            matcher = self.matcher_of()
+            host = self.codec.decode_host(values[0], ip, matcher) if values[0] else None
+            if port:
+                obs = self.codec.decode_syn(values[1], ip, matcher) if values[1] else None
+            else:
+                obs = host.latest if host is not None else None
+        except (struct.error, IndexError, ValueError):
+            with self._lock:
+                self.bad_records += 1  # not ours, or another version's: counted, ignored
+            return None, None
+        if obs is not None:
+            with self._lock:
+                self.hits += 1
+        return obs, host
+
+    def _mget(self, keys: list[bytes], timeout: float) -> list:
+        conn = self.pool.get_connection()
+        try:
+            conn.send_command("MGET", *keys, check_health=False)
+            if not conn.can_read(timeout=timeout):
+                raise TimeoutError("redis did not answer in time")
+            return conn.read_response(timeout=timeout)
+        except BaseException:
+            conn.disconnect()  # its late reply must not be read as the next one's
+            raise
+        finally:
+            self.pool.release(conn)
+
+
+class SharedLookup:
+    """The local table first, then Redis: what every lookup path asks when the service has a store.
+
+    Same call as HostTable.lookup, plus an absolute `deadline` (time.monotonic)
+    that caps the whole call.  A waiting lookup looks in Redis first (the SYN
+    may have reached another MX long ago), then waits for the local table in
+    slices, looking in Redis between them."""
+
+    def __init__(self, hosts: HostTable, reader: Reader, remote_timeout: float = READ_TIMEOUT,
+                 wait_slice: float = WAIT_SLICE) -> None:
+        self.hosts = hosts
+        self.reader = reader
+        self.remote_timeout = remote_timeout
+        self.wait_slice = wait_slice
+
+    def lookup(self, ip: bytes, port: int = 0, wait: float = 0.0, deadline: float | None = None):
+        obs, host = self.hosts.lookup(ip, port, 0.0)
+        if obs is not None:
+            return obs, host
+        now = time.monotonic()
+        end = now + wait
+        hard = end + self.remote_timeout if deadline is None else deadline
+        end = min(end, hard)
+        while True:
+            r_obs, r_host = self.reader.lookup(ip, port, min(self.remote_timeout, hard - time.monotonic()))
+            if r_obs is not None:
+                return r_obs, host if host is not None else r_host
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return None, host if host is not None else r_host
+            obs, host = self.hosts.lookup(ip, port, min(remaining, self.wait_slice))
+            if obs is not None:
+                return obs, host
