@@ -1,0 +1,582 @@
+"""Several MX hosts, one view: observations shared through a real Redis (Debian's redis-server).
+
+Every test starts its own redis-server (a unix socket in tmp_path, a free
+loopback port when a TCP client needs one, no persistence).  In-process: one
+service publishes, another that never saw the SYN answers from Redis exactly
+what the first answers from its own table (gRPC, the p0f socket, the
+analyzer, the milter's client); an outage with a small queue loses only what
+went past the bound.  Live (root): two sensors in two network namespaces
+sniffing their own veth, a kernel connection seen by one answered by the
+other; Redis stopped and restarted during a SYN stream; Debian's rspamd
+reading the keys with no p0f socket at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fingerprintd import store
+from fingerprintd.compat import QUERY_MAGIC, AnalyzerServer, P0fSocketServer, analyzer_reply, p0f_answer
+from fingerprintd.config import Config
+from fingerprintd.hosts import normalize_ip
+from fingerprintd.server import build_server
+from fingerprintd.service import Service
+from fingerprintd.v1 import fingerprintd_pb2 as pb
+from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+from tests.conftest import ROOT, need
+from tests.craft import Shape, frame
+from tests.netns import NetnsPair, can_use_netns
+
+RNG = random.Random(13)
+STACKS = {  # shapes p0f's database names (as in the host-table tests)
+    "linux": Shape(ttl=55, mss=1460, win=29200, wscale=7),
+    "winxp": Shape(ttl=113, mss=1460, win=65535, wscale=0, layout=("mss", "nop", "nop", "sok")),
+    "nmap": Shape(ttl=50, mss=1460, win=1024, wscale=0, layout=("mss",), quirks=frozenset()),
+    "unknown": Shape(ttl=60, mss=1460, win=1234, wscale=3, layout=("mss", "ws", "nop", "sok")),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server: unix socket in `d` (and a loopback port with tcp=True), nothing on disk."""
+
+    def __init__(self, d: Path, tcp: bool = False, *extra: str) -> None:
+        need(shutil.which("redis-server") is not None, "redis-server is not installed (make test installs it)")
+        self.dir = d
+        self.sock = str(d / "redis.sock")
+        self.port = _free_port() if tcp else 0
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.sock}"
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--unixsocket", self.sock,
+               "--unixsocketperm", "777", "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+               "--protected-mode", "no", *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "redis-server exited"
+            try:
+                self.client().ping()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def client(self, **kw):
+        import redis
+
+        return redis.Redis(unix_socket_path=self.sock, **kw)
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(["redis-cli", "-s", self.sock, *args], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path, tcp=True)
+    yield server
+    server.stop()
+
+
+def syn(stack: str, src: str, sport: int) -> tuple[int, int, bytes]:
+    shape = STACKS[stack]
+    if ":" in src:
+        shape = replace(shape, ver=6, quirks=shape.quirks - {"df", "id+"})
+    dst = "192.0.2.25" if ":" not in src else "2001:db8::25"
+    return (int(time.time()), 0, bytes(frame(shape, src, dst, sport, 25, RNG, seq=RNG.randrange(1, 1 << 31))))
+
+
+def settle(service: Service, seconds: float = 20) -> None:
+    """Until the service's publisher has written all it was given (or the time is up)."""
+    deadline = time.monotonic() + seconds
+    while not service.publisher.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.publisher.idle(), service.publisher.stats()
+
+
+def _fields(msg) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+SENT = [("linux", "203.0.113.5", 40001), ("winxp", "203.0.113.5", 40002), ("nmap", "203.0.113.6", 40003),
+        ("unknown", "198.51.100.9", 40004), ("linux", "2001:db8::5", 40005)]
+
+
+@pytest.fixture
+def two(redis_server, tmp_path):
+    """Service A (publishes what it is fed) and service B (fed nothing), both on one Redis, each with its API."""
+    services, servers, stubs = [], [], []
+    for name in ("a", "b"):
+        svc = Service(Config(listen=[f"unix:{tmp_path}/{name}.sock"], redis_url=redis_server.url,
+                             redis_rspamd_prefix="p0f"))
+        svc.open_store()
+        server, _ = build_server(svc, svc.cfg.listen)
+        server.start()
+        services.append(svc)
+        servers.append(server)
+        stubs.append(pb_grpc.FingerprintStub(grpc.insecure_channel(f"unix:{tmp_path}/{name}.sock")))
+    yield services, stubs
+    for svc, server in zip(services, servers, strict=True):
+        server.stop(0)
+        svc.publisher.stop()
+
+
+def test_what_one_service_saw_the_other_answers_alike(two):
+    (a, b), (stub_a, stub_b) = two
+    a.ingest([syn(*s) for s in SENT], 1)
+    settle(a)
+    for _, ip, port in SENT:
+        for asked_port in (port, 0):
+            mine = stub_a.Lookup(pb.LookupRequest(ip=ip, port=asked_port))
+            theirs = stub_b.Lookup(pb.LookupRequest(ip=ip, port=asked_port))
+            assert mine.found, (ip, asked_port)
+            want = _fields(mine)
+            # Only the number of distinct signatures travels: the rest of the history is the same.
+            assert _fields(theirs) == want, (ip, asked_port)
+    assert b.stats()["fingerprinted"] == 0 and b.hosts.sizes()["connections"] == 0  # B saw nothing itself
+    assert b.reader.stats()["hits"] >= 2 * len(SENT)
+    assert not stub_b.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40009)).found  # never sent
+    assert not stub_b.Lookup(pb.LookupRequest(ip="192.0.2.200")).found
+
+
+def test_p0f_socket_analyzer_and_milter_client_answer_from_redis(two, tmp_path):
+    from p0f import P0f
+
+    from fingerprintd.mail import VerdictClient
+
+    (a, b), _ = two
+    a.ingest([syn(*s) for s in SENT], 1)
+    settle(a)
+    sock = P0fSocketServer(str(tmp_path / "b-p0f.sock"), b.lookups)
+    udp = AnalyzerServer("127.0.0.1", 0, b.lookups, ["127.0.0.0/8"])
+    sock.start()
+    udp.start()
+    client = VerdictClient(f"unix:{tmp_path}/b.sock", timeout=5.0)
+    try:
+        for _, ip, port in SENT:
+            addr = normalize_ip(ip)
+            query = struct.pack("=IB16s", QUERY_MAGIC, 4 if len(addr) == 4 else 6, addr)
+            assert p0f_answer(query, b.lookups) == p0f_answer(query, a.hosts), ip
+            if len(addr) == 4:  # PyPI's p0f client, on B's socket (it sends IPv6 queries as type 4)
+                info = P0f(str(tmp_path / "b-p0f.sock"), timeout=5).get_info(ip)
+                assert info["first_seen"].timestamp() > 0 and info["total_conn"] >= 1
+            reply = analyzer_reply(f"[{ip}]:{port} n1".encode(), a.hosts)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.settimeout(5)
+                c.sendto(f"[{ip}]:{port} n1".encode(), ("127.0.0.1", udp.port))
+                assert c.recv(2048) == reply, ip
+            outcome = client.lookup(ip, port)  # what the milter and the policy service ask
+            assert outcome.reply is not None and outcome.reply.found, (ip, outcome)
+            assert outcome.reply.verdict.header == a.policy.verdict(
+                a.hosts.lookup(addr, port)[0].fp, addr).header
+        latest = P0f(str(tmp_path / "b-p0f.sock"), timeout=5).get_info("203.0.113.5")
+        assert latest["os_name"].rstrip(b"\0") == b"Windows"
+    finally:
+        client.close()
+        sock.stop()
+        udp.stop()
+
+
+def test_rspamd_keys_hold_the_p0f_answer_with_the_tables_ttl(two):
+    (a, _), _ = two
+    a.ingest([syn(*s) for s in SENT], 1)
+    settle(a)
+    r = store_client(a)
+    for _, ip, _ in SENT:
+        addr = normalize_ip(ip)
+        query = struct.pack("=IB16s", QUERY_MAGIC, 4 if len(addr) == 4 else 6, addr)
+        value = r.get(f"p0f{ip}".encode())  # rspamd's key: prefix .. ip:to_string()
+        assert value is not None and len(value) == 232 and value == p0f_answer(query, a.hosts), ip
+        assert 0 < r.ttl(f"p0f{ip}") <= 600
+        assert 0 < r.pttl(store.host_key(addr)) <= 600_000
+    assert r.get(b"p0f2001:db8::5") is not None  # IPv6 as inet_ntop prints it
+
+
+def store_client(service: Service):
+    import redis
+
+    return redis.Redis(connection_pool=service.reader.pool)
+
+
+def test_an_outage_drops_only_what_went_past_the_bound(redis_server, caplog):
+    svc = Service(Config(redis_url=redis_server.url, redis_queue=50))
+    svc.open_store()
+    svc.publisher.backoff = (0.05, 0.2)
+    caplog.set_level(logging.INFO, logger="fingerprintd")
+    try:
+        svc.ingest([syn("linux", "203.0.113.10", 41000 + i) for i in range(20)], 1)
+        settle(svc)
+        redis_server.stop()
+        during = [syn("winxp", "203.0.113.11", 42000 + i) for i in range(300)]
+        for i in range(0, 300, 10):  # batches, as the capture gives them
+            svc.ingest(during[i:i + 10], 1)
+            time.sleep(0.005)
+        # Local answers are untouched by the outage.
+        assert svc.lookups.lookup(normalize_ip("203.0.113.11"), 42299)[0] is not None
+        deadline = time.monotonic() + 10
+        while svc.publisher.stats()["outages"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        redis_server.start()
+        settle(svc)
+        st = svc.publisher.stats()
+        keys = {k for k in redis_server.client().scan_iter(match=b"fpd:c:*", count=1000)}
+        # Redis came back empty (no persistence): what it holds is exactly what was kept.
+        assert len(keys) == 300 - st["dropped"], st
+        assert 300 - 50 - store.BATCH <= st["dropped"] <= 300 - 50, st
+        assert st["published"] == 20 + 300 - st["dropped"] and st["outages"] == 1 and st["errors"] >= 1
+        warnings = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+        assert len(warnings) == 1  # once per outage, however many retries
+        assert [r for r in caplog.records if "redis reachable again" in r.getMessage()]
+    finally:
+        svc.publisher.stop()
+
+
+def test_lookups_skip_a_dead_redis_and_come_back(redis_server):
+    svc = Service(Config(redis_url=redis_server.url))
+    svc.open_store()
+    try:
+        svc.ingest([syn("linux", "203.0.113.20", 43000)], 1)
+        settle(svc)
+        other = Service(Config(redis_url=redis_server.url))
+        other.open_store()
+        other.reader.pause = 0.2
+        ip = normalize_ip("203.0.113.20")
+        assert other.lookups.lookup(ip, 43000)[0] is not None
+        redis_server.stop()
+        assert other.lookups.lookup(ip, 43000) == (None, None)
+        assert other.lookups.lookup(ip, 43000) == (None, None)
+        st = other.reader.stats()
+        assert st["errors"] == 1 and st["skipped"] == 1  # the second did not try a Redis just found dead
+        redis_server.start()
+        svc.ingest([syn("linux", "203.0.113.20", 43001)], 1)
+        settle(svc)
+        time.sleep(0.25)
+        assert other.lookups.lookup(ip, 43001)[0] is not None
+        other.publisher.stop()
+    finally:
+        svc.publisher.stop()
+
+
+def _readme_acl() -> str:
+    text = (ROOT / "README.md").read_text()
+    lines = [ln.strip() for ln in re.findall(r"^ *ACL SETUSER fingerprintd .*$", text, re.M)]
+    assert len(lines) == 1, "the README gives one ACL SETUSER line for fingerprintd"
+    return lines[0]
+
+
+def test_the_readmes_acl_user_publishes_and_reads_its_prefix_only(redis_server, tmp_path):
+    line = _readme_acl()
+    password = re.search(r">(\S+)", line).group(1)
+    assert redis_server.cli(*line.split()) == "OK"
+    (tmp_path / "pw").write_text(password + "\n")
+    url = f"redis://fingerprintd@127.0.0.1:{redis_server.port}/0"
+    svc = Service(Config(redis_url=url, redis_password_file=str(tmp_path / "pw"), redis_rspamd_prefix="p0f"))
+    svc.open_store()
+    try:
+        svc.ingest([syn("linux", "203.0.113.30", 44000)], 1)
+        settle(svc)
+        st = svc.publisher.stats()
+        assert st["published"] == 1 and st["rejected"] == 0 and st["errors"] == 0, st
+        other = Service(Config(redis_url=f"redis://fingerprintd:{password}@127.0.0.1:{redis_server.port}/0"))
+        other.open_store()
+        assert other.lookups.lookup(normalize_ip("203.0.113.30"), 44000)[0] is not None
+        other.publisher.stop()
+        import redis
+
+        limited = redis.Redis(host="127.0.0.1", port=redis_server.port, username="fingerprintd", password=password)
+        redis_server.client().set("session:1", "secret")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.set("session:2", "x")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.get("session:1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.flushall()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=redis_server.port, username="fingerprintd", password="wrong").ping()
+    finally:
+        svc.publisher.stop()
+
+
+def test_a_refused_write_is_counted_not_retried(redis_server):
+    """An ACL that does not allow the rspamd keys: those writes are refused (counted), the rest lands."""
+    redis_server.cli("ACL", "SETUSER", "narrow", "on", ">pw", "resetkeys", "~fpd:*", "resetchannels", "-@all",
+                     "+set", "+get", "+mget", "+setex")
+    svc = Service(Config(redis_url=f"redis://narrow:pw@127.0.0.1:{redis_server.port}/0", redis_rspamd_prefix="p0f"))
+    svc.open_store()
+    try:
+        svc.ingest([syn("linux", "203.0.113.31", 44100 + i) for i in range(3)], 1)
+        settle(svc)
+        st = svc.publisher.stats()
+        assert st["rejected"] == 3 and st["published"] == 3 and st["errors"] == 0, st
+        assert redis_server.client().exists(store.conn_key(normalize_ip("203.0.113.31"), 44100))
+    finally:
+        svc.publisher.stop()
+
+
+def test_redis_options_are_checked():
+    from fingerprintd.cli import build_parser
+    from fingerprintd.config import ConfigError, apply_arguments
+
+    for bad in (["--redis", "http://x"], ["--redis-rspamd-prefix", "p0f"]):
+        with pytest.raises(ConfigError):
+            apply_arguments(Config(), build_parser().parse_args(["serve", *bad]))
+
+
+# --- live: kernel SYNs in network namespaces --------------------------------------------------------
+
+
+class Sensor:
+    """`fingerprintd serve` in a pair's server namespace, sniffing its veth, publishing to Redis."""
+
+    def __init__(self, pair: NetnsPair, d: Path, name: str, *extra: str) -> None:
+        self.pair = pair
+        self.sock = str(d / f"{name}.sock")
+        self.log = d / f"{name}.log"
+        self._logfile = open(self.log, "w")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", pair.srv, sys.executable, "-m", "fingerprintd", "serve",
+                                      "-i", pair.vsrv, "--grpc", f"unix:{self.sock}", *extra],
+                                     stderr=self._logfile, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while '"msg": "serving"' not in self.log.read_text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+        self.stub = pb_grpc.FingerprintStub(grpc.insecure_channel(f"unix:{self.sock}"))
+
+    def lookup(self, ip: str, port: int = 0, wait_ms: int = 0) -> pb.LookupResponse:
+        return self.stub.Lookup(pb.LookupRequest(ip=ip, port=port, wait_ms=wait_ms), timeout=10)
+
+    def events(self, needle: str) -> list[dict]:
+        return [json.loads(ln) for ln in self.log.read_text().splitlines() if needle in ln]
+
+    def scrape(self, port: int) -> dict[str, float]:
+        out = self.pair.ns(self.pair.srv, sys.executable, "-c", "import urllib.request; print(urllib.request."
+                           f"urlopen('http://127.0.0.1:{port}/metrics', timeout=10).read().decode())")
+        return {ln.split()[0]: float(ln.split()[1]) for ln in out.stdout.splitlines()
+                if ln.startswith("fingerprintd_redis") or ln.startswith("fingerprintd_observations")}
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(15)
+        self._logfile.close()
+        return rc
+
+
+@pytest.fixture
+def netns_ok():
+    ok, why = can_use_netns()
+    need(ok, why)
+
+
+def test_two_sensors_one_redis_a_connection_seen_by_a_is_answered_by_b(netns_ok, redis_server, tmp_path):
+    from p0f import P0f
+
+    from fingerprintd.mail import VerdictClient
+
+    with NetnsPair(net=91) as pa, NetnsPair(net=92) as pb_:
+        pa.start_listener()
+        pb_.start_listener()
+        a = Sensor(pa, tmp_path, "a", "--redis", redis_server.url)
+        b = Sensor(pb_, tmp_path, "b", "--redis", redis_server.url, "--p0f-socket", str(tmp_path / "b-p0f.sock"))
+        try:
+            pa.connect(pa.server4, 1, 0, 38001)
+            pa.connect(pa.server6, 1, 0, 38002)
+            for ip, port in ((pa.client4, 38001), (pa.client6, 38002)):
+                mine = a.lookup(ip, port, wait_ms=3000)
+                assert mine.found and mine.observation.os_name == "Linux"
+                theirs = b.lookup(ip, port, wait_ms=3000)  # B looks in Redis while it waits
+                assert theirs.found, ip
+                assert _fields(theirs.observation) == _fields(mine.observation)
+                assert theirs.verdict.header == mine.verdict.header
+            b_stats = b.stub.Stats(pb.StatsRequest(), timeout=5)
+            assert b_stats.fingerprinted == 0  # B's veth never carried these SYNs
+            info = P0f(str(tmp_path / "b-p0f.sock"), timeout=5).get_info(pa.client4)
+            assert info["os_name"].rstrip(b"\0") == b"Linux" and info["distance"] == 0
+            client = VerdictClient(f"unix:{b.sock}", timeout=5.0)
+            try:
+                outcome = client.lookup(pa.client4, 38001)  # the milter's lookup
+                assert outcome.reply is not None and outcome.reply.found
+                assert outcome.reply.verdict.header.startswith("Linux")
+            finally:
+                client.close()
+        finally:
+            assert a.stop() == 0
+            assert b.stop() == 0
+
+
+FLOOD = r"""
+import socket, sys, time
+frames = [bytes.fromhex(l) for l in sys.stdin.read().split()]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+for i, f in enumerate(frames):
+    s.send(f)
+    if i % 50 == 49:
+        time.sleep(0.01)  # a stream of about 5k SYNs/s, not a burst
+print(len(frames))
+"""
+
+
+def _spoofed(n: int, first: int, dst_ip: str) -> list[str]:
+    out = []
+    for i in range(first, first + n):
+        src = socket.inet_ntoa(struct.pack("!I", 0x0B000000 + i))
+        out.append(bytes(frame(STACKS["linux"], src, dst_ip, 20000 + i % 40000, 25, RNG,
+                               seq=RNG.randrange(1, 1 << 31))).hex())
+    return out
+
+
+def test_redis_stopped_and_restarted_during_a_syn_stream(netns_ok, redis_server, tmp_path):
+    metrics = 9471
+    with NetnsPair(net=93) as pair:
+        s = Sensor(pair, tmp_path, "s", "--redis", redis_server.url, "--redis-queue", "300",
+                   "--metrics", f"127.0.0.1:{metrics}")
+
+        def send(n: int, first: int) -> None:
+            out = subprocess.run(["ip", "netns", "exec", pair.cli, sys.executable, "-c", FLOOD, pair.vcli],
+                                 input="\n".join(_spoofed(n, first, pair.server4)), capture_output=True, text=True,
+                                 timeout=120)
+            assert out.stdout.strip() == str(n), out.stderr
+
+        def seen() -> float:
+            return s.scrape(metrics).get('fingerprintd_observations_total{kind="syn"}', 0)
+
+        def wait_for(cond, what: str) -> dict:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                m = s.scrape(metrics)
+                if cond(m):
+                    return m
+                time.sleep(0.2)
+            raise AssertionError(f"{what}: {s.scrape(metrics)}")
+
+        try:
+            send(200, 0)
+            wait_for(lambda m: m.get("fingerprintd_redis_published_total") == 200, "phase 1 published")
+            redis_server.stop()
+            send(1000, 200)  # Redis is down all along
+            m = wait_for(lambda m: m.get('fingerprintd_observations_total{kind="syn"}') == 1200, "phase 2 seen")
+            assert m["fingerprintd_redis_up"] == 0 and m["fingerprintd_redis_dropped_total"] > 0
+            # Local lookups are unaffected.
+            last = socket.inet_ntoa(struct.pack("!I", 0x0B000000 + 1199))
+            assert s.lookup(last, 20000 + 1199).found
+            redis_server.start()
+            m = wait_for(lambda m: m.get("fingerprintd_redis_queued") == 0 and m.get("fingerprintd_redis_up") == 1,
+                         "drained after the restart")
+            dropped = m["fingerprintd_redis_dropped_total"]
+            send(100, 1200)
+            m = wait_for(lambda m: m.get("fingerprintd_redis_queued") == 0 and m.get("fingerprintd_redis_up") == 1
+                         and m.get('fingerprintd_observations_total{kind="syn"}') == 1300, "resumed")
+            assert m["fingerprintd_redis_dropped_total"] == dropped  # nothing dropped once it is back
+            keys = sum(1 for _ in redis_server.client().scan_iter(match=b"fpd:c:*", count=1000))
+            # Redis restarted empty: it holds what was kept through the outage and what came after.
+            assert keys == 1100 - dropped, m
+            assert m["fingerprintd_redis_published_total"] == 1300 - dropped
+            assert 1000 - 300 - store.BATCH <= dropped <= 1000 - 300
+            assert seen() == 1300
+            assert len(s.events("redis unreachable")) == 1 and len(s.events("redis reachable again")) == 1
+        finally:
+            assert s.stop() == 0
+    stopped = s.events('"msg": "stopped"')[0]
+    assert stopped["redis_dropped"] == dropped
+
+
+RSPAMD_P0F = """enabled = true;
+socket = "{sock}";
+timeout = 2s;
+symbol = "P0F";
+servers = "127.0.0.1:{port}";
+prefix = "p0f";
+patterns {{
+  LINUX_OS = "^Linux.*";
+}}
+"""
+
+
+def test_rspamd_reads_the_sensors_keys_without_a_socket(netns_ok, redis_server, tmp_path):
+    """Debian's rspamd, its p0f module pointed at the same Redis and at a p0f socket that does not exist."""
+    need(shutil.which("rspamd") is not None and shutil.which("rspamc") is not None, "rspamd is not installed")
+    conf = tmp_path / "rspamd"
+    for sub in ("local.d", "override.d", "run", "db", "log"):
+        (conf / sub).mkdir(parents=True)
+    port, ctl = _free_port(), _free_port()
+    (conf / "local.d" / "p0f.conf").write_text(RSPAMD_P0F.format(sock=tmp_path / "no-such.sock",
+                                                                 port=redis_server.port))
+    (conf / "local.d" / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
+    (conf / "local.d" / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{ctl}";\n')
+    (conf / "local.d" / "worker-proxy.inc").write_text("enabled = false;\n")
+    (conf / "local.d" / "logging.inc").write_text(f'type = "file";\nfilename = "{conf}/log/rspamd.log";\n')
+    (conf / "local.d" / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; timeout = 0.2s; }\n')
+    (conf / "override.d" / "options.inc").write_text('local_addrs = ["127.0.0.0/8", "::1"];\n')
+    rspamd = subprocess.Popen(["rspamd", "-f", "-u", "root", "-g", "root", "-i", "--var", f"LOCAL_CONFDIR={conf}",
+                               "--var", f"RUNDIR={conf}/run", "--var", f"DBDIR={conf}/db", "--var",
+                               f"LOGDIR={conf}/log", "-c", "/etc/rspamd/rspamd.conf"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    message = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\nMessage-ID: <1@example.org>\r\n\r\nhi\r\n"
+    try:
+        with NetnsPair(net=94) as pair:
+            pair.start_listener()
+            a = Sensor(pair, tmp_path, "a", "--redis", redis_server.url, "--redis-rspamd-prefix", "p0f")
+            try:
+                pair.connect(pair.server4, 1, 0, 39001)
+                assert a.lookup(pair.client4, 39001, wait_ms=3000).found
+                deadline = time.monotonic() + 10
+                while not redis_server.client().exists(f"p0f{pair.client4}") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                assert a.stop() == 0
+        deadline = time.monotonic() + 120
+        while True:
+            assert rspamd.poll() is None, "rspamd exited"
+            with socket.socket() as sk:
+                if sk.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "rspamd did not start"
+            time.sleep(0.5)
+        out = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", pair.client4, "symbols"],
+                             input=message, capture_output=True, timeout=60)
+        text = out.stdout.decode()
+        assert out.returncode == 0, text + out.stderr.decode()
+        lines = {ln.split()[1]: ln for ln in text.splitlines() if ln.startswith("Symbol: ")}
+        assert "P0F" in lines and "link=Ethernet or modem" in lines["P0F"] and "distance=0" in lines["P0F"], text
+        assert "[Linux 4.19 and newer]" in lines["LINUX_OS"], text
+        other = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", "198.51.100.5", "symbols"],
+                               input=message, capture_output=True, timeout=60)
+        assert "Symbol: P0F " not in other.stdout.decode()  # not in Redis, and the socket is not there
+    finally:
+        rspamd.terminate()
+        rspamd.wait(20)
