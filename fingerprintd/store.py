@@ -40,6 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from fingerprintd.compat import STATUS_OK, p0f_response
@@ -47,6 +48,7 @@ from fingerprintd.engine import Observation
 from fingerprintd.hosts import HostRecord, HostTable
 from fingerprintd.matcher import Matcher
 from fingerprintd.packet import Q_DF, Packet
+from fingerprintd.signatures import Label
 
 log = logging.getLogger("fingerprintd")
 
@@ -100,22 +102,28 @@ class Codec:
             self._stacks[key] = stack
         return _HEAD.pack(pkt.ts, pkt.sport, pkt.dport) + stack + pkt.dst
 
-    def host(self, host) -> bytes:
-        """An address's history (a HostRecord or RemoteHost) and its latest SYN."""
-        latest, match = host.latest, host.last_match
+    def host(self, host, obs) -> bytes:
+        """An address's history (a HostRecord, or anything that reads like one) with `obs` as its latest SYN.
+
+        The SYN that p0f's API reports (the latest that matched an OS) travels as
+        its label when it is not `obs` itself: the table may keep it in a form
+        without the packet's fields."""
+        match = host.last_match
         os_names = [n.encode()[:255] for n in host.os_names[:255]]
         head = _HOST.pack(host.first_seen, host.last_seen, min(host.count, 0xFFFFFFFF),
                           _clamp(host.last_distance, -32768, 32767), min(host.changes, 0xFFFF),
                           host.last_change, min(len(host.signatures), 255), len(os_names))
         names = b"".join(bytes((len(n),)) + n for n in os_names)
-        syn = self.syn(latest)
-        if match is None:
+        syn = self.syn(obs)
+        if match is None or match.fp.label is None:
             tail = bytes((_MATCH_NONE,))
-        elif match is latest:
+        elif match is obs or (match.fp is obs.fp and match.pkt.ts == obs.pkt.ts):
             tail = bytes((_MATCH_LATEST,))
         else:
-            own = self.syn(match)
-            tail = bytes((_MATCH_OWN, len(own))) + own
+            label = match.fp.label
+            parts = [t.encode()[:255] for t in (label.name, label.flavor or "", label.klass)]
+            tail = (bytes((_MATCH_OWN, match.fp.fuzzy | match.fp.generic << 1 | label.generic << 2))
+                    + b"".join(bytes((len(t),)) + t for t in parts))
         return head + names + bytes((len(syn),)) + syn + tail
 
     # --- decoding -------------------------------------------------------------------------
@@ -165,9 +173,28 @@ class Codec:
         if kind == _MATCH_LATEST:
             match = latest
         elif kind == _MATCH_OWN:
-            size = data[off + 1]
-            match = self.decode_syn(data[off + 2:off + 2 + size], src, matcher)
+            bits = data[off + 1]
+            off += 2
+            texts = []
+            for _ in range(3):
+                size = data[off]
+                texts.append(bytes(data[off + 1:off + 1 + size]).decode("utf-8", "replace"))
+                off += 1 + size
+            label = Label(bool(bits & 4), texts[2], texts[0], texts[1] or None, 0, 0)
+            match = _Match(_MatchFp(label, bool(bits & 1), bool(bits & 2)))
         return RemoteHost(first, last, count, dist, changes, last_change, n_sigs, names, latest, match)
+
+
+class _MatchFp(NamedTuple):
+    """What p0f's API answer reads of the SYN it reports: its label and match quality."""
+
+    label: Label
+    fuzzy: bool
+    generic: bool
+
+
+class _Match(NamedTuple):
+    fp: _MatchFp
 
 
 class RemoteHost:
@@ -393,7 +420,7 @@ class Publisher:
             src = pkt.src
             host = host_of(src) or one_syn_host(obs)
             out.append(_resp(b"SET", prefix + b"c:" + src + pkt.sport.to_bytes(2, "big"), syn(obs), b"PX", px))
-            out.append(_resp(b"SET", prefix + b"h:" + src, host_rec(host), b"PX", px))
+            out.append(_resp(b"SET", prefix + b"h:" + src, host_rec(host, obs), b"PX", px))
             n += 2
             if rspamd:
                 answer = p0f_response(STATUS_OK, host)

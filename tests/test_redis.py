@@ -134,7 +134,9 @@ def _fields(msg) -> dict:
 
 
 SENT = [("linux", "203.0.113.5", 40001), ("winxp", "203.0.113.5", 40002), ("nmap", "203.0.113.6", 40003),
-        ("unknown", "198.51.100.9", 40004), ("linux", "2001:db8::5", 40005)]
+        ("unknown", "198.51.100.9", 40004), ("linux", "2001:db8::5", 40005),
+        # The latest SYN is a tool's, p0f's API reports the earlier OS match: it travels on its own.
+        ("linux", "198.51.100.7", 40006), ("nmap", "198.51.100.7", 40007)]
 
 
 @pytest.fixture
