@@ -102,7 +102,7 @@ class Codec:
             self._stacks[key] = stack
         return _HEAD.pack(pkt.ts, pkt.sport, pkt.dport) + stack + pkt.dst
 
-    def host(self, host, obs) -> bytes:
+    def host(self, host, obs, syn: bytes = b"") -> bytes:
         """An address's history (a HostRecord, or anything that reads like one) with `obs` as its latest SYN.
 
         The SYN that p0f's API reports (the latest that matched an OS) travels as
@@ -114,7 +114,7 @@ class Codec:
                           _clamp(host.last_distance, -32768, 32767), min(host.changes, 0xFFFF),
                           host.last_change, min(len(host.signatures), 255), len(os_names))
         names = b"".join(bytes((len(n),)) + n for n in os_names)
-        syn = self.syn(obs)
+        syn = syn or self.syn(obs)
         if match is None or match.fp.label is None:
             tail = bytes((_MATCH_NONE,))
         elif match is obs or (match.fp is obs.fp and match.pkt.ts == obs.pkt.ts):
@@ -244,10 +244,6 @@ def host_key(ip: bytes, prefix: bytes = KEY_PREFIX) -> bytes:
 def rspamd_key(ip: bytes, prefix: str) -> bytes:
     """rspamd's p0f module's key: its prefix, then the address as rspamd prints it (inet_ntop's form)."""
     return (prefix + socket.inet_ntop(socket.AF_INET if len(ip) == 4 else socket.AF_INET6, ip)).encode()
-
-
-def _resp(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
 
 
 # --- connecting --------------------------------------------------------------------------------
@@ -411,22 +407,30 @@ class Publisher:
         return True
 
     def _commands(self, batch: list) -> tuple[bytes, int]:
-        syn, host_rec, host_of, prefix, px = self.codec.syn, self.codec.host, self.host_of, self.prefix, self.ttl_ms
+        """The batch's SETs (and SETEXs) as one RESP string, and how many replies to read."""
+        syn, host_rec, host_of, prefix = self.codec.syn, self.codec.host, self.host_of, self.prefix
+        set_px = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" + (
+            b"$2\r\nPX\r\n$%d\r\n%b\r\n" % (len(self.ttl_ms), self.ttl_ms)).replace(b"%", b"%%")
+        conn_prefix, host_prefix = prefix + b"c:", prefix + b"h:"
         rspamd = self.rspamd_prefix
+        setex = b"*4\r\n$5\r\nSETEX\r\n$%d\r\n%b\r\n" + (
+            b"$%d\r\n%b\r\n" % (len(self.rspamd_ttl), self.rspamd_ttl)).replace(b"%", b"%%") + b"$%d\r\n%b\r\n"
         out = []
-        n = 0
         for obs in batch:
             pkt = obs.pkt
             src = pkt.src
             host = host_of(src) or one_syn_host(obs)
-            out.append(_resp(b"SET", prefix + b"c:" + src + pkt.sport.to_bytes(2, "big"), syn(obs), b"PX", px))
-            out.append(_resp(b"SET", prefix + b"h:" + src, host_rec(host, obs), b"PX", px))
-            n += 2
+            record = syn(obs)
+            key = conn_prefix + src + pkt.sport.to_bytes(2, "big")
+            hrec = host_rec(host, obs, record)
+            hkey = host_prefix + src
+            out.append(set_px % (len(key), key, len(record), record))
+            out.append(set_px % (len(hkey), hkey, len(hrec), hrec))
             if rspamd:
+                rkey = rspamd_key(src, rspamd)
                 answer = p0f_response(STATUS_OK, host)
-                out.append(_resp(b"SETEX", rspamd_key(src, rspamd), self.rspamd_ttl, answer))
-                n += 1
-        return b"".join(out), n
+                out.append(setex % (len(rkey), rkey, len(answer), answer))
+        return b"".join(out), len(out)
 
     def _write(self, batch: list) -> None:
         import redis
