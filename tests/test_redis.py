@@ -582,3 +582,34 @@ def test_rspamd_reads_the_sensors_keys_without_a_socket(netns_ok, redis_server, 
     finally:
         rspamd.terminate()
         rspamd.wait(20)
+
+
+def test_rediss_url_publishes_over_tls(tmp_path):
+    """redis-server's own TLS port, a private CA: the URL's rediss:// and ssl_ca_certs are all it takes."""
+    need(shutil.which("openssl") is not None, "openssl is not installed")
+    ca, key, cert = tmp_path / "ca.pem", tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+                    "-keyout", tmp_path / "ca-key.pem", "-out", ca], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key,
+                    "-out", tmp_path / "req.pem"], check=True, capture_output=True)
+    (tmp_path / "ext.cnf").write_text("subjectAltName = IP:127.0.0.1\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", tmp_path / "req.pem", "-CA", ca,
+                    "-CAkey", tmp_path / "ca-key.pem", "-CAcreateserial", "-days", "1",
+                    "-extfile", tmp_path / "ext.cnf", "-out", cert], check=True, capture_output=True)
+    tls_port = _free_port()
+    server = RedisServer(tmp_path, False, "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no")
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
+    a, b = Service(Config(redis_url=url)), Service(Config(redis_url=url))
+    a.open_store()
+    b.open_store()
+    try:
+        a.ingest([syn("linux", "203.0.113.40", 45000)], 1)
+        settle(a)
+        assert a.publisher.stats()["published"] == 1 and a.publisher.stats()["errors"] == 0
+        assert b.lookups.lookup(normalize_ip("203.0.113.40"), 45000)[0] is not None
+        assert server.client().exists(store.conn_key(normalize_ip("203.0.113.40"), 45000))
+    finally:
+        a.publisher.stop()
+        b.publisher.stop()
+        server.stop()
