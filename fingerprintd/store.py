@@ -47,6 +47,7 @@ from fingerprintd.compat import STATUS_OK, p0f_response
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import HostRecord, HostTable
 from fingerprintd.matcher import Matcher
+from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.packet import Q_DF, Packet
 from fingerprintd.signatures import Label
 
@@ -70,6 +71,7 @@ _HEAD = struct.Struct("!dHH")  # ts, sport, dport
 _STACK = struct.Struct("!BBBHIBHHBBHHB")  # ver|flags, ttl, tos, ip_opt_len, quirks, tcp_type, win, mss, wscale,
 #                                            eol_pad, tot_hdr, linktype, layout length; then the layout bytes
 _F_TS1, _F_PAYLOAD, _F_SENDSYN = 0x10, 0x20, 0x40
+_UPTIME = struct.Struct("!IHf")  # an uptime record: minutes, modulo days, clock Hz
 _HOST = struct.Struct("!ddIhHdBB")  # first, last, count, distance, changes, last change, signatures, os names
 _MATCH_NONE, _MATCH_LATEST, _MATCH_OWN = 0, 1, 2
 
@@ -100,7 +102,20 @@ class Codec:
             if len(self._stacks) >= _MEMO_MAX:
                 self._stacks.clear()
             self._stacks[key] = stack
-        return _HEAD.pack(pkt.ts, pkt.sport, pkt.dport) + stack + pkt.dst
+        out = _HEAD.pack(pkt.ts, pkt.sport, pkt.dport) + stack + pkt.dst
+        nat, up = obs.nat, obs.uptime
+        if nat is None and up is None:
+            return out
+        # p0f's host records that came with this SYN: the API reports them too.
+        trailer = bytearray((bool(nat) | bool(up) << 1,))
+        if nat is not None:
+            for text in (nat.kind, nat.reason):
+                raw = text.encode()[:255]
+                trailer += bytes((len(raw),)) + raw
+            trailer += bytes(min(h, 255) for h in nat.raw_hits)
+        if up is not None:
+            trailer += _UPTIME.pack(min(up.minutes, 0xFFFFFFFF), min(up.modulo_days, 0xFFFF), up.freq)
+        return out + bytes(trailer)
 
     def host(self, host, obs, syn: bytes = b"") -> bytes:
         """An address's history (a HostRecord, or anything that reads like one) with `obs` as its latest SYN.
@@ -151,11 +166,29 @@ class Codec:
         dst = bytes(data[stack_end:stack_end + (4 if ver == 4 else 16)])
         if len(dst) != (4 if ver == 4 else 16):
             raise ValueError("truncated record")
+        nat = up = None
+        off = stack_end + len(dst)
+        if off < len(data):
+            present = data[off]
+            off += 1
+            if present & 1:
+                texts = []
+                for _ in range(2):
+                    size = data[off]
+                    texts.append(bytes(data[off + 1:off + 1 + size]).decode("utf-8", "replace"))
+                    off += 1 + size
+                hits = tuple(data[off:off + 4])
+                if len(hits) != 4:
+                    raise ValueError("truncated record")
+                nat = NatRecord(texts[0], texts[1], hits)
+                off += 4
+            if present & 2:
+                up = Uptime(*_UPTIME.unpack_from(data, off))
         pkt = Packet(ts, ver, src, dst, sport, dport, ttl, tos, 0, olen, bool(quirks & Q_DF), 0, 0,
                      tcp_type, tcp_type, 0, 0, 0, win, mss, wscale, 1 if ts1 else 0, 0, layout, eol_pad,
                      1 if payload else 0, tot_hdr, quirks, b"", shape)
         fp = matcher.fingerprint(pkt, True, 0, sendsyn)
-        return Observation("sendsyn probe" if sendsyn else "syn", pkt, fp, linktype, True, None, None)
+        return Observation("sendsyn probe" if sendsyn else "syn", pkt, fp, linktype, True, nat, up)
 
     def decode_host(self, data: bytes, src: bytes, matcher: Matcher) -> RemoteHost:
         first, last, count, dist, changes, last_change, n_sigs, n_names = _HOST.unpack_from(data, 0)

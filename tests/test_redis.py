@@ -170,6 +170,17 @@ def test_what_one_service_saw_the_other_answers_alike(two):
             want = _fields(mine)
             # Only the number of distinct signatures travels: the rest of the history is the same.
             assert _fields(theirs) == want, (ip, asked_port)
+    # An uptime record travels with its SYN too (made here: it takes a host with one timestamp clock).
+    from fingerprintd.nat import Uptime
+
+    obs = a.engine.feed(syn("linux", "203.0.113.77", 40100)[2], 1, int(time.time()))._replace(
+        uptime=Uptime(1234, 49, 100.0))
+    a.hosts.add(obs)
+    a.publisher.offer([obs])
+    settle(a)
+    mine = stub_a.Lookup(pb.LookupRequest(ip="203.0.113.77", port=40100))
+    assert mine.observation.uptime_minutes == 1234
+    assert _fields(stub_b.Lookup(pb.LookupRequest(ip="203.0.113.77", port=40100))) == _fields(mine)
     assert b.stats()["fingerprinted"] == 0 and b.hosts.sizes()["connections"] == 0  # B saw nothing itself
     assert b.reader.stats()["hits"] >= 2 * len(SENT)
     assert not stub_b.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40009)).found  # never sent
