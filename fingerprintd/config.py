@@ -17,6 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fingerprintd.tomlfile import Located, TomlError
 
@@ -218,8 +219,8 @@ def check(cfg, doc: Located | None = None) -> None:
     for key in ("analyzer_udp", "metrics"):
         if getattr(cfg, key) and not _HOST_PORT.fullmatch(getattr(cfg, key)):
             raise fail(key, f"{key} is HOST:PORT, e.g. 127.0.0.1:2345 or [::1]:2345")
-    if cfg.redis_url and not re.match(r"(redis|rediss|unix)://.", cfg.redis_url):
-        raise fail("redis_url", "redis_url must be redis://HOST:PORT, rediss://HOST:PORT (TLS) or unix:///PATH")
+    if cfg.redis_url and (why := _redis_url_problem(cfg.redis_url)):
+        raise fail("redis_url", why)
     if (cfg.redis_password_file or cfg.redis_rspamd_prefix) and not cfg.redis_url:
         raise fail("redis_url", "redis_password_file and redis_rspamd_prefix need redis_url")
     for net in cfg.analyzer_allow:
@@ -227,6 +228,20 @@ def check(cfg, doc: Located | None = None) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise fail("analyzer_allow", f"not a network: {net!r}") from None
+
+
+def _redis_url_problem(url: str) -> str:
+    """Why a --redis URL will not do, or ''."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"redis_url: {exc}"
+    if parts.scheme == "unix":
+        return "" if parts.path else "redis_url: unix:// needs a socket path, e.g. unix:///run/redis/redis.sock"
+    if parts.scheme not in ("redis", "rediss"):
+        return "redis_url must be redis://HOST:PORT/DB, rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+    return "" if parts.hostname else "redis_url: no host, e.g. redis://127.0.0.1:6379/0"
 
 
 _HOST_PORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}")

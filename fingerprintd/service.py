@@ -383,8 +383,8 @@ class Service:
         `signals` were installed by the caller before the files loaded (cli.cmd_serve)."""
         signals = signals or Signals()
         tune_gc()
+        self.open_store()  # first: a password file that cannot be read stops it before capture starts
         self.open_captures()
-        self.open_store()
         self.open_compat()
         tls = None
         if self.cfg.tls_cert:

@@ -63,7 +63,6 @@ READ_TIMEOUT = 0.05  # the longest a lookup waits for Redis when its caller give
 READ_CONNECT_TIMEOUT = 0.25
 READ_PAUSE = 1.0  # seconds lookups skip Redis after it failed them
 WAIT_SLICE = 0.02  # a waiting lookup looks in Redis again this often (another MX may publish the SYN)
-SCHEMES = ("redis", "rediss", "unix")
 _MEMO_MAX = 16384
 
 # A SYN's fields: its time and ports, then its stack (memoized by shape), then the server address.
@@ -280,21 +279,6 @@ def rspamd_key(ip: bytes, prefix: str) -> bytes:
 
 
 # --- connecting --------------------------------------------------------------------------------
-
-
-def check_url(url: str) -> str:
-    """'' when the URL is one we take, else why not."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        return f"not a URL: {exc}"
-    if parts.scheme not in SCHEMES:
-        return "redis URL must start with redis://, rediss:// (TLS) or unix://"
-    if parts.scheme == "unix" and not parts.path:
-        return "a unix:// redis URL needs a socket path, e.g. unix:///run/redis/redis.sock"
-    if parts.scheme != "unix" and not parts.hostname:
-        return "a redis:// URL needs a host, e.g. redis://127.0.0.1:6379/0"
-    return ""
 
 
 def read_password(path: str) -> str:

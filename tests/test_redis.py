@@ -365,9 +365,21 @@ def test_redis_options_are_checked():
     from fingerprintd.cli import build_parser
     from fingerprintd.config import ConfigError, apply_arguments
 
-    for bad in (["--redis", "http://x"], ["--redis-rspamd-prefix", "p0f"]):
+    for bad in (["--redis", "http://x"], ["--redis", "redis://127.0.0.1:99999"], ["--redis", "redis:///0"],
+                ["--redis", "unix://"], ["--redis-rspamd-prefix", "p0f"]):
         with pytest.raises(ConfigError):
             apply_arguments(Config(), build_parser().parse_args(["serve", *bad]))
+    for good in ("redis://u:p@127.0.0.1:6379/0", "rediss://redis.example:6380", "unix:///run/redis/redis.sock"):
+        apply_arguments(Config(), build_parser().parse_args(["serve", "--redis", good]))
+
+
+def test_serve_stops_with_one_line_on_an_unreadable_password_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fingerprintd", "serve", "--grpc", f"unix:{tmp_path}/api.sock",
+                          "--redis", f"unix://{tmp_path}/redis.sock", "--redis-password-file", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert "nope" in last and "Traceback" not in out.stderr, out.stderr
 
 
 # --- live: kernel SYNs in network namespaces --------------------------------------------------------
