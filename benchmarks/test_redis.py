@@ -17,9 +17,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -296,6 +298,73 @@ def test_redis_memory_per_million_connections(benchmark, redis_server):
     benchmark.extra_info.update(r)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     for key, value in r.items():
+        print(f"\n{key}: {value}", end="")
+    print()
+
+
+LIVE_RATES = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000)
+
+
+def test_capture_zero_loss_with_publishing(benchmark, redis_server, tmp_path):
+    """`serve` sniffing a veth, SYNs injected at rising rates: the highest rate without loss, with --redis
+    and without it, in the same run; with it, the keys Redis got beside the SYNs the sensor took."""
+    from benchmarks.live import SENDER, syn_frames
+    from tests.netns import NetnsPair, can_use_netns
+
+    ok, why = can_use_netns()
+    if not ok:
+        pytest.skip(why)
+    import grpc
+
+    from fingerprintd.v1 import fingerprintd_pb2 as pb
+    from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
+
+    frames_path = tmp_path / "frames.hex"
+    frames_path.write_text("\n".join(f.hex() for f in syn_frames(65_536, "192.0.2.25")))
+    results: dict = {}
+    with NetnsPair(net=95) as pair:
+        for name, extra in (("without_redis", []), ("with_redis", ["--redis", redis_server.url])):
+            redis_server.client.flushall()
+            log = open(tmp_path / f"{name}.log", "w")
+            serve = subprocess.Popen(["ip", "netns", "exec", pair.srv, sys.executable, "-m", "fingerprintd", "serve",
+                                      "-i", pair.vsrv, "--grpc", f"unix:{tmp_path}/{name}.sock", "--ttl", "5",
+                                      *extra], stderr=log, cwd=ROOT)
+            rows = {}
+            try:
+                deadline = time.monotonic() + 20
+                while '"msg": "serving"' not in (tmp_path / f"{name}.log").read_text():
+                    assert time.monotonic() < deadline and serve.poll() is None
+                    time.sleep(0.05)
+                with grpc.insecure_channel(f"unix:{tmp_path}/{name}.sock") as ch:
+                    stub = pb_grpc.FingerprintStub(ch)
+                    for rate in LIVE_RATES:
+                        before = stub.Stats(pb.StatsRequest()).packets
+                        r = subprocess.run(["ip", "netns", "exec", pair.cli, sys.executable, "-c", SENDER, pair.vcli,
+                                            str(frames_path), str(rate), "2.0"], check=True, capture_output=True,
+                                           text=True, timeout=120)
+                        sent, elapsed = r.stdout.split()
+                        time.sleep(1.5)
+                        got = stub.Stats(pb.StatsRequest()).packets - before
+                        rows[rate] = {"sent": int(sent), "reached_per_s": round(int(sent) / float(elapsed)),
+                                      "lost": int(sent) - got}
+            finally:
+                serve.send_signal(signal.SIGTERM)
+                serve.wait(20)
+                log.close()
+            knee = 0
+            for rate in LIVE_RATES:
+                if rows[rate]["lost"]:
+                    break
+                knee = rate
+            results[f"{name}_zero_loss_syn_per_s"] = knee
+            results[name] = {str(r): v for r, v in rows.items()}
+            if extra:
+                stopped = [ln for ln in (tmp_path / f"{name}.log").read_text().splitlines() if '"stopped"' in ln]
+                results["with_redis_at_stop"] = {k: v for k, v in json.loads(stopped[-1]).items()
+                                                 if k.startswith("redis_")}
+    benchmark.extra_info.update(results)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for key, value in results.items():
         print(f"\n{key}: {value}", end="")
     print()
 
