@@ -71,7 +71,8 @@ _STACK = struct.Struct("!BBBHIBHHBBHHB")  # ver|flags, ttl, tos, ip_opt_len, qui
 #                                            eol_pad, tot_hdr, linktype, layout length; then the layout bytes
 _F_TS1, _F_PAYLOAD, _F_SENDSYN = 0x10, 0x20, 0x40
 _UPTIME = struct.Struct("!IHf")  # an uptime record: minutes, modulo days, clock Hz
-_HOST = struct.Struct("!ddIhHdBB")  # first, last, count, distance, changes, last change, signatures, os names
+_HOST = struct.Struct("!ddIhHdBBddIH")  # first, last, count, distance, changes, last OS change, signatures,
+#                                         os names; p0f's last ip sharing, last host change, uptime minutes, days
 _MATCH_NONE, _MATCH_LATEST, _MATCH_OWN = 0, 1, 2
 
 
@@ -126,7 +127,9 @@ class Codec:
         os_names = [n.encode()[:255] for n in host.os_names[:255]]
         head = _HOST.pack(host.first_seen, host.last_seen, min(host.count, 0xFFFFFFFF),
                           _clamp(host.last_distance, -32768, 32767), min(host.changes, 0xFFFF),
-                          host.last_change, min(len(host.signatures), 255), len(os_names))
+                          host.last_change, min(len(host.signatures), 255), len(os_names),
+                          host.last_ip_sharing, host.last_host_change, min(host.uptime_minutes, 0xFFFFFFFF),
+                          min(host.uptime_modulo_days, 0xFFFF))
         names = b"".join(bytes((len(n),)) + n for n in os_names)
         syn = syn or self.syn(obs)
         if match is None or match.fp.label is None:
@@ -190,7 +193,8 @@ class Codec:
         return Observation("sendsyn probe" if sendsyn else "syn", pkt, fp, linktype, True, nat, up)
 
     def decode_host(self, data: bytes, src: bytes, matcher: Matcher) -> RemoteHost:
-        first, last, count, dist, changes, last_change, n_sigs, n_names = _HOST.unpack_from(data, 0)
+        first, last, count, dist, changes, last_change, n_sigs, n_names, sharing, host_change, up_min, up_days = \
+            _HOST.unpack_from(data, 0)
         off = _HOST.size
         names = []
         for _ in range(n_names):
@@ -214,7 +218,10 @@ class Codec:
                 off += 1 + size
             label = Label(bool(bits & 4), texts[2], texts[0], texts[1] or None, 0, 0)
             match = _Match(_MatchFp(label, bool(bits & 1), bool(bits & 2)))
-        return RemoteHost(first, last, count, dist, changes, last_change, n_sigs, names, latest, match)
+        host = RemoteHost(first, last, count, dist, changes, last_change, n_sigs, names, latest, match)
+        host.last_ip_sharing, host.last_host_change = sharing, host_change
+        host.uptime_minutes, host.uptime_modulo_days = up_min, up_days
+        return host
 
 
 class _MatchFp(NamedTuple):
@@ -237,7 +244,8 @@ class RemoteHost:
     placeholders."""
 
     __slots__ = ("first_seen", "last_seen", "count", "last_distance", "changes", "last_change", "signatures",
-                 "os_names", "latest", "last_match")
+                 "os_names", "latest", "last_match", "last_ip_sharing", "last_host_change", "uptime_minutes",
+                 "uptime_modulo_days")
 
     def __init__(self, first_seen: float, last_seen: float, count: int, last_distance: int, changes: int,
                  last_change: float, n_signatures: int, os_names: list[str], latest: Observation,
@@ -252,6 +260,9 @@ class RemoteHost:
         self.os_names = os_names
         self.latest = latest
         self.last_match = last_match
+        # p0f's host records as the sensor's table keeps them (when, not what: the API reports when).
+        self.last_ip_sharing = self.last_host_change = 0.0
+        self.uptime_minutes = self.uptime_modulo_days = 0
 
     @property
     def host_changed(self) -> bool:
@@ -262,7 +273,15 @@ def one_syn_host(obs) -> RemoteHost:
     """The history of an address seen once (the table no longer holds it: evicted meanwhile)."""
     fp = obs.fp
     match = obs if fp.label is not None and not fp.label.is_app else None
-    return RemoteHost(obs.pkt.ts, obs.pkt.ts, 1, fp.dist, 0, 0.0, 1, [], obs, match)
+    host = RemoteHost(obs.pkt.ts, obs.pkt.ts, 1, fp.dist, 0, 0.0, 1, [], obs, match)
+    if obs.nat is not None:
+        if obs.nat.kind == "ip sharing":
+            host.last_ip_sharing = obs.pkt.ts
+        else:
+            host.last_host_change = obs.pkt.ts
+    if obs.uptime is not None:
+        host.uptime_minutes, host.uptime_modulo_days = obs.uptime.minutes, obs.uptime.modulo_days
+    return host
 
 
 def conn_key(ip: bytes, port: int, prefix: bytes = KEY_PREFIX) -> bytes:
