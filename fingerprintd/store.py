@@ -391,6 +391,13 @@ class Publisher:
         self._ready.set()
         if self._thread.ident is not None:
             self._thread.join(flush + IO_TIMEOUT + 1)
+        unsent = len(self._queue) + len(self._pending)
+        if unsent and not self._thread.is_alive():
+            self.dropped += unsent  # Redis did not take them in time: lost, and counted as such
+            self._queue.clear()
+            self._pending = []
+            log.warning("stopping: observations not written to redis", extra={"fields": {
+                "redis": self.target, "unsent": unsent}})
         if self._conn is not None:
             self._conn.disconnect()
 
@@ -417,8 +424,13 @@ class Publisher:
                 self._write(self._pending)
             except Exception as exc:  # noqa: BLE001 - any failure of the link is an outage, never fatal
                 self._failed(exc)
-                if self._stop.wait(delay) and time.monotonic() > self._flush_until:
-                    return
+                if self._stop.is_set():  # stopping: retry within what is left of the flush time, no faster
+                    left = self._flush_until - time.monotonic()
+                    if left <= 0:
+                        return
+                    time.sleep(min(delay, left))
+                else:
+                    self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 continue
             delay = self.backoff[0]

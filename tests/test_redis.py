@@ -636,3 +636,14 @@ def test_rediss_url_publishes_over_tls(tmp_path):
         a.publisher.stop()
         b.publisher.stop()
         server.stop()
+
+
+def test_stopping_with_redis_down_counts_what_it_could_not_write(redis_server):
+    svc = Service(Config(redis_url=redis_server.url))
+    svc.open_store()
+    redis_server.stop()
+    svc.ingest([syn("linux", "203.0.113.50", 46000 + i) for i in range(25)], 1)
+    svc.publisher.stop(flush=0.5)
+    st = svc.publisher.stats()
+    assert st["dropped"] == 25 and st["published"] == 0 and st["queued"] == 0, st
+    assert not svc.publisher.alive()
