@@ -192,7 +192,7 @@ def test_p0f_socket_analyzer_and_milter_client_answer_from_redis(two, tmp_path):
 
     from fingerprintd.mail import VerdictClient
 
-    (a, b), _ = two
+    (a, b), (stub_a, _) = two
     a.ingest([syn(*s) for s in SENT], 1)
     settle(a)
     sock = P0fSocketServer(str(tmp_path / "b-p0f.sock"), b.lookups)
@@ -215,8 +215,7 @@ def test_p0f_socket_analyzer_and_milter_client_answer_from_redis(two, tmp_path):
                 assert c.recv(2048) == reply, ip
             outcome = client.lookup(ip, port)  # what the milter and the policy service ask
             assert outcome.reply is not None and outcome.reply.found, (ip, outcome)
-            assert outcome.reply.verdict.header == a.policy.verdict(
-                a.hosts.lookup(addr, port)[0].fp, addr).header
+            assert outcome.reply.verdict.header == stub_a.Lookup(pb.LookupRequest(ip=ip, port=port)).verdict.header
         latest = P0f(str(tmp_path / "b-p0f.sock"), timeout=5).get_info("203.0.113.5")
         assert latest["os_name"].rstrip(b"\0") == b"Windows"
     finally:
