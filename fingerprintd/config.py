@@ -118,6 +118,8 @@ OPTIONS: tuple[Option, ...] = (
       "URL's)", metavar="PATH"),
     Option("redis_rspamd_prefix", "redis", "str", "", "also write rspamd's p0f keys, PREFIX<ip> = the 232-byte p0f "
       "answer (rspamd's default prefix: p0f; empty: off)", metavar="PREFIX"),
+    Option("redis_reputation", "redis", "bool", False, "keep what is learned from outcomes in Redis, shared by "
+      "every host (a --reputation file is then not used)"),
     Option("redis_queue", "redis", "int", 100_000, "observations held for Redis while it is down or slow; more are "
       "dropped and counted", metavar="N", minimum=1),
     Option("user", "daemon", "str", "", "drop to this user once the capture is open", metavar="NAME"),
@@ -221,8 +223,8 @@ def check(cfg, doc: Located | None = None) -> None:
             raise fail(key, f"{key} is HOST:PORT, e.g. 127.0.0.1:2345 or [::1]:2345")
     if cfg.redis_url and (why := _redis_url_problem(cfg.redis_url)):
         raise fail("redis_url", why)
-    if (cfg.redis_password_file or cfg.redis_rspamd_prefix) and not cfg.redis_url:
-        raise fail("redis_url", "redis_password_file and redis_rspamd_prefix need redis_url")
+    if (cfg.redis_password_file or cfg.redis_rspamd_prefix or cfg.redis_reputation) and not cfg.redis_url:
+        raise fail("redis_url", "redis_password_file, redis_rspamd_prefix and redis_reputation need redis_url")
     for net in cfg.analyzer_allow:
         try:
             ipaddress.ip_network(net, strict=False)

@@ -178,7 +178,19 @@ class Service:
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
-        self.reputation = Reputation(SqliteStore(cfg.reputation)) if cfg.reputation else None
+        self.reputation = None
+        if cfg.reputation and not cfg.redis_reputation:
+            self.reputation = Reputation(SqliteStore(cfg.reputation))
+        if cfg.redis_reputation:  # learned on every host, counted in one place (issue 13)
+            from fingerprintd import store
+
+            if cfg.reputation:
+                event(logging.WARNING, "reputation kept in redis; the reputation file is not used",
+                      file=cfg.reputation)
+            password = store.read_password(cfg.redis_password_file) if cfg.redis_password_file else None
+            self.reputation = Reputation(store.RedisReputationStore(
+                store.make_pool(cfg.redis_url, password),
+                store.make_pool(cfg.redis_url, password, store.READ_CONNECT_TIMEOUT, store.READ_TIMEOUT)))
         self.captures: list[Live] = []
         self.started = time.time()
         self.reloads = 0

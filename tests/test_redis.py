@@ -317,13 +317,20 @@ def test_the_readmes_acl_user_publishes_and_reads_its_prefix_only(redis_server, 
     assert redis_server.cli(*line.split()) == "OK"
     (tmp_path / "pw").write_text(password + "\n")
     url = f"redis://fingerprintd@127.0.0.1:{redis_server.port}/0"
-    svc = Service(Config(redis_url=url, redis_password_file=str(tmp_path / "pw"), redis_rspamd_prefix="p0f"))
+    svc = Service(Config(redis_url=url, redis_password_file=str(tmp_path / "pw"), redis_rspamd_prefix="p0f",
+                         redis_reputation=True))
     svc.open_store()
     try:
         svc.ingest([syn("linux", "203.0.113.30", 44000)], 1)
         settle(svc)
         st = svc.publisher.stats()
         assert st["published"] == 1 and st["rejected"] == 0 and st["errors"] == 0, st
+        # Every reputation call works for that user too (the scripts' commands included).
+        rep, key = svc.reputation, "0123456789/server/x"
+        assert [rep.record(key, True, f"198.{i}.0.1", f"<{i}@x>") for i in range(2)] == ["counted"] * 2
+        assert rep.record(key, True, "198.0.0.1", "<0@x>") == "duplicate-message"
+        assert rep.learned(key).spam == pytest.approx(2, rel=0.01) and rep.store.read_errors == 0
+        assert rep.decay() == 0 and [x.key for x in rep.explain()] == [key] and rep.reset(key)
         other = Service(Config(redis_url=f"redis://fingerprintd:{password}@127.0.0.1:{redis_server.port}/0"))
         other.open_store()
         assert other.lookups.lookup(normalize_ip("203.0.113.30"), 44000)[0] is not None
@@ -646,3 +653,93 @@ def test_stopping_with_redis_down_counts_what_it_could_not_write(redis_server):
     st = svc.publisher.stats()
     assert st["dropped"] == 25 and st["published"] == 0 and st["queued"] == 0, st
     assert not svc.publisher.alive()
+
+
+# --- shared reputation (issue 13, part 4) -------------------------------------------------------------
+
+
+@pytest.fixture
+def two_learning(redis_server, tmp_path):
+    """Services A and B keeping their reputation in one Redis, each with its API."""
+    services, servers, stubs = [], [], []
+    for name in ("a", "b"):
+        svc = Service(Config(listen=[f"unix:{tmp_path}/{name}.sock"], redis_url=redis_server.url,
+                             redis_reputation=True))
+        svc.open_store()
+        svc.reputation.store.cache_seconds = 0.0  # here: every lookup reads Redis (in service: 5 s)
+        server, _ = build_server(svc, svc.cfg.listen)
+        server.start()
+        services.append(svc)
+        servers.append(server)
+        stubs.append(pb_grpc.FingerprintStub(grpc.insecure_channel(f"unix:{tmp_path}/{name}.sock")))
+    yield services, stubs
+    for svc, server in zip(services, servers, strict=True):
+        server.stop(0)
+        svc.publisher.stop()
+
+
+def test_feedback_given_on_one_host_moves_the_score_on_the_other(two_learning):
+    (a, b), (stub_a, stub_b) = two_learning
+    a.ingest([syn("winxp", "203.0.113.60", 47000)], 1)
+    settle(a)
+    before = stub_b.Lookup(pb.LookupRequest(ip="203.0.113.60", port=47000))  # B answers from Redis
+    key = before.verdict.id
+    assert before.found and key and before.verdict.learned == 0
+    results = [stub_a.Feedback(pb.FeedbackRequest(id=key, spam=True, client_ip=f"198.{i}.7.1",
+                                                  message_id=f"<{i}@x>")).result for i in range(25)]
+    assert results == ["counted"] * 25
+    mine = stub_a.Lookup(pb.LookupRequest(ip="203.0.113.60", port=47000)).verdict
+    theirs = stub_b.Lookup(pb.LookupRequest(ip="203.0.113.60", port=47000)).verdict
+    assert mine.learned > 0.3 and theirs.learned == mine.learned and theirs.score == mine.score
+    assert theirs.score == pytest.approx(before.verdict.score + theirs.learned)
+    # The abuse marks are shared too: the same message or client given to B does not count again.
+    again = stub_b.Feedback(pb.FeedbackRequest(id=key, spam=True, client_ip="198.3.7.1", message_id="<3@x>"))
+    assert again.result == "duplicate-message"
+    assert stub_b.Feedback(pb.FeedbackRequest(id=key, spam=True, client_ip="198.4.7.1")).result == "duplicate-client"
+    assert a.reputation.explain()[0].key == key and len(b.reputation.explain()) == 1
+
+
+def test_increments_from_two_hosts_add_up(redis_server):
+    """Two stores (two hosts) adding to one key at once: nothing is lost to a read-modify-write."""
+    import threading as th
+
+    stores = [store.RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
+                                         cache_seconds=0.0) for _ in range(2)]
+
+    def add(s) -> None:
+        for _ in range(300):
+            s.increment("0123456789/desktop/x", 1.0, 0.5, 1_800_000_000.0)
+
+    threads = [th.Thread(target=add, args=(s,)) for s in stores for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spam, ham, first, last = stores[1].get("0123456789/desktop/x")
+    assert (spam, ham, first, last) == (1200.0, 600.0, 1_800_000_000.0, 1_800_000_000.0)
+
+
+def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_server):
+    a, b = (store.RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
+                                       cache_seconds=0.0) for _ in range(2))
+    t0 = 1_800_000_000.0
+    assert a.claim("m:1", t0, 100) and not b.claim("m:1", t0 + 50, 100) and b.claim("m:1", t0 + 101, 100)
+    assert [a.count_up("s:k", 2, t0, 100) for _ in range(3)] == [True, True, False]
+    assert not b.count_up("s:k", 2, t0 + 50, 100) and b.count_up("s:k", 2, t0 + 101, 100)
+    a.increment("0123456789/server/x", 0.01, 0.0, t0)
+    a.increment("0123456789/server/y", 5.0, 0.0, t0)
+    assert b.decay(t0, 0.05) == 1 and [k for k, *_ in a.items()] == ["0123456789/server/y"]
+    assert a.reset("0123456789/server/y") and b.get("0123456789/server/y") is None and not b.reset("none/x/y")
+
+
+def test_a_dead_redis_gives_no_learned_part_and_no_stall(redis_server):
+    from fingerprintd.reputation import Reputation
+
+    s = store.RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
+                                   cache_seconds=0.0)
+    rep = Reputation(s)
+    s.increment("0123456789/desktop/x", 1e9, 0.0, 1_800_000_000.0)
+    assert rep.adjustment("0123456789/desktop/x") == 1.0
+    redis_server.stop()
+    assert rep.adjustment("0123456789/desktop/x") == 0.0 and s.read_errors == 1
+    assert rep.adjustment("0123456789/desktop/x") == 0.0 and s.read_errors == 1  # skipped for a moment
