@@ -183,12 +183,13 @@ class Service:
             self.reputation = Reputation(SqliteStore(cfg.reputation))
         if cfg.redis_reputation:  # learned on every host, counted in one place (issue 13)
             from fingerprintd import store
+            from fingerprintd.redisrep import RedisReputationStore
 
             if cfg.reputation:
                 event(logging.WARNING, "reputation kept in redis; the reputation file is not used",
                       file=cfg.reputation)
             password = store.read_password(cfg.redis_password_file) if cfg.redis_password_file else None
-            self.reputation = Reputation(store.RedisReputationStore(
+            self.reputation = Reputation(RedisReputationStore(
                 store.make_pool(cfg.redis_url, password),
                 store.make_pool(cfg.redis_url, password, store.READ_CONNECT_TIMEOUT, store.READ_TIMEOUT)))
         self.captures: list[Live] = []

@@ -11,10 +11,9 @@ the host table's TTL:
   socket (lualib/lua_scanners/p0f.lua: key ``prefix .. ip:to_string()``,
   value stored with SETEX).
 
-A SYN travels as the fields its fingerprint is made of (the packet's
-`shape`) plus time, ports and server address, 40-odd bytes; the reader
-fingerprints it again with its own database (the matcher's memo makes that a
-dict look-up), so every host's answers carry its own signatures and policy.
+The records are wire.py's: 40-odd bytes a SYN, fingerprinted again by the
+reader with its own database, so every host's answers carry its own
+signatures and policy.
 
 Publishing never blocks the capture thread: `Publisher.offer` appends to a
 bounded deque (over the bound an observation is dropped and counted) and a
@@ -34,26 +33,21 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from fingerprintd.compat import STATUS_OK, p0f_response
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import HostRecord, HostTable
 from fingerprintd.matcher import Matcher
-from fingerprintd.nat import NatRecord, Uptime
-from fingerprintd.packet import Q_DF, Packet
-from fingerprintd.signatures import Label
+from fingerprintd.wire import KEY_PREFIX, Codec, RemoteHost, conn_key, host_key, one_syn_host, rspamd_key
 
 log = logging.getLogger("fingerprintd")
 
-KEY_PREFIX = b"fpd:"  # every key fingerprintd writes, except rspamd's (an ACL can hold a client to it)
 QUEUE_MAX = 100_000  # observations waiting for Redis (an outage of 2 s at 50k SYN/s); more are dropped
 BATCH = 1000  # observations per pipelined write
 CONNECT_TIMEOUT = 1.0  # seconds for the publisher to connect
@@ -63,239 +57,6 @@ READ_TIMEOUT = 0.05  # the longest a lookup waits for Redis when its caller give
 READ_CONNECT_TIMEOUT = 0.25
 READ_PAUSE = 1.0  # seconds lookups skip Redis after it failed them
 WAIT_SLICE = 0.02  # a waiting lookup looks in Redis again this often (another MX may publish the SYN)
-_MEMO_MAX = 16384
-
-# A SYN's fields: its time and ports, then its stack (memoized by shape), then the server address.
-_HEAD = struct.Struct("!dHH")  # ts, sport, dport
-_STACK = struct.Struct("!BBBHIBHHBBHHB")  # ver|flags, ttl, tos, ip_opt_len, quirks, tcp_type, win, mss, wscale,
-#                                            eol_pad, tot_hdr, linktype, layout length; then the layout bytes
-_F_TS1, _F_PAYLOAD, _F_SENDSYN = 0x10, 0x20, 0x40
-_UPTIME = struct.Struct("!IHf")  # an uptime record: minutes, modulo days, clock Hz
-_HOST = struct.Struct("!ddIhHdBBddIH")  # first, last, count, distance, changes, last OS change, signatures,
-#                                         os names; p0f's last ip sharing, last host change, uptime minutes, days
-_MATCH_NONE, _MATCH_LATEST, _MATCH_OWN = 0, 1, 2
-
-
-def _clamp(value: int, low: int, high: int) -> int:
-    return low if value < low else high if value > high else value
-
-
-class Codec:
-    """Observations <-> bytes.  Decoding needs a matcher: the SYN is fingerprinted again."""
-
-    def __init__(self) -> None:
-        self._stacks: dict[tuple, bytes] = {}
-        self._shapes: dict[bytes, tuple] = {}
-
-    def syn(self, obs) -> bytes:
-        """One SYN (an Observation or anything that reads like one: .pkt, .fp, .mod, .linktype)."""
-        pkt = obs.pkt
-        shape = pkt.shape
-        sendsyn = obs.mod == "sendsyn probe"
-        key = (shape, sendsyn, obs.linktype)
-        stack = self._stacks.get(key)
-        if stack is None:
-            ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, ts1, layout, eol_pad, payload, tot_hdr = shape
-            flags = ver | (_F_TS1 if ts1 else 0) | (_F_PAYLOAD if payload else 0) | (_F_SENDSYN if sendsyn else 0)
-            stack = _STACK.pack(flags, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, eol_pad, tot_hdr,
-                                obs.linktype & 0xFFFF, len(layout)) + layout
-            if len(self._stacks) >= _MEMO_MAX:
-                self._stacks.clear()
-            self._stacks[key] = stack
-        out = _HEAD.pack(pkt.ts, pkt.sport, pkt.dport) + stack + pkt.dst
-        nat, up = obs.nat, obs.uptime
-        if nat is None and up is None:
-            return out
-        # p0f's host records that came with this SYN: the API reports them too.
-        trailer = bytearray((bool(nat) | bool(up) << 1,))
-        if nat is not None:
-            for text in (nat.kind, nat.reason):
-                raw = text.encode()[:255]
-                trailer += bytes((len(raw),)) + raw
-            trailer += bytes(min(h, 255) for h in nat.raw_hits)
-        if up is not None:
-            trailer += _UPTIME.pack(min(up.minutes, 0xFFFFFFFF), min(up.modulo_days, 0xFFFF), up.freq)
-        return out + bytes(trailer)
-
-    def host(self, host, obs, syn: bytes = b"") -> bytes:
-        """An address's history (a HostRecord, or anything that reads like one) with `obs` as its latest SYN.
-
-        The SYN that p0f's API reports (the latest that matched an OS) travels as
-        its label when it is not `obs` itself: the table may keep it in a form
-        without the packet's fields."""
-        match = host.last_match
-        os_names = [n.encode()[:255] for n in host.os_names[:255]]
-        head = _HOST.pack(host.first_seen, host.last_seen, min(host.count, 0xFFFFFFFF),
-                          _clamp(host.last_distance, -32768, 32767), min(host.changes, 0xFFFF),
-                          host.last_change, min(len(host.signatures), 255), len(os_names),
-                          host.last_ip_sharing, host.last_host_change, min(host.uptime_minutes, 0xFFFFFFFF),
-                          min(host.uptime_modulo_days, 0xFFFF))
-        names = b"".join(bytes((len(n),)) + n for n in os_names)
-        syn = syn or self.syn(obs)
-        if match is None or match.fp.label is None:
-            tail = bytes((_MATCH_NONE,))
-        elif match is obs or (match.fp is obs.fp and match.pkt.ts == obs.pkt.ts):
-            tail = bytes((_MATCH_LATEST,))
-        else:
-            label = match.fp.label
-            parts = [t.encode()[:255] for t in (label.name, label.flavor or "", label.klass)]
-            tail = (bytes((_MATCH_OWN, match.fp.fuzzy | match.fp.generic << 1 | label.generic << 2))
-                    + b"".join(bytes((len(t),)) + t for t in parts))
-        return head + names + bytes((len(syn),)) + syn + tail
-
-    # --- decoding -------------------------------------------------------------------------
-
-    def decode_syn(self, data: bytes, src: bytes, matcher: Matcher) -> Observation:
-        ts, sport, dport = _HEAD.unpack_from(data, 0)
-        off = _HEAD.size
-        n_layout = data[off + _STACK.size - 1]
-        stack_end = off + _STACK.size + n_layout
-        stack = data[off:stack_end]
-        fields = self._shapes.get(stack)
-        if fields is None:
-            flags, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, eol_pad, tot_hdr, linktype, _ = \
-                _STACK.unpack_from(stack, 0)
-            layout = bytes(stack[_STACK.size:])
-            ver = flags & 0x0F
-            shape = (ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, bool(flags & _F_TS1), layout,
-                     eol_pad, bool(flags & _F_PAYLOAD), tot_hdr)
-            fields = (shape, bool(flags & _F_SENDSYN), linktype)
-            if len(self._shapes) >= _MEMO_MAX:
-                self._shapes.clear()
-            self._shapes[stack] = fields
-        shape, sendsyn, linktype = fields
-        ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, ts1, layout, eol_pad, payload, tot_hdr = shape
-        dst = bytes(data[stack_end:stack_end + (4 if ver == 4 else 16)])
-        if len(dst) != (4 if ver == 4 else 16):
-            raise ValueError("truncated record")
-        nat = up = None
-        off = stack_end + len(dst)
-        if off < len(data):
-            present = data[off]
-            off += 1
-            if present & 1:
-                texts = []
-                for _ in range(2):
-                    size = data[off]
-                    texts.append(bytes(data[off + 1:off + 1 + size]).decode("utf-8", "replace"))
-                    off += 1 + size
-                hits = tuple(data[off:off + 4])
-                if len(hits) != 4:
-                    raise ValueError("truncated record")
-                nat = NatRecord(texts[0], texts[1], hits)
-                off += 4
-            if present & 2:
-                up = Uptime(*_UPTIME.unpack_from(data, off))
-        pkt = Packet(ts, ver, src, dst, sport, dport, ttl, tos, 0, olen, bool(quirks & Q_DF), 0, 0,
-                     tcp_type, tcp_type, 0, 0, 0, win, mss, wscale, 1 if ts1 else 0, 0, layout, eol_pad,
-                     1 if payload else 0, tot_hdr, quirks, b"", shape)
-        fp = matcher.fingerprint(pkt, True, 0, sendsyn)
-        return Observation("sendsyn probe" if sendsyn else "syn", pkt, fp, linktype, True, nat, up)
-
-    def decode_host(self, data: bytes, src: bytes, matcher: Matcher) -> RemoteHost:
-        first, last, count, dist, changes, last_change, n_sigs, n_names, sharing, host_change, up_min, up_days = \
-            _HOST.unpack_from(data, 0)
-        off = _HOST.size
-        names = []
-        for _ in range(n_names):
-            size = data[off]
-            names.append(bytes(data[off + 1:off + 1 + size]).decode("utf-8", "replace"))
-            off += 1 + size
-        size = data[off]
-        latest = self.decode_syn(data[off + 1:off + 1 + size], src, matcher)
-        off += 1 + size
-        kind = data[off]
-        match = None
-        if kind == _MATCH_LATEST:
-            match = latest
-        elif kind == _MATCH_OWN:
-            bits = data[off + 1]
-            off += 2
-            texts = []
-            for _ in range(3):
-                size = data[off]
-                texts.append(bytes(data[off + 1:off + 1 + size]).decode("utf-8", "replace"))
-                off += 1 + size
-            label = Label(bool(bits & 4), texts[2], texts[0], texts[1] or None, 0, 0)
-            match = _Match(_MatchFp(label, bool(bits & 1), bool(bits & 2)))
-        host = RemoteHost(first, last, count, dist, changes, last_change, n_sigs, names, latest, match)
-        host.last_ip_sharing, host.last_host_change = sharing, host_change
-        host.uptime_minutes, host.uptime_modulo_days = up_min, up_days
-        return host
-
-
-class _MatchFp(NamedTuple):
-    """What p0f's API answer reads of the SYN it reports: its label and match quality."""
-
-    label: Label
-    fuzzy: bool
-    generic: bool
-
-
-class _Match(NamedTuple):
-    fp: _MatchFp
-
-
-class RemoteHost:
-    """An address's history as the sensor that saw its latest SYN published it.
-
-    Reads like a HostRecord for the API and the p0f socket; only the number of
-    distinct signatures travels, so `signatures` holds the latest one and
-    placeholders."""
-
-    __slots__ = ("first_seen", "last_seen", "count", "last_distance", "changes", "last_change", "signatures",
-                 "os_names", "latest", "last_match", "last_ip_sharing", "last_host_change", "uptime_minutes",
-                 "uptime_modulo_days")
-
-    def __init__(self, first_seen: float, last_seen: float, count: int, last_distance: int, changes: int,
-                 last_change: float, n_signatures: int, os_names: list[str], latest: Observation,
-                 last_match: Observation | None) -> None:
-        self.first_seen = first_seen
-        self.last_seen = last_seen
-        self.count = count
-        self.last_distance = last_distance
-        self.changes = changes
-        self.last_change = last_change
-        self.signatures = [""] * max(0, n_signatures - 1) + [latest.fp.raw_sig]
-        self.os_names = os_names
-        self.latest = latest
-        self.last_match = last_match
-        # p0f's host records as the sensor's table keeps them (when, not what: the API reports when).
-        self.last_ip_sharing = self.last_host_change = 0.0
-        self.uptime_minutes = self.uptime_modulo_days = 0
-
-    @property
-    def host_changed(self) -> bool:
-        return self.changes > 0
-
-
-def one_syn_host(obs) -> RemoteHost:
-    """The history of an address seen once (the table no longer holds it: evicted meanwhile)."""
-    fp = obs.fp
-    match = obs if fp.label is not None and not fp.label.is_app else None
-    host = RemoteHost(obs.pkt.ts, obs.pkt.ts, 1, fp.dist, 0, 0.0, 1, [], obs, match)
-    if obs.nat is not None:
-        if obs.nat.kind == "ip sharing":
-            host.last_ip_sharing = obs.pkt.ts
-        else:
-            host.last_host_change = obs.pkt.ts
-    if obs.uptime is not None:
-        host.uptime_minutes, host.uptime_modulo_days = obs.uptime.minutes, obs.uptime.modulo_days
-    return host
-
-
-def conn_key(ip: bytes, port: int, prefix: bytes = KEY_PREFIX) -> bytes:
-    return prefix + b"c:" + ip + port.to_bytes(2, "big")
-
-
-def host_key(ip: bytes, prefix: bytes = KEY_PREFIX) -> bytes:
-    return prefix + b"h:" + ip
-
-
-def rspamd_key(ip: bytes, prefix: str) -> bytes:
-    """rspamd's p0f module's key: its prefix, then the address as rspamd prints it (inet_ntop's form)."""
-    return (prefix + socket.inet_ntop(socket.AF_INET if len(ip) == 4 else socket.AF_INET6, ip)).encode()
-
 
 # --- connecting --------------------------------------------------------------------------------
 
@@ -615,139 +376,3 @@ class SharedLookup:
             obs, host = self.hosts.lookup(ip, port, min(remaining, self.wait_slice))
             if obs is not None:
                 return obs, host
-
-
-# --- shared reputation -------------------------------------------------------------------------
-
-REPUTATION_CACHE = 5.0  # seconds a host keeps a key's counts before asking Redis again (lookups read them)
-
-# A mark (one message, one client per key) is its expiry time; the caller's clock decides, Redis's TTL cleans up.
-_CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if v and tonumber(v) > tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-# A capped counter (one source network per key): n and its expiry, reset once expired.
-_COUNT_UP = """
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-local e = tonumber(redis.call('HGET', KEYS[1], 'e') or '0')
-if e <= tonumber(ARGV[1]) then
-  n = 0
-  redis.call('HSET', KEYS[1], 'e', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-if n >= tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[1], 'n', n + 1)
-return 1
-"""
-# Drop a key whose scaled total is negligible, unless an increment got there first (atomic on the server).
-_DROP_IF_SMALL = """
-local s = tonumber(redis.call('HGET', KEYS[1], 'spam') or '0')
-local h = tonumber(redis.call('HGET', KEYS[1], 'ham') or '0')
-if s + h < tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return 1 end
-return 0
-"""
-
-
-class RedisReputationStore:
-    """reputation.Store in Redis, so that feedback given on one host moves scores on all of them.
-
-    Counts are kept scaled (reputation.py), so recording an outcome is an
-    atomic HINCRBYFLOAT from any host and decay needs no rewrite: every host
-    divides by the same factor of the same clock.  A key is a hash
-    (spam, ham, first, last) at ``fpd:r:<key>``; the abuse marks are
-    ``fpd:m:<token>`` and expire in Redis too.  Lookups read a key's counts
-    through a cache of `cache_seconds` (feedback elsewhere shows here within
-    that), with the reader's short timeout; a failure answers "nothing
-    learned" and Redis is skipped for `pause` seconds, so a lookup never waits
-    on a dead Redis for its score."""
-
-    def __init__(self, write_pool, read_pool, prefix: bytes = KEY_PREFIX, cache_seconds: float = REPUTATION_CACHE,
-                 pause: float = READ_PAUSE) -> None:
-        import redis
-
-        self.redis = redis.Redis(connection_pool=write_pool)
-        self.reads = redis.Redis(connection_pool=read_pool)
-        self.prefix = prefix
-        self.cache_seconds = cache_seconds
-        self.pause = pause
-        self.read_errors = 0
-        self._cache: dict[str, tuple[float, tuple | None]] = {}
-        self._skip_until = 0.0
-        self._lock = threading.Lock()
-        self._claim = self.redis.register_script(_CLAIM)
-        self._count_up = self.redis.register_script(_COUNT_UP)
-        self._drop_if_small = self.redis.register_script(_DROP_IF_SMALL)
-
-    def _key(self, key: str) -> bytes:
-        return self.prefix + b"r:" + key.encode()
-
-    def get(self, key: str):
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > now:
-                return hit[1]
-            if now < self._skip_until:
-                return None
-        try:
-            values = self.reads.hmget(self._key(key), "spam", "ham", "first", "last")
-        except Exception:  # noqa: BLE001 - no learned part rather than a stalled lookup
-            with self._lock:
-                self.read_errors += 1
-                self._skip_until = time.monotonic() + self.pause
-            return None
-        row = None if values[0] is None and values[1] is None else tuple(float(v or 0.0) for v in values)
-        with self._lock:
-            if len(self._cache) >= _MEMO_MAX:
-                self._cache.clear()
-            self._cache[key] = (now + self.cache_seconds, row)
-        return row
-
-    def increment(self, key: str, spam: float, ham: float, now: float) -> None:
-        k = self._key(key)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrbyfloat(k, "spam", spam)
-        pipe.hincrbyfloat(k, "ham", ham)
-        pipe.hsetnx(k, "first", now)
-        pipe.hset(k, "last", now)
-        pipe.execute()
-        with self._lock:
-            self._cache.pop(key, None)  # this host sees its own feedback at once
-
-    def _scan(self) -> list[bytes]:
-        return list(self.redis.scan_iter(match=self.prefix + b"r:*", count=1000))
-
-    def decay(self, now: float, threshold: float) -> int:
-        gone = sum(int(self._drop_if_small(keys=[k], args=[threshold])) for k in self._scan())
-        with self._lock:
-            self._cache.clear()
-        return gone  # the marks expire in Redis by themselves
-
-    def reset(self, key: str) -> bool:
-        with self._lock:
-            self._cache.pop(key, None)
-        return bool(self.redis.delete(self._key(key)))
-
-    def items(self) -> list[tuple[str, float, float, float, float]]:
-        keys = self._scan()
-        pipe = self.redis.pipeline(transaction=False)
-        for k in keys:
-            pipe.hmget(k, "spam", "ham", "first", "last")
-        skip = len(self.prefix) + 2
-        rows = [(k[skip:].decode(), *(float(v or 0.0) for v in vals)) for k, vals in zip(keys, pipe.execute(),
-                                                                                       strict=True)]
-        return sorted(rows)
-
-    def claim(self, token: str, now: float, ttl: float) -> bool:
-        return bool(self._claim(keys=[self.prefix + b"m:" + token.encode()],
-                                args=[now, now + ttl, max(1, int(ttl * 1000))]))
-
-    def count_up(self, token: str, limit: int, now: float, ttl: float) -> bool:
-        return bool(self._count_up(keys=[self.prefix + b"m:" + token.encode()],
-                                   args=[now, now + ttl, limit, max(1, int(ttl * 1000))]))
-
-    def close(self) -> None:
-        self.redis.close()
-        self.reads.close()

@@ -34,6 +34,7 @@ from fingerprintd import store
 from fingerprintd.compat import QUERY_MAGIC, AnalyzerServer, P0fSocketServer, analyzer_reply, p0f_answer
 from fingerprintd.config import Config
 from fingerprintd.hosts import normalize_ip
+from fingerprintd.redisrep import RedisReputationStore
 from fingerprintd.server import build_server
 from fingerprintd.service import Service
 from fingerprintd.v1 import fingerprintd_pb2 as pb
@@ -703,7 +704,7 @@ def test_increments_from_two_hosts_add_up(redis_server):
     """Two stores (two hosts) adding to one key at once: nothing is lost to a read-modify-write."""
     import threading as th
 
-    stores = [store.RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
+    stores = [RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
                                          cache_seconds=0.0) for _ in range(2)]
 
     def add(s) -> None:
@@ -720,7 +721,7 @@ def test_increments_from_two_hosts_add_up(redis_server):
 
 
 def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_server):
-    a, b = (store.RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
+    a, b = (RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
                                        cache_seconds=0.0) for _ in range(2))
     t0 = 1_800_000_000.0
     assert a.claim("m:1", t0, 100) and not b.claim("m:1", t0 + 50, 100) and b.claim("m:1", t0 + 101, 100)
@@ -735,7 +736,7 @@ def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_serv
 def test_a_dead_redis_gives_no_learned_part_and_no_stall(redis_server):
     from fingerprintd.reputation import Reputation
 
-    s = store.RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
+    s = RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
                                    cache_seconds=0.0)
     rep = Reputation(s)
     s.increment("0123456789/desktop/x", 1e9, 0.0, 1_800_000_000.0)
