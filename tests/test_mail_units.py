@@ -322,8 +322,10 @@ def _stop(srv: mail.PolicyServer) -> None:
 
 def _talk(path: str, payload: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(20)
+        # Connect before the timeout is set: a unix socket with a timeout is non-blocking
+        # underneath and fails at once (EAGAIN) while the listen backlog is full.
         s.connect(path)
+        s.settimeout(20)
         try:
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
