@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -245,3 +246,273 @@ def test_the_documented_database_error(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("fingerprintd: my.fp:212: unknown quirk 'ttl+'; expected one of df, id+, "), out.stderr
     assert out.stderr.count("\n") <= 1
+
+
+# --- the service: `serve` and `lookup` as written, in namespaces ----------------------------------------
+
+SERVER, CLIENT = "203.0.113.1", "203.0.113.7"  # RFC 5737 addresses, inside namespaces made here
+# A private view of the machine for the holder's namespaces: writes to these land in the test's directory.
+OVERLAID = ("/etc", "/run", "/var/spool", "/var/log")
+CONNECT = r"""
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], int(sys.argv[3])))
+s.settimeout(5)
+try:
+    s.connect((sys.argv[2], int(sys.argv[4])))
+except ConnectionRefusedError:
+    pass  # the SYN went out; the service sees SYNs whether or not something listens
+s.close()
+"""
+QUERY_P0F = r"""
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(struct.pack("=IB16s", 0x50304601, 4, socket.inet_aton(sys.argv[2])))  # p0f.h's p0f_api_query
+got = b""
+while len(got) < 232:
+    got += s.recv(232 - len(got))
+f = struct.unpack("=IIIIIIIIIhBB32s32s32s32s32s32s", got)
+print(json.dumps({"magic": f[0], "status": f[1], "count": f[4], "os": f[12].rstrip(b"\0").decode()}))
+"""
+QUERY_ANALYZER = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(sys.argv[2].encode(), ("127.0.0.1", int(sys.argv[1])))
+print(json.dumps(s.recv(2048).decode()))  # JSON: the reply's own line end, untouched
+"""
+
+
+class Mx:
+    """A server namespace whose interface is really named eth0 (address SERVER) and a client namespace
+    at CLIENT; a holder process in the server one, in a mount namespace of its own where OVERLAID are
+    overlays, and where the README's deployment setup snippet ran (users, directories, units)."""
+
+    def __init__(self, pair, d: Path) -> None:
+        self.pair, self.d = pair, d
+        pair.ns(pair.srv, "ip", "link", "set", pair.vsrv, "down")
+        pair.ns(pair.srv, "ip", "link", "set", pair.vsrv, "name", "eth0")
+        pair.ns(pair.srv, "ip", "link", "set", "eth0", "up")
+        pair.vsrv = "eth0"
+        mounts = "\n".join(f"mkdir -p {d}/ov{i}/up {d}/ov{i}/work && mount -t overlay overlay "
+                           f"-o lowerdir={p},upperdir={d}/ov{i}/up,workdir={d}/ov{i}/work {p}"
+                           for i, p in enumerate(OVERLAID))
+        script = f"set -e\n{mounts}\ncd {ROOT}\n{snippets.snippet(*snippets.SETUP)}\necho ready\nexec sleep infinity\n"
+        self.holder = subprocess.Popen(["ip", "netns", "exec", pair.srv, "unshare", "-m", "--propagation", "private",
+                                        "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+        pair.procs.append(self.holder)
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline().strip() != "ready":
+            self.holder.wait(10)
+            raise AssertionError("the setup snippet failed: " + (self.holder.stderr.read() or ""))
+        self.n = 0
+
+    def argv(self, line: str, cwd: Path) -> list[str]:
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "sh", "-c", f"cd {cwd} && exec {line}"]
+
+    def sh(self, line: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(line, cwd), env=_env(), capture_output=True, text=True, timeout=timeout)
+
+    def python(self, code: str, *args: str) -> str:
+        out = subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "-n", sys.executable, "-c", code, *args],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def start(self, line: str) -> tuple[subprocess.Popen, Path]:
+        """A long-running line, its stderr in a file; once its log says it serves."""
+        self.n += 1
+        log = self.d / f"run{self.n}.log"
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(self.argv(line, ROOT), env=_env(), stdout=fh, stderr=fh)
+        self.pair.procs.append(proc)
+        return proc, log
+
+    def syn(self, sport: int, dport: int = 25) -> None:
+        out = self.pair.ns(self.pair.cli, sys.executable, "-c", CONNECT, CLIENT, SERVER, str(sport), str(dport))
+        assert out.returncode == 0, out.stderr
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, needle: str, seconds: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while needle not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {needle!r}: " + log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen, log: Path, filter_: bool = False) -> None:
+    proc.terminate()
+    # The filters leave SIGTERM's default action in place: systemd counts that as a clean stop.
+    assert proc.wait(20) in ((0, -signal.SIGTERM) if filter_ else (0,)), log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def mx(tmp_path_factory):
+    from tests.conftest import need
+    from tests.netns import NetnsPair, can_use_netns
+
+    ok, why = can_use_netns()
+    need(ok, why)
+    for tool in ("nsenter", "unshare", "systemd-sysusers", "systemd-tmpfiles"):
+        need(shutil.which(tool) is not None, f"{tool} is not installed (util-linux, systemd)")
+    d = tmp_path_factory.mktemp("mx")
+    os.chmod(d, 0o755)
+    pair = NetnsPair(net=88)
+    pair.server4, pair.client4 = SERVER, CLIENT
+    pair.server6, pair.client6 = "2001:db8:88::1", "2001:db8:88::7"
+    with pair:
+        yield Mx(pair, d)
+
+
+def test_serve_on_defaults_and_the_lookup_lines(mx):
+    """`fingerprintd serve` (what `make run` starts): all interfaces, port 25, 127.0.0.1:50051; the
+    lookup block as written, from the source tree: not found (exit 1), then a real SYN found."""
+    proc, log = mx.start(lines(snippets.SERVE)[0])
+    try:
+        _wait_for(proc, log, '"msg": "serving"')
+        latest, exact = lines(snippets.LOOKUP)
+        port = int(words(exact)[words(exact).index("--port") + 1])
+        out = mx.sh(latest)
+        assert (out.returncode, out.stdout) == (1, f"{CLIENT}: not found\n"), out.stdout + out.stderr
+        out = mx.sh(exact)
+        assert out.returncode == 1 and json.loads(out.stdout)["found"] is False, out.stdout + out.stderr
+        mx.syn(port)
+        out = mx.sh(latest)
+        assert out.returncode == 0 and out.stdout.startswith(f"{CLIENT}:{port} Linux"), out.stdout + out.stderr
+        out = mx.sh(exact)
+        assert out.returncode == 0, out.stdout + out.stderr
+        found = json.loads(out.stdout)
+        assert found["found"] is True and found["observation"]["client_port"] == port
+        assert found["observation"]["server_port"] == 25 and found["observation"]["label"].startswith("Linux")
+    finally:
+        _stop(proc, log)
+
+
+def test_serve_on_eth0_with_submission_a_unix_socket_and_a_user(mx):
+    """The second serve line as written (its user and /run/fingerprintd from the setup snippet), and the
+    filters' command lines of "Use with Postfix" against it: a policy request gets its PREPEND."""
+    proc, log = mx.start(lines(snippets.SERVE)[1])
+    filters = []
+    try:
+        _wait_for(proc, log, '"msg": "serving"')
+        uid = int(mx.sh("id -u fingerprintd").stdout)
+        status = Path(f"/proc/{proc.pid}/status").read_text()  # nsenter and sh exec: this is serve
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t" in status, status
+        mx.syn(51235, 587)
+        out = mx.sh(f"fingerprintd lookup {CLIENT} --port 51235 --server unix:/run/fingerprintd/api.sock --json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["observation"]["server_port"] == 587
+        found = out
+        for line in lines(snippets.COMMANDS):
+            filters.append(mx.start(line))
+        policy, milter = "/var/spool/postfix/fingerprintd/policy.sock", "/var/spool/postfix/fingerprintd/milter.sock"
+        for sock in (policy, milter):
+            mx.python("import os, sys, time\nfor _ in range(600):\n    if os.path.exists(sys.argv[1]): break\n"
+                            "    time.sleep(0.05)\nelse: sys.exit('no ' + sys.argv[1])", sock)
+        reply = mx.python(POLICY_REQUEST, policy, CLIENT, "51235")
+        label = json.loads(found.stdout)["observation"]["label"]
+        assert reply.startswith(f"action=PREPEND X-OS-Fingerprint: {label}; "), reply
+        # The milter answers a milter's option negotiation (what Postfix sends first).
+        assert mx.python(MILTER_OPTNEG, milter) == "O\n"
+    finally:
+        for fproc, flog in filters:
+            _stop(fproc, flog, filter_=True)
+        _stop(proc, log)
+
+
+POLICY_REQUEST = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(("request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\ninstance=1.readme\n"
+           f"client_address={sys.argv[2]}\nclient_port={sys.argv[3]}\nsender=a@example.net\n"
+           "recipient=b@example.org\n\n").encode())
+got = b""
+while not got.endswith(b"\n\n"):
+    got += s.recv(4096)
+print(got.decode(), end="")
+"""
+MILTER_OPTNEG = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(struct.pack("!IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF))  # SMFIC_OPTNEG, as Postfix sends it
+size = struct.unpack("!I", s.recv(4, socket.MSG_WAITALL))[0]
+print(s.recv(size, socket.MSG_WAITALL)[:1].decode())
+"""
+
+
+def test_serve_with_the_shipped_config_file(mx):
+    """`--config /etc/fingerprintd/fingerprintd.toml`, the file contrib/ ships, installed where the line
+    says: every option at its default, so it serves as `serve` does (a missing file: exit 2)."""
+    line = lines(snippets.SERVE)[2]
+    assert mx.sh(line).returncode == 2  # not there yet: the line does read that path
+    assert mx.sh("install -D -m 644 contrib/fingerprintd.toml /etc/fingerprintd/fingerprintd.toml").returncode == 0
+    proc, log = mx.start(line)
+    try:
+        _wait_for(proc, log, '"msg": "serving"')
+        mx.syn(51236)
+        out = mx.sh(f".venv/bin/fingerprintd lookup {CLIENT} --port 51236")
+        assert out.returncode == 0 and out.stdout.startswith(f"{CLIENT}:51236 Linux"), out.stdout + out.stderr
+    finally:
+        _stop(proc, log)
+        mx.sh("rm -rf /etc/fingerprintd")
+
+
+def test_the_p0f_drop_in_line_and_the_shipped_logrotate(mx):
+    """The drop-in line as written: the p0f socket answers p0f's query, the analyzer amavisd's datagram,
+    the --log file gets p0f's lines; contrib/logrotate/fingerprintd, installed as its comment says, rotates
+    that file, and the service's next lines go to the new one after the SIGHUP its postrotate sends."""
+    need_logrotate = shutil.which("logrotate") is not None
+    from tests.conftest import need
+
+    need(need_logrotate, "logrotate is not installed (make test installs it)")
+    # What the unit's LogsDirectory=fingerprintd makes before serve starts.
+    assert mx.sh("install -d -o fingerprintd -g fingerprintd -m 0755 /var/log/fingerprintd").returncode == 0
+    line = lines(snippets.P0F_DROPIN)[0]
+    argv = words(line)
+    sock, udp = argv[argv.index("--p0f-socket") + 1], argv[argv.index("--analyzer-udp") + 1]
+    p0f_log = argv[argv.index("--log") + 1]
+    proc, log = mx.start(line)
+    try:
+        _wait_for(proc, log, '"msg": "serving"')
+        mx.syn(51237)
+        out = mx.sh(f"fingerprintd lookup {CLIENT} --port 51237 --server 127.0.0.1:50051 --wait-ms 2000 --json")
+        label = json.loads(out.stdout)["observation"]["label"]
+        answer = json.loads(mx.python(QUERY_P0F, sock, CLIENT))
+        assert answer["magic"] == 0x50304602 and answer["status"] == 0x10 and answer["count"] == 1, answer
+        assert label.startswith(answer["os"]) and answer["os"] == "Linux", (label, answer)
+        reply = json.loads(mx.python(QUERY_ANALYZER, udp.rpartition(":")[2], f"[{CLIENT}]:51237 readme1"))
+        assert reply.startswith(f"[{CLIENT}]:51237 readme1 {label}; dist: 0; link: ") and reply.endswith("\r\n")
+        logged = mx.sh(f"cat {p0f_log}").stdout
+        assert f"|mod=syn|cli={CLIENT}/51237|" in logged.replace("] mod=", "]|mod="), logged
+        # logrotate, with the file as shipped
+        assert mx.sh("install -D -m 644 contrib/logrotate/fingerprintd /etc/logrotate.d/fingerprintd").returncode == 0
+        rotated = mx.sh(f"logrotate -f -s {mx.d}/logrotate.state /etc/logrotate.d/fingerprintd")
+        assert rotated.returncode == 0, rotated.stderr
+        assert f"cli={CLIENT}/51237|" in mx.sh(f"cat {p0f_log}.1").stdout
+        st = mx.sh(f"stat -c '%U %G %a %s' {p0f_log}").stdout.split()
+        assert st == ["fingerprintd", "adm", "640", "0"], st  # its `create` line
+        # postrotate's `systemctl kill --kill-whom=main --signal=HUP fingerprintd.service`: SIGHUP to the
+        # unit's main process (no systemd here to do it, so the test does what it does).
+        os.kill(proc.pid, 1)
+        _wait_for(proc, log, '"msg": "reloaded"')
+        mx.syn(51238)
+        assert mx.sh(f"fingerprintd lookup {CLIENT} --port 51238 --wait-ms 2000").returncode == 0
+        import time
+
+        deadline = time.monotonic() + 10
+        while f"cli={CLIENT}/51238|" not in mx.sh(f"cat {p0f_log}").stdout:
+            assert time.monotonic() < deadline, mx.sh(f"cat {p0f_log}").stdout
+            time.sleep(0.05)
+        assert f"cli={CLIENT}/51238|" not in mx.sh(f"cat {p0f_log}.1").stdout
+    finally:
+        _stop(proc, log)
