@@ -516,3 +516,44 @@ def test_the_p0f_drop_in_line_and_the_shipped_logrotate(mx):
         assert f"cli={CLIENT}/51238|" not in mx.sh(f"cat {p0f_log}.1").stdout
     finally:
         _stop(proc, log)
+
+
+# --- contrib/spamassassin: the plugin installed as fingerprintd.cf's comment says -------------------------
+
+
+def _plugin_usage() -> list[str]:
+    """The configuration lines of FingerprintD.pm's usage comment, as written."""
+    head = (ROOT / "contrib" / "spamassassin" / "FingerprintD.pm").read_text().split("\npackage ", 1)[0]
+    return [ln[4:] for ln in head.splitlines() if ln.startswith("#   ") and ln[4:].strip()]
+
+
+def _sa_site(d: Path, with_pre: bool) -> Path:
+    """/etc/spamassassin as the install comment leaves it: the stock .pre files, FingerprintD.pm (with its
+    .pre, or the usage's own loadplugin line) and the usage's settings and rules."""
+    site = d / ("site-pre" if with_pre else "site-usage")
+    site.mkdir()
+    for pre in Path("/etc/spamassassin").glob("*.pre"):
+        shutil.copy(pre, site / pre.name)
+    contrib = ROOT / "contrib" / "spamassassin"
+    shutil.copy(contrib / "FingerprintD.pm", site / "FingerprintD.pm")
+    usage = _plugin_usage()
+    assert usage[0] == (contrib / "FingerprintD.pre").read_text().splitlines()[-1]  # the same loadplugin line
+    if with_pre:
+        shutil.copy(contrib / "FingerprintD.pre", site / "FingerprintD.pre")
+        usage = usage[1:]
+    (site / "fingerprintd-plugin.cf").write_text("\n".join(usage) + "\nuse_bayes 0\nskip_rbl_checks 1\n")
+    return site
+
+
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "usage"])
+def test_the_spamassassin_plugin_loads_as_shipped(with_pre, tmp_path):
+    from tests.conftest import need
+
+    need(shutil.which("spamassassin") is not None, "SpamAssassin is not installed")
+    os.chmod(tmp_path, 0o755)
+    site = _sa_site(tmp_path, with_pre)
+    out = subprocess.run(["spamassassin", "--lint", "-D", "plugin", f"--siteconfigpath={site}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plugin: loading Mail::SpamAssassin::Plugin::FingerprintD from " + str(site / "FingerprintD.pm") \
+        in out.stderr, out.stderr[-3000:]
