@@ -95,3 +95,32 @@ def unit(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             keys[key.strip()] = value.strip()
     return keys
+
+
+# Every file of contrib/ and the tests that use it as shipped (tests/test_docs.py: a new file needs an entry,
+# and each test named must name the file). The setup snippet installs sysusers, tmpfiles and the units.
+CONTRIB = {
+    "contrib/fingerprintd.toml": ("test_config", "test_readme"),  # generated from config.py; serve --config
+    "contrib/grafana/fingerprintd.json": ("test_service_live",),  # every query names a scraped metric
+    "contrib/logrotate/fingerprintd": ("test_readme", "test_service_live"),  # run by logrotate; the reopen
+    "contrib/postfix/README.md": ("test_deploy", "test_docs"),  # main.cf, master.cf on Debian's Postfix
+    "contrib/spamassassin/FingerprintD.pm": ("test_spamassassin", "test_readme"),  # taint mode; as installed
+    "contrib/spamassassin/FingerprintD.pre": ("test_readme",),  # loads the plugin
+    "contrib/spamassassin/fingerprintd.cf": ("test_spamassassin", "test_mail"),  # spamd scores the header
+    "contrib/systemd/fingerprintd.service": ("test_deploy", "test_docs"),  # run as the unit says; verify
+    "contrib/systemd/fingerprintd-milter.service": ("test_deploy", "test_docs"),
+    "contrib/systemd/fingerprintd-policyd.service": ("test_deploy", "test_docs"),
+    "contrib/sysusers/fingerprintd.conf": ("test_deploy", "test_readme"),  # the setup snippet
+    "contrib/tmpfiles/fingerprintd.conf": ("test_deploy", "test_readme", "test_docs"),
+}
+
+
+def pending_blocks() -> list[tuple[str, str, str]]:
+    """(heading, info string, first line) of the README blocks no test claims yet (PENDING sections)."""
+    return [(heads[-1], lang, text.splitlines()[0]) for heads, lang, text in headed_blocks(README)
+            if any(h.startswith(p) for h in heads for p in PENDING)]
+
+
+if __name__ == "__main__":  # python -m tests.snippets: what is pending
+    for row in pending_blocks():
+        print(*row, sep=" | ")

@@ -26,6 +26,22 @@ def _pending(heads: tuple[str, ...]) -> bool:
     return any(h.startswith(p) for h in heads for p in snippets.PENDING)
 
 
+def test_every_contrib_file_is_used_by_a_test():
+    shipped = {str(p.relative_to(snippets.ROOT)) for p in (snippets.ROOT / "contrib").rglob("*") if p.is_file()}
+    assert shipped == set(snippets.CONTRIB), ("contrib files with no test", shipped - set(snippets.CONTRIB),
+                                              "gone", set(snippets.CONTRIB) - shipped)
+    setup = snippets.snippet(*snippets.SETUP)
+    for path, tests in snippets.CONTRIB.items():
+        for test in tests:
+            text = (snippets.ROOT / "tests" / f"{test}.py").read_text()
+            parts = path.split("/")[1:]
+            # named by its path, its parts (ROOT / "contrib" / ...), or through the setup snippet it runs
+            named = path in text or all(f'"{part}"' in text for part in parts) or (
+                path in setup and "snippets.SETUP" in text) or (len(parts) == 2 and parts[0] in text
+                                                                and parts[1] in text)
+            assert named, (path, test)
+
+
 def test_every_snippet_is_run_or_checked():
     refs = (*snippets.DEPLOYED, snippets.COMMANDS, snippets.SYSTEMCTL, *snippets.README_RUN)
     known = {snippets.snippet(*ref) for ref in refs}
