@@ -22,10 +22,6 @@ def _unit_argv(name: str) -> list[str]:
     return snippets.commands(snippets.unit(snippets.UNITS / name)["ExecStart"])[0]
 
 
-def _pending(heads: tuple[str, ...]) -> bool:
-    return any(h.startswith(p) for h in heads for p in snippets.PENDING)
-
-
 def test_every_contrib_file_is_used_by_a_test():
     shipped = {str(p.relative_to(snippets.ROOT)) for p in (snippets.ROOT / "contrib").rglob("*") if p.is_file()}
     assert shipped == set(snippets.CONTRIB), ("contrib files with no test", shipped - set(snippets.CONTRIB),
@@ -49,14 +45,14 @@ def test_every_snippet_is_run_or_checked():
     found = [(path.name, heads, lang, text) for path in DOCS for heads, lang, text in snippets.headed_blocks(path)]
     assert len(found) >= len(known)
     unrun = [(name, heads[-1:], lang, text.splitlines()[0]) for name, heads, lang, text in found
-             if text not in known and not _pending(heads)]
+             if text not in known and not snippets.is_pending(heads)]
     assert not unrun, f"documented snippets that no test runs (name them in tests/snippets.py): {unrun}"
 
 
 def test_pending_sections_are_listed_once_and_the_deployment_ones_are_not_pending():
     """PENDING is the one place for work in flight; the deployment sections are never in it."""
     assert len(set(snippets.PENDING)) == len(snippets.PENDING)
-    assert not any(p.startswith(d) for p in snippets.PENDING for d in snippets.DEPLOY_SECTIONS)
+    assert not any(snippets.is_pending((d,)) for d in snippets.DEPLOY_SECTIONS)
 
 
 def test_the_filters_command_lines_are_the_units():

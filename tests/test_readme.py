@@ -4,7 +4,9 @@ Each command line is the README's own text, run by sh in a directory the test
 prepares so that it means what the README says (the files it names, made from
 samples/kernel-syn.pcap: real kernel SYNs), with this tree's entry point first on
 PATH as `fingerprintd` (tests/test_deploy.py does the same for the units).
-The service lines run inside network namespaces made here, with a private
+The service lines (root; run under `flock /tmp/fpd-peers.lock` like every
+root test, though they use no port of the machine's) run inside network
+namespaces made here, with a private
 mount namespace over /etc, /run and /var (overlays: the machine's files are
 never touched), the users and directories the deployment snippets make, and
 clients at the README's documentation addresses; each is asked something
@@ -383,13 +385,13 @@ def test_serve_on_defaults_and_the_lookup_lines(mx):
         out = mx.sh(exact)
         assert out.returncode == 1 and json.loads(out.stdout)["found"] is False, out.stdout + out.stderr
         mx.syn(port)
-        out = mx.sh(latest)
-        assert out.returncode == 0 and out.stdout.startswith(f"{CLIENT}:{port} Linux"), out.stdout + out.stderr
-        out = mx.sh(exact)
+        out = mx.sh(exact)  # first: it waits (200 ms) for the SYN if the capture has not handed it over yet
         assert out.returncode == 0, out.stdout + out.stderr
         found = json.loads(out.stdout)
         assert found["found"] is True and found["observation"]["client_port"] == port
         assert found["observation"]["server_port"] == 25 and found["observation"]["label"].startswith("Linux")
+        out = mx.sh(latest)
+        assert out.returncode == 0 and out.stdout.startswith(f"{CLIENT}:{port} Linux"), out.stdout + out.stderr
     finally:
         _stop(proc, log)
 
@@ -405,7 +407,8 @@ def test_serve_on_eth0_with_submission_a_unix_socket_and_a_user(mx):
         status = Path(f"/proc/{proc.pid}/status").read_text()  # nsenter and sh exec: this is serve
         assert f"Uid:\t{uid}\t{uid}\t{uid}\t" in status, status
         mx.syn(51235, 587)
-        out = mx.sh(f"fingerprintd lookup {CLIENT} --port 51235 --server unix:/run/fingerprintd/api.sock --json")
+        out = mx.sh(f"fingerprintd lookup {CLIENT} --port 51235 --wait-ms 2000 --server unix:/run/fingerprintd/api.sock"
+                    " --json")
         assert out.returncode == 0, out.stdout + out.stderr
         assert json.loads(out.stdout)["observation"]["server_port"] == 587
         found = out
@@ -460,7 +463,7 @@ def test_serve_with_the_shipped_config_file(mx):
     try:
         _wait_for(proc, log, '"msg": "serving"')
         mx.syn(51236)
-        out = mx.sh(f".venv/bin/fingerprintd lookup {CLIENT} --port 51236")
+        out = mx.sh(f".venv/bin/fingerprintd lookup {CLIENT} --port 51236 --wait-ms 2000")
         assert out.returncode == 0 and out.stdout.startswith(f"{CLIENT}:51236 Linux"), out.stdout + out.stderr
     finally:
         _stop(proc, log)
