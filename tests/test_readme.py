@@ -108,6 +108,22 @@ def test_the_output_examples_are_what_a_replay_prints(ref, fmt, tmp_path):
     assert at == sorted(at) and at[-1] - at[0] == len(at) - 1, at
 
 
+def test_the_jsonl_fields_are_the_documented_ones(tmp_path):
+    """The jsonl paragraph of "Output formats" names every key of an observation, and only those."""
+    para = snippets.README.read_text().split("\n`jsonl`: ", 1)[1].split("\n\n", 1)[0]
+    top = re.sub(r"`\{[^}]*\}`", "", re.sub(r"\([^)]*\)", "", para.split("; an uptime read")[0]))
+    documented = re.findall(r"`([a-z_]+)`", top)
+    out = sh(f"fingerprintd replay --format jsonl {SAMPLE}", tmp_path)
+    objs = [json.loads(ln) for ln in out.stdout.splitlines()]
+    assert objs and all(sorted(o) == sorted(documented) for o in objs if o["mod"] in ("syn", "syn+ack")), (
+        documented, list(objs[0]))
+    nested = {"client": ["ip", "port"], "server": ["ip", "port"],
+              "os": re.search(r"`os` `\{([^}]*)\}`", para)[1].split(", ")}
+    for o in objs:
+        for key, fields in nested.items():
+            assert o[key] is None or list(o[key]) == fields, (key, o[key])
+
+
 def test_the_layout_names_every_module():
     layout = snippets.snippet(*snippets.LAYOUT)
     named = {w for ln in layout.splitlines() for w in ln.split() if re.match(r"^[\w.]+/[\w./]*$", w)}
@@ -394,6 +410,10 @@ def test_serve_on_defaults_and_the_lookup_lines(mx):
         assert out.returncode == 0 and out.stdout.startswith(f"{CLIENT}:{port} Linux"), out.stdout + out.stderr
     finally:
         _stop(proc, log)
+    # "2 on bad input or an unreachable server", in one line
+    out = mx.sh(latest)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("fingerprintd: 127.0.0.1:50051: UNAVAILABLE"), out.stderr
 
 
 def test_serve_on_eth0_with_submission_a_unix_socket_and_a_user(mx):
