@@ -68,6 +68,9 @@ def _make_n(target: str) -> list[list[str]]:
 
 
 def test_make_run_and_make_test_do_what_the_readme_says():
+    from tests.conftest import need
+
+    need(shutil.which("make") is not None, "make is not installed")
     make = {words(ln)[1]: ln.partition("#")[2] for ln in lines(snippets.MAKE)}
     assert set(make) == {"run", "test"}
     assert "creates .venv, installs, starts the service on embedded defaults" in make["run"]
@@ -391,6 +394,9 @@ def mx(tmp_path_factory):
 def test_serve_on_defaults_and_the_lookup_lines(mx):
     """`fingerprintd serve` (what `make run` starts): all interfaces, port 25, 127.0.0.1:50051; the
     lookup block as written, from the source tree: not found (exit 1), then a real SYN found."""
+    from tests.conftest import need
+
+    need((ROOT / ".venv" / "bin" / "fingerprintd").exists(), "no .venv in the tree (make .venv/.installed)")
     proc, log = mx.start(lines(snippets.SERVE)[0])
     try:
         _wait_for(proc, log, '"msg": "serving"')
@@ -510,6 +516,7 @@ def test_the_p0f_drop_in_line_and_the_shipped_logrotate(mx):
         mx.syn(51237)
         out = mx.sh(f"fingerprintd lookup {CLIENT} --port 51237 --server 127.0.0.1:50051 --wait-ms 2000 --json")
         label = json.loads(out.stdout)["observation"]["label"]
+        assert mx.sh(f"stat -c %a {sock}").stdout.strip() == "660"  # "Mode 0660 by default"
         answer = json.loads(mx.python(QUERY_P0F, sock, CLIENT))
         assert answer["magic"] == 0x50304602 and answer["status"] == 0x10 and answer["count"] == 1, answer
         assert label.startswith(answer["os"]) and answer["os"] == "Linux", (label, answer)
