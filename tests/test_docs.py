@@ -11,6 +11,7 @@ against the units.
 
 from __future__ import annotations
 
+import inspect
 import re
 
 from tests import snippets
@@ -47,6 +48,19 @@ def test_every_snippet_is_run_or_checked():
     unrun = [(name, heads[-1:], lang, text.splitlines()[0]) for name, heads, lang, text in found
              if text not in known and not snippets.is_pending(heads)]
     assert not unrun, f"documented snippets that no test runs (name them in tests/snippets.py): {unrun}"
+
+
+def test_every_named_snippet_is_used_by_its_test():
+    """A name in tests/snippets.py claims a block only if the test that runs it uses that name."""
+    users = {"test_deploy": snippets.DEPLOYED, "test_docs": (snippets.COMMANDS, snippets.SYSTEMCTL),
+             "test_readme": snippets.README_RUN}
+    names = {id(v): k for k, v in vars(snippets).items() if k.isupper() and isinstance(v, tuple) and len(v) == 3
+             and isinstance(v[0], type(snippets.README))}
+    this = inspect.getsource(test_every_named_snippet_is_used_by_its_test)
+    for test, refs in users.items():
+        text = (snippets.ROOT / "tests" / f"{test}.py").read_text().replace(this, "")
+        unused = [names[id(ref)] for ref in refs if not re.search(rf"\bsnippets\.{names[id(ref)]}\b", text)]
+        assert not unused, (test, unused)
 
 
 def test_pending_sections_are_listed_once_and_the_deployment_ones_are_not_pending():
