@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 # Debian packages: building pcapy-ng needs libpcap's headers and a compiler.
 RUN_DEBS  := libpcap-dev libmilter-dev gcc python3-dev python3-venv
 TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time openssl rspamd postfix swaks libio-socket-inet6-perl spamassassin spamc spamd redis-server \
-             amavisd-new systemd adduser \
+             amavisd-new systemd adduser logrotate \
              nmap masscan zmap
 
 .PHONY: run sample-replay test bench lint proto sample debs-run debs-test clean

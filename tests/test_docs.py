@@ -1,31 +1,72 @@
-"""Every snippet of the deployment docs is run or checked by a test.
+"""Every snippet of the docs is run or checked by a test.
 
-The blocks of README.md's "Use with Postfix / SpamAssassin" and "Deployment"
-sections and of contrib/postfix/README.md: tests/test_deploy.py runs or applies
-the ones named in tests/snippets.py as written; the two it cannot run (the
-filters' command lines, which are the units' ExecStart, and the systemctl
-lines, without systemd as PID 1) are checked here against the units.
+Every fenced block of README.md and contrib/postfix/README.md is named in
+tests/snippets.py (a new block fails here until a test claims it), but for the
+sections listed in snippets.PENDING. tests/test_deploy.py runs or applies the
+deployment ones as written, tests/test_readme.py the others; the two
+test_deploy cannot run (the filters' command lines, which are the units'
+ExecStart, and the systemctl lines, without systemd as PID 1) are checked here
+against the units.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 
 from tests import snippets
 
-DOCS = ((snippets.README, snippets.DEPLOY_SECTIONS), (snippets.POSTFIX_README, ()))
+DOCS = (snippets.README, snippets.POSTFIX_README)
 
 
 def _unit_argv(name: str) -> list[str]:
     return snippets.commands(snippets.unit(snippets.UNITS / name)["ExecStart"])[0]
 
 
-def test_every_deployment_snippet_is_run_or_checked():
-    known = {snippets.snippet(*ref) for ref in (*snippets.DEPLOYED, snippets.COMMANDS, snippets.SYSTEMCTL)}
-    found = [(path.name, lang, text) for path, sections in DOCS for lang, text in snippets.blocks(path, sections)]
+def test_every_contrib_file_is_used_by_a_test():
+    shipped = {str(p.relative_to(snippets.ROOT)) for p in (snippets.ROOT / "contrib").rglob("*") if p.is_file()}
+    assert shipped == set(snippets.CONTRIB), ("contrib files with no test", shipped - set(snippets.CONTRIB),
+                                              "gone", set(snippets.CONTRIB) - shipped)
+    setup = snippets.snippet(*snippets.SETUP)
+    for path, tests in snippets.CONTRIB.items():
+        for test in tests:
+            text = (snippets.ROOT / "tests" / f"{test}.py").read_text()
+            parts = path.split("/")[1:]
+            # named by its path, its parts (ROOT / "contrib" / ...), or through the setup snippet it runs
+            named = path in text or all(f'"{part}"' in text for part in parts) or (
+                path in setup and "snippets.SETUP" in text) or (len(parts) == 2 and parts[0] in text
+                                                                and parts[1] in text)
+            assert named, (path, test)
+
+
+def test_every_snippet_is_run_or_checked():
+    refs = (*snippets.DEPLOYED, snippets.COMMANDS, snippets.SYSTEMCTL, *snippets.README_RUN)
+    known = {snippets.snippet(*ref) for ref in refs}
+    assert len(known) == len(refs)  # no two names for one block
+    found = [(path.name, heads, lang, text) for path in DOCS for heads, lang, text in snippets.headed_blocks(path)]
     assert len(found) >= len(known)
-    unrun = [(name, lang, text.splitlines()[0]) for name, lang, text in found if text not in known]
-    assert not unrun, f"documented snippets that no test runs: {unrun}"
+    unrun = [(name, heads[-1:], lang, text.splitlines()[0]) for name, heads, lang, text in found
+             if text not in known and not snippets.is_pending(heads)]
+    assert not unrun, f"documented snippets that no test runs (name them in tests/snippets.py): {unrun}"
+
+
+def test_every_named_snippet_is_used_by_its_test():
+    """A name in tests/snippets.py claims a block only if the test that runs it uses that name."""
+    users = {"test_deploy": snippets.DEPLOYED, "test_docs": (snippets.COMMANDS, snippets.SYSTEMCTL),
+             "test_readme": snippets.README_RUN}
+    names = {id(v): k for k, v in vars(snippets).items() if k.isupper() and isinstance(v, tuple) and len(v) == 3
+             and isinstance(v[0], type(snippets.README))}
+    this = inspect.getsource(test_every_named_snippet_is_used_by_its_test)
+    for test, refs in users.items():
+        text = (snippets.ROOT / "tests" / f"{test}.py").read_text().replace(this, "")
+        unused = [names[id(ref)] for ref in refs if not re.search(rf"\bsnippets\.{names[id(ref)]}\b", text)]
+        assert not unused, (test, unused)
+
+
+def test_pending_sections_are_listed_once_and_the_deployment_ones_are_not_pending():
+    """PENDING is the one place for work in flight; the deployment sections are never in it."""
+    assert len(set(snippets.PENDING)) == len(snippets.PENDING)
+    assert not any(snippets.is_pending((d,)) for d in snippets.DEPLOY_SECTIONS)
 
 
 def test_the_filters_command_lines_are_the_units():
