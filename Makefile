@@ -13,14 +13,14 @@ TEST_DEBS := $(RUN_DEBS) p0f tcpdump iproute2 ethtool time openssl rspamd postfi
 
 .PHONY: run sample-replay test bench lint proto sample debs-run debs-test clean
 
-run: debs-run $(VENV)/.installed
+run: debs-run $(VENV)/.installed $(VENV)/.accel
 	$(VENV)/bin/fingerprintd serve
 
 # Replay the bundled capture of real kernel SYNs (no privileges needed).
 sample-replay: $(VENV)/.installed
 	$(VENV)/bin/fingerprintd replay samples/kernel-syn.pcap
 
-test: debs-test $(VENV)/.installed tests/node/.installed
+test: debs-test $(VENV)/.installed $(VENV)/.accel tests/node/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
@@ -51,6 +51,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The compiled accelerator (setup.py, fingerprintd/accel.py), rebuilt when its sources change: flows.py and
+# nat.py are compiled as they are, so an edit there needs a rebuild (until then the pure path runs).
+# A failed build leaves the pure-Python path working.
+ACCEL_SRC := setup.py fingerprintd/_speedups.pyx fingerprintd/flows.py fingerprintd/nat.py
+$(VENV)/.accel: $(VENV)/.installed $(ACCEL_SRC)
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
 # apt-get only when root and only for what is missing.
 debs-run:
 	@sh scripts/debs.sh $(RUN_DEBS)
@@ -59,4 +67,4 @@ debs-test:
 	@sh scripts/debs.sh $(TEST_DEBS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks *.egg-info build fingerprintd/*.so fingerprintd/_speedups.c

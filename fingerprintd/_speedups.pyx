@@ -1,0 +1,757 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled accelerator for the packet path (see fingerprintd/accel.py).
+
+Everything here mirrors a pure-Python reference step for step and must
+give the same objects, counters and bytes (tests/test_accel.py feeds both
+the same random and mutated batches):
+
+* `parse` is packet.parse (with packet._walk_options inlined: in C the walk
+  costs less than the memo lookup it replaces);
+* `feed_batch` / `feed_blob` are engine.Engine.feed_batch, the second taking
+  pcapy's next_batch buffers as they come (no bytes object per frame);
+* `P0fLog` is report.p0f_log_formatter.
+
+p0f's flow books and host records stay the Python classes of flows.py and
+nat.py, compiled by Cython from the same source (_cflows.pyx, _cnat.pyx).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+import struct
+import time
+
+from fingerprintd import packet as _pk
+
+__source_sha256__ = SOURCE_SHA256  # set by setup.py: accel.py refuses a build older than this file
+
+cdef object Packet = _pk.Packet
+cdef object _new = tuple.__new__
+
+cdef object R_TRUNCATED = _pk.R_TRUNCATED
+cdef object R_NOT_IP = _pk.R_NOT_IP
+cdef object R_NOT_TCP = _pk.R_NOT_TCP
+cdef object R_FRAGMENT = _pk.R_FRAGMENT
+cdef object R_BAD_IP = _pk.R_BAD_IP
+cdef object R_BAD_TCP = _pk.R_BAD_TCP
+cdef object R_BAD_FLAGS = _pk.R_BAD_FLAGS
+cdef object R_LINK = _pk.R_LINK
+cdef object R_IPV6_EXT = _pk.R_IPV6_EXT
+cdef object R_VLAN = _pk.R_VLAN
+
+DEF SNAPLEN = 65535
+DEF MAX_TCP_OPT = 24
+
+DEF FIN = 0x01
+DEF SYN = 0x02
+DEF RST = 0x04
+DEF PSH = 0x08
+DEF ACK = 0x10
+DEF URG = 0x20
+DEF ECE = 0x40
+DEF CWR = 0x80
+
+DEF Q_ECN = 0x00000001
+DEF Q_DF = 0x00000002
+DEF Q_NZ_ID = 0x00000004
+DEF Q_ZERO_ID = 0x00000008
+DEF Q_NZ_MBZ = 0x00000010
+DEF Q_FLOW = 0x00000020
+DEF Q_ZERO_SEQ = 0x00001000
+DEF Q_NZ_ACK = 0x00002000
+DEF Q_ZERO_ACK = 0x00004000
+DEF Q_NZ_URG = 0x00008000
+DEF Q_URG = 0x00010000
+DEF Q_PUSH = 0x00020000
+DEF Q_OPT_ZERO_TS1 = 0x01000000
+DEF Q_OPT_NZ_TS2 = 0x02000000
+DEF Q_OPT_EOL_NZ = 0x04000000
+DEF Q_OPT_EXWS = 0x08000000
+DEF Q_OPT_BAD = 0x10000000
+
+# Small ints and the empty bytes, shared (the pure path's are shared too: CPython caches them).
+cdef object _EMPTY = b""
+
+
+cdef inline uint16_t u16(const uint8_t* p) noexcept nogil:
+    return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t u32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline bint is_vlan(unsigned int etype) noexcept nogil:
+    return etype == 0x8100 or etype == 0x88A8 or etype == 0x9100
+
+
+cdef inline bint is_v6_ext(unsigned int nxt) noexcept nogil:
+    return nxt == 0 or nxt == 43 or nxt == 60 or nxt == 135 or nxt == 139 or nxt == 140
+
+
+# Layout bytes objects by content: a stack's few layouts are built once.
+cdef dict _layouts = {}
+
+
+cdef object _layout(const uint8_t* kinds, int n):
+    cdef bytes b = PyBytes_FromStringAndSize(<const char*>kinds, n)
+    got = _layouts.get(b)
+    if got is not None:
+        return got
+    if len(_layouts) >= 8192:
+        _layouts.clear()
+    _layouts[b] = b
+    return b
+
+
+cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint bugs, object frame):
+    """packet.parse over n bytes at d; `frame` is the bytes object they belong to, or None."""
+    cdef Py_ssize_t off, type_at, packet_len, tot_len, hdr_len, tcp_off, ext_len, end, step, doff
+    cdef unsigned int etype, ver, first, proto, flags_off, ip_id, tos_ecn, ttl, nxt, ver_tos
+    cdef unsigned int sport, dport, flags, win, urg, doff_rsvd, ecn_bits, tos, flow, tcp_type
+    cdef uint32_t seq, ack, ts1, ts2
+    cdef unsigned long quirks = 0
+    cdef bint df
+    cdef Py_ssize_t ip_opt_len, tot_hdr, pay_len
+    cdef const uint8_t* ip
+    cdef const uint8_t* tcp
+    cdef const uint8_t* o
+    cdef Py_ssize_t oend, pos, ts_at, i, k
+    cdef unsigned int kind, mss, wscale, olen, lo, hi
+    cdef Py_ssize_t eol_pad
+    cdef uint8_t kinds[MAX_TCP_OPT]
+    cdef int nk
+    cdef bint bad
+
+    # The link walk (packet.ip_offset).
+    if linktype == 1 and n >= 14 and d[12] == 0x08 and d[13] == 0x00:
+        off = 14
+    else:
+        if linktype == 1:
+            type_at, off = 12, 14
+        elif linktype == 113:
+            type_at, off = 14, 16
+        elif linktype == 276:
+            type_at, off = 0, 20
+        elif linktype in (101, 12, 14, 228, 229):
+            type_at, off = -1, 0
+        elif linktype == 0 or linktype == 108:
+            type_at, off = -1, 4
+        else:
+            return R_LINK
+        if type_at >= 0:
+            if n < off:
+                return R_TRUNCATED
+            etype = u16(d + type_at)
+            if is_vlan(etype) and bugs:
+                return R_VLAN
+            while is_vlan(etype):
+                if n < off + 4:
+                    return R_TRUNCATED
+                etype = u16(d + off + 2)
+                off += 4
+            if etype != 0x0800 and etype != 0x86DD:
+                return R_NOT_IP
+    packet_len = (n if n < SNAPLEN else SNAPLEN) - off
+    if packet_len < 40:
+        return R_TRUNCATED
+    ip = d + off
+    first = ip[0]
+    ver = first >> 4
+    if ver == 4:
+        hdr_len = (first & 0x0F) * 4
+        tos_ecn = ip[1]
+        tot_len = u16(ip + 2)
+        ip_id = u16(ip + 4)
+        flags_off = u16(ip + 6)
+        ttl = ip[8]
+        proto = ip[9]
+        if packet_len > tot_len:
+            packet_len = tot_len
+        if packet_len < 40:
+            return R_TRUNCATED
+        if hdr_len < 20:
+            return R_BAD_IP
+        if tot_len > packet_len or hdr_len + 20 > packet_len:
+            return R_TRUNCATED
+        if proto != 6:
+            return R_NOT_TCP
+        if flags_off & 0x3FFF:
+            return R_FRAGMENT
+        ecn_bits = tos_ecn & 0x03
+        if ecn_bits:
+            quirks = Q_ECN
+        if flags_off & 0x8000:
+            quirks |= Q_NZ_MBZ
+        df = (flags_off & 0x4000) != 0
+        if df:
+            quirks |= (Q_DF | Q_NZ_ID) if ip_id else Q_DF
+        elif not ip_id:
+            quirks |= Q_ZERO_ID
+        tcp_off = off + hdr_len
+        packet_len -= hdr_len
+        tot_hdr = hdr_len
+        ip_opt_len = hdr_len - 20
+        tos = tos_ecn >> 2
+        flow = 0
+        src = PyBytes_FromStringAndSize(<const char*>(ip + 12), 4)
+        dst = PyBytes_FromStringAndSize(<const char*>(ip + 16), 4)
+    elif ver == 6:
+        ver_tos = u32(ip)
+        tot_len = u16(ip + 4) + 40
+        nxt = ip[6]
+        ttl = ip[7]
+        if packet_len > tot_len:
+            packet_len = tot_len
+        if packet_len < 60 or tot_len > packet_len:
+            return R_TRUNCATED
+        tcp_off = off + 40
+        ext_len = 0
+        if nxt != 6:
+            if bugs and (is_v6_ext(nxt) or nxt == 44):
+                return R_IPV6_EXT
+            end = off + packet_len
+            while nxt != 6:
+                if tcp_off + 8 > end:
+                    return R_TRUNCATED
+                if nxt == 44:
+                    if u16(d + tcp_off + 2) & 0xFFF9:
+                        return R_FRAGMENT
+                    step = 8
+                elif is_v6_ext(nxt):
+                    step = (d[tcp_off + 1] + 1) * 8
+                else:
+                    return R_NOT_TCP
+                nxt = d[tcp_off]
+                tcp_off += step
+                ext_len += step
+            if tcp_off + 20 > end:
+                return R_TRUNCATED
+        ip_id = 0
+        df = False
+        flow = ver_tos & 0xFFFFF
+        if flow:
+            quirks = Q_FLOW
+        ecn_bits = (ver_tos >> 20) & 0x03
+        if ecn_bits:
+            quirks |= Q_ECN
+        tos = (ver_tos >> 22) & 0x3F
+        ip_opt_len = ext_len
+        tot_hdr = 40 + ext_len
+        packet_len -= tot_hdr
+        src = PyBytes_FromStringAndSize(<const char*>(ip + 8), 16)
+        dst = PyBytes_FromStringAndSize(<const char*>(ip + 24), 16)
+    else:
+        return R_NOT_IP
+
+    tcp = d + tcp_off
+    sport = u16(tcp)
+    dport = u16(tcp + 2)
+    seq = u32(tcp + 4)
+    ack = u32(tcp + 8)
+    doff_rsvd = tcp[12]
+    flags = tcp[13]
+    win = u16(tcp + 14)
+    urg = u16(tcp + 18)
+    doff = (doff_rsvd >> 4) * 4
+    if doff < 20:
+        return R_BAD_TCP
+    if doff > packet_len:
+        return R_TRUNCATED
+    tot_hdr += doff
+    tcp_type = flags & 0x17
+    if ((flags & SYN) and (flags & (FIN | RST))) or ((flags & FIN) and (flags & RST)) or not tcp_type:
+        return R_BAD_FLAGS
+    if flags & (ECE | CWR) or doff_rsvd & 0x01:
+        quirks |= Q_ECN
+    if not seq:
+        quirks |= Q_ZERO_SEQ
+    if flags & ACK:
+        if not ack:
+            quirks |= Q_ZERO_ACK
+    elif not flags & RST:
+        if ((ack & 0x01000000) if bugs else ack):
+            quirks |= Q_NZ_ACK
+    if flags & URG:
+        quirks |= Q_URG
+    elif urg:
+        quirks |= Q_NZ_URG
+    if flags & PSH:
+        quirks |= Q_PUSH
+    pay_len = packet_len - doff
+
+    mss = wscale = 0
+    eol_pad = 0
+    ts1 = ts2 = 0
+    nk = 0
+    if doff > 20:
+        # packet._walk_options, byte for byte.
+        o = tcp + 20
+        oend = doff - 20
+        pos = 0
+        ts_at = -1
+        bad = False
+        while pos < oend and nk < MAX_TCP_OPT:
+            kind = o[pos]
+            kinds[nk] = kind
+            nk += 1
+            pos += 1
+            if kind == 1:
+                continue
+            if kind == 0:
+                eol_pad = oend - pos
+                k = -1
+                for i in range(pos, oend):
+                    if o[i]:
+                        k = i
+                        break
+                if k >= 0 and (not bugs or k != oend - 1):
+                    quirks |= Q_OPT_EOL_NZ
+                pos = oend
+                break
+            if kind == 2 or kind == 3 or kind == 4 or kind == 8:
+                if kind == 2:
+                    step, olen = 3, 4
+                elif kind == 3:
+                    step, olen = 2, 3
+                elif kind == 4:
+                    step, olen = 1, 2
+                else:
+                    step, olen = 9, 10
+                if pos + step > oend:
+                    bad = True
+                    break
+                if o[pos] != olen:
+                    quirks |= Q_OPT_BAD
+                if kind == 2:
+                    mss = u16(o + pos + 1)
+                elif kind == 3:
+                    wscale = o[pos + 1]
+                    if wscale > 14:
+                        quirks |= Q_OPT_EXWS
+                elif kind == 8:
+                    ts_at = pos + 1
+                pos += step
+            else:
+                if pos == oend:
+                    bad = True
+                    break
+                olen = o[pos]
+                if kind == 5:
+                    lo, hi = 10, 34
+                else:
+                    lo, hi = 2, 40
+                if olen < lo or olen > hi or pos - 1 + olen > oend:
+                    bad = True
+                    break
+                pos += olen - 1
+        if bad or pos != oend:
+            quirks |= Q_OPT_BAD
+        if ts_at >= 0:
+            ts1 = u32(o + ts_at)
+            ts2 = u32(o + ts_at + 4)
+            if not ts1:
+                quirks |= Q_OPT_ZERO_TS1
+            if ts2 and tcp_type == SYN:
+                quirks |= Q_OPT_NZ_TS2
+        layout = _layout(kinds, nk)
+    else:
+        layout = _EMPTY
+
+    if pay_len > 0:
+        k = pay_len if pay_len < 16 else 16
+        payload = PyBytes_FromStringAndSize(<const char*>(tcp + doff), k)
+    else:
+        payload = _EMPTY
+    q = <long>quirks
+    shape = (ver, ttl, tos, ip_opt_len, q, tcp_type, win, mss, wscale, ts1 != 0, layout, eol_pad,
+             pay_len != 0, tot_hdr)
+    return _new(Packet, (
+        ts, ver, src, dst, sport, dport, ttl, tos, ecn_bits, ip_opt_len, df, ip_id, flow,
+        flags, tcp_type, seq, ack, urg, win, mss, wscale, ts1, ts2, layout, eol_pad,
+        pay_len, tot_hdr, q, payload, shape,
+    ))
+
+
+def parse(data, int linktype=1, ts=0.0, bint p0f_bugs=False):
+    """packet.parse, compiled: a Packet, or a skip-reason string."""
+    if type(data) is bytes:
+        return _parse(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), linktype, ts, p0f_bugs,
+                      data)
+    cdef const uint8_t[::1] view = data
+    if view.shape[0] == 0:
+        return _parse(<const uint8_t*>"", 0, linktype, ts, p0f_bugs, data)
+    return _parse(&view[0], view.shape[0], linktype, ts, p0f_bugs, data)
+
+
+# ---------------------------------------------------------------------------
+# The engine loop (engine.Engine.feed_batch).
+
+from fingerprintd import engine as _engine
+
+cdef object Observation = _engine.Observation
+cdef object R_NOT_SYN = _engine.R_NOT_SYN
+cdef object R_RETRANSMIT = _engine.R_RETRANSMIT
+cdef object R_STRAY_SYNACK = _engine.R_STRAY_SYNACK
+cdef object R_OTHER_PORT = _engine.R_OTHER_PORT
+
+cdef struct Meta:
+    uint32_t sec
+    uint32_t usec
+    uint32_t off
+    uint32_t caplen
+
+
+cdef class _Loop:
+    """One batch's view of an engine: its parts as locals, its counters as C ints until the end."""
+
+    cdef object engine, flows, matcher, cache, fingerprint, ports, skipped, classes, records, on_syn, on_other
+    cdef object out
+    cdef bint bugs, exact, host_records, all_ports
+    cdef int linktype
+    cdef long n_not_syn, n_other_port, n_retransmit, n_stray, n_syn, n_synack, n_probe, n_response, hits
+    cdef long n_uptime
+
+    def __init__(self, engine, int linktype, nat):
+        self.engine = engine
+        self.flows = engine.flows
+        self.matcher = engine.matcher
+        self.cache = self.matcher.cache
+        self.fingerprint = self.matcher.fingerprint
+        self.ports = engine.ports
+        self.all_ports = engine.ports is None
+        self.skipped = engine.skipped
+        self.classes = engine.syn_classes
+        self.records = engine.records
+        self.bugs = engine.p0f_bugs
+        self.exact = engine.nat_exact
+        self.host_records = engine.host_records
+        self.on_syn = nat.on_syn
+        self.on_other = nat.on_other
+        self.linktype = linktype
+        self.out = []
+
+    cdef inline object fp_of(self, pkt, bint to_server, syn_mss, bint sendsyn):
+        # The matcher's cache, looked up here; only a miss calls into the matcher (which counts it).
+        fp = self.cache.get((pkt[29], to_server, syn_mss, sendsyn))
+        if fp is not None:
+            self.hits += 1
+            return fp
+        return self.fingerprint(pkt, to_server, syn_mss, sendsyn)
+
+    cdef int one(self, const uint8_t* d, Py_ssize_t n, unsigned long sec, unsigned long usec, frame) except -1:
+        cdef unsigned int tcp_type
+        cdef bint to_srv, sendsyn
+        flows = self.flows
+        flows.tick(sec)
+        pkt = _parse(d, n, self.linktype, sec + usec * 1e-6, self.bugs, frame)
+        if type(pkt) is str:
+            self.skipped[pkt] += 1
+            return 0
+        tcp_type = pkt[14]
+        if tcp_type != SYN and tcp_type != (SYN | ACK):
+            due = flows.other(pkt)
+            self.n_not_syn += 1
+            if due is not None and self.host_records:
+                up = self.on_other(due[0], due[1], pkt, sec * 1000 + usec // 1000)
+                if up is not None:
+                    self.n_uptime += 1
+                    self.out.append(_new(Observation, ("uptime", pkt, None, self.linktype, due[1], None, up)))
+            return 0
+        if not self.all_ports and pkt[5] not in self.ports and pkt[4] not in self.ports:
+            self.n_other_port += 1
+            return 0
+        if tcp_type == SYN:
+            flow = flows.syn(pkt)
+            if flow is None:
+                self.n_retransmit += 1
+                return 0
+            sendsyn = flow.sendsyn
+            fp = self.fp_of(pkt, True, 0, sendsyn)
+            flows.syn_done(flow, pkt, fp.app)
+            if sendsyn:
+                mod = "sendsyn probe"
+                self.n_probe += 1
+            else:
+                mod = "syn"
+                self.n_syn += 1
+            self.classes[fp.mail_class] += 1
+            to_srv = True
+        else:
+            flow = flows.synack(pkt)
+            if flow is None:
+                self.n_stray += 1
+                return 0
+            sendsyn = flow.sendsyn
+            fp = self.fp_of(pkt, False, flow.syn_mss, sendsyn)
+            flows.synack_done(flow, pkt, fp.app)
+            if sendsyn:
+                mod = "sendsyn response"
+                self.n_response += 1
+            else:
+                mod = "syn+ack"
+                self.n_synack += 1
+            to_srv = False
+        rec, up = self.on_syn(to_srv, flow, pkt, fp, sec, sec * 1000 + usec // 1000, self.exact)
+        if rec is not None:
+            self.records[rec.kind] += 1
+        if up is not None:
+            self.n_uptime += 1
+        self.out.append(_new(Observation, (mod, pkt, fp, self.linktype, to_srv, rec, up)))
+        return 0
+
+    cdef finish(self, Py_ssize_t count):
+        # Counters are Counters: a key appears only once counted, as in the pure loop.
+        skipped = self.skipped
+        if self.n_not_syn:
+            skipped[R_NOT_SYN] += self.n_not_syn
+        if self.n_other_port:
+            skipped[R_OTHER_PORT] += self.n_other_port
+        if self.n_retransmit:
+            skipped[R_RETRANSMIT] += self.n_retransmit
+        if self.n_stray:
+            skipped[R_STRAY_SYNACK] += self.n_stray
+        done = self.engine.fingerprinted
+        if self.n_syn:
+            done["syn"] += self.n_syn
+        if self.n_synack:
+            done["syn+ack"] += self.n_synack
+        if self.n_probe:
+            done["sendsyn probe"] += self.n_probe
+        if self.n_response:
+            done["sendsyn response"] += self.n_response
+        if self.n_uptime:
+            self.records["uptime"] += self.n_uptime
+        if self.hits:
+            self.matcher.hits += self.hits
+        self.engine.packets += count
+        return self.out
+
+
+def feed_batch(engine, list batch, int linktype, nat):
+    """Engine.feed_batch over (sec, usec, frame) tuples."""
+    cdef _Loop loop = _Loop(engine, linktype, nat)
+    cdef const uint8_t[::1] view
+    for item in batch:
+        sec, usec, frame = item
+        if type(frame) is bytes:
+            loop.one(<const uint8_t*>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), sec, usec, frame)
+        else:
+            view = frame
+            loop.one(&view[0] if view.shape[0] else <const uint8_t*>"", view.shape[0], sec, usec, frame)
+    return loop.finish(len(batch))
+
+
+def feed_blob(engine, blob, meta, int linktype, nat):
+    """Engine.feed_batch over pcapy's next_batch buffers: frames in `blob`, (sec, usec, offset, caplen) in `meta`."""
+    cdef _Loop loop = _Loop(engine, linktype, nat)
+    cdef const uint8_t[::1] b = blob
+    cdef const uint8_t[::1] m = meta
+    cdef Py_ssize_t count = m.shape[0] // sizeof(Meta), i
+    cdef const Meta* rec
+    cdef const uint8_t* base = &b[0] if b.shape[0] else <const uint8_t*>""
+    for i in range(count):
+        rec = (<const Meta*>&m[0]) + i
+        if <Py_ssize_t>rec.off + rec.caplen > b.shape[0]:
+            raise ValueError("next_batch metadata points past its buffer")
+        loop.one(base + rec.off, rec.caplen, rec.sec, rec.usec, None)
+    return loop.finish(count)
+
+
+# ---------------------------------------------------------------------------
+# p0f's log format (report.p0f_log_formatter), written into one buffer per batch.
+
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+
+cdef object _strftime = time.strftime
+cdef object _localtime = time.localtime
+
+
+cdef class _Buf:
+    cdef char* data
+    cdef Py_ssize_t size, cap
+
+    def __dealloc__(self):
+        free(self.data)
+
+    cdef int grow(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap = self.cap * 2 if self.cap else 1 << 16
+        while cap < self.size + need:
+            cap *= 2
+        cdef char* p = <char*>realloc(self.data, cap)
+        if p == NULL:
+            raise MemoryError()
+        self.data = p
+        self.cap = cap
+        return 0
+
+    cdef inline int put(self, const char* s, Py_ssize_t n) except -1:
+        if self.size + n > self.cap:
+            self.grow(n)
+        memcpy(self.data + self.size, s, n)
+        self.size += n
+        return 0
+
+    cdef inline int put_str(self, str s) except -1:
+        cdef Py_ssize_t n
+        cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+        return self.put(p, n)
+
+    cdef inline int put_uint(self, unsigned long v) except -1:
+        cdef char tmp[24]
+        cdef int i = 24
+        if v == 0:
+            return self.put("0", 1)
+        while v:
+            i -= 1
+            tmp[i] = <char>(48 + v % 10)
+            v //= 10
+        return self.put(tmp + i, 24 - i)
+
+    cdef inline int put_hex(self, unsigned int v) except -1:
+        cdef char tmp[8]
+        cdef int i = 8
+        cdef const char* digits = "0123456789abcdef"
+        if v == 0:
+            return self.put("0", 1)
+        while v:
+            i -= 1
+            tmp[i] = digits[v & 15]
+            v >>= 4
+        return self.put(tmp + i, 8 - i)
+
+    cdef int put_addr(self, bytes a) except -1:
+        """p0f's address form: dotted quad, or eight uncompressed hex groups."""
+        cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(a)
+        cdef int i
+        if PyBytes_GET_SIZE(a) == 4:
+            for i in range(4):
+                if i:
+                    self.put(".", 1)
+                self.put_uint(p[i])
+        else:
+            for i in range(8):
+                if i:
+                    self.put(":", 1)
+                self.put_hex(u16(p + 2 * i))
+        return 0
+
+    cdef str take(self):
+        out = PyUnicode_DecodeUTF8(self.data, self.size, NULL)
+        self.size = 0
+        return out
+
+
+cdef class P0fLog:
+    """Lines byte-compatible with `p0f -o`, as report.p0f_log_formatter makes them."""
+
+    cdef long sec
+    cdef str head
+    cdef dict tails
+    cdef object uptime_tail
+    cdef _Buf buf
+    cdef _Buf who
+
+    def __init__(self, uptime_tail):
+        self.sec = -1
+        self.head = ""
+        self.tails = {}
+        self.uptime_tail = uptime_tail
+        self.buf = _Buf()
+        self.who = _Buf()
+
+    cdef tuple tail_of(self, fp):
+        hit = self.tails.get(id(fp))
+        if hit is not None and (<tuple>hit)[0] is fp:
+            return <tuple>(<tuple>hit)[1]
+        key = "app" if fp.app and fp.label else "os"
+        value = (
+            f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
+            f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
+        )
+        if len(self.tails) >= 16384:
+            self.tails.clear()
+        self.tails[id(fp)] = (fp, value)
+        return value
+
+    cdef int head_of(self, pkt) except -1:
+        cdef long sec = int((<tuple>pkt)[0])
+        if sec != self.sec:
+            self.sec = sec
+            self.head = "[" + _strftime("%Y/%m/%d %H:%M:%S", _localtime(sec)) + "] mod="
+        return 0
+
+    cdef int line(self, object observation) except -1:
+        cdef _Buf buf = self.buf
+        cdef _Buf who = self.who
+        cdef tuple obs = <tuple>observation
+        cdef tuple pkt = <tuple>obs[1]
+        fp = obs[2]
+        who.size = 0
+        if obs[4]:
+            who.put("|cli=", 5)
+            who.put_addr(pkt[2])
+            who.put("/", 1)
+            who.put_uint(pkt[4])
+            who.put("|srv=", 5)
+            who.put_addr(pkt[3])
+            who.put("/", 1)
+            who.put_uint(pkt[5])
+            who.put("|subj=cli|", 10)
+        else:
+            who.put("|cli=", 5)
+            who.put_addr(pkt[3])
+            who.put("/", 1)
+            who.put_uint(pkt[5])
+            who.put("|srv=", 5)
+            who.put_addr(pkt[2])
+            who.put("/", 1)
+            who.put_uint(pkt[4])
+            who.put("|subj=srv|", 10)
+        self.head_of(pkt)
+        head = self.head
+        uptime = obs[6]
+        if fp is None:
+            buf.put_str(head)
+            buf.put("uptime", 6)
+            buf.put(who.data, who.size)
+            buf.put_str(self.uptime_tail(uptime))
+            return 0
+        tail = self.tail_of(fp)
+        nat = obs[5]
+        buf.put_str(head)
+        buf.put_str(obs[0])
+        buf.put(who.data, who.size)
+        buf.put_str(tail[0])
+        if nat is not None:
+            buf.put_str(head)
+            buf.put_str(nat.kind)
+            buf.put(who.data, who.size)
+            buf.put_str(f"reason={nat.reason or '???'}|raw_hits={','.join(map(str, nat.raw_hits))}\n")
+        if tail[1] is not None:
+            buf.put_str(head)
+            buf.put("mtu", 3)
+            buf.put(who.data, who.size)
+            buf.put_str(tail[1])
+        if uptime is not None:
+            buf.put_str(head)
+            buf.put("uptime", 6)
+            buf.put(who.data, who.size)
+            buf.put_str(self.uptime_tail(uptime))
+        return 0
+
+    def __call__(self, obs):
+        self.buf.size = 0
+        self.line(obs)
+        return self.buf.take()
+
+    def join(self, list observations):
+        """All their lines, as one string."""
+        self.buf.size = 0
+        for obs in observations:
+            self.line(obs)
+        return self.buf.take()

@@ -1,0 +1,88 @@
+"""Which implementation runs the packet path: the compiled accelerator or the pure-Python reference.
+
+The pattern of aiohttp's HTTP parser, yarl and multidict: the pure-Python
+modules (packet, flows, nat, engine, report) are the reference; the optional
+extensions built by setup.py (fingerprintd/_speedups.pyx; _cflows and _cnat,
+compiled from flows.py and nat.py themselves) do the same work faster and are
+chosen at import when present.  `FINGERPRINTD_NO_EXTENSIONS=1` forces the
+pure-Python path; a missing or broken build falls back to it silently
+(`fingerprintd --version` says which runs).  tests/conftest.py runs the suite
+on both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ENV = "FINGERPRINTD_NO_EXTENSIONS"
+
+
+class Accelerator:
+    """The compiled modules, as one object."""
+
+    def __init__(self, speedups: ModuleType, flows: ModuleType, nat: ModuleType) -> None:
+        self.speedups = speedups
+        self.flows = flows  # FlowTable, RecentSyns compiled from flows.py
+        self.nat = nat  # on_syn, on_other compiled from nat.py
+
+
+_HERE = Path(__file__).resolve().parent
+# Each compiled module and the source it was built from.
+_SOURCES = (("_speedups", "_speedups.pyx"), ("_cflows", "flows.py"), ("_cnat", "nat.py"))
+
+
+def _stale(module: ModuleType, source: str) -> bool:
+    """The module was compiled from another version of its source (edited since the last build)."""
+    try:
+        data = (_HERE / source).read_bytes()
+    except OSError:
+        return False  # an install without sources: nothing to compare with
+    return getattr(module, "__source_sha256__", None) != hashlib.sha256(data).hexdigest()
+
+
+def _load(warn: bool = True) -> Accelerator | None:
+    if os.environ.get(ENV):
+        return None
+    try:
+        from fingerprintd import _cflows, _cnat, _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    modules = {"_speedups": _speedups, "_cflows": _cflows, "_cnat": _cnat}
+    stale = [source for name, source in _SOURCES if _stale(modules[name], source)]
+    if stale:
+        # A stale copy would answer like the old code: the reference runs instead, and says so once.
+        if warn:
+            print(f"fingerprintd: the accelerator is older than {', '.join(stale)}; running pure Python "
+                  "(rebuild: pip install -e . or make)", file=sys.stderr)
+        return None
+    return Accelerator(_speedups, _cflows, _cnat)
+
+
+ACCEL: Accelerator | None = _load()
+
+
+def use(compiled: bool) -> None:
+    """Switch implementations for what is built from now on (tests run the suite on both)."""
+    global ACCEL
+    ACCEL = _load() if compiled else None
+    if compiled and ACCEL is None:
+        raise RuntimeError("the compiled accelerator is not built (see setup.py) or is disabled by " + ENV)
+
+
+def available() -> bool:
+    """The accelerator is built, current and importable (whatever the environment variable says)."""
+    saved = os.environ.pop(ENV, None)
+    try:
+        return _load(warn=False) is not None
+    finally:
+        if saved is not None:
+            os.environ[ENV] = saved
+
+
+def name() -> str:
+    """The implementation in use, for --version and the summaries."""
+    return "compiled (Cython)" if ACCEL is not None else "pure Python"

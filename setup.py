@@ -1,0 +1,75 @@
+"""The optional compiled accelerator (fingerprintd/_speedups.pyx and friends, see fingerprintd/accel.py).
+
+Everything else is in pyproject.toml.  The extensions are optional, as in
+aiohttp, yarl and multidict: without Cython or a compiler, or with
+FINGERPRINTD_NO_EXTENSIONS=1 at build time, the build still succeeds and the
+pure-Python reference implementation runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+# Compiled copies of pure modules, from the same source: (module, source, names kept from the pure module so
+# that both paths hand out objects of the same classes; only the functions and the books' classes compile).
+COPIES = (
+    ("_cflows", "flows.py", "Flow, FlowLimits, Host, _SynOnly"),
+    ("_cnat", "nat.py", "HostState, NatRecord, Sig, TsState, Uptime"),
+)
+GENERATED = Path("build") / "accel-src"
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile is a warning: the pure-Python path still works."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build failure leaves pure Python
+            print(f"fingerprintd: accelerator not built ({exc}); the pure-Python path will run", file=sys.stderr)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            print(f"fingerprintd: {ext.name} not built ({exc}); the pure-Python path will run", file=sys.stderr)
+
+
+def extensions() -> list:
+    if os.environ.get("FINGERPRINTD_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("fingerprintd: Cython not installed; building without the accelerator", file=sys.stderr)
+        return []
+    from setuptools import Extension
+
+    speedups = Path("fingerprintd/_speedups.pyx").read_bytes()
+    exts = [Extension("fingerprintd._speedups", ["fingerprintd/_speedups.pyx"], extra_compile_args=["-O2"])]
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    for name, source, kept in COPIES:
+        text = (Path("fingerprintd") / source).read_text(encoding="utf-8")
+        pure = source.removesuffix(".py")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        # The source's hash, so that accel.py can refuse a copy older than the module it was made from.
+        text += f"\n\nfrom fingerprintd.{pure} import {kept}  # noqa: E402,F811\n__source_sha256__ = {digest!r}\n"
+        target = GENERATED / f"{name}.py"
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+        exts.append(Extension(f"fingerprintd.{name}", [str(target)], extra_compile_args=["-O2"]))
+    try:
+        return cythonize(exts, compiler_directives={"language_level": "3", "annotation_typing": False}, quiet=True,
+                         compile_time_env={"SOURCE_SHA256": hashlib.sha256(speedups).hexdigest()})
+    except Exception as exc:  # noqa: BLE001
+        print(f"fingerprintd: Cython failed ({exc}); building without the accelerator", file=sys.stderr)
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
