@@ -28,6 +28,14 @@ from fingerprintd import packet as _pk
 __source_sha256__ = SOURCE_SHA256  # set by setup.py: accel.py refuses a build older than this file
 
 cdef object Packet = _pk.Packet
+# Where the loop and the formatter find a Packet's fields (the tuple is read by index here).
+cdef Py_ssize_t P_TS = Packet._fields.index("ts")
+cdef Py_ssize_t P_SRC = Packet._fields.index("src")
+cdef Py_ssize_t P_DST = Packet._fields.index("dst")
+cdef Py_ssize_t P_SPORT = Packet._fields.index("sport")
+cdef Py_ssize_t P_DPORT = Packet._fields.index("dport")
+cdef Py_ssize_t P_TCP_TYPE = Packet._fields.index("tcp_type")
+cdef Py_ssize_t P_SHAPE = Packet._fields.index("shape")
 cdef object _new = tuple.__new__
 
 cdef object R_TRUNCATED = _pk.R_TRUNCATED
@@ -369,9 +377,8 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
     shape = (ver, ttl, tos, ip_opt_len, q, tcp_type, win, mss, wscale, ts1 != 0, layout, eol_pad,
              pay_len != 0, tot_hdr)
     return _new(Packet, (
-        ts, ver, src, dst, sport, dport, ttl, tos, ecn_bits, ip_opt_len, df, ip_id, flow,
-        flags, tcp_type, seq, ack, urg, win, mss, wscale, ts1, ts2, layout, eol_pad,
-        pay_len, tot_hdr, q, payload, shape,
+        ts, ver, src, dst, sport, dport, ttl, tos, ip_opt_len, tcp_type, seq, win, mss, wscale, ts1, layout,
+        eol_pad, pay_len, tot_hdr, q, payload, shape,
     ))
 
 
@@ -435,7 +442,7 @@ cdef class _Loop:
 
     cdef inline object fp_of(self, pkt, bint to_server, syn_mss, bint sendsyn):
         # The matcher's cache, looked up here; only a miss calls into the matcher (which counts it).
-        fp = self.cache.get((pkt[29], to_server, syn_mss, sendsyn))
+        fp = self.cache.get((pkt[P_SHAPE], to_server, syn_mss, sendsyn))
         if fp is not None:
             self.hits += 1
             return fp
@@ -450,7 +457,7 @@ cdef class _Loop:
         if type(pkt) is str:
             self.skipped[pkt] += 1
             return 0
-        tcp_type = pkt[14]
+        tcp_type = pkt[P_TCP_TYPE]
         if tcp_type != SYN and tcp_type != (SYN | ACK):
             due = flows.other(pkt)
             self.n_not_syn += 1
@@ -460,7 +467,7 @@ cdef class _Loop:
                     self.n_uptime += 1
                     self.out.append(_new(Observation, ("uptime", pkt, None, self.linktype, due[1], None, up)))
             return 0
-        if not self.all_ports and pkt[5] not in self.ports and pkt[4] not in self.ports:
+        if not self.all_ports and pkt[P_DPORT] not in self.ports and pkt[P_SPORT] not in self.ports:
             self.n_other_port += 1
             return 0
         if tcp_type == SYN:
@@ -679,7 +686,7 @@ cdef class P0fLog:
         return value
 
     cdef int head_of(self, pkt) except -1:
-        cdef long sec = int((<tuple>pkt)[0])
+        cdef long sec = int((<tuple>pkt)[P_TS])
         if sec != self.sec:
             self.sec = sec
             self.head = "[" + _strftime("%Y/%m/%d %H:%M:%S", _localtime(sec)) + "] mod="
@@ -694,23 +701,23 @@ cdef class P0fLog:
         who.size = 0
         if obs[4]:
             who.put("|cli=", 5)
-            who.put_addr(pkt[2])
+            who.put_addr(pkt[P_SRC])
             who.put("/", 1)
-            who.put_uint(pkt[4])
+            who.put_uint(pkt[P_SPORT])
             who.put("|srv=", 5)
-            who.put_addr(pkt[3])
+            who.put_addr(pkt[P_DST])
             who.put("/", 1)
-            who.put_uint(pkt[5])
+            who.put_uint(pkt[P_DPORT])
             who.put("|subj=cli|", 10)
         else:
             who.put("|cli=", 5)
-            who.put_addr(pkt[3])
+            who.put_addr(pkt[P_DST])
             who.put("/", 1)
-            who.put_uint(pkt[5])
+            who.put_uint(pkt[P_DPORT])
             who.put("|srv=", 5)
-            who.put_addr(pkt[2])
+            who.put_addr(pkt[P_SRC])
             who.put("/", 1)
-            who.put_uint(pkt[4])
+            who.put_uint(pkt[P_SPORT])
             who.put("|subj=srv|", 10)
         self.head_of(pkt)
         head = self.head

@@ -116,7 +116,12 @@ R_VLAN = "vlan-tagged"
 
 
 class Packet(NamedTuple):
-    """One parsed TCP segment, with every field p0f's fingerprinting reads."""
+    """One parsed TCP segment: what p0f's fingerprinting and flow books read, no more.
+
+    The IP ID, DF and ECN bits, the flow label, the ack and urgent pointers and
+    the peer timestamp only matter through the quirks they set, so they are
+    kept there and not as fields of their own (every field costs each packet).
+    """
 
     ts: float  # capture time, seconds since the epoch
     ip_ver: int  # 4 or 6
@@ -126,21 +131,13 @@ class Packet(NamedTuple):
     dport: int
     ttl: int  # TTL or hop limit
     tos: int  # DSCP (the top six bits of the TOS / traffic class)
-    ecn_bits: int  # the IP header's two ECN bits
     ip_opt_len: int  # IPv4 option bytes, or IPv6 extension header bytes
-    df: bool
-    ip_id: int  # IPv4 identification; 0 for IPv6
-    flow: int  # IPv6 flow label; 0 for IPv4
-    flags: int  # all TCP flag bits, including ECE/CWR (NS is in quirks)
     tcp_type: int  # flags & (SYN|ACK|FIN|RST)
     seq: int
-    ack: int
-    urg: int
     win: int
     mss: int  # 0 when the option is absent
     wscale: int  # 0 when the option is absent
     ts1: int  # own timestamp; 0 when absent
-    ts2: int  # peer timestamp; 0 when absent
     opt_layout: bytes  # option kinds in wire order, at most 24
     opt_eol_pad: int  # bytes after an EOL option
     pay_len: int
@@ -237,13 +234,11 @@ def parse(
             return R_NOT_TCP
         if flags_off & 0x3FFF:
             return R_FRAGMENT
-        ecn_bits = tos_ecn & 0x03
-        if ecn_bits:
+        if tos_ecn & 0x03:
             quirks = Q_ECN
         if flags_off & 0x8000:
             quirks |= Q_NZ_MBZ
-        df = flags_off & 0x4000 != 0
-        if df:
+        if flags_off & 0x4000:
             quirks |= Q_DF | Q_NZ_ID if ip_id else Q_DF
         elif not ip_id:
             quirks |= Q_ZERO_ID
@@ -254,7 +249,6 @@ def parse(
         tot_hdr = hdr_len
         ip_opt_len = hdr_len - 20
         tos = tos_ecn >> 2
-        flow = 0
     elif ver == 6:
         ver_tos, pay_len6, nxt, ttl, src, dst = _unpack_ip6(data, off)
         tot_len = pay_len6 + 40
@@ -287,13 +281,9 @@ def parse(
             if tcp_off + 20 > end:
                 return R_TRUNCATED
         sport, dport, seq, ack, doff_rsvd, flags, win, _tcsum, urg = _unpack_tcp(data, tcp_off)
-        ip_id = 0
-        df = False
-        flow = ver_tos & 0xFFFFF
-        if flow:
+        if ver_tos & 0xFFFFF:
             quirks = Q_FLOW
-        ecn_bits = (ver_tos >> 20) & 0x03
-        if ecn_bits:
+        if (ver_tos >> 20) & 0x03:
             quirks |= Q_ECN
         tos = (ver_tos >> 22) & 0x3F
         ip_opt_len = ext_len
@@ -343,12 +333,11 @@ def parse(
         else:
             ts1 = ts2 = 0
     else:
-        layout, eol_pad, mss, wscale, ts1, ts2 = b"", 0, 0, 0, 0, 0
+        layout, eol_pad, mss, wscale, ts1 = b"", 0, 0, 0, 0
 
     return _new_packet(Packet, (
-        ts, ver, src, dst, sport, dport, ttl, tos, ecn_bits, ip_opt_len, df, ip_id, flow,
-        flags, tcp_type, seq, ack, urg, win, mss, wscale, ts1, ts2, layout, eol_pad,
-        pay_len, tot_hdr, quirks,
+        ts, ver, src, dst, sport, dport, ttl, tos, ip_opt_len, tcp_type, seq, win, mss, wscale, ts1, layout,
+        eol_pad, pay_len, tot_hdr, quirks,
         data[tcp_off + doff : tcp_off + doff + min(pay_len, 16)] if pay_len > 0 else b"",
         (ver, ttl, tos, ip_opt_len, quirks, tcp_type, win, mss, wscale, ts1 != 0, layout, eol_pad,
          pay_len != 0, tot_hdr),
