@@ -396,13 +396,19 @@ def parse(data, int linktype=1, ts=0.0, bint p0f_bugs=False):
 # ---------------------------------------------------------------------------
 # The engine loop (engine.Engine.feed_batch).
 
-from fingerprintd import engine as _engine
+# From engine.py, which imports this module (through accel.py): bound on first use.
+cdef object Observation = None
+cdef object R_NOT_SYN, R_RETRANSMIT, R_STRAY_SYNACK, R_OTHER_PORT
 
-cdef object Observation = _engine.Observation
-cdef object R_NOT_SYN = _engine.R_NOT_SYN
-cdef object R_RETRANSMIT = _engine.R_RETRANSMIT
-cdef object R_STRAY_SYNACK = _engine.R_STRAY_SYNACK
-cdef object R_OTHER_PORT = _engine.R_OTHER_PORT
+
+cdef _bind_engine():
+    global Observation, R_NOT_SYN, R_RETRANSMIT, R_STRAY_SYNACK, R_OTHER_PORT
+    from fingerprintd import engine
+    R_NOT_SYN = engine.R_NOT_SYN
+    R_RETRANSMIT = engine.R_RETRANSMIT
+    R_STRAY_SYNACK = engine.R_STRAY_SYNACK
+    R_OTHER_PORT = engine.R_OTHER_PORT
+    Observation = engine.Observation
 
 cdef struct Meta:
     uint32_t sec
@@ -422,6 +428,8 @@ cdef class _Loop:
     cdef long n_uptime
 
     def __init__(self, engine, int linktype, nat):
+        if Observation is None:
+            _bind_engine()
         self.engine = engine
         self.flows = engine.flows
         self.matcher = engine.matcher

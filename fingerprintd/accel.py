@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -65,12 +67,37 @@ def _load(warn: bool = True) -> Accelerator | None:
 ACCEL: Accelerator | None = _load()
 
 
-def use(compiled: bool) -> None:
-    """Switch implementations for what is built from now on (tests run the suite on both)."""
+def compiled() -> Accelerator:
+    """The compiled modules, whatever is selected (for tests and benchmarks that run both)."""
+    got = _load(warn=False) if not os.environ.get(ENV) else None
+    if got is None:
+        saved = os.environ.pop(ENV, None)
+        try:
+            got = _load(warn=False)
+        finally:
+            if saved is not None:
+                os.environ[ENV] = saved
+    if got is None:
+        raise RuntimeError("the compiled accelerator is not built or is older than its sources (see setup.py)")
+    return got
+
+
+def use(compiled_path: bool) -> None:
+    """Select an implementation for what is built from now on (engines, flow books, formatters)."""
     global ACCEL
-    ACCEL = _load() if compiled else None
-    if compiled and ACCEL is None:
-        raise RuntimeError("the compiled accelerator is not built (see setup.py) or is disabled by " + ENV)
+    ACCEL = compiled() if compiled_path else None
+
+
+@contextmanager
+def selected(compiled_path: bool) -> Iterator[None]:
+    """Select an implementation for the duration of a with block."""
+    global ACCEL
+    saved = ACCEL
+    use(compiled_path)
+    try:
+        yield
+    finally:
+        ACCEL = saved
 
 
 def available() -> bool:
@@ -85,4 +112,4 @@ def available() -> bool:
 
 def name() -> str:
     """The implementation in use, for --version and the summaries."""
-    return "compiled (Cython)" if ACCEL is not None else "pure Python"
+    return "compiled accelerator" if ACCEL is not None else "pure Python"

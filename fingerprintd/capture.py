@@ -80,8 +80,13 @@ class Offline:
     child: subprocess.Popen | None = None
 
     def batches(self) -> Iterator[list[tuple[int, int, bytes]]]:
-        reader = self.reader
         unpack = _META.iter_unpack
+        for blob, meta in self.raw_batches():
+            yield [(s, u, blob[o : o + n]) for s, u, o, n in unpack(meta)]
+
+    def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
+        """next_batch's (buffer, metadata) pairs as they come, for Engine.feed_blob."""
+        reader = self.reader
         try:
             while True:
                 try:
@@ -90,7 +95,7 @@ class Offline:
                     raise CaptureError(f"{self.path}: {exc}") from None
                 if not meta:
                     break
-                yield [(s, u, blob[o : o + n]) for s, u, o, n in unpack(meta)]
+                yield blob, meta
         finally:
             self.close()
         if self.child is not None and self.child.wait() != 0:
@@ -183,11 +188,16 @@ class Live:
 
     def read_batch(self) -> list[tuple[int, int, bytes]]:
         """What libpcap has ready now; empty when nothing is."""
+        blob, meta = self.read_raw()
+        return [(s, u, blob[o : o + n]) for s, u, o, n in _META.iter_unpack(meta)]
+
+    def read_raw(self) -> tuple[bytes, bytes]:
+        """What libpcap has ready now as next_batch's (buffer, metadata), for Engine.feed_blob; empty metadata
+        when nothing is."""
         try:
-            blob, meta = self.handle.next_batch(BATCH)  # type: ignore[attr-defined]
+            return self.handle.next_batch(BATCH)  # type: ignore[attr-defined]
         except pcapy.PcapError as exc:
             raise CaptureError(f"{self.interface}: {exc}") from None
-        return [(s, u, blob[o : o + n]) for s, u, o, n in _META.iter_unpack(meta)]
 
     def stats(self) -> tuple[int, int, int]:
         """(received, dropped by the kernel, dropped by the interface) since opening."""

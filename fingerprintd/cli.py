@@ -17,13 +17,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from fingerprintd import __version__
+from fingerprintd import __version__, accel
 from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, per_link, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.data import default_classes, default_signatures
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
-from fingerprintd.report import FORMATTERS
+from fingerprintd.report import FORMATTERS, join_lines
 from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
 
 _ANSWER_RESERVE_MS = 50  # fingerprintd.mail.ANSWER_RESERVE_MS (that module loads gRPC: not imported here)
@@ -70,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fingerprintd", description="Passive TCP/IP OS fingerprinting for mail servers.")
-    parser.add_argument("--version", action="version", version=f"fingerprintd {__version__}")
+    parser.add_argument("--version", action="version", version=f"fingerprintd {__version__} ({accel.name()})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     rp = sub.add_parser("replay", help="fingerprint the SYNs in pcap/pcapng files")
@@ -241,14 +241,15 @@ def _replay_file(path, bpf, engine: Engine, fmt, out, show: bool) -> None:
         bar = tqdm(total=cap.size, unit="B", unit_scale=True, desc=Path(path).name, file=sys.stderr, leave=False,
                    ncols=cols, nrows=rows)
     linktype = cap.linktype
-    feed_batch = engine.feed_batch
+    feed_blob = engine.feed_blob
+    join = join_lines(fmt)
     write = out.write
-    for batch in cap.batches():
-        lines = [fmt(obs) for obs in feed_batch(batch, linktype)]
-        if lines:
-            write("".join(lines))
+    for blob, meta in cap.raw_batches():
+        text = join(feed_blob(blob, meta, linktype))
+        if text:
+            write(text)
         if bar is not None:
-            bar.update(sum(len(f) + 16 for _, _, f in batch))
+            bar.update(len(blob) + len(meta))  # each record: 16 bytes on disk, 16 in the metadata
     if bar is not None:
         bar.close()
 

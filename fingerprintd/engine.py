@@ -12,12 +12,13 @@ never half-way through one (it once saw more fingerprinted than packets).
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from fingerprintd import nat, packet
+from fingerprintd import accel, nat, packet
 from fingerprintd.flows import FlowLimits, FlowTable, RecentSyns
 from fingerprintd.matcher import Fingerprint, Matcher
 from fingerprintd.nat import NatRecord, Uptime
@@ -58,6 +59,20 @@ class Observation(NamedTuple):
 
 
 _new_observation = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+# pcapy's next_batch metadata: (sec, usec, offset in the buffer, captured length) per frame.
+BATCH_META = struct.Struct("=IIII")
+
+
+def p0f_books(limits: FlowLimits | None = None) -> FlowTable:
+    """p0f's flow books (replay), from the selected implementation (fingerprintd/accel.py)."""
+    impl = accel.ACCEL
+    return (impl.flows.FlowTable if impl is not None else FlowTable)(limits)
+
+
+def live_books(size: int = 65536, hosts: int = 65536) -> RecentSyns:
+    """The service's flow books (see flows.RecentSyns), from the selected implementation."""
+    impl = accel.ACCEL
+    return (impl.flows.RecentSyns if impl is not None else RecentSyns)(size, hosts)
 
 
 class Engine:
@@ -75,7 +90,10 @@ class Engine:
         self.matcher = matcher
         self.ports = frozenset(ports) if ports is not None else None  # None: every port
         self.p0f_bugs = p0f_bugs
-        self.flows = flows if flows is not None else FlowTable(limits)  # p0f's books unless told otherwise
+        # The implementation this engine runs, fixed when it is built: the compiled loop, or None for the
+        # pure-Python reference below (both give the same observations, counters and bytes).
+        self.accel = accel.ACCEL
+        self.flows = flows if flows is not None else p0f_books(limits)  # p0f's books unless told otherwise
         self.packets = 0
         self.fingerprinted: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
@@ -90,9 +108,21 @@ class Engine:
         out = self.feed_batch([(sec, usec, frame)], linktype)
         return out[0] if out else None
 
+    def feed_blob(self, blob: bytes, meta: bytes, linktype: int) -> list[Observation]:
+        """Process captured frames as pcapy's next_batch hands them over: one buffer, and BATCH_META
+        records; their observations, in order.  The compiled loop reads the frames in place."""
+        impl = self.accel
+        if impl is not None:
+            with self._lock:
+                return impl.speedups.feed_blob(self, blob, meta, linktype, impl.nat)
+        return self.feed_batch([(s, u, blob[o : o + n]) for s, u, o, n in BATCH_META.iter_unpack(meta)], linktype)
+
     def feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
         """Process captured frames, given as (sec, usec, frame); their observations, in order."""
         with self._lock:
+            impl = self.accel
+            if impl is not None:
+                return impl.speedups.feed_batch(self, batch, linktype, impl.nat)
             return self._feed_batch(batch, linktype)
 
     def _feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:

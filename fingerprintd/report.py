@@ -9,6 +9,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from fingerprintd import accel
 from fingerprintd.engine import Observation
 from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.packet import link_name
@@ -50,7 +51,24 @@ class _Clock:
 
 def p0f_log_formatter() -> Callable[[Observation], str]:
     """Lines byte-compatible with `p0f -o`: the observation, its host change or ip sharing
-    record, its mtu line, its uptime record (p0f's order)."""
+    record, its mtu line, its uptime record (p0f's order).
+
+    The compiled accelerator's formatter when it is selected (fingerprintd/accel.py); it writes a
+    whole batch into one buffer (`.join`), and gives the same bytes (tests/test_accel.py)."""
+    if accel.ACCEL is not None:
+        return accel.ACCEL.speedups.P0fLog(_uptime_tail)
+    return _p0f_log_formatter()
+
+
+def join_lines(fmt: Callable[[Observation], str]) -> Callable[[list[Observation]], str]:
+    """A formatter's text for a whole batch of observations (one call for the compiled one)."""
+    join = getattr(fmt, "join", None)
+    if join is not None:
+        return join
+    return lambda observations: "".join(map(fmt, observations))
+
+
+def _p0f_log_formatter() -> Callable[[Observation], str]:
     clock = _Clock("%Y/%m/%d %H:%M:%S")
     ntoa = socket.inet_ntoa
 

@@ -36,12 +36,11 @@ from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
-from fingerprintd.engine import Engine, Observation
-from fingerprintd.flows import RecentSyns
+from fingerprintd.engine import Engine, Observation, live_books
 from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, load_policy
-from fingerprintd.report import p0f_log_formatter
+from fingerprintd.report import join_lines, p0f_log_formatter
 from fingerprintd.reputation import Reputation, SqliteStore
 from fingerprintd.server import SERVICE_NAME, Limits, build_server
 from fingerprintd.signatures import Database, SignatureError, load
@@ -174,7 +173,7 @@ class Service:
         self.classes_path = cfg.classes or default_classes()
         db, classes, self.policy = self._load_files()  # errors propagate: startup fails with file:line
         self.engine = Engine(Matcher(db, p0f_bugs=cfg.p0f_bugs, classes=classes), ports=cfg.ports,
-                             p0f_bugs=cfg.p0f_bugs, flows=RecentSyns())
+                             p0f_bugs=cfg.p0f_bugs, flows=live_books())
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
@@ -297,14 +296,16 @@ class Service:
                 # Drain what is ready, but look at the stop flag between batches: under a
                 # flood the ring is never empty, and a stop must not wait for it to be.
                 while not stop.is_set():
-                    batch = cap.read_batch()
-                    if not batch:
+                    blob, meta = cap.read_raw()
+                    if not meta:
                         break
-                    self.ingest(batch, cap.linktype)
+                    self._deliver(self.engine.feed_blob(blob, meta, cap.linktype))
 
     def ingest(self, batch: list[tuple[int, int, bytes]], linktype: int) -> None:
         """Captured frames -> the host table, the Watch streams and the log."""
-        observations = self.engine.feed_batch(batch, linktype)
+        self._deliver(self.engine.feed_batch(batch, linktype))
+
+    def _deliver(self, observations: list[Observation]) -> None:
         action_of = self._syn_action
         actions = self.syn_actions
         for obs in observations:
@@ -315,7 +316,7 @@ class Service:
         if self.publisher is not None and observations:
             self.publisher.offer([obs for obs in observations if obs.to_server and obs.fp is not None])
         if self.log is not None and observations:
-            self.log.write("".join(self._log_format(obs) for obs in observations), len(observations))
+            self.log.write(join_lines(self._log_format)(observations), len(observations))
 
     def _publish(self, obs: Observation) -> None:
         if not self._watchers:

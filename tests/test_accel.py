@@ -1,0 +1,250 @@
+"""The compiled accelerator against the pure-Python reference: same batches in, same everything out.
+
+Both implementations get the same frames - real captures, crafted host series, and random and mutated
+batches from hypothesis - and must give equal observations (every field, host records included), equal
+counters, the same match-cache counts and the same output bytes in every format.  The pure-Python modules
+are the oracle: they are what the rest of the suite checks against p0f itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fingerprintd import accel, capture, engine, packet, report
+from fingerprintd.matcher import Matcher
+from fingerprintd.signatures import load
+from tests.conftest import CORPUS, OUR_DB, ROOT, STOCK_DB, need
+from tests.craft import Shape, frame, write_pcap
+
+FORMATS = ("p0f-log", "jsonl", "text")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _built():
+    need(accel.available(), "the compiled accelerator is not built (pip install -e . builds it; see setup.py)")
+
+
+def _engine(compiled: bool, db, p0f_bugs: bool, ports, live: bool = False) -> engine.Engine:
+    with accel.selected(compiled):
+        flows = engine.live_books() if live else None
+        return engine.Engine(Matcher(db, p0f_bugs=p0f_bugs), ports=ports, p0f_bugs=p0f_bugs, flows=flows,
+                             host_records=not live)
+
+
+def _formatters(compiled: bool) -> dict:
+    with accel.selected(compiled):
+        return {name: report.FORMATTERS[name]() for name in FORMATS}
+
+
+def run_both(batches, linktype: int, db, p0f_bugs: bool = False, ports=None, live: bool = False,
+             blobs: bool = False) -> tuple:
+    """Feed the same batches to both; (observations, summary, output) per implementation."""
+    results = []
+    for compiled in (False, True):
+        eng = _engine(compiled, db, p0f_bugs, ports, live)
+        fmts = _formatters(compiled)
+        observations, text = [], {name: [] for name in FORMATS}
+        for batch in batches:
+            if blobs:
+                blob, meta = _as_blob(batch)
+                got = eng.feed_blob(blob, meta, linktype)
+            else:
+                got = eng.feed_batch(batch, linktype)
+            observations.extend(got)
+            for name, fmt in fmts.items():
+                text[name].append(report.join_lines(fmt)(got))
+        results.append((observations, eng.summary(), {k: "".join(v).encode() for k, v in text.items()}))
+    return results[0], results[1]
+
+
+def _as_blob(batch) -> tuple[bytes, bytes]:
+    """A batch as pcapy's next_batch hands it over: one buffer, and (sec, usec, offset, caplen) records."""
+    blob, meta = bytearray(), bytearray()
+    for sec, usec, data in batch:
+        meta += capture._META.pack(sec, usec, len(blob), len(data))
+        blob += data
+    return bytes(blob), bytes(meta)
+
+
+def assert_same(pure, compiled) -> None:
+    (p_obs, p_sum, p_out), (c_obs, c_sum, c_out) = pure, compiled
+    assert len(c_obs) == len(p_obs)
+    for a, b in zip(p_obs, c_obs, strict=True):
+        assert b == a  # tuples: every field of the observation, its packet, fingerprint and records
+        assert type(b) is type(a) and type(b.pkt) is type(a.pkt)
+    assert c_sum == p_sum
+    for name in FORMATS:
+        assert c_out[name] == p_out[name], name
+
+
+def _read(path: Path) -> tuple[list, int]:
+    cap = capture.open_offline(str(path), None)
+    return list(cap.batches()), cap.linktype
+
+
+CORPUS_FILES = sorted((CORPUS / "pcaps").glob("*")) if (CORPUS / "pcaps").exists() else []
+
+
+@pytest.mark.parametrize("p0f_bugs", [False, True], ids=["default", "p0f-bugs"])
+def test_every_corpus_capture_alike(p0f_bugs):
+    """The shared corpus (91 real captures: mail, web, scans, NAT, VLANs, IPv6) through both, every port."""
+    need(bool(CORPUS_FILES), f"the shared corpus is missing ({CORPUS})")
+    db = load(STOCK_DB if STOCK_DB.exists() else OUR_DB)
+    fingerprinted = 0
+    for path in CORPUS_FILES:
+        try:
+            batches, linktype = _read(path)
+        except capture.CaptureError:
+            continue  # a file libpcap cannot read is no test of either path
+        for blobs in (False, True):
+            pure, compiled = run_both(batches, linktype, db, p0f_bugs, blobs=blobs)
+            assert_same(pure, compiled)
+        fingerprinted += sum(pure[1]["fingerprinted"].values())
+    assert fingerprinted > 1000  # the corpus did reach the matcher
+
+
+def test_host_series_alike(tmp_path):
+    """Crafted per-host series that set off every host change, ip sharing and uptime path (tests/test_nat.py)."""
+    from tests.test_nat import nat_packets
+
+    for db_path in (OUR_DB, STOCK_DB):
+        if not db_path.exists():
+            continue
+        path = tmp_path / "nat.pcap"
+        write_pcap(path, nat_packets(db_path, seed=20261201))
+        batches, linktype = _read(path)
+        db = load(db_path)
+        for p0f_bugs in (False, True):
+            pure, compiled = run_both(batches, linktype, db, p0f_bugs, ports=(25,))
+            assert_same(pure, compiled)
+            assert pure[1]["records"].get("host change") and pure[1]["records"].get("uptime")
+
+
+# --- random and mutated batches --------------------------------------------------------------------------
+
+_RNG = random.Random(14)
+_DB = load(OUR_DB)
+_SHAPES = [Shape(), Shape(ver=6, quirks=frozenset()), Shape(ttl=117, mss=1440, win=64240, wscale=8,
+           layout=("mss", "nop", "ws", "nop", "nop", "sok"), ts1=0), Shape(synack=True),
+           Shape(extra={"vlans": (7,)}), Shape(payload=b"GET / HTTP/1.0\r\n")]
+_CLIENTS = ["10.1.0.1", "10.1.0.2", "2001:db8::7"]
+
+
+def _seed_frames() -> list[bytes]:
+    out = []
+    for shape in _SHAPES:
+        for client in _CLIENTS:
+            if (":" in client) != (shape.ver == 6):
+                continue
+            server = "192.0.2.25" if shape.ver == 4 else "2001:db8::25"
+            kw = {"vlans": shape.extra["vlans"]} if "vlans" in shape.extra else {}
+            out.append(bytes(frame(shape, client, server, 40000, 25, _RNG, seq=1000, **kw)))
+    # The same connections' ACK, FIN and RST (flow books, uptime from any packet of a tracked flow).
+    for i, flags in enumerate((0x10, 0x11, 0x04, 0x18)):
+        data = bytearray(out[i % 2])
+        tcp = 14 + (data[14] & 0x0F) * 4 if data[12:14] == b"\x08\x00" else 54
+        data[tcp + 13] = flags
+        struct.pack_into("!I", data, tcp + 4, 1001)
+        out.append(bytes(data))
+    return out
+
+
+_SEEDS = _seed_frames()
+
+
+@st.composite
+def frames(draw):
+    data = bytearray(draw(st.sampled_from(_SEEDS)))
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["flip", "set", "cut", "grow", "seq", "port"]))
+        if op == "flip":
+            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+        elif op == "set":
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 8, 0x12, 0xFF]))
+        elif op == "cut":
+            data = data[: draw(st.integers(0, len(data)))]
+        elif op == "grow":
+            data += draw(st.binary(max_size=32))
+        elif op in ("seq", "port") and len(data) > 60:
+            tcp = 34 if data[12:14] == b"\x08\x00" and data[14] == 0x45 else 54
+            at = tcp + 4 if op == "seq" else tcp
+            struct.pack_into("!H", data, at, draw(st.integers(0, 3)))
+        if not data:
+            break
+    return bytes(data)
+
+
+@st.composite
+def batches(draw):
+    t = 1_700_000_000
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        batch = []
+        for data in draw(st.lists(st.one_of(frames(), st.binary(max_size=120)), max_size=40)):
+            t += draw(st.sampled_from([0, 0, 0, 1, 31, 7300]))
+            batch.append((t, draw(st.integers(0, 999_999)), data))
+        out.append(batch)
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches(), st.sampled_from([packet.LINK_ETHERNET, packet.LINK_RAW, packet.LINK_LINUX_SLL2,
+                                   packet.LINK_NULL, 147]),
+       st.booleans(), st.sampled_from([None, (25,)]), st.booleans(), st.booleans())
+def test_random_and_mutated_batches_alike(bs, linktype, p0f_bugs, ports, live, blobs):
+    if linktype == packet.LINK_RAW:  # the same frames without their Ethernet header
+        bs = [[(s, u, f[14:]) for s, u, f in b] for b in bs]
+    pure, compiled = run_both(bs, linktype, _DB, p0f_bugs, ports, live=live, blobs=blobs)
+    assert_same(pure, compiled)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([1, 0, 12, 101, 108, 113, 228, 229, 276, 147]), st.booleans())
+def test_parse_alike(data, linktype, p0f_bugs):
+    """The parser alone, on any bytes at all: the same Packet or the same skip reason."""
+    want = packet.parse(data, linktype, 12.5, p0f_bugs)
+    got = accel.compiled().speedups.parse(data, linktype, 12.5, p0f_bugs)
+    assert got == want and type(got) is type(want)
+
+
+# --- selection -------------------------------------------------------------------------------------------
+
+def _version(env: dict) -> str:
+    proc = subprocess.run([sys.executable, "-m", "fingerprintd", "--version"], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_version_names_the_implementation():
+    assert _version({}).endswith("(compiled accelerator)")
+    assert _version({accel.ENV: "1"}).endswith("(pure Python)")
+
+
+def test_environment_variable_forces_pure_python():
+    code = "from fingerprintd import accel, engine; print(accel.ACCEL is None, engine.live_books().__module__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, accel.ENV: "1"}, cwd=ROOT)
+    assert proc.stdout.split() == ["True", "fingerprintd.flows"], proc.stderr
+
+
+def test_a_stale_build_is_not_used(tmp_path):
+    """A compiled copy older than its source (flows.py edited since the build) falls back to pure Python."""
+    mod = accel.compiled().flows
+    assert accel._stale(mod, "flows.py") is False
+    saved = mod.__source_sha256__
+    try:
+        mod.__source_sha256__ = "0" * 64
+        assert accel._load(warn=False) is None
+    finally:
+        mod.__source_sha256__ = saved
+    assert accel._load(warn=False) is not None
