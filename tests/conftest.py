@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fingerprintd import cli
+from fingerprintd import accel, cli, packet
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -40,6 +40,42 @@ def p0f_bin() -> str:
     path = shutil.which("p0f") or ("/usr/sbin/p0f" if Path("/usr/sbin/p0f").exists() else None)
     need(path is not None and STOCK_DB.exists(), "p0f 3.09b is not installed (apt-get install p0f)")
     return path  # type: ignore[return-value]
+
+
+# The modules that run on both implementations (issue 14: conformance, corpus, kernel, property and CLI
+# tests), each test once on the pure-Python reference and once on the compiled accelerator
+# (fingerprintd/accel.py); tests/test_accel.py compares the two directly.
+BOTH_IMPLEMENTATIONS = frozenset({"test_conformance_corpus", "test_conformance_crafted", "test_conformance_kernel",
+                                  "test_packet", "test_cli", "test_nat", "test_scanners"})
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_IMPLEMENTATIONS:
+        metafunc.parametrize("implementation", ["pure", "compiled"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def implementation(request, monkeypatch):
+    """The implementation a test runs on: "pure" or "compiled" in the modules above, else whatever is selected.
+
+    Engines, flow books and formatters built during the test use it, so do child processes (through
+    FINGERPRINTD_NO_EXTENSIONS), and so does a test module's own `parse`."""
+    which = getattr(request, "param", None)
+    if which is None:
+        yield accel.name()
+        return
+    compiled = which == "compiled"
+    if compiled:
+        need(accel.available(), "the compiled accelerator is not built (pip install -e . builds it; see setup.py)")
+        monkeypatch.delenv(accel.ENV, raising=False)
+        fast = accel.compiled().speedups.parse
+        for mod in (packet, request.module):
+            if getattr(mod, "parse", None) is packet.parse:
+                monkeypatch.setattr(mod, "parse", fast)
+    else:
+        monkeypatch.setenv(accel.ENV, "1")
+    with accel.selected(compiled):
+        yield which
 
 
 def run_p0f(p0f: str, pcap: Path, log: Path, db: Path = STOCK_DB, bpf: str | None = None) -> list[str]:
