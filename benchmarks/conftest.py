@@ -35,6 +35,12 @@ def syn_200k_h8k() -> Path:
 
 
 @pytest.fixture(scope="session")
+def syn_200k_mx() -> Path:
+    """200k SYNs from 8,000 sources running 300 stacks (each source keeps its own): a mail server's day."""
+    return synthetic("syn_200k_mx", 200_000, seed=4, hosts=8000, stacks=300)
+
+
+@pytest.fixture(scope="session")
 def syn_50k() -> Path:
     return synthetic("syn_50k", 50_000, seed=2)
 

@@ -45,8 +45,14 @@ def _template(ver: int, opts: bytes, win: int, df: bool) -> bytes:
     return bytes(frame(shape, src, dst, 1, 25, random.Random(len(opts)), seq=1))
 
 
-def generate(path: Path, count: int, seed: int = 1, ipv6_share: float = 0.1, hosts: int | None = None) -> Path:
-    """Write `count` SYNs to port 25 as a classic pcap; `hosts` bounds the distinct sources."""
+def generate(path: Path, count: int, seed: int = 1, ipv6_share: float = 0.1, hosts: int | None = None,
+             stacks: int | None = None) -> Path:
+    """Write `count` SYNs to port 25 as a classic pcap; `hosts` bounds the distinct sources.
+
+    With `stacks`, each source keeps one stack for all its SYNs (shape, MSS, TTL distance, IP version), drawn
+    from that many: a mail server's day, where thousands of senders run a few hundred stacks.  Without it
+    every SYN draws its own (cold, adversarial: most SYNs are a stack the matcher has not seen).
+    """
     rng = random.Random(seed)
     weights = [s[0] for s in SHAPES]
     pack_rec = struct.Struct("<IIII").pack
@@ -55,13 +61,18 @@ def generate(path: Path, count: int, seed: int = 1, ipv6_share: float = 0.1, hos
     with open(path, "wb") as fh:
         fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
         for i in range(count):
-            _, ittl, win, ws, opts, df = rng.choices(SHAPES, weights)[0]
-            ver = 6 if rng.random() < ipv6_share else 4
+            if stacks:  # the source first: its stack follows from it
+                n = rng.randrange(hosts) if hosts else i
+                draw = random.Random(seed * 7919 + (n * 2654435761) % stacks)
+            else:  # the draws in the order they always had, so earlier captures are made again byte for byte
+                draw = rng
+            _, ittl, win, ws, opts, df = draw.choices(SHAPES, weights)[0]
+            ver = 6 if draw.random() < ipv6_share else 4
             if opts is None:  # junk: random option kinds, TTL and window
-                opts = bytes(rng.choice((1, 2, 3, 4, 8, 30)) for _ in range(rng.choice((0, 4, 8))))
-                ittl, win, df = rng.choice((32, 64, 128, 255)), rng.randrange(65536), rng.random() < 0.5
+                opts = bytes(draw.choice((1, 2, 3, 4, 8, 30)) for _ in range(draw.choice((0, 4, 8))))
+                ittl, win, df = draw.choice((32, 64, 128, 255)), draw.randrange(65536), draw.random() < 0.5
             else:
-                mss = rng.choice(MSS_CHOICES)
+                mss = draw.choice(MSS_CHOICES)
                 opts = opts.replace(b"MM", mss.to_bytes(2, "big"))
                 if b"\x03\x03" in opts:
                     k = opts.index(b"\x03\x03") + 2
@@ -71,8 +82,9 @@ def generate(path: Path, count: int, seed: int = 1, ipv6_share: float = 0.1, hos
             if key not in templates:
                 templates[key] = _template(ver, opts, 0, bool(df))
             frame = bytearray(templates[key])
-            n = rng.randrange(hosts) if hosts else i
-            ttl = max(1, ittl - rng.randrange(0, 26))
+            if not stacks:
+                n = rng.randrange(hosts) if hosts else i
+            ttl = max(1, ittl - draw.randrange(0, 26))
             # Sources scattered over the address space (198.18/15 would crowd one prefix).
             if ver == 4:
                 frame[22] = ttl
