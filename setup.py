@@ -19,10 +19,10 @@ from setuptools.command.build_ext import build_ext
 # Compiled copies of pure modules, from the same source: (module, source, names kept from the pure module so
 # that both paths hand out objects of the same classes; only the functions and the books' classes compile).
 COPIES = (
-    ("_cflows", "flows.py", "Flow, FlowLimits, Host, _SynOnly"),
-    ("_cnat", "nat.py", "HostState, NatRecord, Sig, TsState, Uptime"),
+    ("_cflows", "flows.py", "FlowLimits, _SynOnly"),
+    ("_cnat", "nat.py", "NatRecord, Sig, TsState, Uptime"),
 )
-GENERATED = Path("build") / "accel-src"
+GENERATED = Path("build") / "accel-src" / "fingerprintd"  # a package directory: Cython finds the .pxd by it
 
 
 class OptionalBuildExt(build_ext):
@@ -41,6 +41,12 @@ class OptionalBuildExt(build_ext):
             print(f"fingerprintd: {ext.name} not built ({exc}); the pure-Python path will run", file=sys.stderr)
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Leave an unchanged file alone: its date decides whether Cython runs again."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
 def extensions() -> list:
     if os.environ.get("FINGERPRINTD_NO_EXTENSIONS"):
         return []
@@ -54,6 +60,7 @@ def extensions() -> list:
     speedups = Path("fingerprintd/_speedups.pyx").read_bytes()
     exts = [Extension("fingerprintd._speedups", ["fingerprintd/_speedups.pyx"], extra_compile_args=["-O2"])]
     GENERATED.mkdir(parents=True, exist_ok=True)
+    (GENERATED / "__init__.py").touch()
     for name, source, kept in COPIES:
         text = (Path("fingerprintd") / source).read_text(encoding="utf-8")
         pure = source.removesuffix(".py")
@@ -61,8 +68,10 @@ def extensions() -> list:
         # The source's hash, so that accel.py can refuse a copy older than the module it was made from.
         text += f"\n\nfrom fingerprintd.{pure} import {kept}  # noqa: E402,F811\n__source_sha256__ = {digest!r}\n"
         target = GENERATED / f"{name}.py"
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
+        types = Path("fingerprintd") / f"{name}.pxd"  # C types for the copy, if any (an augmenting .pxd)
+        if types.exists():
+            _write_if_changed(GENERATED / types.name, types.read_text(encoding="utf-8"))
+        _write_if_changed(target, text)
         exts.append(Extension(f"fingerprintd.{name}", [str(target)], extra_compile_args=["-O2"]))
     try:
         return cythonize(exts, compiler_directives={"language_level": "3", "annotation_typing": False}, quiet=True,
