@@ -17,6 +17,7 @@ SENDER = r"""
 import socket, struct, sys, time
 frames = [bytearray.fromhex(l) for l in open(sys.argv[2]).read().split()]
 rate, seconds = float(sys.argv[3]), float(sys.argv[4])
+epoch = int(sys.argv[5]) if len(sys.argv) > 5 else 0  # runs with another epoch send other ISNs
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
 s.bind((sys.argv[1], 0))
@@ -30,8 +31,8 @@ while sent < total:
     due = int((time.perf_counter() - t0) * rate) + 64
     while sent < min(due, total):
         frame = frames[sent % n]
-        if sent >= n:  # a new ISN on every pass: never a retransmission of an earlier SYN
-            pack(frame, 38, (sent // n) << 24 | sent % n)
+        if sent >= n or epoch:  # a new ISN on every pass and run: never a retransmission of an earlier SYN
+            pack(frame, 38, ((epoch << 6) + sent // n) << 24 & 0xFFFFFFFF | sent % n)
         send(frame)
         sent += 1
     if sent < due - 64:
