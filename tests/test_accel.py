@@ -169,7 +169,9 @@ def frames(draw):
         if op == "flip":
             data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
         elif op == "set":
-            data[draw(st.integers(0, len(data) - 1))] = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 8, 0x12, 0xFF]))
+            # Option kinds and lengths, the window scale's limit, flag bytes, IP version nibbles.
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.sampled_from(
+                [0, 1, 2, 3, 4, 5, 8, 10, 14, 15, 0x12, 0x40, 0x45, 0x60, 0xFF]))
         elif op == "cut":
             data = data[: draw(st.integers(0, len(data)))]
         elif op == "grow":
@@ -207,13 +209,38 @@ def test_random_and_mutated_batches_alike(bs, linktype, p0f_bugs, ports, live, b
     assert_same(pure, compiled)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300), st.sampled_from([1, 0, 12, 101, 108, 113, 228, 229, 276, 147]), st.booleans())
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(frames(), st.binary(max_size=300)), st.sampled_from([1, 0, 12, 101, 108, 113, 228, 229, 276, 147]),
+       st.booleans())
 def test_parse_alike(data, linktype, p0f_bugs):
-    """The parser alone, on any bytes at all: the same Packet or the same skip reason."""
+    """The parser alone, on mutated frames and any bytes at all: the same Packet or the same skip reason."""
     want = packet.parse(data, linktype, 12.5, p0f_bugs)
     got = accel.compiled().speedups.parse(data, linktype, 12.5, p0f_bugs)
     assert got == want and type(got) is type(want)
+
+
+def test_parse_alike_on_every_single_byte_change():
+    """Each seed frame with each of its bytes set to each of the 256 values, read with each link type that
+    can carry it, both modes: the same Packet or the same skip reason (every branch a byte can reach)."""
+    fast = accel.compiled().speedups.parse
+    checked = 0
+    for seed in _SEEDS:
+        raw = seed[14:] if seed[12:14] in (b"\x08\x00", b"\x86\xdd") else None
+        for data, linktype in ((seed, packet.LINK_ETHERNET), (raw, packet.LINK_RAW)):
+            if data is None:
+                continue
+            buf = bytearray(data)
+            for pos in range(min(len(buf), 120)):
+                keep = buf[pos]
+                for value in range(256):
+                    buf[pos] = value
+                    frame_ = bytes(buf)
+                    for p0f_bugs in (False, True):
+                        want = packet.parse(frame_, linktype, 3.0, p0f_bugs)
+                        assert fast(frame_, linktype, 3.0, p0f_bugs) == want, (frame_.hex(), linktype, p0f_bugs)
+                        checked += 1
+                buf[pos] = keep
+    assert checked > 500_000
 
 
 # --- selection -------------------------------------------------------------------------------------------
