@@ -47,8 +47,7 @@ from pathlib import Path
 
 from fingerprintd.capture import all_tcp_filter, open_offline, per_link
 from fingerprintd.classes import bundled_classes
-from fingerprintd.engine import Engine
-from fingerprintd.matcher import Matcher
+from fingerprintd.engine import build_engine
 from fingerprintd.signatures import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +95,7 @@ P0F = "p0f"  # the binary; STOCK is its database
 def _verdicts(pcap: Path, db_path: Path) -> dict[tuple, list[tuple[str, str, bool, str]]]:
     """(address, sent SYNs?) and (address, sent SYNs?, client port) -> [(class, name, generic, label text)]
     for every SYN / SYN+ACK in the capture, by fingerprintd's engine."""
-    engine = Engine(Matcher(load(db_path), classes=bundled_classes()), ports=None)
+    engine = build_engine(load(db_path), bundled_classes(), ports=None, host_records=False)
     cap = open_offline(str(pcap), per_link(all_tcp_filter))
     out: dict = defaultdict(list)
     for batch in cap.batches():

@@ -21,7 +21,7 @@ from fingerprintd import __version__, accel
 from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, per_link, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.data import default_classes, default_signatures
-from fingerprintd.engine import Engine
+from fingerprintd.engine import Engine, build_engine
 from fingerprintd.matcher import Matcher
 from fingerprintd.report import FORMATTERS, join_lines
 from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
@@ -204,8 +204,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     db = load_db(args.signatures, args.p0f_bugs)
     ports = None if (args.all_ports or args.bpf) else (args.port or [25])
     classes = load_class_map(args.classes)
-    engine = Engine(Matcher(db, p0f_bugs=args.p0f_bugs, classes=classes), ports=ports, p0f_bugs=args.p0f_bugs,
-                    host_records=True)
+    engine = build_engine(db, classes, ports)
     fmt = FORMATTERS[args.format]()
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable
@@ -323,7 +322,7 @@ def _coverage(path: str, db: Database, captures: list[str], all_lines: bool) -> 
         added = marked_additions(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    engine = Engine(Matcher(db), ports=None)
+    engine = build_engine(db, ports=None, host_records=False)  # in the mode the database was read in
     hit: set[int] = set()
     packets = 0
     for capture in captures:

@@ -19,10 +19,12 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from fingerprintd import accel, nat, packet
+from fingerprintd.classes import NO_CLASSES, ClassMap
 from fingerprintd.flows import FlowLimits, FlowTable, RecentSyns
 from fingerprintd.matcher import Fingerprint, Matcher
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.packet import ACK, SYN, Packet
+from fingerprintd.signatures import Database
 
 # Skip reasons the engine adds to the parser's.
 R_NOT_SYN = "not-syn"  # ACK/FIN/RST: used for flow tracking only
@@ -63,6 +65,17 @@ _new_observation = tuple.__new__  # skips NamedTuple's Python-level __new__ on t
 BATCH_META = struct.Struct("=IIII")
 
 
+def build_engine(db: Database, classes: ClassMap = NO_CLASSES, ports: Iterable[int] | None = (25,),
+                 live: bool = False, host_records: bool | None = None) -> Engine:
+    """The engine the CLI, the service and the accuracy report run: the matcher, the flow books and the
+    parser all in the mode the database was read in (signatures.load(p0f_bugs=...)), so no two stages can
+    disagree about p0f's deviations.  `live`: the service's books (flows.RecentSyns), no host records from
+    ACK/FIN/RST; otherwise p0f's books, with them."""
+    matcher = Matcher(db, classes=classes)
+    return Engine(matcher, ports=ports, flows=live_books() if live else None,
+                  host_records=not live if host_records is None else host_records)
+
+
 def p0f_books(limits: FlowLimits | None = None) -> FlowTable:
     """p0f's flow books (replay), from the selected implementation (fingerprintd/accel.py)."""
     impl = accel.ACCEL
@@ -82,14 +95,14 @@ class Engine:
         self,
         matcher: Matcher,
         ports: Iterable[int] | None = (25,),
-        p0f_bugs: bool = False,
+        p0f_bugs: bool | None = None,
         limits: FlowLimits | None = None,
         flows: FlowTable | RecentSyns | None = None,
         host_records: bool = False,
     ) -> None:
         self.matcher = matcher
         self.ports = frozenset(ports) if ports is not None else None  # None: every port
-        self.p0f_bugs = p0f_bugs
+        self.p0f_bugs = matcher.p0f_bugs if p0f_bugs is None else p0f_bugs  # the matcher's mode unless told
         # The implementation this engine runs, fixed when it is built: the compiled loop, or None for the
         # pure-Python reference below (both give the same observations, counters and bytes).
         self.accel = accel.ACCEL
@@ -100,7 +113,7 @@ class Engine:
         self.syn_classes: Counter[str] = Counter()  # SYNs by the sender's mail class
         self.records: Counter[str] = Counter()  # host change, ip sharing, uptime
         self.host_records = host_records  # uptime records from ACK/FIN/RST packets too
-        self.nat_exact = p0f_bugs  # p0f's NAT scoring to the bit, see nat.py
+        self.nat_exact = self.p0f_bugs  # p0f's NAT scoring to the bit, see nat.py
         self._lock = threading.Lock()  # held for a whole batch: the counters change together
 
     def feed(self, frame: bytes, linktype: int, sec: int, usec: int = 0) -> Observation | None:

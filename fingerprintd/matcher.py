@@ -250,9 +250,12 @@ def layout_to_str(layout: bytes, eol_pad: int) -> str:
 class Matcher:
     """Matches packets against one database; immutable once built."""
 
-    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool = False,
+    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool | None = None,
                  classes: ClassMap = NO_CLASSES) -> None:
         self.db = db
+        # p0f's deviations on or off: as the database was read unless told (one switch for every stage).
+        self.p0f_bugs = db.p0f_bugs if p0f_bugs is None else p0f_bugs
+        p0f_bugs = self.p0f_bugs
         self.classes = classes  # loaded by the caller (classes.load_classes); without one every class is unknown
         self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
         self.fallback: FamilyFallback | None = None if p0f_bugs else fallback_for(db)

@@ -36,7 +36,7 @@ from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
-from fingerprintd.engine import Engine, Observation, live_books
+from fingerprintd.engine import Observation, build_engine
 from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, load_policy
@@ -172,8 +172,7 @@ class Service:
         self.policy_path = cfg.policy or default_policy()
         self.classes_path = cfg.classes or default_classes()
         db, classes, self.policy = self._load_files()  # errors propagate: startup fails with file:line
-        self.engine = Engine(Matcher(db, p0f_bugs=cfg.p0f_bugs, classes=classes), ports=cfg.ports,
-                             p0f_bugs=cfg.p0f_bugs, flows=live_books())
+        self.engine = build_engine(db, classes, cfg.ports, live=True)
         self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
@@ -354,7 +353,7 @@ class Service:
                   error=str(exc))
             return False
         # One reference swap each: readers see the old or the new, whole.
-        self.engine.matcher = Matcher(db, p0f_bugs=self.cfg.p0f_bugs, classes=classes)
+        self.engine.matcher = Matcher(db, classes=classes)  # in the mode the database was read in
         self._syn_action = _action_memo(policy)
         self.policy = policy
         self.reloads += 1

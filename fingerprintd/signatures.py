@@ -101,6 +101,7 @@ class Database:
     response: list[TcpSig] = field(default_factory=list)  # [tcp:response]
     http_sigs: int = 0  # [http:*] signatures are parsed for syntax only
     labels: list[Label] = field(default_factory=list)
+    p0f_bugs: bool = False  # the mode it was read in; Matcher and Engine follow it unless told otherwise
 
     def tcp(self, to_server: bool) -> list[TcpSig]:
         return self.request if to_server else self.response
@@ -141,7 +142,7 @@ def load(path: str | Path, p0f_bugs: bool = False) -> Database:
 
 class _Parser:
     def __init__(self, source: str, p0f_bugs: bool) -> None:
-        self.db = Database(source)
+        self.db = Database(source, p0f_bugs=p0f_bugs)
         self.source = source
         self.p0f_bugs = p0f_bugs
         self.state = "sect"  # sect -> label -> (sys) -> sig

@@ -8,6 +8,7 @@ are the oracle: they are what the rest of the suite checks against p0f itself.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import struct
@@ -241,6 +242,38 @@ def test_parse_alike_on_every_single_byte_change():
                         checked += 1
                 buf[pos] = keep
     assert checked > 500_000
+
+
+# --- the boundary: one p0f mode for every stage ---------------------------------------------------------
+
+SAMPLE = ROOT / "samples" / "kernel-syn.pcap"
+
+
+def test_coverage_check_matches_in_the_mode_it_loads(tmp_path):
+    """`signatures check --p0f-bugs --coverage` once loaded with the bugs and matched in fixed mode.  An IPv6
+    line without `flow` is reached by the sample's flow-labelled Linux SYNs only through the flow-label rule
+    (fixed mode); p0f itself never matches them."""
+    db = tmp_path / "v6.fp"
+    db.write_text("classes = unix\n[tcp:request]\nlabel = s:unix:Linux:v6\n"
+                  "sig = 6:64:0:*:mss*22,7:mss,sok,ts,nop,ws::0\n")
+
+    def matched(*flags: str) -> int:
+        proc = subprocess.run([sys.executable, "-m", "fingerprintd", "signatures", "check", str(db), *flags,
+                               "--coverage", str(SAMPLE), "--all-lines", "--json"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["coverage"]["matched"]
+
+    assert matched() == 1
+    assert matched("--p0f-bugs") == 0
+
+
+def test_every_stage_follows_the_database_mode():
+    for bugs in (False, True):
+        db = load(OUR_DB, p0f_bugs=bugs)
+        eng = engine.build_engine(db)
+        assert (db.p0f_bugs, eng.matcher.p0f_bugs, eng.p0f_bugs, eng.nat_exact) == (bugs,) * 4
+        assert eng.matcher.flow_twin is not bugs and (eng.matcher.fallback is None) is bugs
 
 
 # --- selection -------------------------------------------------------------------------------------------
