@@ -46,7 +46,8 @@ def p0f_bin() -> str:
 # tests), each test once on the pure-Python reference and once on the compiled accelerator
 # (fingerprintd/accel.py); tests/test_accel.py compares the two directly.
 BOTH_IMPLEMENTATIONS = frozenset({"test_conformance_corpus", "test_conformance_crafted", "test_conformance_kernel",
-                                  "test_packet", "test_cli", "test_nat", "test_scanners", "test_bounds", "test_counters"})
+                                  "test_packet", "test_cli", "test_nat", "test_scanners", "test_bounds",
+                                  "test_counters"})
 
 
 def pytest_generate_tests(metafunc) -> None:
