@@ -63,6 +63,7 @@ _IGNORED_QUIRKS = Q_ECN | Q_DF | Q_NZ_ID | Q_ZERO_ID  # fuzzy-level quirks: not 
 _U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 _ZERO_RING = bytes(NAT_SCORES)
+_new_tuple = tuple.__new__
 
 
 class Sig(NamedTuple):
@@ -343,8 +344,9 @@ def on_syn(to_srv: bool, flow, pkt, fp, now: int, now_ms: int, exact: bool) -> t
         return verify_tool(to_srv, hd, label.sys, now), None
     if flow.sendsyn:
         return None, None
-    sig = Sig(label, fp.line, fp.fuzzy, fp.random_ttl, fp.dist, pkt.ttl, pkt.quirks, pkt.opt_layout, pkt.mss,
-              pkt.ts1, now_ms)
+    # tuple.__new__: one per SYN, and NamedTuple's own __new__ is a Python function.
+    sig = _new_tuple(Sig, (label, fp.line, fp.fuzzy, fp.random_ttl, fp.dist, pkt.ttl, pkt.quirks, pkt.opt_layout,
+                           pkt.mss, pkt.ts1, now_ms))
     record = score_sig(to_srv, sig, hd, pkt.sport if to_srv else pkt.dport, now, exact)
     # The uptime compares with the host's previous packet of the kind, so it runs before the swap.
     if to_srv:
