@@ -17,7 +17,7 @@ nat.py, compiled by Cython from the same source (_cflows.pyx, _cnat.pyx).
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, PyObject, PyTypeObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 import struct
@@ -28,6 +28,10 @@ from fingerprintd import packet as _pk
 __source_sha256__ = SOURCE_SHA256  # set by setup.py: accel.py refuses a build older than this file
 
 cdef object Packet = _pk.Packet
+if Packet._fields != ("ts", "ip_ver", "src", "dst", "sport", "dport", "ttl", "tos", "ip_opt_len", "tcp_type",
+                      "seq", "win", "mss", "wscale", "ts1", "opt_layout", "opt_eol_pad", "pay_len", "tot_hdr",
+                      "quirks", "payload", "shape"):
+    raise ImportError("packet.Packet changed: the accelerator's _parse fills the fields it knew")
 # Where the loop and the formatter find a Packet's fields (the tuple is read by index here).
 cdef Py_ssize_t P_TS = Packet._fields.index("ts")
 cdef Py_ssize_t P_SRC = Packet._fields.index("src")
@@ -78,6 +82,29 @@ DEF Q_OPT_NZ_TS2 = 0x02000000
 DEF Q_OPT_EOL_NZ = 0x04000000
 DEF Q_OPT_EXWS = 0x08000000
 DEF Q_OPT_BAD = 0x10000000
+
+cdef extern from "Python.h":
+    object PyType_GenericAlloc(type t, Py_ssize_t nitems)
+
+
+cdef inline void _put(object t, Py_ssize_t i, object item):
+    Py_INCREF(item)  # PyTuple_SET_ITEM steals a reference
+    PyTuple_SET_ITEM(t, i, item)
+
+
+cdef object _observation(mod, pkt, fp, linktype, to_server, nat, uptime):
+    """Observation(...) without an intermediate tuple: allocated and filled as CPython's tuple_subtype_new
+    does it for tuple.__new__(Observation, items)."""
+    obs = PyType_GenericAlloc(<type>Observation, 7)
+    _put(obs, 0, mod)
+    _put(obs, 1, pkt)
+    _put(obs, 2, fp)
+    _put(obs, 3, linktype)
+    _put(obs, 4, to_server)
+    _put(obs, 5, nat)
+    _put(obs, 6, uptime)
+    return obs
+
 
 # Small ints and the empty bytes, shared (the pure path's are shared too: CPython caches them).
 cdef object _EMPTY = b""
@@ -376,10 +403,31 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
     q = <long>quirks
     shape = (ver, ttl, tos, ip_opt_len, q, tcp_type, win, mss, wscale, ts1 != 0, layout, eol_pad,
              pay_len != 0, tot_hdr)
-    return _new(Packet, (
-        ts, ver, src, dst, sport, dport, ttl, tos, ip_opt_len, tcp_type, seq, win, mss, wscale, ts1, layout,
-        eol_pad, pay_len, tot_hdr, q, payload, shape,
-    ))
+    # Packet(...) filled in place (see _observation), in Packet._fields order (checked at import).
+    pkt = PyType_GenericAlloc(<type>Packet, 22)
+    _put(pkt, 0, ts)
+    _put(pkt, 1, ver)
+    _put(pkt, 2, src)
+    _put(pkt, 3, dst)
+    _put(pkt, 4, sport)
+    _put(pkt, 5, dport)
+    _put(pkt, 6, ttl)
+    _put(pkt, 7, tos)
+    _put(pkt, 8, ip_opt_len)
+    _put(pkt, 9, tcp_type)
+    _put(pkt, 10, seq)
+    _put(pkt, 11, win)
+    _put(pkt, 12, mss)
+    _put(pkt, 13, wscale)
+    _put(pkt, 14, ts1)
+    _put(pkt, 15, layout)
+    _put(pkt, 16, eol_pad)
+    _put(pkt, 17, pay_len)
+    _put(pkt, 18, tot_hdr)
+    _put(pkt, 19, q)
+    _put(pkt, 20, payload)
+    _put(pkt, 21, shape)
+    return pkt
 
 
 def parse(data, int linktype=1, ts=0.0, bint p0f_bugs=False):
@@ -473,7 +521,7 @@ cdef class _Loop:
                 up = self.on_other(due[0], due[1], pkt, sec * 1000 + usec // 1000)
                 if up is not None:
                     self.n_uptime += 1
-                    self.out.append(_new(Observation, ("uptime", pkt, None, self.linktype, due[1], None, up)))
+                    self.out.append(_observation("uptime", pkt, None, self.linktype, due[1], None, up))
             return 0
         if not self.all_ports and pkt[P_DPORT] not in self.ports and pkt[P_SPORT] not in self.ports:
             self.n_other_port += 1
@@ -514,7 +562,7 @@ cdef class _Loop:
             self.records[rec.kind] += 1
         if up is not None:
             self.n_uptime += 1
-        self.out.append(_new(Observation, (mod, pkt, fp, self.linktype, to_srv, rec, up)))
+        self.out.append(_observation(mod, pkt, fp, self.linktype, to_srv, rec, up))
         return 0
 
     cdef finish(self, Py_ssize_t count):
