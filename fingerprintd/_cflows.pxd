@@ -19,6 +19,10 @@ cdef class FlowTable:
     cdef public object limits, flows, hosts, _last_expire
     cdef public long packets
 
+    cpdef tick(self, sec)
+    cpdef syn_done(self, flow, pkt, app)
+    cpdef synack_done(self, flow, pkt, app)
+
     @cython.locals(flow=Flow)
     cpdef _destroy(self, key)
 

@@ -24,6 +24,10 @@ import struct
 import time
 
 from fingerprintd import packet as _pk
+# The compiled books and host records (the same build): called as C functions when the engine runs them.
+from fingerprintd._cflows cimport Flow, FlowTable
+from fingerprintd._cnat cimport on_other as c_on_other, on_syn as c_on_syn
+from fingerprintd import _cnat
 
 __source_sha256__ = SOURCE_SHA256  # set by setup.py: accel.py refuses a build older than this file
 
@@ -470,6 +474,8 @@ cdef class _Loop:
 
     cdef object engine, flows, matcher, cache, fingerprint, ports, skipped, classes, records, on_syn, on_other
     cdef object out
+    cdef FlowTable books  # flows, when they are the compiled p0f books; else None
+    cdef bint c_nat  # nat is the compiled nat module
     cdef bint bugs, exact, host_records, all_ports
     cdef int linktype
     cdef long n_not_syn, n_other_port, n_retransmit, n_stray, n_syn, n_synack, n_probe, n_response, hits
@@ -493,6 +499,8 @@ cdef class _Loop:
         self.host_records = engine.host_records
         self.on_syn = nat.on_syn
         self.on_other = nat.on_other
+        self.books = self.flows if type(self.flows) is FlowTable else None
+        self.c_nat = nat is _cnat
         self.linktype = linktype
         self.out = []
 
@@ -507,8 +515,12 @@ cdef class _Loop:
     cdef int one(self, const uint8_t* d, Py_ssize_t n, unsigned long sec, unsigned long usec, frame) except -1:
         cdef unsigned int tcp_type
         cdef bint to_srv, sendsyn
+        cdef FlowTable books = self.books
         flows = self.flows
-        flows.tick(sec)
+        if books is not None:
+            books.tick(sec)
+        else:
+            flows.tick(sec)
         pkt = _parse(d, n, self.linktype, sec + usec * 1e-6, self.bugs, frame)
         if type(pkt) is str:
             self.skipped[pkt] += 1
@@ -518,7 +530,10 @@ cdef class _Loop:
             due = flows.other(pkt)
             self.n_not_syn += 1
             if due is not None and self.host_records:
-                up = self.on_other(due[0], due[1], pkt, sec * 1000 + usec // 1000)
+                if self.c_nat:
+                    up = c_on_other(due[0], due[1], pkt, sec * 1000 + usec // 1000)
+                else:
+                    up = self.on_other(due[0], due[1], pkt, sec * 1000 + usec // 1000)
                 if up is not None:
                     self.n_uptime += 1
                     self.out.append(_observation("uptime", pkt, None, self.linktype, due[1], None, up))
@@ -527,13 +542,16 @@ cdef class _Loop:
             self.n_other_port += 1
             return 0
         if tcp_type == SYN:
-            flow = flows.syn(pkt)
+            flow = books.syn(pkt) if books is not None else flows.syn(pkt)
             if flow is None:
                 self.n_retransmit += 1
                 return 0
-            sendsyn = flow.sendsyn
+            sendsyn = (<Flow>flow).sendsyn if books is not None else flow.sendsyn
             fp = self.fp_of(pkt, True, 0, sendsyn)
-            flows.syn_done(flow, pkt, fp.app)
+            if books is not None:
+                books.syn_done(flow, pkt, fp.app)
+            else:
+                flows.syn_done(flow, pkt, fp.app)
             if sendsyn:
                 mod = "sendsyn probe"
                 self.n_probe += 1
@@ -543,13 +561,16 @@ cdef class _Loop:
             self.classes[fp.mail_class] += 1
             to_srv = True
         else:
-            flow = flows.synack(pkt)
+            flow = books.synack(pkt) if books is not None else flows.synack(pkt)
             if flow is None:
                 self.n_stray += 1
                 return 0
             sendsyn = flow.sendsyn
             fp = self.fp_of(pkt, False, flow.syn_mss, sendsyn)
-            flows.synack_done(flow, pkt, fp.app)
+            if books is not None:
+                books.synack_done(flow, pkt, fp.app)
+            else:
+                flows.synack_done(flow, pkt, fp.app)
             if sendsyn:
                 mod = "sendsyn response"
                 self.n_response += 1
@@ -557,7 +578,10 @@ cdef class _Loop:
                 mod = "syn+ack"
                 self.n_synack += 1
             to_srv = False
-        rec, up = self.on_syn(to_srv, flow, pkt, fp, sec, sec * 1000 + usec // 1000, self.exact)
+        if self.c_nat:
+            rec, up = c_on_syn(to_srv, flow, pkt, fp, sec, sec * 1000 + usec // 1000, self.exact)
+        else:
+            rec, up = self.on_syn(to_srv, flow, pkt, fp, sec, sec * 1000 + usec // 1000, self.exact)
         if rec is not None:
             self.records[rec.kind] += 1
         if up is not None:
