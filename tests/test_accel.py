@@ -14,17 +14,19 @@ import random
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.all import TCP  # type: ignore[attr-defined]
 
 from fingerprintd import accel, capture, engine, packet, report
 from fingerprintd.matcher import Matcher
 from fingerprintd.signatures import load
 from tests.conftest import CORPUS, OUR_DB, ROOT, STOCK_DB, need
-from tests.craft import Shape, frame, write_pcap
+from tests.craft import Shape, frame, shape_from_sig, write_pcap
 
 FORMATS = ("p0f-log", "jsonl", "text")
 
@@ -113,21 +115,58 @@ def test_every_corpus_capture_alike(p0f_bugs):
     assert fingerprinted > 1000  # the corpus did reach the matcher
 
 
-def test_host_series_alike(tmp_path):
-    """Crafted per-host series that set off every host change, ip sharing and uptime path (tests/test_nat.py)."""
-    from tests.test_nat import nat_packets
+def _host_series(db_path: Path, seed: int) -> list:
+    """Per-host SYN series that set off host change, ip sharing and uptime records: each client switches
+    between a few of the database's stacks, shifts its TTL and MSS, and stamps its SYNs from one clock
+    (sometimes from no clock at all), with whole connections (SYN+ACK, ACKs with timestamps) now and then."""
+    db = load(db_path)
+    rng = random.Random(seed)
+    sigs = [sig for sig in db.request if not sig.label.is_app and sig.mss is not None and sig.ver in (None, 4)]
+    packets, t = [], 1_700_000_000.0
+    for n in range(80):
+        client = f"10.9.{n >> 8}.{n & 255}"
+        base = [shape_from_sig(sig, rng, ver=4) for sig in rng.sample(sigs, 3)]
+        hz = rng.choice((1000, 250, 100))
+        port = rng.randrange(20000, 60000)
+        for _ in range(rng.randrange(4, 16)):
+            shape = base[0] if rng.random() < 0.6 else rng.choice(base)
+            if rng.random() < 0.2:
+                shape = replace(shape, ttl=max(1, shape.ttl - rng.choice((1, 2, 9))), mss=rng.choice((1460, 1380)))
+            t += rng.choice((0.005, 0.05, 1.0, 30.0, 700.0))
+            ts1 = int(t * hz) & 0xFFFFFFFF if rng.random() < 0.8 else rng.randrange(1 << 32)
+            shape = replace(shape, ts1=ts1)
+            port = min(max(port + rng.randrange(-50, 40), 1025), 65535)
+            seq = rng.randrange(1, 1 << 32)
+            syn = frame(shape, client, "192.0.2.25", port, 25, rng, seq=seq)
+            syn.time = t
+            packets.append(syn)
+            if rng.random() < 0.3:  # the connection: SYN+ACK, then the client's ACK with a later timestamp
+                synack = frame(replace(shape, synack=True, ts1=rng.randrange(1 << 32)), "192.0.2.25", client, 25,
+                               port, rng, seq=rng.randrange(1, 1 << 32), ack=seq + 1)
+                synack.time = t + 0.001
+                ack = frame(replace(shape, ts1=(ts1 + hz) & 0xFFFFFFFF), client, "192.0.2.25", port, 25, rng,
+                            seq=seq + 1, ack=synack[TCP].seq + 1)
+                ack[TCP].flags = "A"
+                ack.time = t + 1.0
+                packets += [synack, ack]
+    packets.sort(key=lambda p: p.time)
+    return packets
 
+
+def test_host_series_alike(tmp_path):
+    """Crafted per-host series reaching host change, ip sharing and uptime (from SYNs and from ACKs)."""
     for db_path in (OUR_DB, STOCK_DB):
         if not db_path.exists():
             continue
-        path = tmp_path / "nat.pcap"
-        write_pcap(path, nat_packets(db_path, seed=20261201))
+        path = tmp_path / "hosts.pcap"
+        write_pcap(path, _host_series(db_path, seed=20261201))
         batches, linktype = _read(path)
         db = load(db_path)
         for p0f_bugs in (False, True):
             pure, compiled = run_both(batches, linktype, db, p0f_bugs, ports=(25,))
             assert_same(pure, compiled)
-            assert pure[1]["records"].get("host change") and pure[1]["records"].get("uptime")
+            records = pure[1]["records"]
+            assert records.get("host change") and records.get("ip sharing") and records.get("uptime"), records
 
 
 # --- random and mutated batches --------------------------------------------------------------------------
