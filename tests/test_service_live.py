@@ -276,7 +276,7 @@ def boom(*args, **kwargs):
     raise RuntimeError("injected fault")
 
 if sys.argv[1] == "capture":
-    engine.Engine.feed_batch = boom
+    engine.Engine.feed_batch = engine.Engine.feed_blob = boom  # the capture loop feeds next_batch buffers
 elif sys.argv[1] == "p0f-socket":
     compat.p0f_answer = boom
 else:
