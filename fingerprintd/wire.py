@@ -21,7 +21,7 @@ from typing import NamedTuple
 from fingerprintd.engine import Observation
 from fingerprintd.matcher import Matcher
 from fingerprintd.nat import NatRecord, Uptime
-from fingerprintd.packet import Q_DF, Packet
+from fingerprintd.packet import Packet
 from fingerprintd.signatures import Label
 
 KEY_PREFIX = b"fpd:"  # every key fingerprintd writes, except rspamd's (an ACL can hold a client to it)
@@ -148,9 +148,10 @@ class Codec:
                 off += 4
             if present & 2:
                 up = Uptime(*_UPTIME.unpack_from(data, off))
-        pkt = Packet(ts, ver, src, dst, sport, dport, ttl, tos, 0, olen, bool(quirks & Q_DF), 0, 0,
-                     tcp_type, tcp_type, 0, 0, 0, win, mss, wscale, 1 if ts1 else 0, 0, layout, eol_pad,
-                     1 if payload else 0, tot_hdr, quirks, b"", shape)
+        pkt = Packet(ts=ts, ip_ver=ver, src=src, dst=dst, sport=sport, dport=dport, ttl=ttl, tos=tos,
+                     ip_opt_len=olen, tcp_type=tcp_type, seq=0, win=win, mss=mss, wscale=wscale,
+                     ts1=1 if ts1 else 0, opt_layout=layout, opt_eol_pad=eol_pad, pay_len=1 if payload else 0,
+                     tot_hdr=tot_hdr, quirks=quirks, payload=b"", shape=shape)
         fp = matcher.fingerprint(pkt, True, 0, sendsyn)
         return Observation("sendsyn probe" if sendsyn else "syn", pkt, fp, linktype, True, nat, up)
 
