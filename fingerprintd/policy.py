@@ -313,18 +313,11 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
     # Names are lowercased (fingerprintd/context.py): so are their patterns' matches.
     names = tuple((k, re.compile(rx.pattern, rx.flags | re.IGNORECASE))
                   for k, rx in compile_regexes(raw, _NAME_KEYS, fail, sec, f"rule {name!r}: "))
-    facts = []
-    for key in _FACT_KEYS:
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
-            facts.append((key, raw[key]))
-    flags = []
-    for key in _BOOL_KEYS:
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
-            flags.append((key, raw[key]))
+    for key in (*_BOOL_KEYS, *_FACT_KEYS, *_HOST_KEYS):
+        if key in raw and not isinstance(raw[key], bool):
+            raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
+    flags, facts, host = (tuple((key, raw[key]) for key in keys if key in raw)
+                          for keys in (_BOOL_KEYS, _FACT_KEYS, _HOST_KEYS))
     dist = []
     for key in _INT_KEYS:
         v = raw.get(key)
@@ -342,11 +335,5 @@ def _rule(raw: dict, sec: tuple, fail) -> Rule:
             raise fail(sec, "mail_class", f"rule {name!r}: mail_class must be one of {', '.join(MAIL_CLASSES)}, "
                                           "or a list of them")
         mail_classes = frozenset(want)
-    host = []
-    for key in _HOST_KEYS:
-        if key in raw:
-            if not isinstance(raw[key], bool):
-                raise fail(sec, key, f"rule {name!r}: {key} must be true or false")
-            host.append((key, raw[key]))
-    return Rule(name, float(score), action, final, regexes, tuple(flags), dist[0], dist[1], mail_classes, names,
-                tuple(facts), tuple(host))
+    return Rule(name, float(score), action, final, regexes, flags, dist[0], dist[1], mail_classes, names, facts,
+                host)
