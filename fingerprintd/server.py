@@ -283,9 +283,12 @@ class Servicer(pb_grpc.FingerprintServicer):
         self.open.labels("waits").set_function(lambda: sum(self._waits.values()))
         self.open.labels("streams").set_function(lambda: len(self._streams))
 
-    def _refuse(self, limit: str) -> None:
-        self.counters[f"refused_{limit}"] += 1
-        self.refused.labels(limit).inc()
+    def _cap(self, used: int, cap: int, limit: str, what: str) -> None:
+        """Refuse one more (RESOURCE_EXHAUSTED, counted under `limit`) once `used` has reached `cap`."""
+        if used >= cap:
+            self.counters[f"refused_{limit}"] += 1
+            self.refused.labels(limit).inc()
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {cap} {what}")
 
     # --- what the capture side calls ---------------------------------------
 
@@ -370,13 +373,8 @@ class Servicer(pb_grpc.FingerprintServicer):
         the list costs its client one wait however long it is.
         """
         limits = self.limits
-        if sum(self._waits.values()) >= limits.waits:
-            self._refuse("waits")
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {limits.waits} waiting lookups in all")
-        if self._waits[client] >= limits.waits_per_client:
-            self._refuse("waits_per_client")
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"over {limits.waits_per_client} waiting lookups from {client}")
+        self._cap(sum(self._waits.values()), limits.waits, "waits", "waiting lookups in all")
+        self._cap(self._waits[client], limits.waits_per_client, "waits_per_client", f"waiting lookups from {client}")
         self._waits[client] += 1
         self.counters["waits"] += 1
         start = time.monotonic()
@@ -512,13 +510,9 @@ class Servicer(pb_grpc.FingerprintServicer):
 
         client = client_key(context.peer())
         limits = self.limits
-        if len(self._streams) >= limits.streams:
-            self._refuse("streams")
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {limits.streams} Watch streams in all")
-        if self._stream_count[client] >= limits.streams_per_client:
-            self._refuse("streams_per_client")
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"over {limits.streams_per_client} Watch streams from {client}")
+        self._cap(len(self._streams), limits.streams, "streams", "Watch streams in all")
+        self._cap(self._stream_count[client], limits.streams_per_client, "streams_per_client",
+                  f"Watch streams from {client}")
         stream = _Stream(wants if filtered else None)
         self._streams[stream] = client
         self._stream_count[client] += 1
