@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.common import publish
 from fingerprintd import mail
 from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
@@ -92,11 +93,7 @@ def test_added_latency(benchmark):
         for name in list(stack.procs):
             stack.stop(name)
         shutil.rmtree(d, ignore_errors=True)
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 class _Silent(pb_grpc.FingerprintServicer):
@@ -142,11 +139,7 @@ def test_lookup_fail_open_bound(benchmark, tmp_path):
     finally:
         servicer.release.set()
         server.stop(0)
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 def _proc_status(pid: int) -> dict[str, str]:
@@ -192,8 +185,4 @@ def test_policyd_hostile_clients(benchmark, tmp_path):
             s.close()
         proc.terminate()
         proc.wait(30)
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 import signal
@@ -26,11 +25,12 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from benchmarks.common import measure, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PUBLISH = 200_000
@@ -179,11 +179,7 @@ def test_publish_rate(benchmark, redis_server, tmp_path):
         r["publisher_observations_per_s"] / r["redis_py_pipeline_observations_per_s"], 2)
     r["ratio_ingest_with_over_without_redis"] = round(
         r["ingest_syn_per_s_with_redis_until_published"] / r["ingest_syn_per_s_without_redis"], 2)
-    benchmark.extra_info.update(r)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in r.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, r)
 
 
 def serve(sock: str, url: str, count: int) -> None:
@@ -212,33 +208,6 @@ def _start(*args: str) -> subprocess.Popen:
     return p
 
 
-def _measure(call, clients: int, seconds: float = 3.0) -> dict:
-    lat: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        mine = []
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            call(rng)
-            mine.append(time.perf_counter() - t)
-        with lock:
-            lat.extend(mine)
-
-    call(random.Random(0))
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat.sort()
-    return {"calls_per_s": round(len(lat) / wall), "p50_ms": round(lat[len(lat) // 2] * 1e3, 3),
-            "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3)}
-
 
 def test_cross_sensor_lookup(benchmark, redis_server, tmp_path):
     import grpc
@@ -260,7 +229,7 @@ def test_cross_sensor_lookup(benchmark, redis_server, tmp_path):
 
                 for n in (1, 16):
                     key = "local_table_a" if name == "a" else "cross_sensor_b"
-                    results[f"{key}_{n}"] = _measure(call, n)
+                    results[f"{key}_{n}"] = measure(call, n)
     finally:
         a.kill()
         b.kill()
@@ -268,11 +237,7 @@ def test_cross_sensor_lookup(benchmark, redis_server, tmp_path):
     for n in (1, 16):
         r[f"p99_ratio_cross_over_local_{n}"] = round(r[f"cross_sensor_b_{n}"]["p99_ms"] / r[f"local_table_a_{n}"]
                                                      ["p99_ms"], 2)
-    benchmark.extra_info.update(r)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in r.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, r)
 
 
 def test_redis_memory_per_million_connections(benchmark, redis_server):
@@ -295,11 +260,7 @@ def test_redis_memory_per_million_connections(benchmark, redis_server):
             results[f"keys_per_connection_{name}"] = round(keys / N_MEMORY, 3)
             results[f"mib_per_million_connections_{name}"] = round(used / N_MEMORY * 1e6 / 2**20, 1)
     r = results
-    benchmark.extra_info.update(r)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in r.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, r)
 
 
 LIVE_RATES = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000)
@@ -362,11 +323,7 @@ def test_capture_zero_loss_with_publishing(benchmark, redis_server, tmp_path):
                 stopped = [ln for ln in (tmp_path / f"{name}.log").read_text().splitlines() if '"stopped"' in ln]
                 results["with_redis_at_stop"] = {k: v for k, v in json.loads(stopped[-1]).items()
                                                  if k.startswith("redis_")}
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import struct
@@ -27,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import measure, publish
 from benchmarks.live import SENDER, syn_frames
 from tests.conftest import need
 from tests.netns import NetnsPair, can_use_netns
@@ -39,33 +39,6 @@ def need_root() -> None:
     ok, why = can_use_netns()
     need(ok, why)
 
-
-def measure(call, clients: int, seconds: float = 3.0) -> dict:
-    lat: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        mine = []
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            call(rng)
-            mine.append(time.perf_counter() - t)
-        with lock:
-            lat.extend(mine)
-
-    call(random.Random(0))  # warm the channel
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat.sort()
-    return {"calls_per_s": round(len(lat) / wall), "p50_ms": round(lat[len(lat) // 2] * 1e3, 3),
-            "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3)}
 
 
 def _cpu(pid: int) -> float:
@@ -128,11 +101,7 @@ def test_lookup_latency(benchmark, tmp_path):
     r["batch_vs_single_address_rate"] = round(r["batch100_addresses_per_s"] / r["lookup_1"]["calls_per_s"], 1)
     r["server_cpu_per_call_ours_over_floor_16"] = round(
         r["lookup_16"]["server_cpu_us_per_call"] / r["floor_16"]["server_cpu_us_per_call"], 2)
-    benchmark.extra_info.update(r)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in r.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, r)
 
 
 HOSTILE = 1_000  # unread Watch streams, and Lookups waiting for a SYN that never comes
@@ -180,11 +149,7 @@ def test_lookup_under_hostile_clients(benchmark, tmp_path):
     for n in (1, 16):
         results[f"p99_ratio_hostile_over_idle_{n}"] = round(
             results[f"hostile_{n}"]["p99_ms"] / results[f"idle_{n}"]["p99_ms"], 2)
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 def _socket_query(path: Path, local: threading.local):
@@ -240,11 +205,7 @@ def test_p0f_socket_vs_p0f(benchmark, tmp_path):
             results[f"fingerprintd_{n}"]["calls_per_s"] / results[f"p0f_{n}"]["calls_per_s"], 2)
         results[f"server_cpu_per_call_ours_over_p0f_{n}"] = round(
             results[f"fingerprintd_{n}"]["server_cpu_us_per_call"] / results[f"p0f_{n}"]["server_cpu_us_per_call"], 2)
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 # The compat servers alone, on a table of TABLE synthetic SYNs, in a process of their own.
@@ -329,11 +290,7 @@ def test_p0f_socket_under_hostile_clients(benchmark, tmp_path):
         for child in children:
             child.kill()
             child.wait()
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 AMAVISD_BUDGET_MS = 50.0  # amavisd-new waits this long for a p0f-analyzer reply, then goes on without
@@ -376,11 +333,7 @@ def test_analyzer_reply_within_amavisd_budget(benchmark, tmp_path):
         child.wait()
     for key in ("known_1", "known_8", "unknown_1", "unknown_8"):
         results[f"p99_over_amavisd_budget_{key}"] = round(results[key]["p99_ms"] / AMAVISD_BUDGET_MS, 3)
-    benchmark.extra_info.update(results)
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    for key, value in results.items():
-        print(f"\n{key}: {value}", end="")
-    print()
+    publish(benchmark, results)
 
 
 def _p0f_api(tmp_path: Path) -> dict:
