@@ -191,6 +191,15 @@ def wait_until(predicate, seconds: float = 15, step: float = 0.1):
     raise TimeoutError
 
 
+def delivered_to(maildir: Path, subject: str) -> email.message.Message | None:
+    """The message with this Subject among those delivered into the Maildir `maildir` (its new/), or None."""
+    for path in (maildir / "new").glob("*"):
+        msg = email.message_from_bytes(path.read_bytes())
+        if msg["Subject"] == subject:
+            return msg
+    return None
+
+
 class MailStack:
     """A private Postfix instance on loopback port SMTP_PORT with the service, the milter and the policy
     service, all in directory d (mail is delivered to d/vmail)."""
@@ -260,11 +269,71 @@ class MailStack:
                               capture_output=True, text=True, timeout=60)
 
     def delivered(self, subject: str) -> email.message.Message:
-        def find():
-            for path in (self.d / "vmail" / "user" / "new").glob("*"):
-                msg = email.message_from_bytes(path.read_bytes())
-                if msg["Subject"] == subject:
-                    return msg
-            return None
+        return wait_until(lambda: delivered_to(self.d / "vmail" / "user", subject), 20)
 
-        return wait_until(find, 20)
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_rspamd(conf: Path, p0f_conf: str) -> tuple[int, subprocess.Popen]:
+    """Debian's rspamd in the foreground on a private config directory `conf`, its p0f module
+    configured by `p0f_conf` (local.d/p0f.conf). Returns its scanning worker's port and the process:
+    wait for the port with `wait_for_port`, terminate the process when done."""
+    for sub in ("local.d", "override.d", "run", "db", "log"):
+        (conf / sub).mkdir(parents=True)
+    port, ctl = free_port(), free_port()
+    (conf / "local.d" / "p0f.conf").write_text(p0f_conf)
+    (conf / "local.d" / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
+    (conf / "local.d" / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{ctl}";\n')
+    (conf / "local.d" / "worker-proxy.inc").write_text("enabled = false;\n")
+    (conf / "local.d" / "logging.inc").write_text(f'type = "file";\nfilename = "{conf}/log/rspamd.log";\n')
+    (conf / "local.d" / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; timeout = 0.2s; }\n')
+    # rspamd treats private networks as local and skips p0f for them (local.d would
+    # merge with its list): override it to loopback only.
+    (conf / "override.d" / "options.inc").write_text('local_addrs = ["127.0.0.0/8", "::1"];\n')
+    proc = subprocess.Popen(["rspamd", "-f", "-u", "root", "-g", "root", "-i", "--var", f"LOCAL_CONFDIR={conf}",
+                             "--var", f"RUNDIR={conf}/run", "--var", f"DBDIR={conf}/db", "--var",
+                             f"LOGDIR={conf}/log", "-c", "/etc/rspamd/rspamd.conf"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return port, proc
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Until `proc` accepts on 127.0.0.1:`port`; fails if it exits first or takes over `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, f"{proc.args[0]} exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, f"{proc.args[0]} did not start"
+        time.sleep(0.5)
+
+
+# Runs in the client namespace: the hex frames on stdin out of the veth named in argv[1], pausing
+# argv[3] seconds after every argv[2] of them; prints how many went out.
+_FRAME_SENDER = r"""
+import socket, sys, time
+frames = [bytes.fromhex(l) for l in sys.stdin.read().split()]
+every, pause = int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+for i, f in enumerate(frames):
+    s.send(f)
+    if i % every == every - 1:
+        time.sleep(pause)
+print(len(frames))
+"""
+
+
+def send_frames(pair: NetnsPair, frames: list[bytes], every: int, pause: float) -> None:
+    """Send raw Ethernet `frames` from the client side of `pair`, sleeping `pause` s after every `every`
+    (a paced stream, not one burst); fails unless all of them went out."""
+    out = subprocess.run(["ip", "netns", "exec", pair.cli, sys.executable, "-c", _FRAME_SENDER, pair.vcli,
+                          str(every), str(pause)], input="\n".join(f.hex() for f in frames), capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == str(len(frames)), out.stderr

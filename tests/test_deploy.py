@@ -43,6 +43,7 @@ import pytest
 
 from tests import snippets
 from tests.conftest import ROOT, need
+from tests.helpers import delivered_to, free_port
 
 FINGERPRINTD = Path(sys.executable).parent / "fingerprintd"
 API = "/run/fingerprintd/api.sock"
@@ -99,12 +100,6 @@ def _wait(predicate, seconds: float = 30, step: float = 0.1, what: str = ""):
             return value
         time.sleep(step)
     raise TimeoutError(what)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unit_command(name: str) -> tuple[list[str], int]:
@@ -212,14 +207,8 @@ class Deployment:
                               capture_output=True, text=True, timeout=60)
 
     def delivered(self, subject: str) -> email.message.Message:
-        def find():
-            for path in (self.d / "vmail" / "user" / "new").glob("*"):
-                msg = email.message_from_bytes(path.read_bytes())
-                if msg["Subject"] == subject:
-                    return msg
-            return None
-
-        return _wait(find, 30, what=f"no delivery of {subject!r}: {self.log('maillog')[-3000:]}")
+        return _wait(lambda: delivered_to(self.d / "vmail" / "user", subject), 30,
+                     what=f"no delivery of {subject!r}: {self.log('maillog')[-3000:]}")
 
 
 def _postfix_running() -> bool:
@@ -352,7 +341,7 @@ def test_rspamd_reads_the_p0f_socket_as_its_own_user(deployed, rspamd_user):
     conf = deployed.d / "rspamd"
     for sub in ("local.d", "run", "db", "log"):
         (conf / sub).mkdir(parents=True)
-    port, ctl = _free_port(), _free_port()
+    port, ctl = free_port(), free_port()
     (conf / "local.d" / "p0f.conf").write_text(snippets.snippet(*snippets.RSPAMD_CONF))
     (conf / "local.d" / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
     (conf / "local.d" / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{ctl}";\n')
@@ -398,7 +387,7 @@ def test_amavisd_asks_the_analyzer_and_adds_its_header(deployed):
     home = deployed.d / "amavis"
     for sub in ("tmp", "db"):
         (home / sub).mkdir(parents=True)
-    amavis_port = _free_port()
+    amavis_port = free_port()
     cf = deployed.d / "amavisd.conf"
     cf.write_text(AMAVIS_CF.replace("{d}", str(deployed.d)).replace("{port}", str(amavis_port))
                   .replace("{readme}", snippets.snippet(*snippets.AMAVIS_CONF)))

@@ -32,6 +32,7 @@ from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, need
 from tests.craft import Shape, frame
+from tests.helpers import free_port
 from tests.scenarios import recording_milter
 
 RNG = random.Random(10)
@@ -419,12 +420,6 @@ def test_policy_idle_connections_are_closed(api, tmp_path):
 
 # --- metrics ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _scrape(port: int) -> str:
     deadline = time.monotonic() + 30
     while True:
@@ -439,7 +434,7 @@ def _scrape(port: int) -> str:
 
 def test_policyd_metrics_scrape(tmp_path):
     """`fingerprintd policyd --metrics`, its service down: a real request, then a real scrape."""
-    port = _free_port()
+    port = free_port()
     sock = tmp_path / "p.sock"
     proc = subprocess.Popen([sys.executable, "-m", "fingerprintd", "policyd", "--listen", f"unix:{sock}",
                              "--server", f"unix:{tmp_path}/nobody-home.sock", "--metrics", f"127.0.0.1:{port}"],
@@ -463,7 +458,7 @@ def test_policyd_metrics_scrape(tmp_path):
 
 def test_milter_metrics_scrape(tmp_path):
     need(importlib.util.find_spec("Milter") is not None, "pymilter is not installed (pip install -e '.[test]')")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fingerprintd", "milter", "--listen", f"unix:{tmp_path}/m.sock",
                              "--server", f"unix:{tmp_path}/nobody-home.sock", "--metrics", f"127.0.0.1:{port}"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)

@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from fingerprintd.v1 import fingerprintd_pb2 as pb
 from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, need
 from tests.craft import Shape, frame
+from tests.helpers import free_port, send_frames, start_rspamd, wait_for_port
 from tests.netns import NetnsPair, can_use_netns
 
 RNG = random.Random(13)
@@ -52,12 +54,6 @@ STACKS = {  # shapes p0f's database names (as in the host-table tests)
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A private redis-server: unix socket in `d` (and a loopback port with tcp=True), nothing on disk."""
 
@@ -65,7 +61,7 @@ class RedisServer:
         need(shutil.which("redis-server") is not None, "redis-server is not installed (make test installs it)")
         self.dir = d
         self.sock = str(d / "redis.sock")
-        self.port = _free_port() if tcp else 0
+        self.port = free_port() if tcp else 0
         self.extra = extra
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -140,23 +136,31 @@ SENT = [("linux", "203.0.113.5", 40001), ("winxp", "203.0.113.5", 40002), ("nmap
         ("linux", "198.51.100.7", 40006), ("nmap", "198.51.100.7", 40007)]
 
 
+@contextmanager
+def _two_services(redis_server, tmp_path, **cfg):
+    """Services A and B, each with its API, both on one Redis (and Config(**cfg)): (services, stubs)."""
+    services, servers, stubs = [], [], []
+    try:
+        for name in ("a", "b"):
+            svc = Service(Config(listen=[f"unix:{tmp_path}/{name}.sock"], redis_url=redis_server.url, **cfg))
+            svc.open_store()
+            server, _ = build_server(svc, svc.cfg.listen)
+            server.start()
+            services.append(svc)
+            servers.append(server)
+            stubs.append(pb_grpc.FingerprintStub(grpc.insecure_channel(f"unix:{tmp_path}/{name}.sock")))
+        yield services, stubs
+    finally:
+        for svc, server in zip(services, servers, strict=True):
+            server.stop(0)
+            svc.publisher.stop()
+
+
 @pytest.fixture
 def two(redis_server, tmp_path):
     """Service A (publishes what it is fed) and service B (fed nothing), both on one Redis, each with its API."""
-    services, servers, stubs = [], [], []
-    for name in ("a", "b"):
-        svc = Service(Config(listen=[f"unix:{tmp_path}/{name}.sock"], redis_url=redis_server.url,
-                             redis_rspamd_prefix="p0f"))
-        svc.open_store()
-        server, _ = build_server(svc, svc.cfg.listen)
-        server.start()
-        services.append(svc)
-        servers.append(server)
-        stubs.append(pb_grpc.FingerprintStub(grpc.insecure_channel(f"unix:{tmp_path}/{name}.sock")))
-    yield services, stubs
-    for svc, server in zip(services, servers, strict=True):
-        server.stop(0)
-        svc.publisher.stop()
+    with _two_services(redis_server, tmp_path, redis_rspamd_prefix="p0f") as two:
+        yield two
 
 
 def test_what_one_service_saw_the_other_answers_alike(two):
@@ -470,25 +474,12 @@ def test_two_sensors_one_redis_a_connection_seen_by_a_is_answered_by_b(netns_ok,
             assert b.stop() == 0
 
 
-FLOOD = r"""
-import socket, sys, time
-frames = [bytes.fromhex(l) for l in sys.stdin.read().split()]
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[1], 0))
-for i, f in enumerate(frames):
-    s.send(f)
-    if i % 50 == 49:
-        time.sleep(0.01)  # a stream of about 5k SYNs/s, not a burst
-print(len(frames))
-"""
-
-
-def _spoofed(n: int, first: int, dst_ip: str) -> list[str]:
+def _spoofed(n: int, first: int, dst_ip: str) -> list[bytes]:
     out = []
     for i in range(first, first + n):
         src = socket.inet_ntoa(struct.pack("!I", 0x0B000000 + i))
         out.append(bytes(frame(STACKS["linux"], src, dst_ip, 20000 + i % 40000, 25, RNG,
-                               seq=RNG.randrange(1, 1 << 31))).hex())
+                               seq=RNG.randrange(1, 1 << 31))))
     return out
 
 
@@ -499,10 +490,7 @@ def test_redis_stopped_and_restarted_during_a_syn_stream(netns_ok, redis_server,
                    "--metrics", f"127.0.0.1:{metrics}")
 
         def send(n: int, first: int) -> None:
-            out = subprocess.run(["ip", "netns", "exec", pair.cli, sys.executable, "-c", FLOOD, pair.vcli],
-                                 input="\n".join(_spoofed(n, first, pair.server4)), capture_output=True, text=True,
-                                 timeout=120)
-            assert out.stdout.strip() == str(n), out.stderr
+            send_frames(pair, _spoofed(n, first, pair.server4), 50, 0.01)  # about 5k SYNs/s, not a burst
 
         def seen() -> float:
             return s.scrape(metrics).get('fingerprintd_observations_total{kind="syn"}', 0)
@@ -562,22 +550,8 @@ patterns {{
 def test_rspamd_reads_the_sensors_keys_without_a_socket(netns_ok, redis_server, tmp_path):
     """Debian's rspamd, its p0f module pointed at the same Redis and at a p0f socket that does not exist."""
     need(shutil.which("rspamd") is not None and shutil.which("rspamc") is not None, "rspamd is not installed")
-    conf = tmp_path / "rspamd"
-    for sub in ("local.d", "override.d", "run", "db", "log"):
-        (conf / sub).mkdir(parents=True)
-    port, ctl = _free_port(), _free_port()
-    (conf / "local.d" / "p0f.conf").write_text(RSPAMD_P0F.format(sock=tmp_path / "no-such.sock",
-                                                                 port=redis_server.port))
-    (conf / "local.d" / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
-    (conf / "local.d" / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{ctl}";\n')
-    (conf / "local.d" / "worker-proxy.inc").write_text("enabled = false;\n")
-    (conf / "local.d" / "logging.inc").write_text(f'type = "file";\nfilename = "{conf}/log/rspamd.log";\n')
-    (conf / "local.d" / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; timeout = 0.2s; }\n')
-    (conf / "override.d" / "options.inc").write_text('local_addrs = ["127.0.0.0/8", "::1"];\n')
-    rspamd = subprocess.Popen(["rspamd", "-f", "-u", "root", "-g", "root", "-i", "--var", f"LOCAL_CONFDIR={conf}",
-                               "--var", f"RUNDIR={conf}/run", "--var", f"DBDIR={conf}/db", "--var",
-                               f"LOGDIR={conf}/log", "-c", "/etc/rspamd/rspamd.conf"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, rspamd = start_rspamd(tmp_path / "rspamd", RSPAMD_P0F.format(sock=tmp_path / "no-such.sock",
+                                                                          port=redis_server.port))
     message = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\nMessage-ID: <1@example.org>\r\n\r\nhi\r\n"
     try:
         with NetnsPair(net=94) as pair:
@@ -591,14 +565,7 @@ def test_rspamd_reads_the_sensors_keys_without_a_socket(netns_ok, redis_server, 
                     time.sleep(0.05)
             finally:
                 assert a.stop() == 0
-        deadline = time.monotonic() + 120
-        while True:
-            assert rspamd.poll() is None, "rspamd exited"
-            with socket.socket() as sk:
-                if sk.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "rspamd did not start"
-            time.sleep(0.5)
+        wait_for_port(port, rspamd)
         out = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", pair.client4, "symbols"],
                              input=message, capture_output=True, timeout=60)
         text = out.stdout.decode()
@@ -626,7 +593,7 @@ def test_rediss_url_publishes_over_tls(tmp_path):
     subprocess.run(["openssl", "x509", "-req", "-in", tmp_path / "req.pem", "-CA", ca,
                     "-CAkey", tmp_path / "ca-key.pem", "-CAcreateserial", "-days", "1",
                     "-extfile", tmp_path / "ext.cnf", "-out", cert], check=True, capture_output=True)
-    tls_port = _free_port()
+    tls_port = free_port()
     server = RedisServer(tmp_path, False, "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
                          "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no")
     url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
@@ -662,21 +629,10 @@ def test_stopping_with_redis_down_counts_what_it_could_not_write(redis_server):
 @pytest.fixture
 def two_learning(redis_server, tmp_path):
     """Services A and B keeping their reputation in one Redis, each with its API."""
-    services, servers, stubs = [], [], []
-    for name in ("a", "b"):
-        svc = Service(Config(listen=[f"unix:{tmp_path}/{name}.sock"], redis_url=redis_server.url,
-                             redis_reputation=True))
-        svc.open_store()
-        svc.reputation.store.cache_seconds = 0.0  # here: every lookup reads Redis (in service: 5 s)
-        server, _ = build_server(svc, svc.cfg.listen)
-        server.start()
-        services.append(svc)
-        servers.append(server)
-        stubs.append(pb_grpc.FingerprintStub(grpc.insecure_channel(f"unix:{tmp_path}/{name}.sock")))
-    yield services, stubs
-    for svc, server in zip(services, servers, strict=True):
-        server.stop(0)
-        svc.publisher.stop()
+    with _two_services(redis_server, tmp_path, redis_reputation=True) as (services, stubs):
+        for svc in services:
+            svc.reputation.store.cache_seconds = 0.0  # here: every lookup reads Redis (in service: 5 s)
+        yield services, stubs
 
 
 def test_feedback_given_on_one_host_moves_the_score_on_the_other(two_learning):

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import need
-from tests.helpers import Served
+from tests.helpers import Served, start_rspamd, wait_for_port
 from tests.netns import NetnsPair, can_use_netns
 
 P0F_CONF = """enabled = true;
@@ -33,49 +31,17 @@ patterns {{
 MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\nMessage-ID: <1@example.org>\r\n\r\nhello\r\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def rspamd(tmp_path):
     need(shutil.which("rspamd") is not None and shutil.which("rspamc") is not None,
          "rspamd is not installed (make test installs Debian's rspamd when root)")
     conf = tmp_path / "rspamd"
-    for sub in ("local.d", "override.d", "run", "db", "log"):
-        (conf / sub).mkdir(parents=True)
-    port, ctl = _free_port(), _free_port()
-    (conf / "local.d" / "p0f.conf").write_text(P0F_CONF.format(sock=tmp_path / "p0f.sock"))
-    (conf / "local.d" / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 1;\n')
-    (conf / "local.d" / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{ctl}";\n')
-    (conf / "local.d" / "worker-proxy.inc").write_text("enabled = false;\n")
-    (conf / "local.d" / "logging.inc").write_text(f'type = "file";\nfilename = "{conf}/log/rspamd.log";\n')
-    (conf / "local.d" / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; timeout = 0.2s; }\n')
-    # rspamd treats private networks as local and skips p0f for them (local.d would
-    # merge with its list): override it to loopback only.
-    (conf / "override.d" / "options.inc").write_text('local_addrs = ["127.0.0.0/8", "::1"];\n')
-    proc = subprocess.Popen(["rspamd", "-f", "-u", "root", "-g", "root", "-i", "--var", f"LOCAL_CONFDIR={conf}",
-                             "--var", f"RUNDIR={conf}/run", "--var", f"DBDIR={conf}/db", "--var",
-                             f"LOGDIR={conf}/log", "-c", "/etc/rspamd/rspamd.conf"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, proc = start_rspamd(conf, P0F_CONF.format(sock=tmp_path / "p0f.sock"))
     try:
         yield port, proc, conf
     finally:
         proc.terminate()
         proc.wait(20)
-
-
-def _wait_port(port: int, proc, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "rspamd exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError("rspamd did not start")
 
 
 def test_rspamd_p0f_module_reads_our_socket(rspamd, tmp_path):
@@ -90,7 +56,7 @@ def test_rspamd_p0f_module_reads_our_socket(rspamd, tmp_path):
         try:
             pair.connect(pair.server4, 1, 0, 37001)
             assert served.lookup(pair.client4, 37001, wait_ms=2000)["found"]
-            _wait_port(port, proc)
+            wait_for_port(port, proc)
             out = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", pair.client4, "symbols"],
                                  input=MESSAGE, capture_output=True, timeout=60)
             text = out.stdout.decode()
