@@ -78,10 +78,6 @@ class Rule:
     facts: tuple[tuple[str, bool], ...] = ()
     host: tuple[tuple[str, bool], ...] = ()  # host_change / ip_sharing conditions
 
-    @property
-    def contextual(self) -> bool:
-        return bool(self.names or self.facts)
-
     def matches(self, fp: Fingerprint, ctx: Context | None = None, facts: Facts = NO_FACTS,
                 records: dict[str, bool] | None = None) -> bool:
         if self.mail_classes is not None and fp.mail_class not in self.mail_classes:
