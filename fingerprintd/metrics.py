@@ -110,14 +110,10 @@ class ServiceCollector(Collector):
             yield _counter("redis_bad_records", "Records in Redis that could not be decoded", value=st["bad_records"])
 
     def _compat(self) -> Iterator[Metric]:
-        """The p0f socket's and the analyzer's counters: their stats() if they have one, else the
-        attributes they keep."""
+        """The p0f socket's and the analyzer's counters (their stats())."""
         for server in self.s.compat:
             part = "p0f_socket" if type(server).__name__.startswith("P0f") else "analyzer"
-            stats = server.stats() if hasattr(server, "stats") else {
-                k: getattr(server, k) for k in ("queries", "bad_queries", "answered", "refused", "malformed")
-                if isinstance(getattr(server, k, None), int)}
-            for key, value in sorted(stats.items()):
+            for key, value in sorted(server.stats().items()):
                 if key == "connections":
                     yield _gauge(f"{part}_connections", f"Open {part} connections", value=value)
                 elif isinstance(value, int | float):

@@ -49,6 +49,7 @@ from fingerprintd.v1 import fingerprintd_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fingerprintd")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Fingerprint"].full_name
+MAIL_CLASS_PB = {name: pb.MailClass.Value(f"MAIL_CLASS_{name.upper()}") for name in MAIL_CLASSES}
 REDIS_TIMEOUT = 0.05  # seconds a Lookup without a deadline waits for Redis after a local miss
 REDIS_MAX_TIMEOUT = 1.0  # at most this much of a caller's deadline goes to Redis
 REDIS_THREADS = 8  # Redis look-ups at once (each one bounded by its deadline)
@@ -102,7 +103,6 @@ def context_of(req: pb.LookupRequest) -> Context | None:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"context.{field} is over {MAX_CONTEXT_NAME} bytes")
         names.append(value)
     return from_postfix(*names)
-MAIL_CLASS_PB = {name: pb.MailClass.Value(f"MAIL_CLASS_{name.upper()}") for name in MAIL_CLASSES}
 
 
 def _ip(addr: bytes) -> str:

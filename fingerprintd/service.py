@@ -204,7 +204,7 @@ class Service:
         self.failed = ""  # the part whose fatal error stopped the service
         self.log: LogFile | None = None
         self._log_format = p0f_log_formatter()
-        self.compat: list = []
+        self.compat: list[P0fSocketServer | AnalyzerServer] = []
         self.grpc_server = None
         self._health = None
         self.metrics = None
@@ -498,14 +498,12 @@ class Service:
         self.fatal(name, hook.exc_value if hook.exc_value is not None else hook.exc_type.__name__)
 
     def _check_parts(self) -> None:
-        """The compat servers' own failure reports (their `failed` / `alive()`, where they have them)."""
+        """The compat servers' own failure reports (their `failed` and `alive()`), and the publisher's."""
         for part in self.compat:
             name = "p0f-socket" if isinstance(part, P0fSocketServer) else "p0f-analyzer"
-            failed = getattr(part, "failed", None)
-            if failed:
-                self.fatal(name, failed)
-            alive = getattr(part, "alive", None)
-            if callable(alive) and not alive() and not self._stop.is_set():
+            if part.failed:
+                self.fatal(name, part.failed)
+            if not part.alive() and not self._stop.is_set():
                 self.fatal(name, "its thread is gone")
         if self.publisher is not None and not self.publisher.alive() and not self._stop.is_set():
             self.fatal("redis-publisher", "its thread is gone")
