@@ -153,6 +153,15 @@ unknown = true
 score = 0.8
 """
 
+# Postfix (main.cf, a template of {d}): mail for user@test.example goes to the Maildir {d}/vmail/user
+# (read with delivered_to), owned by nobody.
+TEST_MAILBOX_CF = """virtual_mailbox_domains = test.example
+virtual_mailbox_base = {d}/vmail
+virtual_mailbox_maps = inline:{{ user@test.example=user/ }}
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+virtual_minimum_uid = 100
+"""
 POSTFIX_MAIN_CF = """compatibility_level = 3.6
 queue_directory = {d}/spool
 data_directory = {d}/lib
@@ -167,13 +176,7 @@ mynetworks = 127.0.0.0/8 [::1]/128
 alias_maps =
 alias_database =
 smtpd_client_port_logging = yes
-virtual_mailbox_domains = test.example
-virtual_mailbox_base = {d}/vmail
-virtual_mailbox_maps = inline:{{ user@test.example=user/ }}
-virtual_uid_maps = static:65534
-virtual_gid_maps = static:65534
-virtual_minimum_uid = 100
-smtpd_milters = {{ unix:{d}/milter.sock, default_action=accept }}
+""" + TEST_MAILBOX_CF + """smtpd_milters = {{ unix:{d}/milter.sock, default_action=accept }}
 milter_connect_macros = j {{daemon_name}} {{daemon_addr}} v _ {{client_addr}} {{client_port}}
 smtpd_recipient_restrictions = check_policy_service {{ unix:{d}/policy.sock, default_action=DUNNO }},
     permit_mynetworks, reject_unauth_destination
@@ -337,3 +340,13 @@ def send_frames(pair: NetnsPair, frames: list[bytes], every: int, pause: float) 
                           str(every), str(pause)], input="\n".join(f.hex() for f in frames), capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() == str(len(frames)), out.stderr
+
+
+def rspamc_symbols(port: int, ip: str, message: bytes) -> tuple[dict[str, str], str]:
+    """rspamd on 127.0.0.1:`port` scans `message` as if from `ip` (`rspamc symbols`): {symbol: its line}
+    and the whole output."""
+    out = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", ip, "symbols"], input=message,
+                         capture_output=True, timeout=60)
+    text = out.stdout.decode()
+    assert out.returncode == 0, text + out.stderr.decode()
+    return {ln.split()[1]: ln for ln in text.splitlines() if ln.startswith("Symbol: ")}, text

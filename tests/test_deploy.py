@@ -43,7 +43,7 @@ import pytest
 
 from tests import snippets
 from tests.conftest import ROOT, need
-from tests.helpers import delivered_to, free_port
+from tests.helpers import TEST_MAILBOX_CF, delivered_to, free_port, rspamc_symbols
 
 FINGERPRINTD = Path(sys.executable).parent / "fingerprintd"
 API = "/run/fingerprintd/api.sock"
@@ -54,13 +54,7 @@ FORGED_SCORE = "X-OS-Fingerprint-Score: -1"
 # Test only: where mail for test.example goes, and Postfix's log in a file.
 TEST_MAIN_CF = """
 # --- test only ---
-virtual_mailbox_domains = test.example
-virtual_mailbox_base = {d}/vmail
-virtual_mailbox_maps = inline:{{ user@test.example=user/ }}
-virtual_uid_maps = static:65534
-virtual_gid_maps = static:65534
-virtual_minimum_uid = 100
-maillog_file_prefixes = {d}
+""" + TEST_MAILBOX_CF + """maillog_file_prefixes = {d}
 maillog_file = {d}/maillog
 smtpd_peername_lookup = no
 """
@@ -364,12 +358,8 @@ def test_rspamd_reads_the_p0f_socket_as_its_own_user(deployed, rspamd_user):
 
         _wait(up, 90, 0.5, "rspamd did not start")
         message = f"From: a@example.org\r\nTo: b@example.net\r\nSubject: deploy {first}\r\n\r\nhello\r\n".encode()
-        out = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", CLIENT, "symbols"], input=message,
-                             capture_output=True, timeout=60)
-        text = out.stdout.decode()
-        assert out.returncode == 0, text + out.stderr.decode()
-        p0f = [ln for ln in text.splitlines() if ln.startswith("Symbol: P0F ")]
-        assert p0f and "link=Ethernet or modem" in p0f[0], text + deployed.log("rspamd/log/rspamd.log")[-3000:]
+        lines, text = rspamc_symbols(port, CLIENT, message)
+        assert "link=Ethernet or modem" in lines.get("P0F", ""), text + deployed.log("rspamd/log/rspamd.log")[-3000:]
         # It was rspamd's worker, as _rspamd, that read the socket (no -i: workers never run as root).
         workers = subprocess.run(["ps", "-o", "user=,args=", "--ppid", str(proc.pid)], capture_output=True,
                                  text=True).stdout.splitlines()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import need
-from tests.helpers import Served, start_rspamd, wait_for_port
+from tests.helpers import Served, rspamc_symbols, start_rspamd, wait_for_port
 from tests.netns import NetnsPair, can_use_netns
 
 P0F_CONF = """enabled = true;
@@ -57,17 +56,11 @@ def test_rspamd_p0f_module_reads_our_socket(rspamd, tmp_path):
             pair.connect(pair.server4, 1, 0, 37001)
             assert served.lookup(pair.client4, 37001, wait_ms=2000)["found"]
             wait_for_port(port, proc)
-            out = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", pair.client4, "symbols"],
-                                 input=MESSAGE, capture_output=True, timeout=60)
-            text = out.stdout.decode()
-            assert out.returncode == 0, text + out.stderr.decode()
-            lines = {ln.split()[1]: ln for ln in text.splitlines() if ln.startswith("Symbol: ")}
+            lines, text = rspamc_symbols(port, pair.client4, MESSAGE)
             assert "link=Ethernet or modem" in lines["P0F"] and "distance=0" in lines["P0F"], text
             # The module's pattern matched the OS string our socket gave it.
             assert "[Linux 4.19 and newer]" in lines["LINUX_OS"], text
-            other = subprocess.run(["rspamc", "-h", f"127.0.0.1:{port}", "--ip", "198.51.100.5", "symbols"],
-                                   input=MESSAGE, capture_output=True, timeout=60)
-            assert "Symbol: P0F " not in other.stdout.decode()  # unknown client: no symbol
+            assert "P0F" not in rspamc_symbols(port, "198.51.100.5", MESSAGE)[0]  # unknown client: no symbol
         finally:
             served.stop()
     assert "p0f" in Path(conf / "log" / "rspamd.log").read_text().lower()
