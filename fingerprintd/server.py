@@ -438,7 +438,6 @@ class Servicer(pb_grpc.FingerprintServicer):
         if waited:
             await self._wait([(ip, port, wait)], found, client_key(context.peer()))
             await self._from_redis([(ip, port, wait)], found, context)
-        self.counters["lookups"] += 1
         answer = self._answer(ip, *found[0], ctx)
         self._observe_latency("Lookup", waited, t0)
         return answer
@@ -477,7 +476,6 @@ class Servicer(pb_grpc.FingerprintServicer):
         if waited:  # then wait, together, for the ones not captured yet
             await self._wait(queries, found, client_key(context.peer()))
             await self._from_redis(queries, found, context)
-        self.counters["batches"] += 1
         answer = pb.LookupBatchResponse(
             results=[self._answer(ip, obs, host, ctx)
                      for (ip, _, _), (obs, host), ctx in zip(queries, found, contexts, strict=True)])
@@ -516,7 +514,6 @@ class Servicer(pb_grpc.FingerprintServicer):
         stream = _Stream(wants if filtered else None)
         self._streams[stream] = client
         self._stream_count[client] += 1
-        self.counters["streams"] += 1
         if self._fanout is None:
             self._fanout = _Fanout(self)
         try:
@@ -563,28 +560,19 @@ class Servicer(pb_grpc.FingerprintServicer):
 
     async def Stats(self, request, context):  # noqa: N802
         # Off the loop: table sizes expire entries, which may take a while on a big table.
-        stats = await self.loop.run_in_executor(None, self.b.stats)
-        out = pb.StatsResponse(**stats)
-        # Counters of this server's own that the message has a field for (none yet: see stats()).
-        fields = pb.StatsResponse.DESCRIPTOR.fields_by_name
-        for key, value in self.stats().items():
-            if key in fields and key not in stats:
-                setattr(out, key, value)
-        return out
+        return pb.StatsResponse(**await self.loop.run_in_executor(None, self.b.stats))
 
     def stats(self) -> dict[str, int]:
-        """This server's counters, for Stats and for metrics.
+        """This server's own counters (Server.stats(); the Stats RPC answers the service's).
 
-        lookups, batches: answered; waits: lookups that waited; streams: Watch
-        streams opened; watch_observations: observations handed to the streams
+        waits: Lookups and LookupBatches that waited; watch_observations: observations handed to the streams
         (before their filters); watch_drops: observations a slow Watch reader lost
         (offered while its queue was full, counted before its filter; the service's
         own watch_drops counts those lost earlier, in the queue it fills for this
         server); refused_*: RESOURCE_EXHAUSTED answers by limit; open_waits, open_streams.
         """
-        out = {k: 0 for k in ("lookups", "batches", "waits", "streams", "watch_observations", "watch_drops",
-                              "refused_waits", "refused_waits_per_client", "refused_streams",
-                              "refused_streams_per_client")}
+        out = {k: 0 for k in ("waits", "watch_observations", "watch_drops", "refused_waits",
+                              "refused_waits_per_client", "refused_streams", "refused_streams_per_client")}
         out.update(self.counters)
         out["open_waits"] = sum(self._waits.values())
         out["open_streams"] = len(self._streams)
