@@ -183,15 +183,15 @@ smtpd_recipient_restrictions = check_policy_service {{ unix:{d}/policy.sock, def
 """
 
 
-def wait_until(predicate, seconds: float = 15, step: float = 0.1):
-    """predicate()'s first true value, polled until `seconds` pass (then TimeoutError)."""
+def wait_until(predicate, seconds: float = 15, step: float = 0.1, what: str = ""):
+    """predicate()'s first true value, polled until `seconds` pass (then TimeoutError(what))."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(step)
-    raise TimeoutError
+    raise TimeoutError(what)
 
 
 def delivered_to(maildir: Path, subject: str) -> email.message.Message | None:

@@ -36,14 +36,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests import snippets
 from tests.conftest import ROOT, need
-from tests.helpers import TEST_MAILBOX_CF, delivered_to, free_port, rspamc_symbols
+from tests.helpers import TEST_MAILBOX_CF, delivered_to, free_port, rspamc_symbols, wait_until
 
 FINGERPRINTD = Path(sys.executable).parent / "fingerprintd"
 API = "/run/fingerprintd/api.sock"
@@ -84,16 +83,6 @@ $mydomain = 'test.example';
 {readme}
 1;
 """
-
-
-def _wait(predicate, seconds: float = 30, step: float = 0.1, what: str = ""):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError(what)
 
 
 def unit_command(name: str) -> tuple[list[str], int]:
@@ -152,7 +141,7 @@ class Deployment:
             assert proc.poll() is None, "serve exited: " + self.log("fingerprintd.service.log")[-2000:]
             return '"msg": "serving"' in self.log("fingerprintd.service.log").rpartition('"msg": "stopping"')[2]
 
-        _wait(serving, what="serve did not start")
+        wait_until(serving, 30, what="serve did not start")
 
     def stop_unit(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -201,7 +190,7 @@ class Deployment:
                               capture_output=True, text=True, timeout=60)
 
     def delivered(self, subject: str) -> email.message.Message:
-        return _wait(lambda: delivered_to(self.d / "vmail" / "user", subject), 30,
+        return wait_until(lambda: delivered_to(self.d / "vmail" / "user", subject), 30,
                      what=f"no delivery of {subject!r}: {self.log('maillog')[-3000:]}")
 
 
@@ -228,7 +217,7 @@ def deployed():
         dep.start_unit("fingerprintd-milter.service")
         dep.start_unit("fingerprintd-policyd.service")
         for sock in ("milter.sock", "policy.sock"):
-            _wait(lambda s=sock: (SOCKET_DIRS[1] / s).exists(), what=sock)
+            wait_until(lambda s=sock: (SOCKET_DIRS[1] / s).exists(), 30, what=sock)
         dep.start_postfix()
         dep.sh(snippets.snippet(*snippets.NETNS))
         yield dep
@@ -280,7 +269,7 @@ def test_users_groups_and_socket_modes(deployed):
     for name, user, caps in (("fingerprintd.service", serve, 0x2000), ("fingerprintd-milter.service", mail, 0),
                              ("fingerprintd-policyd.service", mail, 0)):
         pid = deployed.procs[name].pid
-        status = _wait(lambda p=pid, u=user.pw_uid: _status_as(p, u), 10, what=name)
+        status = wait_until(lambda p=pid, u=user.pw_uid: _status_as(p, u), 10, what=name)
         fields = dict(line.split(":\t", 1) for line in status.splitlines())
         assert int(fields["CapEff"], 16) == caps and int(fields["CapBnd"], 16) == caps, (name, fields["CapEff"])
         assert fields["NoNewPrivs"].strip() == "1", name
@@ -356,7 +345,7 @@ def test_rspamd_reads_the_p0f_socket_as_its_own_user(deployed, rspamd_user):
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
-        _wait(up, 90, 0.5, "rspamd did not start")
+        wait_until(up, 90, 0.5, "rspamd did not start")
         message = f"From: a@example.org\r\nTo: b@example.net\r\nSubject: deploy {first}\r\n\r\nhello\r\n".encode()
         lines, text = rspamc_symbols(port, CLIENT, message)
         assert "link=Ethernet or modem" in lines.get("P0F", ""), text + deployed.log("rspamd/log/rspamd.log")[-3000:]
@@ -397,7 +386,7 @@ def test_amavisd_asks_the_analyzer_and_adds_its_header(deployed):
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", amavis_port)) == 0
 
-        _wait(up, 90, 0.5, "amavisd did not start")
+        wait_until(up, 90, 0.5, "amavisd did not start")
         subject = f"amavis {port}"
         with smtplib.SMTP("127.0.0.1", amavis_port, timeout=60) as smtp:
             smtp.ehlo("mx.test.example")
