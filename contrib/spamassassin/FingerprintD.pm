@@ -12,8 +12,38 @@
 #   header FPD_P_UNKNOWN eval:fingerprintd_unknown()
 #   header FPD_P_NEAR    eval:fingerprintd_dist_below(9)
 #
+#   header FPD_SA_1_5    eval:fingerprintd_score_band(1.5, 2)   # fingerprintd's score, 1.5 <= S < 2
+#   header FPD_SA_NEG    eval:fingerprintd_score_at_most(-0.3)
+#   header FPD_SA_XP     eval:fingerprintd_rule('windows-xp')   # a policy rule that fired
+#
+# fingerprintd-plugin.cf has the score-band rules ready (the same bands and
+# points as fingerprintd.cf's header rules: use one file or the other).
+#
 # The client is the first external relay (the host that connected to your
-# trusted MTAs); the lookup is by address, for its latest SYN.
+# trusted MTAs; with internal_networks = trusted_networks, the usual setup,
+# the first untrusted relay); the lookup is by address, for its latest SYN.
+#
+# The query carries what the MTA recorded for that relay, so that the score
+# is fingerprintd's context-aware verdict (the p0f-analyzer protocol with
+# fingerprintd's "fpd1" extension; amavisd-new never sends it):
+#
+#   [203.0.113.45] 1a2b3c4d fpd1 rdns=dsl-45.dyn.example.net helo=DESKTOP-4F7K2LQ
+#   -> [203.0.113.45] 1a2b3c4d Windows 10 or 11; dist: 12; ...; raw_sig: ...;
+#      class: desktop; rules: desktop-dynamic-rdns,client-helo-bare; id: ...; score: 2\r\n
+#
+# rdns=NAME  SpamAssassin's rdns for the relay: the name the MTA recorded,
+#            taken as the verified name (Postfix and Exim record only a
+#            forward-confirmed name; sendmail's "(may be forged)" is lost)
+# rdns=      the MTA looked the name up and recorded none (Postfix's
+#            "unknown"; SpamAssassin's no_reverse_dns): no verified name
+#            (left out when the header does not say: rdns_not_in_headers)
+# helo=NAME  the HELO the MTA recorded ([addr] for an address literal,
+#            which SpamAssassin writes !addr!); left out when none
+# A name that is not printable ASCII without spaces, or over 255 bytes, is
+# left out (not known). The reply is the analyzer result, then "; class: C;
+# rules: R; [learned: L; ]id: K; score: S" (score last; no id for trusted
+# networks); an older fingerprintd that echoes the extension as part of the
+# nonce is understood, without a score.
 
 package Mail::SpamAssassin::Plugin::FingerprintD;
 
@@ -35,6 +65,9 @@ sub new {
   $self->register_eval_rule('fingerprintd_os', $head);
   $self->register_eval_rule('fingerprintd_unknown', $head);
   $self->register_eval_rule('fingerprintd_dist_below', $head);
+  $self->register_eval_rule('fingerprintd_score_band', $head);
+  $self->register_eval_rule('fingerprintd_score_at_most', $head);
+  $self->register_eval_rule('fingerprintd_rule', $head);
   $self->set_config($mailsa->{conf});
   return $self;
 }
@@ -69,13 +102,14 @@ sub _result {
   my $budget = $conf->{fingerprintd_timeout};
   my $query = "[$ip]";
   my $nonce = sprintf('%08x', int(rand(0x7fffffff)));
+  my $ext = 'fpd1' . _names($relay);
   my $sock = IO::Socket::INET->new(Proto => 'udp', PeerAddr => $host, PeerPort => $port);
   unless ($sock) {
     dbg("fingerprintd: cannot reach $host:$port: $!");
     return '';
   }
   my $t0 = Time::HiRes::time();
-  unless ($sock->send("$query $nonce")) {
+  unless ($sock->send("$query $nonce $ext")) {
     dbg("fingerprintd: send failed: $!");
     return '';
   }
@@ -89,6 +123,9 @@ sub _result {
     if ($buf =~ /\A(\S+) (\S*) ([^\r\n]*)\r\n\z/ && $1 eq $query && $2 eq $nonce) {
       ($reply) = ($3 =~ /\A([\x20-\x7e]*)\z/);  # untaint: printable text only
       $reply = '' unless defined $reply;
+      # A fingerprintd without the extension echoes it as part of the nonce.
+      $reply = substr($reply, length($ext) + 1) if index($reply, "$ext ") == 0;
+      $reply = '' if $reply eq $ext;
       last;
     }
   }
@@ -96,6 +133,70 @@ sub _result {
   dbg("fingerprintd: $query -> '$reply'");
   $pms->set_tag('FINGERPRINTD', $reply) if $reply ne '';
   return $pms->{fingerprintd_result} = $reply;
+}
+
+# " rdns=... helo=..." for the relay, each only when known and clean (see the
+# top of this file); the values are untainted by the patterns themselves.
+sub _names {
+  my ($relay) = @_;
+  my $out = '';
+  my $rdns = $relay->{rdns};
+  if (defined $rdns && $rdns ne '') {
+    my ($clean) = ($rdns =~ /\A([\x21-\x7e]{1,255})\z/);
+    $out .= " rdns=$clean" if defined $clean;
+  } elsif ($relay->{no_reverse_dns}) {
+    $out .= ' rdns=';
+  }
+  my $helo = $relay->{helo};
+  if (defined $helo && $helo ne '') {
+    $helo = "[$1]" if $helo =~ /\A!((?:IPv6:)?[0-9A-Fa-f.:]+)!\z/i;  # SpamAssassin's !addr! literal
+    my ($clean) = ($helo =~ /\A([\x21-\x7e]{1,255})\z/);
+    $out .= " helo=$clean" if defined $clean;
+  }
+  return $out;
+}
+
+# fingerprintd's score for the client, undef when there is none (unknown
+# client, an older fingerprintd, a failure).
+sub _score {
+  my ($self, $pms) = @_;
+  my $reply = $self->_result($pms);
+  return ($reply =~ /; score: (-?\d+(?:\.\d+)?)\z/) ? $1 + 0 : undef;
+}
+
+# fingerprintd.cf's header rules score the same verdict when a milter or the
+# policy service adds the header: with both files loaded, the header rules
+# count and these stay silent, so a message is never scored twice.
+sub _header_rules_loaded {
+  my ($pms) = @_;
+  my $scores = $pms->{conf}->{scores};
+  return ($scores && $scores->{FPD_SCORE_1}) ? 1 : 0;
+}
+
+sub fingerprintd_score_band {
+  my ($self, $pms, $lo, $hi) = @_;
+  return 0 unless defined $lo && $lo =~ /\A-?\d+(?:\.\d+)?\z/;
+  return 0 if defined $hi && $hi !~ /\A-?\d+(?:\.\d+)?\z/;
+  return 0 if _header_rules_loaded($pms);
+  my $s = $self->_score($pms);
+  return 0 unless defined $s;
+  return ($s >= $lo && (!defined $hi || $s < $hi)) ? 1 : 0;
+}
+
+sub fingerprintd_score_at_most {
+  my ($self, $pms, $max) = @_;
+  return 0 unless defined $max && $max =~ /\A-?\d+(?:\.\d+)?\z/;
+  return 0 if _header_rules_loaded($pms);
+  my $s = $self->_score($pms);
+  return (defined $s && $s <= $max) ? 1 : 0;
+}
+
+sub fingerprintd_rule {
+  my ($self, $pms, $want) = @_;
+  return 0 unless defined $want && $want ne '';
+  my $reply = $self->_result($pms);
+  return 0 unless $reply =~ /; rules: ([^;]*);/;
+  return (grep { $_ eq $want } split(/,/, $1)) ? 1 : 0;
 }
 
 sub fingerprintd_os {
