@@ -227,6 +227,12 @@ def test_plugin_passes_the_relays_names_and_scores_the_verdict(tmp_path):
                                helo="DESKTOP-4F7K2LQ"))
             assert "FPD_P_SRV_DYN" in dyn and "FPD_P_LINUX" in dyn, dyn
             assert not {k for k in dyn if k.startswith("FPD_SA_")}, dyn
+            # Both setups loaded (the header rules too): the header's band counts, the plugin's stays silent.
+            shutil.copy(SA_CONTRIB / "fingerprintd.cf", site / "fingerprintd-header.cf")
+            header = ("Linux 4.19 and newer; dist: 0; link: Ethernet or modem; class: server; rules: server-mta; "
+                      "id: x; score: -0.3")
+            both = hits(message(header, received_from=pair.client4, rdns="mail.example.org", helo="mail.example.org"))
+            assert both.get("FPD_SCORE_NEG") == -0.3 and "FPD_SA_NEG" not in both, both
         finally:
             served.stop()
             shutil.rmtree(site, ignore_errors=True)

@@ -220,3 +220,82 @@ sub fingerprintd_dist_below {
 }
 
 1;
+
+__END__
+
+=head1 NAME
+
+Mail::SpamAssassin::Plugin::FingerprintD - fingerprintd's verdict for the connecting host
+
+=head1 SYNOPSIS
+
+  loadplugin Mail::SpamAssassin::Plugin::FingerprintD FingerprintD.pm
+  fingerprintd_server  127.0.0.1:2345
+  fingerprintd_timeout 0.05
+  include fingerprintd-plugin.cf     # FPD_SA_NEG, FPD_SA_0_5 ... FPD_SA_3
+
+=head1 DESCRIPTION
+
+Asks a running C<fingerprintd serve --analyzer-udp 127.0.0.1:2345> about the
+first external relay (with internal_networks = trusted_networks, the first
+untrusted relay) and passes what the MTA recorded for it, so that the score
+is fingerprintd's policy verdict with the MTA's names. Core Perl modules
+only, taint-clean, one datagram within C<fingerprintd_timeout>; on any
+failure the rules do not fire.
+
+=head1 PROTOCOL
+
+The p0f-analyzer datagram with fingerprintd's C<fpd1> extension (amavisd-new
+never sends it: its nonce is one word):
+
+  [ADDR] NONCE fpd1 [rdns=NAME] [helo=NAME]
+  -> [ADDR] NONCE RESULT; class: C; rules: R1,R2; [learned: +L; ]id: K; score: S\r\n
+
+RESULT is the usual analyzer form (C<OS; dist: N; link: ...; params: ...;
+raw_mtu: ...; raw_sig: ...>); the score comes last, as in the
+X-OS-Fingerprint header; trusted networks get C<rules: trusted_network;
+score: 0> without an id. An unknown client gets an empty RESULT and no
+verdict. The fields, from SpamAssassin's relay (X-Spam-Relays-Untrusted):
+
+=over
+
+=item rdns=NAME
+
+the relay's C<rdns>: the name the MTA recorded. fingerprintd takes it as the
+verified name and the PTR (Postfix and Exim record only a forward-confirmed
+name; sendmail's "(may be forged)" does not survive SpamAssassin's parser,
+so such a name counts as verified too).
+
+=item rdns= (empty)
+
+the MTA looked the name up and recorded none (Postfix's C<unknown>;
+SpamAssassin's C<no_reverse_dns>): no verified name; whether a PTR exists is
+not known. Left out when the header does not say (C<rdns_not_in_headers>).
+
+=item helo=NAME
+
+the relay's C<helo> (C<[ADDR]> for an address literal, which SpamAssassin
+writes C<!ADDR!>); left out when there is none.
+
+=back
+
+A value that is not printable ASCII without spaces, or is over 255 bytes, is
+left out (not known). An older fingerprintd echoes the extension as part of
+the nonce; the plugin understands that reply, without a score.
+
+=head1 EVAL RULES
+
+  fingerprintd_score_band(LO[, HI])  LO <= score < HI (no HI: no upper bound)
+  fingerprintd_score_at_most(MAX)    score <= MAX
+  fingerprintd_rule(NAME)            the policy rule NAME fired
+  fingerprintd_os(PREFIX)            the OS string starts with PREFIX
+  fingerprintd_unknown()             no signature matched
+  fingerprintd_dist_below(N)         fewer than N hops away
+
+fingerprintd-plugin.cf scores the bands as fingerprintd.cf scores the
+header. Use one of them: fingerprintd.cf where the milter or the policy
+service adds the header, fingerprintd-plugin.cf otherwise. With both loaded
+the score evals return 0 (the plugin sees FPD_SCORE_1 scored), so nothing
+counts twice.
+
+=cut
