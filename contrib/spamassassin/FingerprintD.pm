@@ -27,23 +27,15 @@
 # is fingerprintd's context-aware verdict (the p0f-analyzer protocol with
 # fingerprintd's "fpd1" extension; amavisd-new never sends it):
 #
-#   [203.0.113.45] 1a2b3c4d fpd1 rdns=dsl-45.dyn.example.net helo=DESKTOP-4F7K2LQ
-#   -> [203.0.113.45] 1a2b3c4d Windows 10 or 11; dist: 12; ...; raw_sig: ...;
-#      class: desktop; rules: desktop-dynamic-rdns,client-helo-bare; id: ...; score: 2\r\n
+#  [203.0.113.45] 1a2b3c4d fpd1 rdns=dsl-45.dyn.example.net helo=DESKTOP-4F7K2LQ
+#  -> [203.0.113.45] 1a2b3c4d Windows 10 or 11; dist: 12; ...; raw_sig: ...;
+#  class: desktop; rules: desktop-dynamic-rdns,client-helo-bare; id: ...; score: 2\r\n
 #
-# rdns=NAME  SpamAssassin's rdns for the relay: the name the MTA recorded,
-#            taken as the verified name (Postfix and Exim record only a
-#            forward-confirmed name; sendmail's "(may be forged)" is lost)
-# rdns=      the MTA looked the name up and recorded none (Postfix's
-#            "unknown"; SpamAssassin's no_reverse_dns): no verified name
-#            (left out when the header does not say: rdns_not_in_headers)
-# helo=NAME  the HELO the MTA recorded ([addr] for an address literal,
-#            which SpamAssassin writes !addr!); left out when none
-# A name that is not printable ASCII without spaces, or over 255 bytes, is
-# left out (not known). The reply is the analyzer result, then "; class: C;
-# rules: R; [learned: L; ]id: K; score: S" (score last; no id for trusted
-# networks); an older fingerprintd that echoes the extension as part of the
-# nonce is understood, without a score.
+# It sends the relay's rdns (rdns= when the MTA recorded none) and HELO, each
+# left out when SpamAssassin does not know it; the reply is the analyzer
+# result, then the verdict with the score last. The exact fields, their
+# mapping onto fingerprintd's context and the unknown cases: the POD at the
+# end of this file (perldoc FingerprintD.pm).
 
 package Mail::SpamAssassin::Plugin::FingerprintD;
 
