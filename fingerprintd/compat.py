@@ -23,7 +23,12 @@ its nonce is one word): "QUERY NONCE fpd1 rdns=NAME helo=NAME" also carries
 what the MTA recorded, and the reply appends fingerprintd's verdict for the
 stack *with* those names: "QUERY NONCE RESULT; class: C; rules: R; id: K;
 score: S\r\n" (the score last, as in the header).  See `extended_context`
-for how the names map onto the policy's context.
+for how the names map onto the policy's context.  And when the service keeps
+a reputation store, "fpd1-feedback NONCE spam|ham ID CLIENT [MESSAGE-ID]"
+records a filter's final verdict for a served id (as gRPC's Feedback: one
+message and one client count once, one source network up to its cap),
+answered "fpd1-feedback NONCE RESULT\r\n" (counted, duplicate-message,
+duplicate-client, source-cap, or invalid).
 """
 
 from __future__ import annotations
@@ -367,6 +372,25 @@ _FIELD = re.compile(r"([a-z]+)=([\x21-\x7e]{0,255})")
 # The verdict for an extended query: (fingerprint, client address, context, host record) -> the served
 # policy.Verdict (the service reads its current policy, so a SIGHUP applies here too).
 VerdictFn = Callable[..., object]
+FEEDBACK = b"fpd1-feedback"
+_FEEDBACK = re.compile(rb"fpd1-feedback ([\x21-\x7e]{0,64}) (spam|ham) ([\x21-\x7e]{1,64}) ([0-9A-Fa-f.:]{2,45})"
+                       rb"(?: ([\x21-\x7e]{1,998}))?")
+# reputation.Reputation.record: (id, spam, client address, message id) -> "counted" or why not;
+# raises ValueError (ReputationError) for an id or address it refuses.
+FeedbackFn = Callable[[str, bool, str, str], str]
+
+
+def feedback_reply(datagram: bytes, feedback: FeedbackFn) -> bytes | None:
+    """The reply to a feedback datagram, or None for a malformed one."""
+    m = _FEEDBACK.fullmatch(datagram)
+    if not m:
+        return None
+    nonce, verdict, key, client, msgid = (g.decode("ascii") if g is not None else "" for g in m.groups())
+    try:
+        result = feedback(key, verdict == "spam", client, msgid)
+    except ValueError:
+        result = "invalid"
+    return f"fpd1-feedback {nonce} {result}\r\n".encode()
 
 
 def analyzer_result(obs: Observation | None) -> str:
@@ -473,8 +497,9 @@ class AnalyzerServer:
     def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.02,
                  max_inflight: int = ANALYZER_INFLIGHT,
                  on_fatal: Callable[[BaseException], None] | None = None,
-                 verdict: VerdictFn | None = None) -> None:
+                 verdict: VerdictFn | None = None, feedback: FeedbackFn | None = None) -> None:
         self.hosts = hosts
+        self.feedback = feedback  # None: feedback datagrams are malformed (no reputation store)
         self.verdict = verdict  # None: no extended queries (every nonce is a plain nonce)
         self.wait = wait
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
@@ -545,7 +570,10 @@ class AnalyzerServer:
 
     def _answer(self, data: bytes, peer) -> None:
         try:
-            reply = analyzer_reply(data, self.hosts, self.wait, self.verdict)
+            if self.feedback is not None and data.startswith(FEEDBACK + b" "):
+                reply = feedback_reply(data, self.feedback)
+            else:
+                reply = analyzer_reply(data, self.hosts, self.wait, self.verdict)
             if reply is None:
                 with self._count_lock:
                     self.malformed += 1

@@ -268,7 +268,8 @@ class Service:
         if cfg.analyzer_udp:
             host, port = split_host_port(cfg.analyzer_udp)
             self.compat.append(AnalyzerServer(host, port, self.lookups, cfg.analyzer_allow,
-                                              max_inflight=cfg.analyzer_max_inflight, verdict=self.verdict))
+                                              max_inflight=cfg.analyzer_max_inflight, verdict=self.verdict,
+                                              feedback=self.reputation.record if self.reputation else None))
             event(logging.INFO, "p0f-analyzer UDP", listen=cfg.analyzer_udp, allow=cfg.analyzer_allow)
         for server in self.compat:
             server.start()

@@ -646,3 +646,20 @@ def test_a_dead_analyzer_thread_is_reported(caplog):
     assert _eventually(lambda: not server.alive()) and isinstance(server.failed, OSError)
     assert any(getattr(r, "fields", {}).get("thread") == "p0f-analyzer" for r in caplog.records)
     server.stop()
+
+
+def test_analyzer_feedback_datagrams(tmp_path):
+    """fpd1-feedback records through the reputation store, with its dedupe; malformed ones get no reply."""
+    from fingerprintd.reputation import Reputation, SqliteStore
+
+    rep = Reputation(SqliteStore(tmp_path / "rep.sqlite"))
+    key = "0123456789/desktop/nordns-bare"
+    reply = lambda d: compat.feedback_reply(d, rep.record)  # noqa: E731
+    assert reply(f"fpd1-feedback n1 spam {key} 203.0.113.9 <a@x>".encode()) == b"fpd1-feedback n1 counted\r\n"
+    assert reply(f"fpd1-feedback n2 spam {key} 203.0.113.9 <a@x>".encode()) == \
+        b"fpd1-feedback n2 duplicate-message\r\n"
+    assert reply(f"fpd1-feedback n3 ham {key} 203.0.113.9".encode()) == b"fpd1-feedback n3 duplicate-client\r\n"
+    assert reply(b"fpd1-feedback n4 ham not-an-id 203.0.113.9") == b"fpd1-feedback n4 invalid\r\n"
+    assert reply(f"fpd1-feedback n5 maybe {key} 203.0.113.9".encode()) is None
+    assert reply(f"fpd1-feedback n6 spam {key}".encode()) is None
+    assert rep.learned(key).spam > 0 and rep.learned(key).ham == 0

@@ -236,3 +236,41 @@ def test_plugin_passes_the_relays_names_and_scores_the_verdict(tmp_path):
         finally:
             served.stop()
             shutil.rmtree(site, ignore_errors=True)
+
+
+def test_plugin_reports_its_verdict_when_configured(tmp_path):
+    """fingerprintd_feedback 1: SpamAssassin's verdict (ham here) reaches the service's reputation store for
+    the id it was served; the same message again counts once."""
+    need(shutil.which("spamassassin") is not None, "SpamAssassin is not installed")
+    ok, why = can_use_netns()
+    need(ok, why)
+    from fingerprintd.reputation import Reputation, SqliteStore
+
+    os.chmod(tmp_path, 0o755)
+    policy = tmp_path / "policy.toml"
+    bundled = (ROOT / "signatures" / "policy.toml").read_text()
+    policy.write_text(re.sub(r"^trusted_networks = .*$", "trusted_networks = []", bundled, count=1, flags=re.M))
+    store = tmp_path / "reputation.sqlite"
+    site = sa_site_dir()
+    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=SA_CONTRIB / "FingerprintD.pm")
+                                          + "fingerprintd_feedback 1\n")
+    with NetnsPair(net=86) as pair:
+        pair.start_listener()
+        served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),
+                        "--analyzer-udp", "127.0.0.1:2345", "--policy", str(policy), "--reputation", str(store))
+        try:
+            pair.connect(pair.server4, 1, 0, 38201)
+            assert served.lookup(pair.client4, 38201, wait_ms=2000)["found"]
+            msg = message(received_from=pair.client4, rdns="mail.example.org", helo="mail.example.org")
+            for _ in range(2):
+                out = subprocess.run(["ip", "netns", "exec", pair.srv, "perl", "-T", "/usr/bin/spamassassin", "-L",
+                                      "-t", f"--siteconfigpath={site}"], input=msg, capture_output=True,
+                                     timeout=120)
+                assert b"X-Spam-Status: No" in out.stdout, out.stdout + out.stderr
+            rep = Reputation(SqliteStore(store))
+            learned = rep.explain()
+            assert [(lr.key.split("/", 1)[1], round(lr.spam, 2), round(lr.ham, 2)) for lr in learned] == [
+                ("server/fcrdns-match", 0.0, 1.0)], learned
+        finally:
+            served.stop()
+            shutil.rmtree(site, ignore_errors=True)

@@ -74,6 +74,10 @@ sub set_config {
     setting => 'fingerprintd_timeout',
     default => 0.05,
     type => $Mail::SpamAssassin::Conf::CONF_TYPE_NUMERIC,
+  }, {
+    setting => 'fingerprintd_feedback',  # 1: report SpamAssassin's verdict back (serve --reputation)
+    default => 0,
+    type => $Mail::SpamAssassin::Conf::CONF_TYPE_BOOL,
   });
   $conf->{parser}->register_commands($conf->{registered_commands});
 }
@@ -191,6 +195,40 @@ sub fingerprintd_rule {
   return (grep { $_ eq $want } split(/,/, $1)) ? 1 : 0;
 }
 
+# fingerprintd_feedback 1: after SpamAssassin's verdict, report spam or ham
+# for the served id ("fpd1-feedback NONCE spam|ham ID CLIENT [MESSAGE-ID]"),
+# one datagram, the reply awaited within fingerprintd_timeout (for the log).
+sub check_end {
+  my ($self, $opts) = @_;
+  my $pms = $opts->{permsgstatus};
+  my $conf = $pms->{conf};
+  return unless $conf->{fingerprintd_feedback};
+  my $reply = $pms->{fingerprintd_result};
+  return unless defined $reply && $reply =~ /; id: ([0-9a-f]{10}\/[a-z]+\/[a-z?-]{1,40});/;
+  my $key = $1;
+  my $relay = $pms->{relays_external} && $pms->{relays_external}->[0];
+  return unless $relay && defined $relay->{ip};
+  my ($ip) = ($relay->{ip} =~ /\A([0-9A-Fa-f.:]{2,45})\z/);
+  return unless defined $ip;
+  my $msgid = $pms->get('Message-Id', '');
+  $msgid = '' unless defined $msgid;
+  ($msgid) = ($msgid =~ /\A\s*([\x21-\x7e]{1,998})/);  # untaint: its first word, printable
+  my ($host, $port) = ($conf->{fingerprintd_server} =~ /\A\[?([^\]]+?)\]?:(\d+)\z/);
+  return unless defined $port;
+  my $nonce = sprintf('%08x', int(rand(0x7fffffff)));
+  my $verdict = $pms->is_spam() ? 'spam' : 'ham';
+  my $sock = IO::Socket::INET->new(Proto => 'udp', PeerAddr => $host, PeerPort => $port) or return;
+  my $msg = "fpd1-feedback $nonce $verdict $key $ip" . (defined $msgid ? " $msgid" : '');
+  if ($sock->send($msg)) {
+    my $buf;
+    if (IO::Select->new($sock)->can_read($conf->{fingerprintd_timeout}) && defined $sock->recv($buf, 512)) {
+      dbg("fingerprintd: feedback $verdict $key -> $buf");
+    }
+  }
+  $sock->close();
+  return;
+}
+
 sub fingerprintd_os {
   my ($self, $pms, $want) = @_;
   return 0 unless defined $want && $want ne '';
@@ -274,6 +312,20 @@ writes C<!ADDR!>); left out when there is none.
 A value that is not printable ASCII without spaces, or is over 255 bytes, is
 left out (not known). An older fingerprintd echoes the extension as part of
 the nonce; the plugin understands that reply, without a score.
+
+=head1 FEEDBACK
+
+With C<fingerprintd_feedback 1> (and C<fingerprintd serve --reputation PATH>)
+the plugin reports SpamAssassin's final verdict for the id it was served:
+
+  fpd1-feedback NONCE spam|ham ID CLIENT [MESSAGE-ID]
+  -> fpd1-feedback NONCE counted\r\n
+
+recorded as gRPC's Feedback records it: one message and one client count
+once per id, one source network up to the store's cap; the other answers
+are duplicate-message, duplicate-client, source-cap and invalid. Only the
+analyzer's allowed networks (C<--analyzer-allow>) are heard. Note that
+SpamAssassin's verdict includes fingerprintd's own points: keep them small.
 
 =head1 EVAL RULES
 
