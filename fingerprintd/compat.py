@@ -17,6 +17,18 @@ analyzer form ("Linux 3.11 and newer; dist: 6; link: ...; params: ...;
 raw_mtu: 1500; raw_sig: ..."), empty when the connection is unknown.  Only
 allowed client networks get answers; malformed datagrams get none, as with
 the original.
+
+fingerprintd's extension (SpamAssassin's plugin; amavisd-new never sends it,
+its nonce is one word): "QUERY NONCE fpd1 rdns=NAME helo=NAME" also carries
+what the MTA recorded, and the reply appends fingerprintd's verdict for the
+stack *with* those names: "QUERY NONCE RESULT; class: C; rules: R; id: K;
+score: S\r\n" (the score last, as in the header).  See `extended_context`
+for how the names map onto the policy's context.  And when the service keeps
+a reputation store, "fpd1-feedback NONCE spam|ham ID CLIENT [MESSAGE-ID]"
+records a filter's final verdict for a served id (as gRPC's Feedback: one
+message and one client count once, one source network up to its cap),
+answered "fpd1-feedback NONCE RESULT\r\n" (counted, duplicate-message,
+duplicate-client, source-cap, or invalid).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from fingerprintd.context import Context, from_postfix
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
 from fingerprintd.unixsock import remove_stale_socket
@@ -353,6 +366,31 @@ _TRANSIENT = (errno.EINTR, errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH,
               errno.ENOBUFS, errno.ENOMEM)
 _REQUEST = re.compile(rb"([^ ]+) ([\x20-\x7f]{0,1024})", re.S)
 _QUERY_FORM = re.compile(r"\[([^\]]+)\](?::(\d{1,5}))?|([0-9.]+)")
+EXTENSION = "fpd1"
+_EXTENDED = re.compile(r"([^ ]*) fpd1((?: [^ ]*)*)")  # the nonce is one word, then the extension's fields
+_FIELD = re.compile(r"([a-z]+)=([\x21-\x7e]{0,255})")
+# The verdict for an extended query: (fingerprint, client address, context, host record) -> the served
+# policy.Verdict (the service reads its current policy, so a SIGHUP applies here too).
+VerdictFn = Callable[..., object]
+FEEDBACK = b"fpd1-feedback"
+_FEEDBACK = re.compile(rb"fpd1-feedback ([\x21-\x7e]{0,64}) (spam|ham) ([\x21-\x7e]{1,64}) ([0-9A-Fa-f.:]{2,45})"
+                       rb"(?: ([\x21-\x7e]{1,998}))?")
+# reputation.Reputation.record: (id, spam, client address, message id) -> "counted" or why not;
+# raises ValueError (ReputationError) for an id or address it refuses.
+FeedbackFn = Callable[[str, bool, str, str], str]
+
+
+def feedback_reply(datagram: bytes, feedback: FeedbackFn) -> bytes | None:
+    """The reply to a feedback datagram, or None for a malformed one."""
+    m = _FEEDBACK.fullmatch(datagram)
+    if not m:
+        return None
+    nonce, verdict, key, client, msgid = (g.decode("ascii") if g is not None else "" for g in m.groups())
+    try:
+        result = feedback(key, verdict == "spam", client, msgid)
+    except ValueError:
+        result = "invalid"
+    return f"fpd1-feedback {nonce} {result}\r\n".encode()
 
 
 def analyzer_result(obs: Observation | None) -> str:
@@ -381,8 +419,54 @@ def parse_analyzer_query(query: str) -> tuple[bytes, int] | None:
     return (addr, port_n) if port_n <= 65535 else None
 
 
-def analyzer_reply(datagram: bytes, hosts: HostTable, wait: float = 0.0) -> bytes | None:
-    """The reply to one datagram, or None for a malformed one (no reply, as the original)."""
+def extended_context(fields: dict[str, str]) -> Context | None:
+    """The policy's context from an extended query's fields (what SpamAssassin parsed from the
+    Received header of the first untrusted relay):
+
+    * ``rdns=NAME``: the name the MTA recorded for the client.  Postfix and Exim record only a
+      forward-confirmed name, so it is taken as the verified name (client_name) and as the PTR
+      (reverse_name).  Sendmail records a PTR that does not verify with "(may be forged)", which
+      SpamAssassin drops: such a name counts as verified too (a known limit of the header).
+    * ``rdns=`` (empty): the MTA recorded none (Postfix's "unknown", which SpamAssassin empties):
+      no verified name; whether a PTR exists is not known (Postfix writes "unknown" for both).
+    * ``helo=NAME``: the HELO the MTA recorded; ``helo=`` an empty HELO.
+    * a field left out: not known (a rule that needs it does not fire).  Unknown fields are ignored,
+      so that later versions can add some.
+    """
+    rdns, helo = fields.get("rdns"), fields.get("helo")
+    if rdns is None and helo is None:
+        return None
+    named = from_postfix(None if rdns is None else rdns or "unknown", None, helo)
+    return Context(named.client_name, named.client_name or None, named.helo)
+
+
+def parse_extension(rest: str) -> tuple[str, dict[str, str]] | None:
+    """(nonce, fields) of "NONCE fpd1 key=value ..."; None if it is not the extension (a plain nonce)."""
+    m = _EXTENDED.fullmatch(rest)
+    if not m:
+        return None
+    fields: dict[str, str] = {}
+    for word in m.group(2).split(" ")[1:]:
+        f = _FIELD.fullmatch(word)
+        if not f or f.group(1) in fields:
+            raise ValueError(word)
+        fields[f.group(1)] = f.group(2)
+    return m.group(1), fields
+
+
+def verdict_fields(v) -> str:
+    """A served policy.Verdict as the extended reply's tail: "; class: C; rules: R; id: K; score: S"."""
+    learned = f"; learned: {v.learned:+g}" if v.learned else ""
+    key = f"; id: {v.key}" if v.key else ""  # trusted networks: no id, nothing to learn about
+    cls = v.head.rpartition("; class: ")[2]
+    return f"; class: {cls}; rules: {','.join(v.rules) or 'none'}{learned}{key}; score: {v.score:g}"
+
+
+def analyzer_reply(datagram: bytes, hosts: HostTable, wait: float = 0.0,
+                   verdict: VerdictFn | None = None) -> bytes | None:
+    """The reply to one datagram, or None for a malformed one (no reply, as the original).
+
+    `verdict`: answers the extended query; without it every nonce is a plain nonce, as before."""
     m = _REQUEST.fullmatch(datagram)
     if not m:
         return None
@@ -390,8 +474,16 @@ def analyzer_reply(datagram: bytes, hosts: HostTable, wait: float = 0.0) -> byte
     parsed = parse_analyzer_query(query)
     if parsed is None:
         return None
-    obs, _ = hosts.lookup(parsed[0], parsed[1], wait)
-    return f"{query} {nonce} {analyzer_result(obs)}\r\n".encode()
+    try:
+        extended = parse_extension(nonce) if verdict is not None and f" {EXTENSION}" in nonce else None
+    except ValueError:
+        return None  # the extension with a malformed field
+    obs, host = hosts.lookup(parsed[0], parsed[1], wait)
+    if extended is None:
+        return f"{query} {nonce} {analyzer_result(obs)}\r\n".encode()
+    nonce, fields = extended
+    tail = verdict_fields(verdict(obs.fp, parsed[0], extended_context(fields), host)) if obs is not None else ""
+    return f"{query} {nonce} {analyzer_result(obs)}{tail}\r\n".encode()
 
 
 class AnalyzerServer:
@@ -404,8 +496,11 @@ class AnalyzerServer:
 
     def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.02,
                  max_inflight: int = ANALYZER_INFLIGHT,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 verdict: VerdictFn | None = None, feedback: FeedbackFn | None = None) -> None:
         self.hosts = hosts
+        self.feedback = feedback  # None: feedback datagrams are malformed (no reputation store)
+        self.verdict = verdict  # None: no extended queries (every nonce is a plain nonce)
         self.wait = wait
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
         self.on_fatal = on_fatal
@@ -475,7 +570,10 @@ class AnalyzerServer:
 
     def _answer(self, data: bytes, peer) -> None:
         try:
-            reply = analyzer_reply(data, self.hosts, self.wait)
+            if self.feedback is not None and data.startswith(FEEDBACK + b" "):
+                reply = feedback_reply(data, self.feedback)
+            else:
+                reply = analyzer_reply(data, self.hosts, self.wait, self.verdict)
             if reply is None:
                 with self._count_lock:
                     self.malformed += 1

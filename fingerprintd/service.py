@@ -39,7 +39,7 @@ from fingerprintd.data import default_classes, default_policy, default_signature
 from fingerprintd.engine import Observation, build_engine
 from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher, PerFingerprint
-from fingerprintd.policy import Policy, PolicyError, load_policy
+from fingerprintd.policy import Policy, PolicyError, Verdict, load_policy, served_verdict
 from fingerprintd.report import join_lines, p0f_log_formatter
 from fingerprintd.reputation import Reputation, SqliteStore
 from fingerprintd.server import SERVICE_NAME, Limits, build_server
@@ -268,7 +268,8 @@ class Service:
         if cfg.analyzer_udp:
             host, port = split_host_port(cfg.analyzer_udp)
             self.compat.append(AnalyzerServer(host, port, self.lookups, cfg.analyzer_allow,
-                                              max_inflight=cfg.analyzer_max_inflight))
+                                              max_inflight=cfg.analyzer_max_inflight, verdict=self.verdict,
+                                              feedback=self.reputation.record if self.reputation else None))
             event(logging.INFO, "p0f-analyzer UDP", listen=cfg.analyzer_udp, allow=cfg.analyzer_allow)
         for server in self.compat:
             server.start()
@@ -360,6 +361,13 @@ class Service:
         event(logging.INFO, "reloaded", signatures=self.db_path, signature_count=db.sig_count,
               classes=self.classes_path, policy=self.policy_path, rules=len(policy.rules))
         return True
+
+    def verdict(self, fp, ip: bytes, ctx, host) -> Verdict:
+        """The verdict as served (gRPC's Lookup does the same): the current policy (a SIGHUP replaces it),
+        plus what the reputation store learned."""
+        v = self.policy.verdict(fp, ip, ctx, host)
+        rep = self.reputation
+        return served_verdict(v, "", rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
 
     def stats(self) -> dict:
         recv = drop = ifdrop = 0

@@ -113,6 +113,7 @@ CONTRIB = {
     "contrib/spamassassin/FingerprintD.pm": ("test_spamassassin", "test_readme"),  # taint mode; as installed
     "contrib/spamassassin/FingerprintD.pre": ("test_readme",),  # loads the plugin
     "contrib/spamassassin/fingerprintd.cf": ("test_spamassassin", "test_mail"),  # spamd scores the header
+    "contrib/spamassassin/fingerprintd-plugin.cf": ("test_spamassassin",),  # the plugin's bands, perl -T
     "contrib/systemd/fingerprintd.service": ("test_deploy", "test_docs"),  # run as the unit says; verify
     "contrib/systemd/fingerprintd-milter.service": ("test_deploy", "test_docs"),
     "contrib/systemd/fingerprintd-policyd.service": ("test_deploy", "test_docs"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -92,6 +93,69 @@ def test_analyzer_protocol(datagram, reply):
         assert got is None
     else:
         assert got is not None and got.decode().startswith(reply) and got.endswith(b"\r\n")
+
+
+LINUX_RESULT = ("Linux 3.11 and newer; dist: 9; link: Ethernet or modem; params: none; raw_mtu: 1500; "
+                "raw_sig: 4:55+9:0:1460:mss*20,7:mss,sok,ts,nop,ws:df,id+:0")
+
+
+def _bundled_verdict():
+    """The bundled policy with no trusted networks, as the service serves it (no reputation)."""
+    from fingerprintd.policy import parse_policy, served_verdict
+
+    text = (ROOT / "signatures" / "policy.toml").read_text()
+    policy = parse_policy(re.sub(r"^trusted_networks = .*$", "trusted_networks = []", text, count=1, flags=re.M))
+    return lambda fp, ip, ctx, host: served_verdict(policy.verdict(fp, ip, ctx, host), "")
+
+
+@pytest.mark.parametrize("datagram,reply", [
+    # amavisd-new's forms: byte for byte what they were without the extension.
+    (b"[203.0.113.11]:40000 1f2e3d4c", f"[203.0.113.11]:40000 1f2e3d4c {LINUX_RESULT}\r\n"),
+    (b"[203.0.113.11] n2", f"[203.0.113.11] n2 {LINUX_RESULT}\r\n"),
+    (b"[198.51.100.7]:25 x", "[198.51.100.7]:25 x \r\n"),
+    # A nonce with spaces that is not the extension stays a nonce, echoed whole.
+    (b"[203.0.113.11]:40000 a b fpd1 rdns=x", f"[203.0.113.11]:40000 a b fpd1 rdns=x {LINUX_RESULT}\r\n"),
+    (b"[203.0.113.11]:40000 a fpd1x", f"[203.0.113.11]:40000 a fpd1x {LINUX_RESULT}\r\n"),
+])
+def test_analyzer_plain_queries_unchanged_with_the_verdict(datagram, reply):
+    table = HostTable()
+    table.add(observe("linux", src="203.0.113.11", sport=40000))
+    assert compat.analyzer_reply(datagram, table, verdict=_bundled_verdict()) == reply.encode()
+
+
+@pytest.mark.parametrize("fields,tail", [
+    # policy.toml, a Linux stack (class server): server-mta -0.3 (verified, not dynamic, HELO agrees), final.
+    ("rdns=mail.example.org helo=mail.example.org", r"class: server; rules: server-mta; id: [0-9a-f]{10}/server/"
+                                                     r"fcrdns-match; score: -0\.3"),
+    # server-dynamic-rdns +0.3 (a DSL name; the HELO does not matter for a server stack).
+    ("rdns=dsl-45.dyn.example.net helo=DESKTOP-4F7K2LQ", r"class: server; rules: server-dynamic-rdns; "
+                                                         r"id: [0-9a-f]{10}/server/dynamic-bare; score: 0\.3"),
+    # rdns= : the MTA recorded none (no verified name); an address-literal HELO.
+    ("rdns= helo=[203.0.113.11]", r"class: server; rules: none; id: [0-9a-f]{10}/server/nordns-literal; score: 0"),
+    # No names at all: the verdict without context; unknown fields are ignored.
+    ("", r"class: server; rules: none; id: [0-9a-f]{10}/server/nocontext; score: 0"),
+    ("future=1", r"class: server; rules: none; id: [0-9a-f]{10}/server/nocontext; score: 0"),
+])
+def test_analyzer_extension_answers_the_verdict(fields, tail):
+    table = HostTable()
+    table.add(observe("linux", src="203.0.113.11", sport=40000))
+    datagram = f"[203.0.113.11]:40000 n7 fpd1 {fields}".rstrip().encode()
+    got = compat.analyzer_reply(datagram, table, verdict=_bundled_verdict())
+    assert got is not None
+    assert re.fullmatch(re.escape(f"[203.0.113.11]:40000 n7 {LINUX_RESULT}; ") + tail + "\r\n", got.decode()), got
+
+
+@pytest.mark.parametrize("datagram,reply", [
+    (b"[203.0.113.11]:40000 n8 fpd1 rdns", None),  # a field without "="
+    (b"[203.0.113.11]:40000 n8 fpd1 helo=a helo=b", None),  # twice
+    (b"[203.0.113.11]:40000 n8 fpd1 rdns=" + b"a" * 256, None),  # over 255
+    (b"[203.0.113.11]:40000 n8 fpd1  helo=a", None),  # an empty field
+    (b"[198.51.100.7]:25 n8 fpd1 rdns=mail.example.org", b"[198.51.100.7]:25 n8 \r\n"),  # unknown: empty
+])
+def test_analyzer_extension_malformed_or_unknown(datagram, reply):
+    table = HostTable()
+    table.add(observe("linux", src="203.0.113.11", sport=40000))
+    assert compat.analyzer_reply(datagram, table, verdict=_bundled_verdict()) == reply
 
 
 # --- real clients against the running service -------------------------------------
@@ -582,3 +646,20 @@ def test_a_dead_analyzer_thread_is_reported(caplog):
     assert _eventually(lambda: not server.alive()) and isinstance(server.failed, OSError)
     assert any(getattr(r, "fields", {}).get("thread") == "p0f-analyzer" for r in caplog.records)
     server.stop()
+
+
+def test_analyzer_feedback_datagrams(tmp_path):
+    """fpd1-feedback records through the reputation store, with its dedupe; malformed ones get no reply."""
+    from fingerprintd.reputation import Reputation, SqliteStore
+
+    rep = Reputation(SqliteStore(tmp_path / "rep.sqlite"))
+    key = "0123456789/desktop/nordns-bare"
+    reply = lambda d: compat.feedback_reply(d, rep.record)  # noqa: E731
+    assert reply(f"fpd1-feedback n1 spam {key} 203.0.113.9 <a@x>".encode()) == b"fpd1-feedback n1 counted\r\n"
+    assert reply(f"fpd1-feedback n2 spam {key} 203.0.113.9 <a@x>".encode()) == \
+        b"fpd1-feedback n2 duplicate-message\r\n"
+    assert reply(f"fpd1-feedback n3 ham {key} 203.0.113.9".encode()) == b"fpd1-feedback n3 duplicate-client\r\n"
+    assert reply(b"fpd1-feedback n4 ham not-an-id 203.0.113.9") == b"fpd1-feedback n4 invalid\r\n"
+    assert reply(f"fpd1-feedback n5 maybe {key} 203.0.113.9".encode()) is None
+    assert reply(f"fpd1-feedback n6 spam {key}".encode()) is None
+    assert rep.learned(key).spam > 0 and rep.learned(key).ham == 0

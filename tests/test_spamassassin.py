@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -10,15 +11,17 @@ import time
 
 import pytest
 
-from tests.conftest import need
+from tests.conftest import ROOT, need
 from tests.helpers import SA_CONTRIB, Served, sa_site_dir
 from tests.netns import NetnsPair, can_use_netns
 
 
-def message(*fingerprints: str, received_from: str = "", body: str = "hello") -> bytes:
+def message(*fingerprints: str, received_from: str = "", body: str = "hello", helo: str = "client.example",
+            rdns: str = "client.example") -> bytes:
     head = ""
     if received_from:
-        head += (f"Received: from client.example (client.example [{received_from}])\r\n"
+        # Postfix's form: "from HELO (VERIFIED-NAME-or-unknown [ADDR])".
+        head += (f"Received: from {helo} ({rdns} [{received_from}])\r\n"
                  "\tby mx.test.example (Postfix) with ESMTP id 4ABC123; Sun, 29 Nov 2026 04:00:00 +0000 (UTC)\r\n")
     head += "".join(f"X-OS-Fingerprint: {fp}\r\n" for fp in fingerprints)
     return (head + "From: a@example.net\r\nTo: user@test.example\r\nSubject: t\r\n"
@@ -166,6 +169,108 @@ def test_plugin_queries_the_service_in_taint_mode(tmp_path):
             assert "FPD_P_WINDOWS" not in known and "FPD_P_UNKNOWN" not in known
             unknown = score(message(received_from="198.51.100.23"))
             assert "FPD_P_" not in unknown.split("Content analysis details")[-1], unknown
+        finally:
+            served.stop()
+            shutil.rmtree(site, ignore_errors=True)
+
+
+# The plugin's score bands (contrib/spamassassin/fingerprintd-plugin.cf) and one policy rule by name.
+PLUGIN_BANDS_CF = PLUGIN_CF + """header FPD_P_SRV_DYN eval:fingerprintd_rule('server-dynamic-rdns')
+score  FPD_P_SRV_DYN 0.01
+include {bands}
+clear_report_template
+report Content analysis details:
+report _SUMMARY_
+"""
+
+
+def test_plugin_passes_the_relays_names_and_scores_the_verdict(tmp_path):
+    """The same kernel SYN, two Received headers: the plugin sends the relay's rdns and HELO (fpd1), and
+    the band follows fingerprintd's context-aware verdict under the bundled policy (trusted networks
+    emptied: the namespace's client is in 10.0.0.0/8)."""
+    need(shutil.which("spamassassin") is not None, "SpamAssassin is not installed")
+    ok, why = can_use_netns()
+    need(ok, why)
+    os.chmod(tmp_path, 0o755)
+    policy = tmp_path / "policy.toml"
+    bundled = (ROOT / "signatures" / "policy.toml").read_text()
+    policy.write_text(re.sub(r"^trusted_networks = .*$", "trusted_networks = []", bundled, count=1, flags=re.M))
+    site = sa_site_dir()
+    (site / "fingerprintd.cf").write_text(PLUGIN_BANDS_CF.format(pm=SA_CONTRIB / "FingerprintD.pm",
+                                                                 bands=SA_CONTRIB / "fingerprintd-plugin.cf"))
+    with NetnsPair(net=85) as pair:
+        pair.start_listener()
+        served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),
+                        "--analyzer-udp", "127.0.0.1:2345", "--policy", str(policy))
+        try:
+            pair.connect(pair.server4, 1, 0, 38101)
+            assert served.lookup(pair.client4, 38101, wait_ms=2000)["found"]
+
+            def hits(msg: bytes) -> dict[str, float]:
+                out = subprocess.run(["ip", "netns", "exec", pair.srv, "perl", "-T", "/usr/bin/spamassassin", "-L",
+                                      "-t", f"--siteconfigpath={site}"], input=msg, capture_output=True,
+                                     timeout=120)
+                text = out.stdout.decode()
+                assert "Content analysis details" in text, text + out.stderr.decode()
+                table = text.split("Content analysis details")[-1]
+                return {m.group(2): float(m.group(1)) for m in re.finditer(r"^\s*(-?\d+\.\d+)\s+(FPD_\w+)", table,
+                                                                          re.M)}
+
+            # A Linux stack (class server) whose verified name its HELO agrees with: policy.toml's
+            # server-mta, -0.3 and final -> the -0.3 band.
+            mta = hits(message(received_from=pair.client4, rdns="mail.example.org", helo="mail.example.org"))
+            assert mta.get("FPD_SA_NEG") == -0.3 and "FPD_P_SRV_DYN" not in mta, mta
+            assert not {k for k in mta if k.startswith("FPD_SA_") and k != "FPD_SA_NEG"}, mta
+            # The same SYN from a DSL name with a bare HELO: not server-mta (the name is dynamic); only
+            # server-dynamic-rdns, +0.3 -> below the first band: no band at all.
+            dyn = hits(message(received_from=pair.client4, rdns="dsl-85-0-2.dyn.example.net",
+                               helo="DESKTOP-4F7K2LQ"))
+            assert "FPD_P_SRV_DYN" in dyn and "FPD_P_LINUX" in dyn, dyn
+            assert not {k for k in dyn if k.startswith("FPD_SA_")}, dyn
+            # Both setups loaded (the header rules too): the header's band counts, the plugin's stays silent.
+            shutil.copy(SA_CONTRIB / "fingerprintd.cf", site / "fingerprintd-header.cf")
+            header = ("Linux 4.19 and newer; dist: 0; link: Ethernet or modem; class: server; rules: server-mta; "
+                      "id: x; score: -0.3")
+            both = hits(message(header, received_from=pair.client4, rdns="mail.example.org", helo="mail.example.org"))
+            assert both.get("FPD_SCORE_NEG") == -0.3 and "FPD_SA_NEG" not in both, both
+        finally:
+            served.stop()
+            shutil.rmtree(site, ignore_errors=True)
+
+
+def test_plugin_reports_its_verdict_when_configured(tmp_path):
+    """fingerprintd_feedback 1: SpamAssassin's verdict (ham here) reaches the service's reputation store for
+    the id it was served; the same message again counts once."""
+    need(shutil.which("spamassassin") is not None, "SpamAssassin is not installed")
+    ok, why = can_use_netns()
+    need(ok, why)
+    from fingerprintd.reputation import Reputation, SqliteStore
+
+    os.chmod(tmp_path, 0o755)
+    policy = tmp_path / "policy.toml"
+    bundled = (ROOT / "signatures" / "policy.toml").read_text()
+    policy.write_text(re.sub(r"^trusted_networks = .*$", "trusted_networks = []", bundled, count=1, flags=re.M))
+    store = tmp_path / "reputation.sqlite"
+    site = sa_site_dir()
+    (site / "fingerprintd.cf").write_text(PLUGIN_CF.format(pm=SA_CONTRIB / "FingerprintD.pm")
+                                          + "fingerprintd_feedback 1\n")
+    with NetnsPair(net=86) as pair:
+        pair.start_listener()
+        served = Served(pair, str(tmp_path / "api.sock"), str(tmp_path / "serve.log"),
+                        "--analyzer-udp", "127.0.0.1:2345", "--policy", str(policy), "--reputation", str(store))
+        try:
+            pair.connect(pair.server4, 1, 0, 38201)
+            assert served.lookup(pair.client4, 38201, wait_ms=2000)["found"]
+            msg = message(received_from=pair.client4, rdns="mail.example.org", helo="mail.example.org")
+            for _ in range(2):
+                out = subprocess.run(["ip", "netns", "exec", pair.srv, "perl", "-T", "/usr/bin/spamassassin", "-L",
+                                      "-t", f"--siteconfigpath={site}"], input=msg, capture_output=True,
+                                     timeout=120)
+                assert b"X-Spam-Status: No" in out.stdout, out.stdout + out.stderr
+            rep = Reputation(SqliteStore(store))
+            learned = rep.explain()
+            assert [(lr.key.split("/", 1)[1], round(lr.spam, 2), round(lr.ham, 2)) for lr in learned] == [
+                ("server/fcrdns-match", 0.0, 1.0)], learned
         finally:
             served.stop()
             shutil.rmtree(site, ignore_errors=True)
