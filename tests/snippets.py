@@ -75,7 +75,8 @@ TEXT_EXAMPLE = (README, "", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d syn ")
 P0F_LOG_EXAMPLE = (README, "", r"\[\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\] mod=syn\|")
 SIGNATURES = (README, "sh", "fingerprintd signatures check ")
 LAYOUT = (README, "", "fingerprintd/packet.py ")
-README_RUN = (MAKE, LOOKUP, SERVE, P0F_DROPIN, REPLAY, TEXT_EXAMPLE, P0F_LOG_EXAMPLE, SIGNATURES, LAYOUT)
+LEARNING = (README, "sh", "install -d -m 750 /var/lib/fingerprintd\n")
+README_RUN = (MAKE, LOOKUP, SERVE, P0F_DROPIN, REPLAY, TEXT_EXAMPLE, P0F_LOG_EXAMPLE, SIGNATURES, LAYOUT, LEARNING)
 # Sections other work is rewriting now (headings, ## or ###, that start so): their blocks are not claimed
 # yet, and each must be once that work lands. "Accuracy on labeled captures": benchmarks/accuracy.py and its
 # figures are being regenerated, and its `--netns` line is a benchmark (a long kernel sweep), not a test;

@@ -273,7 +273,7 @@ def test_the_documented_database_error(tmp_path):
 
 SERVER, CLIENT = "203.0.113.1", "203.0.113.7"  # RFC 5737 addresses, inside namespaces made here
 # A private view of the machine for the holder's namespaces: writes to these land in the test's directory.
-OVERLAID = ("/etc", "/run", "/var/spool", "/var/log")
+OVERLAID = ("/etc", "/run", "/var/spool", "/var/log", "/var/lib")
 CONNECT = r"""
 import socket, sys
 s = socket.socket()
@@ -333,8 +333,9 @@ class Mx:
     def argv(self, line: str, cwd: Path) -> list[str]:
         return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "sh", "-c", f"cd {cwd} && exec {line}"]
 
-    def sh(self, line: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(line, cwd), env=_env(), capture_output=True, text=True, timeout=timeout)
+    def sh(self, line: str, cwd: Path = ROOT, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(line, cwd), env=_env() | env, capture_output=True, text=True,
+                              timeout=timeout)
 
     def python(self, code: str, *args: str) -> str:
         out = subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", "-n", sys.executable, "-c", code, *args],
@@ -460,8 +461,9 @@ import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 s.connect(sys.argv[1])
-s.sendall(("request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\ninstance=1.readme\n"
-           f"client_address={sys.argv[2]}\nclient_port={sys.argv[3]}\nsender=a@example.net\n"
+instance = sys.argv[4] if len(sys.argv) > 4 else "1.readme"  # one per message: a repeat gets DUNNO
+s.sendall(("request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+           f"instance={instance}\nclient_address={sys.argv[2]}\nclient_port={sys.argv[3]}\nsender=a@example.net\n"
            "recipient=b@example.org\n\n").encode())
 got = b""
 while not got.endswith(b"\n\n"):
@@ -546,6 +548,77 @@ def test_the_p0f_drop_in_line_and_the_shipped_logrotate(mx):
         assert f"cli={CLIENT}/51238|" not in mx.sh(f"cat {p0f_log}.1").stdout
     finally:
         _stop(proc, log)
+
+
+# --- Scoring: learning from outcomes, as written --------------------------------------------------------
+
+HAM_CLIENT = "203.0.113.8"  # a second client address: one address counts once per id
+
+
+def _message(header: str, n: int) -> str:
+    return (f"From: sender{n}@example.net\nTo: postmaster@example.org\nSubject: outcome {n}\n"
+            f"Message-ID: <outcome-{n}@example.net>\nX-OS-Fingerprint: {header}\n\nbody {n}\n")
+
+
+def test_the_learning_lines_as_written(mx, tmp_path):
+    """The block of "Learning from outcomes", line by line: serve keeps a store; a Junk Maildir and a ham
+    mbox whose messages carry the header the policy service PREPENDed for real SYNs (two clients) are
+    learned, one into the file, one through the Feedback RPC; `reputation` lists the id with one spam
+    and one ham; the reset line (the id the header carries) forgets it."""
+    block = lines(snippets.LEARNING)
+    assert len(block) == 6
+    home = tmp_path / "home"
+    os.chmod(tmp_path, 0o755)
+    assert mx.sh(block[0]).returncode == 0  # install -d
+    proc, log = mx.start(block[1])
+    policyd = None
+    try:
+        _wait_for(proc, log, '"msg": "serving"')
+        policyd = mx.start(lines(snippets.COMMANDS)[1])
+        sock = "/var/spool/postfix/fingerprintd/policy.sock"
+        mx.python("import os, sys, time\nfor _ in range(600):\n    if os.path.exists(sys.argv[1]): break\n"
+                  "    time.sleep(0.05)\nelse: sys.exit('no ' + sys.argv[1])", sock)
+        mx.pair.ns(mx.pair.cli, "ip", "addr", "add", f"{HAM_CLIENT}/24", "dev", mx.pair.vcli)
+        headers = {}
+        for client, port in ((CLIENT, 51301), (HAM_CLIENT, 51302)):
+            out = mx.pair.ns(mx.pair.cli, sys.executable, "-c", CONNECT, client, SERVER, str(port), "25")
+            assert out.returncode == 0, out.stderr
+            assert mx.sh(f"fingerprintd lookup {client} --port {port} --wait-ms 2000 "
+                         "--server unix:/run/fingerprintd/api.sock").returncode == 0
+            reply = mx.python(POLICY_REQUEST, sock, client, str(port), f"{port}.learn")
+            assert reply.startswith("action=PREPEND X-OS-Fingerprint: "), reply
+            headers[client] = reply.splitlines()[0].split(": ", 1)[1]
+        ids = {c: re.search(r"\bid: (\S+?);", h)[1] for c, h in headers.items()}
+        assert ids[CLIENT] == ids[HAM_CLIENT], ids
+        key = ids[CLIENT]
+        assert f"client: {CLIENT}" in headers[CLIENT], headers
+        # ~/Maildir/.Junk: a Maildir++ folder (cur, new, tmp), two spam messages from the first client
+        junk = home / "Maildir" / ".Junk"
+        for sub in ("cur", "new", "tmp"):
+            (junk / sub).mkdir(parents=True)
+        (junk / "cur" / "1700000000.1.mx:2,S").write_text(_message(headers[CLIENT], 1))
+        (junk / "new" / "1700000001.2.mx").write_text(_message(headers[CLIENT], 2))
+        (tmp_path / "ham.mbox").write_text(
+            "From sender3@example.net Tue Dec  1 10:00:00 2026\n" + _message(headers[HAM_CLIENT], 3) + "\n")
+        spam = mx.sh(block[2], tmp_path, HOME=str(home))  # ~ is the test's home
+        assert spam.returncode == 0, spam.stdout + spam.stderr
+        ham = mx.sh(block[3], tmp_path)
+        assert ham.returncode == 0, ham.stdout + ham.stderr
+        listed = mx.sh(block[4], tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        row = re.search(rf"^{re.escape(key)} +spam +([\d.]+) +ham +([\d.]+) ", listed.stdout, re.M)
+        assert row and (row[1], row[2]) == ("1.0", "1.0"), listed.stdout  # the second spam: the same client
+        reset_id = words(block[5])[-1]
+        assert reset_id == key, (reset_id, key)  # the README's id is the one these SYNs get
+        out = mx.sh(block[5], tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert key not in mx.sh(block[4], tmp_path).stdout
+    finally:
+        if policyd:
+            _stop(*policyd, filter_=True)
+        _stop(proc, log)
+        mx.pair.ns(mx.pair.cli, "ip", "addr", "del", f"{HAM_CLIENT}/24", "dev", mx.pair.vcli)
+        mx.sh("rm -rf /var/lib/fingerprintd")
 
 
 # --- contrib/spamassassin: the plugin installed as fingerprintd.cf's comment says -------------------------
