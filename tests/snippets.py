@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -21,7 +22,12 @@ UNITS = ROOT / "contrib" / "systemd"
 # The README sections the deployment tests cover (the rest of the README belongs elsewhere).
 DEPLOY_SECTIONS = ("## Use with Postfix / SpamAssassin", "## Deployment")
 
-_FENCE = re.compile(r"^```([\w.-]*)\n(.*?)^```$", re.S | re.M)
+# A fence may be indented (a block within a list item): its text is then given without the indent.
+_FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w.-]*)\n(?P<text>.*?)^(?P=indent)```$", re.S | re.M)
+
+
+def _fenced(m: re.Match) -> tuple[str, str]:
+    return m["lang"], textwrap.dedent(m["text"]) if m["indent"] else m["text"]
 
 
 def blocks(path: Path, sections: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -30,7 +36,7 @@ def blocks(path: Path, sections: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     if sections:
         parts = re.split(r"^(?=## )", text, flags=re.M)
         text = "".join(p for p in parts if p.startswith(sections))
-    return [(m.group(1), m.group(2)) for m in _FENCE.finditer(text)]
+    return [_fenced(m) for m in _FENCE.finditer(text)]
 
 
 def headed_blocks(path: Path) -> list[tuple[tuple[str, ...], str, str]]:
@@ -41,7 +47,7 @@ def headed_blocks(path: Path) -> list[tuple[tuple[str, ...], str, str]]:
         heads: list[str] = []
         for head in re.findall(r"^#{2,3} .*$", text[:m.start()], re.M):
             heads = [head] if head.startswith("## ") else heads[:1] + [head]
-        out.append((tuple(heads), m.group(1), m.group(2)))
+        out.append((tuple(heads), *_fenced(m)))
     return out
 
 
@@ -65,6 +71,9 @@ DEPLOYED = (SETUP, RSPAMD_GROUP, RSPAMD_CONF, AMAVIS_CONF, NETNS, MAIN_CF, MASTE
 # the systemctl lines (no systemd as PID 1 here: the units are verified statically).
 COMMANDS = (README, "sh", "fingerprintd milter")
 SYSTEMCTL = (README, "sh", "systemctl daemon-reload")
+# The ACL user of "Several MX hosts": tests/test_redis.py sets it up on a real server and tries what it may do.
+REDIS_ACL = (README, "", "ACL SETUSER fingerprintd ")
+REDIS_RUN = (REDIS_ACL,)
 # The rest of README.md, run by tests/test_readme.py as written.
 MAKE = (README, "sh", "make run ")
 LOOKUP = (README, "sh", r"\.venv/bin/fingerprintd lookup ")
@@ -76,7 +85,9 @@ P0F_LOG_EXAMPLE = (README, "", r"\[\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\] mod=syn\|")
 SIGNATURES = (README, "sh", "fingerprintd signatures check ")
 LAYOUT = (README, "", "fingerprintd/packet.py ")
 LEARNING = (README, "sh", "install -d -m 750 /var/lib/fingerprintd\n")
-README_RUN = (MAKE, LOOKUP, SERVE, P0F_DROPIN, REPLAY, TEXT_EXAMPLE, P0F_LOG_EXAMPLE, SIGNATURES, LAYOUT, LEARNING)
+REDIS_SERVE = (README, "sh", "fingerprintd serve --redis ")
+README_RUN = (MAKE, LOOKUP, SERVE, P0F_DROPIN, REPLAY, TEXT_EXAMPLE, P0F_LOG_EXAMPLE, SIGNATURES, LAYOUT, LEARNING,
+              REDIS_SERVE)
 # Sections other work is rewriting now (headings, ## or ###, that start so): their blocks are not claimed
 # yet, and each must be once that work lands. "Accuracy on labeled captures": benchmarks/accuracy.py and its
 # figures are being regenerated, and its `--netns` line is a benchmark (a long kernel sweep), not a test;

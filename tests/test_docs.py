@@ -40,7 +40,7 @@ def test_every_contrib_file_is_used_by_a_test():
 
 
 def test_every_snippet_is_run_or_checked():
-    refs = (*snippets.DEPLOYED, snippets.COMMANDS, snippets.SYSTEMCTL, *snippets.README_RUN)
+    refs = (*snippets.DEPLOYED, snippets.COMMANDS, snippets.SYSTEMCTL, *snippets.README_RUN, *snippets.REDIS_RUN)
     known = {snippets.snippet(*ref) for ref in refs}
     assert len(known) == len(refs)  # no two names for one block
     found = [(path.name, heads, lang, text) for path in DOCS for heads, lang, text in snippets.headed_blocks(path)]
@@ -53,7 +53,7 @@ def test_every_snippet_is_run_or_checked():
 def test_every_named_snippet_is_used_by_its_test():
     """A name in tests/snippets.py claims a block only if the test that runs it uses that name."""
     users = {"test_deploy": snippets.DEPLOYED, "test_docs": (snippets.COMMANDS, snippets.SYSTEMCTL),
-             "test_readme": snippets.README_RUN}
+             "test_readme": snippets.README_RUN, "test_redis": snippets.REDIS_RUN}
     names = {id(v): k for k, v in vars(snippets).items() if k.isupper() and isinstance(v, tuple) and len(v) == 3
              and isinstance(v[0], type(snippets.README))}
     this = inspect.getsource(test_every_named_snippet_is_used_by_its_test)

@@ -621,6 +621,62 @@ def test_the_learning_lines_as_written(mx, tmp_path):
         mx.sh("rm -rf /var/lib/fingerprintd")
 
 
+# --- Several MX hosts: the Redis serve line as written ---------------------------------------------------
+
+REDIS_HOST = "redis.example.internal"
+
+
+def test_the_redis_serve_line_as_written(mx, tmp_path):
+    """The serve line of "Several MX hosts" against a real redis-server on the server namespace's own
+    loopback (port 6379 there is nobody else's), its name in the private /etc/hosts, the README's ACL user
+    (tests/test_redis.py checks what it may and may not do) and its password in the documented file: a
+    kernel SYN lands as the per-connection, host and rspamd p0f keys, written as that user."""
+    from tests.conftest import need
+
+    need(shutil.which("redis-server") is not None, "redis-server is not installed (make test installs it)")
+    line = lines(snippets.REDIS_SERVE)[0]
+    argv = words(line)
+    url, pw_file = argv[argv.index("--redis") + 1], argv[argv.index("--redis-password-file") + 1]
+    assert url == f"redis://fingerprintd@{REDIS_HOST}:6379/0", url
+    os.chmod(tmp_path, 0o755)
+    redis, rlog = mx.start(f"redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --dir {tmp_path}")
+    proc = None
+    try:
+        _wait_for(redis, rlog, "Ready to accept connections")
+        acl = snippets.snippet(*snippets.REDIS_ACL).strip()
+        assert mx.sh("redis-cli " + " ".join(map(shlex.quote, acl.split()))).stdout.strip() == "OK"
+        password = re.search(r" >(\S+) ", acl)[1]
+        assert mx.sh(f"echo '127.0.0.1 {REDIS_HOST}' >> /etc/hosts").returncode == 0
+        for cmd in ("install -d /etc/fingerprintd", f"echo {password} > {pw_file}", f"chmod 600 {pw_file}"):
+            assert mx.sh(cmd).returncode == 0, cmd  # each its own: Mx.sh execs the line
+        proc, log = mx.start(line)
+        _wait_for(proc, log, '"msg": "serving"')
+        mx.syn(51401)
+        out = mx.sh(f"fingerprintd lookup {CLIENT} --port 51401 --wait-ms 2000 --json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        label = json.loads(out.stdout)["observation"]["label"]
+        import time
+
+        deadline = time.monotonic() + 20
+        while f'"p0f{CLIENT}"' not in (keys := mx.sh("redis-cli --no-raw --scan").stdout.split()):  # quoted
+            assert time.monotonic() < deadline, (keys, log.read_text()[-2000:])
+            time.sleep(0.05)
+        assert any(k.startswith('"fpd:c:') for k in keys) and any(k.startswith('"fpd:h:') for k in keys), keys
+        answer = mx.sh(f"redis-cli --raw GETRANGE p0f{CLIENT} 0 3 | od -An -tx1").stdout.split()
+        assert answer[:4] == ["02", "46", "30", "50"], answer  # p0f's answer magic, little-endian (then the newline)
+        assert label.startswith("Linux") and "redis unreachable" not in log.read_text()
+        # written as the ACL user: its connections are the ones redis lists with that name
+        clients = mx.sh("redis-cli CLIENT LIST").stdout
+        assert re.search(r" user=fingerprintd ", clients), clients
+    finally:
+        if proc:
+            _stop(proc, log)
+        redis.terminate()
+        redis.wait(20)
+        mx.sh(f"sed -i '/ {REDIS_HOST}$/d' /etc/hosts")
+        mx.sh("rm -rf /etc/fingerprintd")
+
+
 # --- contrib/spamassassin: the plugin installed as fingerprintd.cf's comment says -------------------------
 
 

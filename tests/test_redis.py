@@ -310,10 +310,9 @@ def test_lookups_skip_a_dead_redis_and_come_back(redis_server):
 
 
 def _readme_acl() -> str:
-    text = (ROOT / "README.md").read_text()
-    lines = [ln.strip() for ln in re.findall(r"^ *ACL SETUSER fingerprintd .*$", text, re.M)]
-    assert len(lines) == 1, "the README gives one ACL SETUSER line for fingerprintd"
-    return lines[0]
+    from tests import snippets
+
+    return snippets.snippet(*snippets.REDIS_ACL).strip()
 
 
 def test_the_readmes_acl_user_publishes_and_reads_its_prefix_only(redis_server, tmp_path):
