@@ -677,6 +677,68 @@ def test_the_redis_serve_line_as_written(mx, tmp_path):
         mx.sh("rm -rf /etc/fingerprintd")
 
 
+# --- Accuracy on labeled captures: the benchmark's lines and the README's figures --------------------------
+
+ACCURACY_COLUMNS = ["family", "database", "hosts", "family ok", "specific", "generic", "unknown", "wrong"]
+
+
+def _accuracy_tables(stdout: str) -> dict[str, dict[tuple[str, str], tuple[int, list[float]]]]:
+    """Each `# title` table the benchmark prints: (family, database) -> (hosts, its five shares in %)."""
+    tables: dict[str, dict] = {}
+    for part in re.split(r"^# ", stdout, flags=re.M)[1:]:
+        title, *rows = part.splitlines()
+        if title.startswith("kernel variants"):
+            continue
+        assert re.split(r"\s{2,}", rows[0].strip()) == ACCURACY_COLUMNS, rows[0]
+        table = tables.setdefault(title, {})
+        for row in rows[1:]:
+            m = re.match(r"^(\S+) +(fingerprintd|p0f 3\.09b) +(\d+)((?: +\d+\.\d%){5})$", row)
+            assert m, row
+            table[m[1], m[2]] = (int(m[3]), [float(x) for x in m[4].replace("%", "").split()])
+    return tables
+
+
+def test_the_accuracy_lines_as_written_and_the_readmes_figures(tmp_path):
+    """Both lines of the block, run from the tree (the corpus at ../shared/corpus; --netns under the peers
+    lock: root, namespaces; a few seconds): tables of the documented shape, and the "Measured" table's
+    figures are what they print."""
+    from tests.conftest import need
+
+    need((ROOT.parent / "shared" / "corpus" / "labels.csv").exists(), "no corpus at ../shared/corpus")
+    need(shutil.which("p0f") is not None, "p0f is not installed (make test installs it)")
+    block = lines(snippets.ACCURACY)
+    assert len(block) == 2 and words(block[1])[-1] == "--netns"
+    printed = {}
+    for line in block:
+        out = sh(line, ROOT)  # `python`: this tree's, first on PATH
+        assert out.returncode == 0, (line, out.stderr[-3000:])
+        printed[line] = _accuracy_tables(out.stdout)
+    corpus, netns = printed[block[0]], printed[block[1]]
+    assert list(corpus) == ["labeled corpus"] and list(netns) == ["labeled corpus", "kernel SYNs made here"]
+    assert netns["labeled corpus"] == corpus["labeled corpus"]  # the same corpus, the same figures
+    for table in netns.values():
+        for (family, db), (hosts, (ok, specific, generic, unknown, wrong)) in table.items():
+            assert (family, "fingerprintd" if db != "fingerprintd" else "p0f 3.09b") in table  # both databases
+            assert hosts > 0 and abs(specific + generic + unknown + wrong - 100) <= 0.25, (family, db)
+            assert abs(ok - specific - generic) <= 0.15, (family, db)
+    # The README's "Measured" table
+    text = snippets.README.read_text().split("### Accuracy on labeled captures", 1)[1].split("\n## ", 1)[0]
+    measured = {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| ([^|]+?) \| ([^|]+) \| ([^|]+) \|$", text, re.M)}
+
+    def shares(cell: str) -> list[float]:
+        return [float(x) for x in re.findall(r"(\d+(?:\.\d+)?)%", cell)]
+
+    dbs = ("fingerprintd", "p0f 3.09b")
+    every, kernel = corpus["labeled corpus"], netns["kernel SYNs made here"]
+    row = f"labeled corpus, {every['all', dbs[0]][0]} hosts: family right / specific"
+    assert [shares(c) for c in measured[row]] == [every["all", db][1][:2] for db in dbs], (row, measured)
+    row = f"corpus, OS from 2015 or later ({every['2015+', dbs[0]][0]}): specific"
+    assert [shares(c) for c in measured[row]] == [[every["2015+", db][1][1]] for db in dbs], (row, measured)
+    row = f"kernel sweep, {kernel['all', dbs[0]][0]} SYNs and SYN+ACKs: Linux / specific / `???`"
+    assert [shares(c) for c in measured[row]] == [[kernel["all", db][1][i] for i in (0, 1, 3)] for db in dbs], (
+        row, measured)
+
+
 # --- contrib/spamassassin: the plugin installed as fingerprintd.cf's comment says -------------------------
 
 
