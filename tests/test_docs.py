@@ -3,7 +3,8 @@
 Every fenced block of README.md and contrib/postfix/README.md is named in
 tests/snippets.py (a new block fails here until a test claims it), but for the
 sections listed in snippets.PENDING. tests/test_deploy.py runs or applies the
-deployment ones as written, tests/test_readme.py the others; the two
+deployment ones as written, tests/test_readme.py the others (tests/test_redis.py
+the ACL line); the two
 test_deploy cannot run (the filters' command lines, which are the units'
 ExecStart, and the systemctl lines, without systemd as PID 1) are checked here
 against the units.

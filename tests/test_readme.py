@@ -12,6 +12,9 @@ never touched), the users and directories the deployment snippets make, and
 clients at the README's documentation addresses; each is asked something
 (a lookup, a p0f-socket query, an analyzer datagram, the --log file) and
 stopped with SIGTERM. `make run`/`make test` are checked with `make -n`.
+The scoring section's learning block, the Redis serve line (a redis-server on the
+namespace's own loopback, its name in the private /etc/hosts) and the accuracy
+benchmark's lines (its tables against the README's figures) are run the same way.
 """
 
 from __future__ import annotations
