@@ -65,7 +65,11 @@ def words(line: str) -> list[str]:
 
 def _make_n(target: str) -> list[list[str]]:
     """What `make TARGET` would run from scratch (-B: as on a fresh machine), without running it."""
-    out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Run as its own make, not as a sub-make of `make test` (CI): a sub-make inherits MAKEFLAGS and
+    # MAKELEVEL and prints "Entering/Leaving directory" lines among the commands.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     return [shlex.split(ln) for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith(("if ", "\t"))]
 
