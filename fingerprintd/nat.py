@@ -215,13 +215,15 @@ def _compare(to_srv: bool, sig: Sig, ref: Sig, hd: HostState, cli_port: int, exa
 
 def add_score(to_srv: bool, hd: HostState, reason: int, score: int, now: int) -> NatRecord | None:
     """Push a score into the host's ring (p0f's add_nat_score); the record it triggers, if any."""
-    ring = bytearray(hd.cli_scores if to_srv else hd.srv_scores)
+    old = hd.cli_scores if to_srv else hd.srv_scores
+    hd.nat_reasons |= reason
+    if not score and old is _ZERO_RING:
+        return None  # a zero pushed into an empty ring leaves it empty: a steady host's every SYN
+    ring = bytearray(old)
     del ring[0]
     ring.append(score)
-    hd.nat_reasons |= reason
     if not score:
-        if ring != _ZERO_RING:
-            _store(hd, to_srv, bytes(ring))
+        _store(hd, to_srv, _ZERO_RING if ring == _ZERO_RING else bytes(ring))
         return None
     over_5 = over_2 = over_1 = over_0 = 0
     for s in ring:
