@@ -145,7 +145,7 @@ def sig_hash(fp: Fingerprint) -> str:
 
 
 def verdict_key(fp: Fingerprint, bucket: str) -> str:
-    return f"{sig_hash(fp)}/{fp.mail_class}/{bucket}"
+    return f"{_sig_hashes(fp)}/{fp.mail_class}/{bucket}"
 
 
 def render_header(head: str, rules: tuple[str, ...], score: float, key: str, learned: float = 0.0,
@@ -208,8 +208,8 @@ class Policy:
         """`host`: the address's record in the host table (hosts.HostRecord) when known, for the
         host_change / ip_sharing conditions."""
         if self.is_trusted(client_ip):
-            return Verdict(0.0, "accept", ("trusted_network",), f"{_head(fp)}; score: 0 (trusted)", True,
-                           head=_head(fp))
+            head = _heads(fp)
+            return Verdict(0.0, "accept", ("trusted_network",), f"{head}; score: 0 (trusted)", True, head=head)
         records = None
         if host is not None and self._uses_host:
             records = {"host_change": bool(getattr(host, "last_host_change", 0)),
@@ -234,7 +234,7 @@ def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint, ct
             if rule.final:
                 break
     score = round(score, 3)
-    head = _head(fp)
+    head = _heads(fp)
     key = verdict_key(fp, facts.bucket)
     rules_fired = tuple(fired)
     return Verdict(score, action, rules_fired, render_header(head, rules_fired, score, key),
@@ -243,6 +243,12 @@ def _score(rules: tuple[Rule, ...], replies: dict[str, str], fp: Fingerprint, ct
 
 def _head(fp: Fingerprint) -> str:
     return f"{fp.os_text}; dist: {fp.dist}; link: {fp.link or '???'}; class: {fp.mail_class}"
+
+
+# Both depend on the stack alone, and a lookup with the MTA's names (nearly every one from the
+# milter and the policy service) scores afresh: made once per stack, not once per lookup.
+_heads = PerFingerprint(_head)
+_sig_hashes = PerFingerprint(sig_hash)
 
 
 def load_policy(path: str | Path) -> Policy:
