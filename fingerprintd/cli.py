@@ -440,9 +440,10 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     else:
         channel = grpc.insecure_channel(args.server)
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
-    names = {"client_name": args.client_name, "reverse_name": args.reverse_name, "helo_name": args.helo}
-    names = {k: v for k, v in names.items() if v is not None}
-    context = pb.Context(**names) if names else None
+    from fingerprintd.context import Context
+    from fingerprintd.mail import context_pb
+
+    context = context_pb(Context(args.client_name, args.reverse_name, args.helo))
     try:
         with channel:
             stub = pb_grpc.FingerprintStub(channel)
@@ -469,8 +470,6 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def _open_reputation(path: str):
-    import sqlite3
-
     from fingerprintd.reputation import Reputation, SqliteStore
 
     try:
