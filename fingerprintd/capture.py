@@ -10,7 +10,6 @@ flat however large the file.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,8 +17,9 @@ from dataclasses import dataclass
 
 import pcapy
 
+from fingerprintd.engine import split_batch
+
 BATCH = 512
-_META = struct.Struct("=IIII")  # sec, usec, offset, caplen
 
 _GUNZIP = (
     "import gzip, shutil, sys\n"
@@ -80,9 +80,8 @@ class Offline:
     child: subprocess.Popen | None = None
 
     def batches(self) -> Iterator[list[tuple[int, int, bytes]]]:
-        unpack = _META.iter_unpack
         for blob, meta in self.raw_batches():
-            yield [(s, u, blob[o : o + n]) for s, u, o, n in unpack(meta)]
+            yield split_batch(blob, meta)
 
     def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
         """next_batch's (buffer, metadata) pairs as they come, for Engine.feed_blob."""
@@ -185,11 +184,6 @@ class Live:
 
     def fileno(self) -> int:
         return self.handle.getfd()  # type: ignore[attr-defined]
-
-    def read_batch(self) -> list[tuple[int, int, bytes]]:
-        """What libpcap has ready now; empty when nothing is."""
-        blob, meta = self.read_raw()
-        return [(s, u, blob[o : o + n]) for s, u, o, n in _META.iter_unpack(meta)]
 
     def read_raw(self) -> tuple[bytes, bytes]:
         """What libpcap has ready now as next_batch's (buffer, metadata), for Engine.feed_blob; empty metadata

@@ -65,6 +65,11 @@ _new_observation = tuple.__new__  # skips NamedTuple's Python-level __new__ on t
 BATCH_META = struct.Struct("=IIII")
 
 
+def split_batch(blob: bytes, meta: bytes) -> list[tuple[int, int, bytes]]:
+    """A next_batch buffer and its BATCH_META records as (sec, usec, frame) triples."""
+    return [(s, u, blob[o : o + n]) for s, u, o, n in BATCH_META.iter_unpack(meta)]
+
+
 def build_engine(db: Database, classes: ClassMap = NO_CLASSES, ports: Iterable[int] | None = (25,),
                  live: bool = False, host_records: bool | None = None) -> Engine:
     """The engine the CLI, the service and the accuracy report run: the matcher, the flow books and the
@@ -128,7 +133,7 @@ class Engine:
         if impl is not None:
             with self._lock:
                 return impl.speedups.feed_blob(self, blob, meta, linktype, impl.nat)
-        return self.feed_batch([(s, u, blob[o : o + n]) for s, u, o, n in BATCH_META.iter_unpack(meta)], linktype)
+        return self.feed_batch(split_batch(blob, meta), linktype)
 
     def feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
         """Process captured frames, given as (sec, usec, frame); their observations, in order."""

@@ -73,7 +73,7 @@ def _as_blob(batch) -> tuple[bytes, bytes]:
     """A batch as pcapy's next_batch hands it over: one buffer, and (sec, usec, offset, caplen) records."""
     blob, meta = bytearray(), bytearray()
     for sec, usec, data in batch:
-        meta += capture._META.pack(sec, usec, len(blob), len(data))
+        meta += engine.BATCH_META.pack(sec, usec, len(blob), len(data))
         blob += data
     return bytes(blob), bytes(meta)
 
