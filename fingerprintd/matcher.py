@@ -44,6 +44,8 @@ from fingerprintd.packet import (
 )
 from fingerprintd.signatures import (
     MAX_DIST,
+    V4_QUIRK_MASK,
+    V6_QUIRK_MASK,
     WIN_ANY,
     WIN_MOD,
     WIN_MSS,
@@ -63,8 +65,6 @@ T = TypeVar("T")
 
 _FUZZY_DELETABLE = Q_DF | Q_NZ_ID
 _FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
-_MASK_V4 = ~Q_FLOW  # quirks a '*' line cannot demand of an IPv4 packet
-_MASK_V6 = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)  # ... or of an IPv6 packet
 _FALLBACK_QUIRKS = Q_DF | Q_NZ_ID | Q_ZERO_ID | Q_ECN | Q_FLOW  # what a stock stack sets; anything else: no fallback
 _OPT_NAMES = {OPT_NOP: "nop", OPT_MSS: "mss", OPT_WS: "ws", OPT_SACKOK: "sok", OPT_SACK: "sack", OPT_TS: "ts"}
 
@@ -167,7 +167,7 @@ def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, s
     fuzzy = ""
     ref_quirks = ref.quirks
     if ref.ver is None:
-        ref_quirks &= _MASK_V4 if p.ip_ver == 4 else _MASK_V6
+        ref_quirks &= V4_QUIRK_MASK if p.ip_ver == 4 else V6_QUIRK_MASK
     quirks = p.quirks | Q_FLOW if p.flow and ref_quirks & Q_FLOW else p.quirks
     if ref_quirks != quirks:
         missing, extra = ref_quirks & ~quirks, quirks & ~ref_quirks

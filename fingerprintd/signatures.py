@@ -416,8 +416,10 @@ def shadowed(db: Database) -> list[tuple[str, TcpSig, TcpSig]]:
     return out
 
 
-_NOT_V4_MASK = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)  # what a `*` line ignores for an IPv6 (or `*`) line
-_V4_MASK = ~Q_FLOW  # ... and for an IPv4 line
+# The quirks a `*` (any version) line cannot demand of an IPv6 packet, and of an IPv4 one
+# (the matcher's compare and the covering check below both apply them).
+V6_QUIRK_MASK = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)
+V4_QUIRK_MASK = ~Q_FLOW
 
 
 class CoverIndex:
@@ -443,8 +445,8 @@ class CoverIndex:
     def add(self, ref: TcpSig) -> None:
         if ref.generic and not self.include_generic:
             return
-        q4 = ref.quirks & _V4_MASK if ref.ver is None else ref.quirks
-        qo = ref.quirks & _NOT_V4_MASK if ref.ver is None else ref.quirks
+        q4 = ref.quirks & V4_QUIRK_MASK if ref.ver is None else ref.quirks
+        qo = ref.quirks & V6_QUIRK_MASK if ref.ver is None else ref.quirks
         wkey = (ref.win_type, ref.win)
         for table, q, tag in ((self._v4, q4, 4), (self._other, qo, 0)):
             key = (ref.layout, ref.eol_pad, ref.olen, q, ref.mss, ref.wscale, ref.pclass)
@@ -520,7 +522,7 @@ def covers(ref: TcpSig, new: TcpSig, include_generic: bool = False) -> bool:
         return False
     ref_quirks = ref.quirks
     if ref.ver is None:
-        ref_quirks &= _NOT_V4_MASK if new.ver != 4 else _V4_MASK
+        ref_quirks &= V6_QUIRK_MASK if new.ver != 4 else V4_QUIRK_MASK
     if ref_quirks != new.quirks:
         return False
     if ref.eol_pad != new.eol_pad or ref.olen != new.olen:
