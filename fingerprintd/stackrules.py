@@ -23,7 +23,7 @@ from functools import cache
 from itertools import product
 from typing import NamedTuple
 
-from fingerprintd.signatures import Database, Label
+from fingerprintd.signatures import MAX_DIST, Database, Label
 
 # --- Option layouts --------------------------------------------------------
 #
@@ -407,7 +407,7 @@ class FamilyFallback:
         """The verdict on a packet's shape (TTL, option layout as p0f writes it, window, MSS, whether
         it has timestamps), or None when no single writer claims it."""
         for ittl in (64, 128):
-            if ittl - 35 <= ttl <= ittl:  # p0f's MAX_DIST: within 35 hops of the initial TTL
+            if ittl - MAX_DIST <= ttl <= ittl:  # within p0f's MAX_DIST hops of the initial TTL
                 break
         else:
             return None
