@@ -19,6 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF, PyObject, PyTypeObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memcpy
 
 import struct
 import time
@@ -46,19 +47,12 @@ cdef Py_ssize_t P_TCP_TYPE = Packet._fields.index("tcp_type")
 cdef Py_ssize_t P_SHAPE = Packet._fields.index("shape")
 cdef object _new = tuple.__new__
 
-cdef object R_TRUNCATED = _pk.R_TRUNCATED
-cdef object R_NOT_IP = _pk.R_NOT_IP
-cdef object R_NOT_TCP = _pk.R_NOT_TCP
-cdef object R_FRAGMENT = _pk.R_FRAGMENT
-cdef object R_BAD_IP = _pk.R_BAD_IP
-cdef object R_BAD_TCP = _pk.R_BAD_TCP
-cdef object R_BAD_FLAGS = _pk.R_BAD_FLAGS
-cdef object R_LINK = _pk.R_LINK
-cdef object R_IPV6_EXT = _pk.R_IPV6_EXT
-cdef object R_VLAN = _pk.R_VLAN
+# The skip reasons by parse_c's codes (_speedups.pxd).
+cdef tuple REASONS = (None, _pk.R_TRUNCATED, _pk.R_NOT_IP, _pk.R_NOT_TCP, _pk.R_FRAGMENT, _pk.R_BAD_IP,
+                      _pk.R_BAD_TCP, _pk.R_BAD_FLAGS, _pk.R_LINK, _pk.R_IPV6_EXT, _pk.R_VLAN)
+reasons = REASONS  # for the replay loop
 
 DEF SNAPLEN = 65535
-DEF MAX_TCP_OPT = 24
 
 DEF FIN = 0x01
 DEF SYN = 0x02
@@ -145,14 +139,13 @@ cdef object _layout(const uint8_t* kinds, int n):
     return b
 
 
-cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint bugs, object frame):
-    """packet.parse over n bytes at d; `frame` is the bytes object they belong to, or None."""
+cdef int parse_c(const uint8_t* d, Py_ssize_t n, int linktype, bint bugs, CPkt* p) noexcept nogil:
+    """packet.parse over n bytes at d, into *p: 0, or the skip reason's code (REASONS[code])."""
     cdef Py_ssize_t off, type_at, packet_len, tot_len, hdr_len, tcp_off, ext_len, end, step, doff
     cdef unsigned int etype, ver, first, proto, flags_off, ip_id, tos_ecn, ttl, nxt, ver_tos
-    cdef unsigned int sport, dport, flags, win, urg, doff_rsvd, ecn_bits, tos, flow, tcp_type
+    cdef unsigned int sport, dport, flags, win, urg, doff_rsvd, tos, tcp_type
     cdef uint32_t seq, ack, ts1, ts2
     cdef unsigned long quirks = 0
-    cdef bint df
     cdef Py_ssize_t ip_opt_len, tot_hdr, pay_len
     cdef const uint8_t* ip
     cdef const uint8_t* tcp
@@ -160,7 +153,7 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
     cdef Py_ssize_t oend, pos, ts_at, i, k
     cdef unsigned int kind, mss, wscale, olen, lo, hi
     cdef Py_ssize_t eol_pad
-    cdef uint8_t kinds[MAX_TCP_OPT]
+    cdef uint8_t* kinds = p.kinds
     cdef int nk
     cdef bint bad
 
@@ -174,28 +167,28 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
             type_at, off = 14, 16
         elif linktype == 276:
             type_at, off = 0, 20
-        elif linktype in (101, 12, 14, 228, 229):
+        elif linktype == 101 or linktype == 12 or linktype == 14 or linktype == 228 or linktype == 229:
             type_at, off = -1, 0
         elif linktype == 0 or linktype == 108:
             type_at, off = -1, 4
         else:
-            return R_LINK
+            return C_LINK
         if type_at >= 0:
             if n < off:
-                return R_TRUNCATED
+                return C_TRUNCATED
             etype = u16(d + type_at)
             if is_vlan(etype) and bugs:
-                return R_VLAN
+                return C_VLAN
             while is_vlan(etype):
                 if n < off + 4:
-                    return R_TRUNCATED
+                    return C_TRUNCATED
                 etype = u16(d + off + 2)
                 off += 4
             if etype != 0x0800 and etype != 0x86DD:
-                return R_NOT_IP
+                return C_NOT_IP
     packet_len = (n if n < SNAPLEN else SNAPLEN) - off
     if packet_len < 40:
-        return R_TRUNCATED
+        return C_TRUNCATED
     ip = d + off
     first = ip[0]
     ver = first >> 4
@@ -210,22 +203,20 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
         if packet_len > tot_len:
             packet_len = tot_len
         if packet_len < 40:
-            return R_TRUNCATED
+            return C_TRUNCATED
         if hdr_len < 20:
-            return R_BAD_IP
+            return C_BAD_IP
         if tot_len > packet_len or hdr_len + 20 > packet_len:
-            return R_TRUNCATED
+            return C_TRUNCATED
         if proto != 6:
-            return R_NOT_TCP
+            return C_NOT_TCP
         if flags_off & 0x3FFF:
-            return R_FRAGMENT
-        ecn_bits = tos_ecn & 0x03
-        if ecn_bits:
+            return C_FRAGMENT
+        if tos_ecn & 0x03:
             quirks = Q_ECN
         if flags_off & 0x8000:
             quirks |= Q_NZ_MBZ
-        df = (flags_off & 0x4000) != 0
-        if df:
+        if flags_off & 0x4000:
             quirks |= (Q_DF | Q_NZ_ID) if ip_id else Q_DF
         elif not ip_id:
             quirks |= Q_ZERO_ID
@@ -234,9 +225,9 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
         tot_hdr = hdr_len
         ip_opt_len = hdr_len - 20
         tos = tos_ecn >> 2
-        flow = 0
-        src = PyBytes_FromStringAndSize(<const char*>(ip + 12), 4)
-        dst = PyBytes_FromStringAndSize(<const char*>(ip + 16), 4)
+        p.alen = 4
+        memcpy(p.src, ip + 12, 4)
+        memcpy(p.dst, ip + 16, 4)
     elif ver == 6:
         ver_tos = u32(ip)
         tot_len = u16(ip + 4) + 40
@@ -245,45 +236,42 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
         if packet_len > tot_len:
             packet_len = tot_len
         if packet_len < 60 or tot_len > packet_len:
-            return R_TRUNCATED
+            return C_TRUNCATED
         tcp_off = off + 40
         ext_len = 0
         if nxt != 6:
             if bugs and (is_v6_ext(nxt) or nxt == 44):
-                return R_IPV6_EXT
+                return C_IPV6_EXT
             end = off + packet_len
             while nxt != 6:
                 if tcp_off + 8 > end:
-                    return R_TRUNCATED
+                    return C_TRUNCATED
                 if nxt == 44:
                     if u16(d + tcp_off + 2) & 0xFFF9:
-                        return R_FRAGMENT
+                        return C_FRAGMENT
                     step = 8
                 elif is_v6_ext(nxt):
                     step = (d[tcp_off + 1] + 1) * 8
                 else:
-                    return R_NOT_TCP
+                    return C_NOT_TCP
                 nxt = d[tcp_off]
                 tcp_off += step
                 ext_len += step
             if tcp_off + 20 > end:
-                return R_TRUNCATED
-        ip_id = 0
-        df = False
-        flow = ver_tos & 0xFFFFF
-        if flow:
+                return C_TRUNCATED
+        if ver_tos & 0xFFFFF:
             quirks = Q_FLOW
-        ecn_bits = (ver_tos >> 20) & 0x03
-        if ecn_bits:
+        if (ver_tos >> 20) & 0x03:
             quirks |= Q_ECN
         tos = (ver_tos >> 22) & 0x3F
         ip_opt_len = ext_len
         tot_hdr = 40 + ext_len
         packet_len -= tot_hdr
-        src = PyBytes_FromStringAndSize(<const char*>(ip + 8), 16)
-        dst = PyBytes_FromStringAndSize(<const char*>(ip + 24), 16)
+        p.alen = 16
+        memcpy(p.src, ip + 8, 16)
+        memcpy(p.dst, ip + 24, 16)
     else:
-        return R_NOT_IP
+        return C_NOT_IP
 
     tcp = d + tcp_off
     sport = u16(tcp)
@@ -296,13 +284,13 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
     urg = u16(tcp + 18)
     doff = (doff_rsvd >> 4) * 4
     if doff < 20:
-        return R_BAD_TCP
+        return C_BAD_TCP
     if doff > packet_len:
-        return R_TRUNCATED
+        return C_TRUNCATED
     tot_hdr += doff
     tcp_type = flags & 0x17
     if ((flags & SYN) and (flags & (FIN | RST))) or ((flags & FIN) and (flags & RST)) or not tcp_type:
-        return R_BAD_FLAGS
+        return C_BAD_FLAGS
     if flags & (ECE | CWR) or doff_rsvd & 0x01:
         quirks |= Q_ECN
     if not seq:
@@ -395,31 +383,56 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
                 quirks |= Q_OPT_ZERO_TS1
             if ts2 and tcp_type == SYN:
                 quirks |= Q_OPT_NZ_TS2
-        layout = _layout(kinds, nk)
-    else:
-        layout = _EMPTY
+    p.ver = ver
+    p.sport = sport
+    p.dport = dport
+    p.ttl = ttl
+    p.tos = tos
+    p.ip_opt_len = ip_opt_len
+    p.tcp_type = tcp_type
+    p.seq = seq
+    p.win = win
+    p.mss = mss
+    p.wscale = wscale
+    p.ts1 = ts1
+    p.nk = nk
+    p.eol_pad = eol_pad
+    p.pay_len = pay_len
+    p.tot_hdr = tot_hdr
+    p.quirks = quirks
+    p.payload = tcp + doff
+    return 0
 
-    if pay_len > 0:
-        k = pay_len if pay_len < 16 else 16
-        payload = PyBytes_FromStringAndSize(<const char*>(tcp + doff), k)
+
+cdef object packet_of(const CPkt* p, object ts):
+    """The Packet parse_c's fields make (packet.parse's result)."""
+    cdef Py_ssize_t k
+    src = PyBytes_FromStringAndSize(<const char*>p.src, p.alen)
+    dst = PyBytes_FromStringAndSize(<const char*>p.dst, p.alen)
+    layout = _layout(p.kinds, p.nk) if p.nk else _EMPTY
+    if p.pay_len > 0:
+        k = p.pay_len if p.pay_len < 16 else 16
+        payload = PyBytes_FromStringAndSize(<const char*>p.payload, k)
     else:
         payload = _EMPTY
-    q = <long>quirks
-    shape = (ver, ttl, tos, ip_opt_len, q, tcp_type, win, mss, wscale, ts1 != 0, layout, eol_pad,
-             pay_len != 0, tot_hdr)
+    ver, ttl, tos, ip_opt_len, tcp_type, win = p.ver, p.ttl, p.tos, p.ip_opt_len, p.tcp_type, p.win
+    mss, wscale, ts1, eol_pad, pay_len, tot_hdr = p.mss, p.wscale, p.ts1, p.eol_pad, p.pay_len, p.tot_hdr
+    q = <long>p.quirks
+    shape = (ver, ttl, tos, ip_opt_len, q, tcp_type, win, mss, wscale, p.ts1 != 0, layout, eol_pad,
+             p.pay_len != 0, tot_hdr)
     # Packet(...) filled in place (see _observation), in Packet._fields order (checked at import).
     pkt = PyType_GenericAlloc(<type>Packet, 22)
     _put(pkt, 0, ts)
     _put(pkt, 1, ver)
     _put(pkt, 2, src)
     _put(pkt, 3, dst)
-    _put(pkt, 4, sport)
-    _put(pkt, 5, dport)
+    _put(pkt, 4, p.sport)
+    _put(pkt, 5, p.dport)
     _put(pkt, 6, ttl)
     _put(pkt, 7, tos)
     _put(pkt, 8, ip_opt_len)
     _put(pkt, 9, tcp_type)
-    _put(pkt, 10, seq)
+    _put(pkt, 10, p.seq)
     _put(pkt, 11, win)
     _put(pkt, 12, mss)
     _put(pkt, 13, wscale)
@@ -434,15 +447,23 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
     return pkt
 
 
+cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint bugs):
+    """packet.parse over n bytes at d: a Packet, or the skip reason."""
+    cdef CPkt p
+    cdef int code = parse_c(d, n, linktype, bugs, &p)
+    if code:
+        return REASONS[code]
+    return packet_of(&p, ts)
+
+
 def parse(data, int linktype=1, ts=0.0, bint p0f_bugs=False):
     """packet.parse, compiled: a Packet, or a skip-reason string."""
     if type(data) is bytes:
-        return _parse(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), linktype, ts, p0f_bugs,
-                      data)
+        return _parse(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), linktype, ts, p0f_bugs)
     cdef const uint8_t[::1] view = data
     if view.shape[0] == 0:
-        return _parse(<const uint8_t*>"", 0, linktype, ts, p0f_bugs, data)
-    return _parse(&view[0], view.shape[0], linktype, ts, p0f_bugs, data)
+        return _parse(<const uint8_t*>"", 0, linktype, ts, p0f_bugs)
+    return _parse(&view[0], view.shape[0], linktype, ts, p0f_bugs)
 
 
 # ---------------------------------------------------------------------------
@@ -521,7 +542,7 @@ cdef class _Loop:
             books.tick(sec)
         else:
             flows.tick(sec)
-        pkt = _parse(d, n, self.linktype, sec + usec * 1e-6, self.bugs, frame)
+        pkt = _parse(d, n, self.linktype, sec + usec * 1e-6, self.bugs)
         if type(pkt) is str:
             self.skipped[pkt] += 1
             return 0
@@ -651,7 +672,6 @@ def feed_blob(engine, blob, meta, int linktype, nat):
 # p0f's log format (report.p0f_log_formatter), written into one buffer per batch.
 
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 
 cdef object _strftime = time.strftime
@@ -659,8 +679,7 @@ cdef object _localtime = time.localtime
 
 
 cdef class _Buf:
-    cdef char* data
-    cdef Py_ssize_t size, cap
+    """A growing byte buffer (attributes in _speedups.pxd)."""
 
     def __dealloc__(self):
         free(self.data)
@@ -676,19 +695,19 @@ cdef class _Buf:
         self.cap = cap
         return 0
 
-    cdef inline int put(self, const char* s, Py_ssize_t n) except -1:
+    cdef int put(self, const char* s, Py_ssize_t n) except -1:
         if self.size + n > self.cap:
             self.grow(n)
         memcpy(self.data + self.size, s, n)
         self.size += n
         return 0
 
-    cdef inline int put_str(self, str s) except -1:
+    cdef int put_str(self, str s) except -1:
         cdef Py_ssize_t n
         cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
         return self.put(p, n)
 
-    cdef inline int put_uint(self, unsigned long v) except -1:
+    cdef int put_uint(self, unsigned long v) except -1:
         cdef char tmp[24]
         cdef int i = 24
         if v == 0:
@@ -699,7 +718,7 @@ cdef class _Buf:
             v //= 10
         return self.put(tmp + i, 24 - i)
 
-    cdef inline int put_hex(self, unsigned int v) except -1:
+    cdef int put_hex(self, unsigned int v) except -1:
         cdef char tmp[8]
         cdef int i = 8
         cdef const char* digits = "0123456789abcdef"
@@ -713,9 +732,11 @@ cdef class _Buf:
 
     cdef int put_addr(self, bytes a) except -1:
         """p0f's address form: dotted quad, or eight uncompressed hex groups."""
-        cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(a)
+        return self.put_raw_addr(<const uint8_t*>PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a))
+
+    cdef int put_raw_addr(self, const uint8_t* p, unsigned int alen) except -1:
         cdef int i
-        if PyBytes_GET_SIZE(a) == 4:
+        if alen == 4:
             for i in range(4):
                 if i:
                     self.put(".", 1)
