@@ -22,6 +22,8 @@ COPIES = (
     ("_cflows", "flows.py", "FlowLimits, _SynOnly"),
     ("_cnat", "nat.py", "NatRecord, Sig, TsState, Uptime"),
 )
+# Modules written for Cython (_replay cimports _speedups' parser through _speedups.pxd).
+PYX = ("_speedups", "_replay")
 GENERATED = Path("build") / "accel-src" / "fingerprintd"  # a package directory: Cython finds the .pxd by it
 
 
@@ -57,8 +59,7 @@ def extensions() -> list:
         return []
     from setuptools import Extension
 
-    speedups = Path("fingerprintd/_speedups.pyx").read_bytes()
-    exts = [Extension("fingerprintd._speedups", ["fingerprintd/_speedups.pyx"], extra_compile_args=["-O2"])]
+    exts = []
     GENERATED.mkdir(parents=True, exist_ok=True)
     (GENERATED / "__init__.py").touch()
     for name, source, kept in COPIES:
@@ -73,9 +74,15 @@ def extensions() -> list:
             _write_if_changed(GENERATED / types.name, types.read_text(encoding="utf-8"))
         _write_if_changed(target, text)
         exts.append(Extension(f"fingerprintd.{name}", [str(target)], extra_compile_args=["-O2"]))
+    directives = {"language_level": "3", "annotation_typing": False}
     try:
-        return cythonize(exts, compiler_directives={"language_level": "3", "annotation_typing": False}, quiet=True,
-                         compile_time_env={"SOURCE_SHA256": hashlib.sha256(speedups).hexdigest()})
+        built = cythonize(exts, compiler_directives=directives, quiet=True)
+        for name in PYX:  # each with its own source's hash (accel.py compares it with the file)
+            source = Path("fingerprintd") / f"{name}.pyx"
+            ext = Extension(f"fingerprintd.{name}", [str(source)], extra_compile_args=["-O2"])
+            built += cythonize([ext], compiler_directives=directives, quiet=True,
+                               compile_time_env={"SOURCE_SHA256": hashlib.sha256(source.read_bytes()).hexdigest()})
+        return built
     except Exception as exc:  # noqa: BLE001
         print(f"fingerprintd: Cython failed ({exc}); building without the accelerator", file=sys.stderr)
         return []

@@ -32,7 +32,6 @@ cdef struct CPkt:
 
 cdef int parse_c(const uint8_t* d, Py_ssize_t n, int linktype, bint bugs, CPkt* p) noexcept nogil
 cdef object packet_of(const CPkt* p, object ts)
-cdef tuple REASONS
 
 
 @cython.final

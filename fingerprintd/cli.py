@@ -15,15 +15,16 @@ import shutil
 import sqlite3
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from fingerprintd import __version__, accel
 from fingerprintd.capture import CaptureError, all_tcp_filter, compile_filter, open_offline, per_link, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.data import default_classes, default_signatures
-from fingerprintd.engine import Engine, build_engine
+from fingerprintd.engine import build_engine
 from fingerprintd.matcher import Matcher
-from fingerprintd.report import FORMATTERS, join_lines
+from fingerprintd.report import FORMATTERS, join_lines, p0f_log_replay
 from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
 
 _ANSWER_RESERVE_MS = 50  # fingerprintd.mail.ANSWER_RESERVE_MS (that module loads gRPC: not imported here)
@@ -205,7 +206,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ports = None if (args.all_ports or args.bpf) else (args.port or [25])
     classes = load_class_map(args.classes)
     engine = build_engine(db, classes, ports)
-    fmt = FORMATTERS[args.format]()
+    if args.format == "p0f-log":
+        lines = p0f_log_replay(engine)  # compiled: the whole path in C
+    else:
+        join, feed_blob = join_lines(FORMATTERS[args.format]()), engine.feed_blob
+
+        def lines(blob: bytes, meta: bytes, linktype: int) -> str:
+            return join(feed_blob(blob, meta, linktype))
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable
         if not os.access(path, os.R_OK):
@@ -217,7 +224,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: {exc.strerror or exc}") from None
     try:
         for path in args.files:
-            _replay_file(path, bpf, engine, fmt, out, show)
+            _replay_file(path, bpf, lines, out, show)
     except CaptureError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -229,7 +236,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_file(path, bpf, engine: Engine, fmt, out, show: bool) -> None:
+def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int], str], out, show: bool) -> None:
     cap = open_offline(path, bpf)
     bar = None
     if show:
@@ -240,11 +247,9 @@ def _replay_file(path, bpf, engine: Engine, fmt, out, show: bool) -> None:
         bar = tqdm(total=cap.size, unit="B", unit_scale=True, desc=Path(path).name, file=sys.stderr, leave=False,
                    ncols=cols, nrows=rows)
     linktype = cap.linktype
-    feed_blob = engine.feed_blob
-    join = join_lines(fmt)
     write = out.write
     for blob, meta in cap.raw_batches():
-        text = join(feed_blob(blob, meta, linktype))
+        text = lines(blob, meta, linktype)
         if text:
             write(text)
         if bar is not None:

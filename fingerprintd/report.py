@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from fingerprintd import accel
-from fingerprintd.engine import Observation
+from fingerprintd.engine import Engine, Observation
 from fingerprintd.matcher import Fingerprint, PerFingerprint
 from fingerprintd.packet import link_name
 
@@ -68,19 +68,34 @@ def join_lines(fmt: Callable[[Observation], str]) -> Callable[[list[Observation]
     return lambda observations: "".join(map(fmt, observations))
 
 
+def p0f_tails(fp: Fingerprint) -> tuple[str, str | None]:
+    """The verdict's part of p0f's observation line, and of its mtu line if any."""
+    key = "app" if fp.app and fp.label else "os"
+    return (
+        f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
+        f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
+    )
+
+
+def p0f_log_replay(engine: Engine) -> Callable[[bytes, bytes, int], str]:
+    """`replay --format p0f-log` for one engine: (next_batch buffer, metadata, link type) -> log lines.
+
+    With the accelerator, the whole path runs on C structs (fingerprintd/_replay.pyx: its own flow and
+    host books, so the engine must not be fed any other way too); else Engine.feed_blob and the formatter.
+    Both give the same bytes and counters (tests/test_accel.py)."""
+    impl = engine.accel
+    if impl is not None:
+        return impl.replay.P0fReplay(engine, p0f_tails)
+    join = join_lines(p0f_log_formatter())
+    feed_blob = engine.feed_blob
+    return lambda blob, meta, linktype: join(feed_blob(blob, meta, linktype))
+
+
 def _p0f_log_formatter() -> Callable[[Observation], str]:
     clock = _Clock("%Y/%m/%d %H:%M:%S")
     ntoa = socket.inet_ntoa
 
-    def make_tails(fp: Fingerprint) -> tuple[str, str | None]:
-        """The verdict's part of the observation line, and of the mtu line if any."""
-        key = "app" if fp.app and fp.label else "os"
-        return (
-            f"{key}={fp.os_text}|dist={fp.dist_text}|params={fp.params}|raw_sig={fp.raw_sig}\n",
-            f"link={fp.link or '???'}|raw_mtu={fp.raw_mtu}\n" if fp.mtu_reported else None,
-        )
-
-    tails = PerFingerprint(make_tails)
+    tails = PerFingerprint(p0f_tails)
 
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp

@@ -1,0 +1,1219 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Replay to p0f's log format with no Python object per packet (see fingerprintd/accel.py).
+
+The compiled loop of _speedups.pyx still hands every SYN to Python objects:
+a Packet, a Flow and Host of flows.py, a Sig of nat.py, an Observation, and
+then formats them.  Here the whole path of `fingerprintd replay --format
+p0f-log` runs on C structs: parse_c's packet, p0f's flow and host books
+(flows.FlowTable), the host records (nat.py: host change, ip sharing,
+uptime), a match cache keyed by the packet's shape, the counters and the
+log lines.  Python runs only for a stack not yet cached: the packet is then
+made a Packet and given to the Matcher, and the verdict's log text is kept
+with the cache entry.
+
+It is a second implementation of flows.FlowTable and nat.on_syn/on_other,
+written from them line for line (the names below are theirs), and
+tests/test_accel.py requires its bytes and counters to equal the pure path's
+(Engine.feed_blob + report.p0f_log_formatter) on every capture and random
+batch it feeds both.  The engine it is built from lends it its matcher, its
+mode and its counters; the books are its own, so an engine replays through
+one path only.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport snprintf
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
+from libc.time cimport time_t, tm, strftime
+
+from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c
+
+from fingerprintd import engine as _engine
+from fingerprintd import flows as _flows
+from fingerprintd import nat as _nat
+from fingerprintd import packet as _pk
+from fingerprintd._speedups import reasons as _reasons
+
+__source_sha256__ = SOURCE_SHA256  # set by setup.py: accel.py refuses a build older than this file
+
+
+cdef extern from "<time.h>" nogil:
+    tm* localtime_r(const time_t* timer, tm* result)
+
+
+# ---------------------------------------------------------------------------
+# Constants, from the modules this mirrors (checked where C needs them fixed).
+
+DEF RING = 32  # nat.NAT_SCORES
+if _nat.NAT_SCORES != RING:
+    raise ImportError("nat.NAT_SCORES changed: _replay.pyx's rings are sized for 32")
+
+cdef enum:
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    ACK = 0x10
+
+cdef int EXPIRE_INTERVAL = _flows.EXPIRE_INTERVAL
+cdef unsigned int SENDSYN_WIN = _pk.SENDSYN_WIN
+cdef unsigned int SENDSYN_MSS = _pk.SENDSYN_MSS
+cdef unsigned long IGNORED_QUIRKS = _pk.Q_ECN | _pk.Q_DF | _pk.Q_NZ_ID | _pk.Q_ZERO_ID  # nat._IGNORED_QUIRKS
+cdef long NAT_APP_SIG = _nat.NAT_APP_SIG
+cdef long NAT_OS_SIG = _nat.NAT_OS_SIG
+cdef long NAT_UNK_DIFF = _nat.NAT_UNK_DIFF
+cdef long NAT_TO_UNK = _nat.NAT_TO_UNK
+cdef long NAT_TS = _nat.NAT_TS
+cdef long NAT_PORT = _nat.NAT_PORT
+cdef long NAT_TTL = _nat.NAT_TTL
+cdef long NAT_MSS = _nat.NAT_MSS
+cdef long NAT_FUZZY = _nat.NAT_FUZZY
+cdef double MIN_TSCALE = _nat.MIN_TSCALE
+cdef long MAX_TSCALE = _nat.MAX_TSCALE
+cdef int64_t MIN_TWAIT = _nat.MIN_TWAIT
+cdef int64_t MAX_TWAIT = _nat.MAX_TWAIT
+cdef int64_t TSTAMP_GRACE = _nat.TSTAMP_GRACE
+cdef int64_t MAX_NAT_TS = _nat.MAX_NAT_TS
+cdef long MIN_PORT_DROP = _nat.MIN_PORT_DROP
+cdef long SMALL_TTL_CHG = _nat.SMALL_TTL_CHG
+cdef long LOCAL_TTL_LIMIT = _nat.LOCAL_TTL_LIMIT
+cdef long NEAR_TTL_LIMIT = _nat.NEAR_TTL_LIMIT
+# p0f's reason words by bit, in its order (nat.REASON_NAMES).
+cdef list REASON_BITS = [bit for bit, _ in _nat.REASON_NAMES]
+cdef list REASON_WORDS = [name.encode() for _, name in _nat.REASON_NAMES]
+
+# The skip reasons by parse_c's code, and the engine's counter names.
+cdef tuple REASONS = _reasons
+cdef object R_NOT_SYN = _engine.R_NOT_SYN
+cdef object R_RETRANSMIT = _engine.R_RETRANSMIT
+cdef object R_STRAY_SYNACK = _engine.R_STRAY_SYNACK
+cdef object R_OTHER_PORT = _engine.R_OTHER_PORT
+
+
+# ---------------------------------------------------------------------------
+# A table of fixed-size records: open addressing on a 40-byte key (linear probing, deletion by backward
+# shift, so no tombstones), and a doubly linked order (flows by creation, hosts by last touch) - what the
+# OrderedDicts of flows.FlowTable give.
+
+DEF KEY = 40
+
+cdef struct Head:
+    uint64_t hash
+    int32_t prev, next  # the order; `next` also chains free records
+    uint8_t key[KEY]
+
+
+cdef struct Table:
+    char* base
+    size_t stride
+    int32_t cap, count, free, first, last
+    int32_t* slots  # record index, -1 empty
+    uint64_t mask
+
+
+cdef inline uint64_t key_hash(const uint8_t* k) noexcept nogil:
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL, w
+    cdef int i
+    for i in range(0, KEY, 8):
+        memcpy(&w, k + i, 8)
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 31
+    return h
+
+
+cdef inline Head* at(Table* t, int32_t i) noexcept nogil:
+    return <Head*>(t.base + <size_t>i * t.stride)
+
+
+cdef int tb_init(Table* t, size_t stride, int32_t cap) except -1:
+    t.stride = stride
+    t.cap = 0
+    t.count = 0
+    t.free = -1
+    t.first = t.last = -1
+    t.base = NULL
+    t.slots = NULL
+    tb_grow(t, cap)
+    return 0
+
+
+cdef void tb_free(Table* t) noexcept:
+    free(t.base)
+    free(t.slots)
+    t.base = NULL
+    t.slots = NULL
+
+
+cdef int tb_grow(Table* t, int32_t cap) except -1:
+    """Room for `cap` records; the index is rebuilt at twice that or more."""
+    cdef char* base = <char*>realloc(t.base, <size_t>cap * t.stride)
+    if base == NULL:
+        raise MemoryError()
+    t.base = base
+    cdef int32_t i
+    for i in range(cap - 1, t.cap - 1, -1):  # the new records go on the free chain, lowest first
+        at(t, i).next = t.free
+        t.free = i
+    t.cap = cap
+    cdef uint64_t size = 16
+    while size < <uint64_t>cap * 2:
+        size <<= 1
+    free(t.slots)
+    t.slots = <int32_t*>malloc(size * sizeof(int32_t))
+    if t.slots == NULL:
+        raise MemoryError()
+    memset(t.slots, 0xFF, size * sizeof(int32_t))
+    t.mask = size - 1
+    i = t.first
+    while i >= 0:
+        slot_put(t, i)
+        i = at(t, i).next
+    return 0
+
+
+cdef inline void slot_put(Table* t, int32_t i) noexcept nogil:
+    cdef uint64_t s = at(t, i).hash & t.mask
+    while t.slots[s] >= 0:
+        s = (s + 1) & t.mask
+    t.slots[s] = i
+
+
+cdef inline int32_t tb_find(Table* t, const uint8_t* key, uint64_t h) noexcept nogil:
+    cdef uint64_t s = h & t.mask
+    cdef int32_t i
+    cdef Head* r
+    while True:
+        i = t.slots[s]
+        if i < 0:
+            return -1
+        r = at(t, i)
+        if r.hash == h and memcmp(r.key, key, KEY) == 0:
+            return i
+        s = (s + 1) & t.mask
+
+
+cdef int32_t tb_add(Table* t, const uint8_t* key, uint64_t h) except -1:
+    """A new record for a key not in the table, last in the order, zeroed past its head.  May move the
+    records: pointers taken before it are stale."""
+    if t.free < 0:
+        tb_grow(t, t.cap * 2)
+    cdef int32_t i = t.free
+    cdef Head* r = at(t, i)
+    t.free = r.next
+    memset(r, 0, t.stride)
+    r.hash = h
+    memcpy(r.key, key, KEY)
+    r.next = -1
+    r.prev = t.last
+    if t.last >= 0:
+        at(t, t.last).next = i
+    else:
+        t.first = i
+    t.last = i
+    t.count += 1
+    slot_put(t, i)
+    return i
+
+
+cdef inline void unlink(Table* t, int32_t i) noexcept nogil:
+    cdef Head* r = at(t, i)
+    if r.prev >= 0:
+        at(t, r.prev).next = r.next
+    else:
+        t.first = r.next
+    if r.next >= 0:
+        at(t, r.next).prev = r.prev
+    else:
+        t.last = r.prev
+
+
+cdef void tb_del(Table* t, int32_t i) noexcept nogil:
+    cdef uint64_t s = at(t, i).hash & t.mask, j, home
+    cdef int32_t k
+    while t.slots[s] != i:
+        s = (s + 1) & t.mask
+    # Backward shift: pull later members of the probe run into the hole when their home allows it.
+    j = s
+    while True:
+        j = (j + 1) & t.mask
+        k = t.slots[j]
+        if k < 0:
+            break
+        home = at(t, k).hash & t.mask
+        if (j > s and (home <= s or home > j)) or (j < s and home <= s and home > j):
+            t.slots[s] = k
+            s = j
+    t.slots[s] = -1
+    unlink(t, i)
+    at(t, i).next = t.free
+    t.free = i
+    t.count -= 1
+
+
+cdef void tb_touch(Table* t, int32_t i) noexcept nogil:
+    """Move a record to the end of the order."""
+    if t.last == i:
+        return
+    unlink(t, i)
+    cdef Head* r = at(t, i)
+    r.prev = t.last
+    r.next = -1
+    at(t, t.last).next = i
+    t.last = i
+
+
+# ---------------------------------------------------------------------------
+# The books' records.
+
+cdef struct Sig:  # nat.Sig
+    int32_t label  # into the label table; -1 unknown
+    int32_t line, dist, ttl
+    bint fuzzy, bad_ttl
+    unsigned long quirks
+    unsigned int mss, nk
+    uint32_t ts1
+    int64_t recv_ms
+    uint8_t layout[24]
+
+
+cdef struct Host:  # flows.Host, with nat.HostState inside (has_nat: it exists)
+    Head head
+    int64_t first_seen, last_seen
+    long use_cnt, total_conn
+    bint has_nat, has_syn, has_synack
+    Sig last_syn, last_synack
+    int32_t last_class, last_name  # interned strings; -1 None
+    uint8_t cli_scores[RING]
+    uint8_t srv_scores[RING]
+    long nat_reasons, last_port
+    int64_t last_nat, last_chg
+
+
+cdef struct Flow:  # flows.Flow
+    Head head  # key: client and server address and port
+    int32_t client, server
+    int64_t created
+    uint32_t next_cli_seq, next_srv_seq
+    unsigned int syn_mss, req_n
+    bint sendsyn, acked
+    int http
+    long cli_tps, srv_tps
+    uint8_t request[16]
+
+
+cdef struct Label:  # what nat.py reads of a signatures.Label
+    int32_t name, klass, label_id
+    bint generic, is_app
+
+
+cdef struct Record:  # nat.NatRecord, and nat.Uptime
+    int kind  # 0 none, 1 host change, 2 ip sharing
+    long reason
+    int hits[4]
+    bint up
+    int64_t minutes, modulo_days
+    double freq
+
+
+# The match cache's key: Matcher.fingerprint's (pkt.shape, to_server, syn_mss, sendsyn), as bytes.
+cdef struct CKey:
+    uint32_t quirks, ip_opt_len, tot_hdr
+    uint16_t win, mss, syn_mss
+    uint8_t ver, ttl, tos, tcp_type, wscale, has_ts, eol_pad, has_pay, nk, to_server, sendsyn
+    uint8_t kinds[24]
+
+
+cdef struct Verdict:  # one cache entry: what the loop needs of a Fingerprint, and its log text
+    uint64_t hash
+    CKey key
+    int32_t label, line, dist, klass
+    bint fuzzy, random_ttl, app
+    const char* tail
+    Py_ssize_t tail_n
+    const char* mtu  # NULL: no mtu line
+    Py_ssize_t mtu_n
+
+
+cdef inline uint64_t ckey_hash(const CKey* k) noexcept nogil:
+    cdef const uint8_t* b = <const uint8_t*>k
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL, w
+    cdef size_t i
+    for i in range(0, sizeof(CKey) - sizeof(CKey) % 8, 8):
+        memcpy(&w, b + i, 8)
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 31
+    for i in range(sizeof(CKey) - sizeof(CKey) % 8, sizeof(CKey)):
+        h = (h ^ b[i]) * 0x100000001B3ULL
+    return h
+
+
+cdef inline void flow_key(uint8_t* k, const CPkt* p, bint forward) noexcept nogil:
+    """(client, client port, server, server port): the packet's source first when `forward`."""
+    memset(k, 0, KEY)
+    k[0] = p.alen
+    cdef unsigned int cport = p.sport if forward else p.dport
+    cdef unsigned int sport = p.dport if forward else p.sport
+    k[2] = cport >> 8
+    k[3] = cport & 0xFF
+    k[4] = sport >> 8
+    k[5] = sport & 0xFF
+    if forward:
+        memcpy(k + 8, p.src, p.alen)
+        memcpy(k + 24, p.dst, p.alen)
+    else:
+        memcpy(k + 8, p.dst, p.alen)
+        memcpy(k + 24, p.src, p.alen)
+
+
+cdef inline void host_key(uint8_t* k, const uint8_t* addr, unsigned int alen) noexcept nogil:
+    memset(k, 0, KEY)
+    k[0] = alen
+    memcpy(k + 8, addr, alen)
+
+
+cdef class P0fReplay:
+    """`fingerprintd replay --format p0f-log` for one engine: call it with next_batch's (buffer, metadata)
+    and the link type; it returns the batch's log lines and adds to the engine's counters."""
+
+    cdef object engine, matcher, tails, keep, label_of, names, classes
+    cdef Table flows, hosts
+    cdef Verdict* cache
+    cdef int32_t* cache_slots
+    cdef uint64_t cache_mask
+    cdef int32_t cache_size, cache_count
+    cdef Label* labels
+    cdef int32_t n_labels, cap_labels
+    cdef list label_sys  # per label: its `sys` as (is class, interned name) pairs, for tools
+    cdef list class_names
+    cdef long* class_counts
+    cdef int32_t cap_classes
+    cdef bint bugs, exact, host_records, all_ports
+    cdef uint8_t ports[8192]  # a bit per port
+    cdef int64_t max_conn, max_hosts, conn_max_age, host_idle, last_expire, packets
+    cdef long skip_counts[16]
+    cdef long n_not_syn, n_other_port, n_retransmit, n_stray, n_syn, n_synack, n_probe, n_response, hits
+    cdef long n_uptime, n_change, n_sharing
+    cdef int64_t head_sec
+    cdef char head[48]
+    cdef Py_ssize_t head_n
+    cdef _Buf buf, who
+    cdef Flow scratch  # a destroyed flow's last state, for the host records that still read it
+
+    def __cinit__(self):
+        self.cache = NULL
+        self.cache_slots = NULL
+        self.labels = NULL
+        self.class_counts = NULL
+        self.flows.base = self.hosts.base = NULL
+        self.flows.slots = self.hosts.slots = NULL
+
+    def __init__(self, engine, tails):
+        """`tails`: report.p0f_tails, the verdict's part of the observation and mtu lines."""
+        self.engine = engine
+        self.matcher = engine.matcher
+        self.tails = tails
+        self.bugs = engine.p0f_bugs
+        self.exact = engine.nat_exact
+        self.host_records = engine.host_records
+        self.all_ports = engine.ports is None
+        memset(self.ports, 0, sizeof(self.ports))
+        if not self.all_ports:
+            for port in engine.ports:
+                if 0 <= port < 65536:
+                    self.ports[port >> 3] |= 1 << (port & 7)
+        limits = getattr(engine.flows, "limits", None) or _flows.FlowLimits()
+        self.max_conn = limits.max_conn
+        self.max_hosts = limits.max_hosts
+        self.conn_max_age = limits.conn_max_age
+        self.host_idle = limits.host_idle
+        tb_init(&self.flows, sizeof(Flow), 1024)
+        tb_init(&self.hosts, sizeof(Host), 1024)
+        self.cache_size = max(1, self.matcher.cache_size)
+        self.cache = <Verdict*>malloc(self.cache_size * sizeof(Verdict))
+        cdef uint64_t size = 16
+        while size < <uint64_t>self.cache_size * 2:
+            size <<= 1
+        self.cache_slots = <int32_t*>malloc(size * sizeof(int32_t))
+        if self.cache == NULL or self.cache_slots == NULL:
+            raise MemoryError()
+        self.cache_mask = size - 1
+        memset(self.cache_slots, 0xFF, size * sizeof(int32_t))
+        self.cache_count = 0
+        self.keep = []  # per cache entry: (Fingerprint, tail bytes, mtu bytes), which its pointers read
+        self.label_of = {}  # id(Label) -> index; the Label is kept in label_sys's list entry
+        self.names = {}  # interned strings (OS names, classes)
+        self.label_sys = []
+        self.class_names = []
+        self.classes = {}
+        self.head_sec = -1
+        self.buf = _Buf()
+        self.who = _Buf()
+
+    def __dealloc__(self):
+        tb_free(&self.flows)
+        tb_free(&self.hosts)
+        free(self.cache)
+        free(self.cache_slots)
+        free(self.labels)
+        free(self.class_counts)
+
+    # -- interning --------------------------------------------------------
+
+    cdef int32_t intern(self, str s) except -2:
+        got = self.names.get(s)
+        if got is None:
+            got = self.names[s] = len(self.names)
+        return got
+
+    cdef int32_t label_index(self, label) except -2:
+        if label is None:
+            return -1
+        got = self.label_of.get(id(label))
+        if got is not None:
+            return got
+        cdef int32_t i = self.n_labels
+        if i == self.cap_labels:
+            self.cap_labels = self.cap_labels * 2 if self.cap_labels else 64
+            p = <Label*>realloc(self.labels, self.cap_labels * sizeof(Label))
+            if p == NULL:
+                raise MemoryError()
+            self.labels = p
+        self.labels[i].name = self.intern(label.name)
+        self.labels[i].klass = self.intern(label.klass)
+        self.labels[i].label_id = label.label_id
+        self.labels[i].generic = label.generic
+        self.labels[i].is_app = label.is_app
+        sys = [(True, self.intern(e[1:])) if e.startswith("@") else (False, self.intern(e)) for e in label.sys]
+        self.label_sys.append((label, sys))
+        self.label_of[id(label)] = i
+        self.n_labels += 1
+        return i
+
+    cdef int32_t class_index(self, str name) except -2:
+        got = self.classes.get(name)
+        if got is not None:
+            return got
+        cdef int32_t i = len(self.class_names)
+        if i == self.cap_classes:
+            self.cap_classes = self.cap_classes * 2 if self.cap_classes else 16
+            p = <long*>realloc(self.class_counts, self.cap_classes * sizeof(long))
+            if p == NULL:
+                raise MemoryError()
+            self.class_counts = p
+        self.class_counts[i] = 0
+        self.class_names.append(name)
+        self.classes[name] = i
+        return i
+
+    # -- the match cache (Matcher.fingerprint's, mirrored) -------------------
+
+    cdef const Verdict* verdict(self, const CPkt* p, double ts, bint to_server, unsigned int syn_mss,
+                                bint sendsyn) except NULL:
+        cdef CKey k
+        memset(&k, 0, sizeof(CKey))
+        k.quirks = p.quirks
+        k.ip_opt_len = p.ip_opt_len
+        k.tot_hdr = p.tot_hdr
+        k.win = p.win
+        k.mss = p.mss
+        k.syn_mss = syn_mss
+        k.ver = p.ver
+        k.ttl = p.ttl
+        k.tos = p.tos
+        k.tcp_type = p.tcp_type
+        k.wscale = p.wscale
+        k.has_ts = p.ts1 != 0
+        k.eol_pad = p.eol_pad
+        k.has_pay = p.pay_len != 0
+        k.nk = p.nk
+        k.to_server = to_server
+        k.sendsyn = sendsyn
+        memcpy(k.kinds, p.kinds, p.nk)
+        cdef uint64_t h = ckey_hash(&k)
+        cdef uint64_t s = h & self.cache_mask
+        cdef int32_t i
+        while True:
+            i = self.cache_slots[s]
+            if i < 0:
+                break
+            if self.cache[i].hash == h and memcmp(&self.cache[i].key, &k, sizeof(CKey)) == 0:
+                self.hits += 1
+                return &self.cache[i]
+            s = (s + 1) & self.cache_mask
+        # A stack not cached: the matcher decides (and counts the miss), as on the pure path.
+        fp = self.matcher.fingerprint(packet_of(p, ts), to_server, syn_mss, sendsyn)
+        if self.cache_count >= self.cache_size:  # the matcher's own bound, kept in step with its dict
+            self.cache_count = 0
+            memset(self.cache_slots, 0xFF, (self.cache_mask + 1) * sizeof(int32_t))
+            del self.keep[:]
+            s = h & self.cache_mask
+        i = self.cache_count
+        self.cache_count += 1
+        cdef Verdict* v = &self.cache[i]
+        tail, mtu = self.tails(fp)
+        tail_b = tail.encode()
+        mtu_b = mtu.encode() if mtu is not None else None
+        self.keep.append((fp, tail_b, mtu_b))
+        v.hash = h
+        v.key = k
+        v.label = self.label_index(fp.label)
+        v.line = fp.line
+        v.dist = fp.dist
+        v.klass = self.class_index(fp.mail_class)
+        v.fuzzy = fp.fuzzy
+        v.random_ttl = fp.random_ttl
+        v.app = fp.app
+        v.tail = PyBytes_AS_STRING(tail_b)
+        v.tail_n = PyBytes_GET_SIZE(tail_b)
+        if mtu_b is None:
+            v.mtu = NULL
+            v.mtu_n = 0
+        else:
+            v.mtu = PyBytes_AS_STRING(mtu_b)
+            v.mtu_n = PyBytes_GET_SIZE(mtu_b)
+        while self.cache_slots[s] >= 0:
+            s = (s + 1) & self.cache_mask
+        self.cache_slots[s] = i
+        return v
+
+    # -- p0f's flow and host books (flows.FlowTable) -------------------------
+
+    cdef inline Flow* flow(self, int32_t i) noexcept:
+        return <Flow*>at(&self.flows, i)
+
+    cdef inline Host* host(self, int32_t i) noexcept:
+        return <Host*>at(&self.hosts, i)
+
+    cdef int tick(self, int64_t sec) except -1:
+        self.packets += 1
+        if self.packets % EXPIRE_INTERVAL == 0 and sec != self.last_expire:
+            self.last_expire = sec
+            self.expire(sec)
+        return 0
+
+    cdef int expire(self, int64_t now) except -1:
+        cdef int32_t i = self.flows.first, nxt
+        while i >= 0:
+            if <uint32_t>(now - self.flow(i).created) <= self.conn_max_age:
+                break
+            nxt = self.flow(i).head.next
+            self.destroy(i)
+            i = nxt
+        i = self.hosts.first
+        while i >= 0:
+            if <uint32_t>(now - self.host(i).last_seen) <= self.host_idle:
+                break
+            nxt = self.host(i).head.next
+            if not self.host(i).use_cnt:
+                tb_del(&self.hosts, i)
+            i = nxt
+        return 0
+
+    cdef void destroy(self, int32_t i) noexcept:
+        cdef Flow* f = self.flow(i)
+        self.host(f.client).use_cnt -= 1
+        self.host(f.server).use_cnt -= 1
+        tb_del(&self.flows, i)
+
+    cdef void nuke_flows(self) noexcept:
+        cdef int32_t n = self.flows.count, k
+        n = n if n < 1 + n * 10 // 100 else 1 + n * 10 // 100
+        for k in range(n):
+            self.destroy(self.flows.first)
+
+    cdef int32_t host_of(self, const uint8_t* addr, unsigned int alen, int64_t now) except -1:
+        cdef uint8_t k[KEY]
+        host_key(k, addr, alen)
+        cdef uint64_t h = key_hash(k)
+        cdef int32_t i = tb_find(&self.hosts, k, h), oldest
+        cdef Host* r
+        if i < 0:
+            if self.hosts.count > self.max_hosts:
+                # p0f prunes flows, then frees the oldest host if idle: one at most.
+                self.nuke_flows()
+                oldest = self.hosts.first
+                if oldest >= 0 and not self.host(oldest).use_cnt:
+                    tb_del(&self.hosts, oldest)
+            i = tb_add(&self.hosts, k, h)
+            r = self.host(i)
+            r.first_seen = r.last_seen = now
+            r.last_class = r.last_name = -1
+        else:
+            self.host(i).last_seen = now
+            tb_touch(&self.hosts, i)
+        return i
+
+    cdef int32_t lookup(self, const CPkt* p, bint* to_srv) noexcept:
+        cdef uint8_t k[KEY]
+        flow_key(k, p, True)
+        cdef int32_t i = tb_find(&self.flows, k, key_hash(k))
+        if i >= 0:
+            to_srv[0] = True
+            return i
+        to_srv[0] = False
+        flow_key(k, p, False)
+        return tb_find(&self.flows, k, key_hash(k))
+
+    cdef int32_t syn(self, const CPkt* p, int64_t now) except -2:
+        """A SYN: the new flow, or -1 for a duplicate."""
+        cdef uint8_t k[KEY]
+        cdef uint8_t rk[KEY]
+        flow_key(k, p, True)
+        cdef uint64_t h = key_hash(k)
+        cdef int32_t i = tb_find(&self.flows, k, h)
+        if i >= 0:
+            if <uint32_t>(self.flow(i).next_cli_seq - 1) == p.seq:
+                return -1
+            self.destroy(i)
+        else:
+            flow_key(rk, p, False)
+            i = tb_find(&self.flows, rk, key_hash(rk))
+            if i >= 0:  # the other side opened the same pair
+                self.destroy(i)
+        if self.flows.count > self.max_conn:
+            self.nuke_flows()
+        cdef int32_t client = self.host_of(p.src, p.alen, now)
+        cdef int32_t server = self.host_of(p.dst, p.alen, now)
+        cdef Host* c = self.host(client)
+        c.use_cnt += 1
+        c.total_conn += 1
+        c = self.host(server)
+        c.use_cnt += 1
+        c.total_conn += 1
+        i = tb_add(&self.flows, k, h)
+        cdef Flow* f = self.flow(i)
+        f.client = client
+        f.server = server
+        f.created = now
+        f.next_cli_seq = p.seq + 1
+        f.sendsyn = p.win == SENDSYN_WIN and p.mss == SENDSYN_MSS
+        return i
+
+    cdef int32_t synack(self, const CPkt* p) noexcept:
+        """A SYN+ACK: its tracked flow if it should be fingerprinted, else -1."""
+        cdef bint to_srv
+        cdef int32_t i = self.lookup(p, &to_srv)
+        if i < 0:
+            return -1
+        cdef Flow* f = self.flow(i)
+        if f.sendsyn:
+            return i
+        if to_srv or f.acked:
+            return -1
+        f.acked = True
+        return i
+
+    cdef Flow* gone(self, int32_t i) noexcept:
+        """Destroy a flow; its last state, for what still reads it (FlowTable hands out the object)."""
+        self.scratch = self.flow(i)[0]
+        self.destroy(i)
+        return &self.scratch
+
+    cdef Flow* other(self, const CPkt* p, bint* to_srv) noexcept:
+        """ACK, FIN or RST (FlowTable.other): the flow when p0f reads the packet's timestamp, else NULL."""
+        cdef int32_t i = self.lookup(p, to_srv)
+        if i < 0:
+            return NULL
+        cdef Flow* f = self.flow(i)
+        if p.tcp_type & (FIN | RST):
+            return self.gone(i)
+        if f.sendsyn or not f.acked:
+            self.destroy(i)
+            return NULL
+        if to_srv[0]:
+            if f.next_cli_seq != p.seq:
+                return NULL
+            f.next_cli_seq = f.next_cli_seq + <uint32_t>p.pay_len
+        else:
+            if f.next_srv_seq != p.seq:
+                return NULL
+            f.next_srv_seq = f.next_srv_seq + <uint32_t>p.pay_len
+        if p.pay_len and not self.http_needs_more(f, p, to_srv[0]):
+            return self.gone(i)
+        return f
+
+    cdef bint http_needs_more(self, Flow* f, const CPkt* p, bint to_srv) noexcept:
+        if not to_srv or f.http < 0:
+            return False
+        cdef unsigned int have, take
+        if f.http == 0:
+            if f.req_n < 16:
+                have = p.pay_len if p.pay_len < 16 else 16
+                take = 16 - f.req_n
+                take = have if have < take else take
+                memcpy(f.request + f.req_n, p.payload, take)
+                f.req_n += take
+            if f.req_n < 15:
+                return True
+            f.http = 1 if (memcmp(f.request, b"GET /", 5) == 0 or memcmp(f.request, b"HEAD /", 6) == 0) else -1
+        return f.http > 0
+
+    # -- p0f's host records (nat.py) -----------------------------------------
+
+    cdef int add_score(self, bint to_srv, Host* hd, long reason, long score, int64_t now,
+                       Record* out) except -1:
+        cdef uint8_t* ring = &hd.cli_scores[0] if to_srv else &hd.srv_scores[0]
+        cdef int i
+        cdef bint empty = True
+        hd.nat_reasons |= reason
+        for i in range(RING):
+            if ring[i]:
+                empty = False
+                break
+        if not score and empty:
+            return 0
+        for i in range(RING - 1):
+            ring[i] = ring[i + 1]
+        ring[RING - 1] = <uint8_t>score
+        if not score:
+            return 0
+        cdef int over_5 = 0, over_2 = 0, over_1 = 0, over_0 = 0, s
+        for i in range(RING):
+            s = ring[i]
+            if s >= 1:
+                over_0 += 1
+                if s >= 2:
+                    over_1 += 1
+                    if s >= 3:
+                        over_2 += 1
+                        if s >= 6:
+                            over_5 += 1
+        if over_5 > 2 or over_2 > 4 or over_1 > 6 or over_0 > 8:
+            reason = hd.nat_reasons
+            hd.last_nat = now
+            memset(ring, 0, RING)
+            hd.nat_reasons = 0
+            out.kind = 2
+        else:
+            if score == 1:
+                return 0
+            hd.last_chg = now
+            out.kind = 1
+        out.reason = reason
+        out.hits[0] = over_5
+        out.hits[1] = over_2
+        out.hits[2] = over_1
+        out.hits[3] = over_0
+        return 0
+
+    cdef int compare(self, bint to_srv, const Sig* sig, const Sig* ref, Host* hd, long cli_port,
+                     long* score_out, long* reason_out) except -1:
+        cdef long score = 0, reason = 0, ttl_diff, last_port
+        cdef bint diff_already = False
+        cdef const Label* label = &self.labels[sig.label] if sig.label >= 0 else NULL
+        cdef const Label* rlabel = &self.labels[ref.label] if ref.label >= 0 else NULL
+        cdef uint64_t ms_diff, max_ts
+        cdef uint32_t ts_diff
+        if label == NULL or rlabel == NULL:
+            if (sig.quirks ^ ref.quirks) & ~IGNORED_QUIRKS:
+                reason |= NAT_UNK_DIFF
+                score += 2
+            elif to_srv and (sig.nk != ref.nk or memcmp(sig.layout, ref.layout, sig.nk) != 0):
+                reason |= NAT_UNK_DIFF
+                score += 1
+            if to_srv and (label == NULL) != (rlabel == NULL):
+                score += 1
+                reason |= NAT_TO_UNK
+        elif rlabel.name != label.name:
+            score += 8
+            reason |= NAT_OS_SIG
+            diff_already = True
+        elif to_srv:
+            if rlabel.label_id != label.label_id:
+                score += 2
+                reason |= NAT_OS_SIG
+            elif ref.line != sig.line:
+                score += 1
+                reason |= NAT_OS_SIG
+            elif sig.fuzzy != ref.fuzzy:
+                score += 1
+                reason |= NAT_FUZZY
+
+        if not diff_already and label != NULL and hd.last_class >= 0 and hd.last_name != label.name:
+            score += 8
+            reason |= NAT_OS_SIG
+            diff_already = True
+
+        ttl_diff = sig.ttl - ref.ttl
+        if (not diff_already and ttl_diff and not sig.bad_ttl and not ref.bad_ttl
+                and (sig.dist <= NEAR_TTL_LIMIT or ttl_diff > 1)):
+            score += 1 if sig.dist > LOCAL_TTL_LIMIT and abs(ttl_diff) <= SMALL_TTL_CHG else 4
+            reason |= NAT_TTL
+
+        last_port = hd.last_port
+        if self.exact and to_srv and last_port and cli_port < last_port and last_port - cli_port >= MIN_PORT_DROP:
+            score += 1
+            reason |= NAT_PORT
+
+        if sig.mss != ref.mss:
+            score += 1
+            reason |= NAT_MSS
+
+        if score and sig.ts1 and ref.ts1:
+            ms_diff = <uint64_t>(sig.recv_ms - ref.recv_ms)
+            if ms_diff < <uint64_t>MAX_NAT_TS:
+                max_ts = (ms_diff if ms_diff > <uint64_t>TSTAMP_GRACE else <uint64_t>TSTAMP_GRACE) * MAX_TSCALE // 1000
+                ts_diff = sig.ts1 - ref.ts1
+                if ts_diff > max_ts and (ms_diff >= <uint64_t>TSTAMP_GRACE or <uint32_t>(~ts_diff) > max_ts):
+                    if self.exact:
+                        score += 4
+                        reason |= NAT_TS
+                else:
+                    score //= 2
+        score_out[0] = score
+        reason_out[0] = reason
+        return 0
+
+    cdef int score_sig(self, bint to_srv, const Sig* sig, Host* hd, long cli_port, int64_t now,
+                       Record* out) except -1:
+        cdef const Sig* ref = (&hd.last_syn if hd.has_syn else NULL) if to_srv else (
+            &hd.last_synack if hd.has_synack else NULL)
+        cdef long score = 0, reason = 0
+        cdef const Label* label = &self.labels[sig.label] if sig.label >= 0 else NULL
+        if ref == NULL:
+            if label != NULL and hd.last_class >= 0 and hd.last_name != label.name:
+                reason |= NAT_OS_SIG
+                score += 8
+        else:
+            self.compare(to_srv, sig, ref, hd, cli_port, &score, &reason)
+        self.add_score(to_srv, hd, reason, score, now, out)
+        if label != NULL:
+            hd.last_class = label.klass
+            hd.last_name = label.name
+        hd.last_port = cli_port
+        return 0
+
+    cdef int verify_tool(self, bint to_srv, Host* hd, int32_t label, int64_t now, Record* out) except -1:
+        if hd.last_class < 0:
+            return 0
+        for is_class, name in self.label_sys[label][1]:
+            if (hd.last_class if is_class else hd.last_name) == name:
+                return self.add_score(to_srv, hd, 0, 0, now, out)
+        return self.add_score(to_srv, hd, NAT_APP_SIG, 4, now, out)
+
+    cdef int check_uptime(self, bint to_srv, bint is_syn, uint32_t ts1, int64_t now_ms, const Sig* ref,
+                          Host* hd, Flow* flow, Record* out) except -1:
+        if not ts1:
+            return 0
+        if (flow.cli_tps if to_srv else flow.srv_tps) or ref == NULL or not ref.ts1:
+            return 0
+        cdef uint64_t ms_diff = <uint64_t>(now_ms - ref.recv_ms)
+        cdef uint32_t ts_diff = ts1 - ref.ts1
+        if ms_diff < <uint64_t>MIN_TWAIT or ms_diff > <uint64_t>MAX_TWAIT:
+            return 0
+        cdef uint32_t inv = ~ts_diff
+        if ts_diff < 5 or (ms_diff < <uint64_t>TSTAMP_GRACE and inv // 1000 < MAX_TSCALE // TSTAMP_GRACE):
+            return 0
+        cdef double ffreq = (inv * -1000.0 / <double>ms_diff) if ts_diff > inv else (ts_diff * 1000.0 / <double>ms_diff)
+        if ffreq < MIN_TSCALE or ffreq > MAX_TSCALE:
+            if not is_syn:
+                if to_srv:
+                    flow.cli_tps = -1
+                else:
+                    flow.srv_tps = -1
+            return 0
+        cdef long freq = <long>ffreq
+        if freq == 0:
+            freq = 1
+        elif freq <= 10:
+            pass
+        elif freq <= 50:
+            freq = (freq + 3) // 5 * 5
+        elif freq <= 100:
+            freq = (freq + 7) // 10 * 10
+        elif freq <= 500:
+            freq = (freq + 33) // 50 * 50
+        else:
+            freq = (freq + 67) // 100 * 100
+        if to_srv:
+            flow.cli_tps = freq
+        else:
+            flow.srv_tps = freq
+        out.up = True
+        out.minutes = ts1 // freq // 60
+        out.modulo_days = <uint32_t>0xFFFFFFFF // (freq * 60 * 60 * 24)
+        out.freq = ffreq
+        return 0
+
+    cdef int on_syn(self, bint to_srv, Flow* flow, const CPkt* p, const Verdict* v, int64_t now, int64_t now_ms,
+                    Record* out) except -1:
+        cdef Host* hd = self.host(flow.client if to_srv else flow.server)
+        if not hd.has_nat:
+            hd.has_nat = True
+        if v.label >= 0 and self.labels[v.label].is_app:
+            return self.verify_tool(to_srv, hd, v.label, now, out)
+        if flow.sendsyn:
+            return 0
+        cdef Sig sig
+        sig.label = v.label
+        sig.line = v.line
+        sig.fuzzy = v.fuzzy
+        sig.bad_ttl = v.random_ttl
+        sig.dist = v.dist
+        sig.ttl = p.ttl
+        sig.quirks = p.quirks
+        sig.nk = p.nk
+        memcpy(sig.layout, p.kinds, p.nk)
+        sig.mss = p.mss
+        sig.ts1 = p.ts1
+        sig.recv_ms = now_ms
+        self.score_sig(to_srv, &sig, hd, p.sport if to_srv else p.dport, now, out)
+        if to_srv:
+            self.check_uptime(True, True, p.ts1, now_ms, &hd.last_syn if hd.has_syn else NULL, hd, flow, out)
+            hd.last_syn = sig
+            hd.has_syn = True
+        else:
+            self.check_uptime(False, False, p.ts1, now_ms, &hd.last_synack if hd.has_synack else NULL, hd, flow,
+                              out)
+            hd.last_synack = sig
+            hd.has_synack = True
+        return 0
+
+    cdef int on_other(self, Flow* flow, bint to_srv, const CPkt* p, int64_t now_ms, Record* out) except -1:
+        if flow.sendsyn:
+            return 0
+        cdef Host* hd = self.host(flow.client if to_srv else flow.server)
+        if not hd.has_nat:
+            return 0
+        if to_srv:
+            return self.check_uptime(True, False, p.ts1, now_ms, &hd.last_syn if hd.has_syn else NULL, hd, flow,
+                                     out)
+        return self.check_uptime(False, False, p.ts1, now_ms, &hd.last_synack if hd.has_synack else NULL, hd,
+                                 flow, out)
+
+    # -- the log (report.p0f_log_formatter) ----------------------------------
+
+    cdef int set_head(self, int64_t sec) except -1:
+        cdef time_t t = sec
+        cdef tm parts
+        cdef size_t n
+        if sec == self.head_sec:
+            return 0
+        self.head_sec = sec
+        if localtime_r(&t, &parts) == NULL:
+            raise OverflowError("timestamp out of range for localtime")
+        self.head[0] = b"["
+        n = strftime(self.head + 1, sizeof(self.head) - 8, b"%Y/%m/%d %H:%M:%S", &parts)
+        memcpy(self.head + 1 + n, b"] mod=", 6)
+        self.head_n = 1 + n + 6
+        return 0
+
+    cdef int put_who(self, const CPkt* p, bint to_srv) except -1:
+        cdef _Buf who = self.who
+        who.size = 0
+        who.put(b"|cli=", 5)
+        if to_srv:
+            who.put_raw_addr(p.src, p.alen)
+            who.put(b"/", 1)
+            who.put_uint(p.sport)
+            who.put(b"|srv=", 5)
+            who.put_raw_addr(p.dst, p.alen)
+            who.put(b"/", 1)
+            who.put_uint(p.dport)
+            who.put(b"|subj=cli|", 10)
+        else:
+            who.put_raw_addr(p.dst, p.alen)
+            who.put(b"/", 1)
+            who.put_uint(p.dport)
+            who.put(b"|srv=", 5)
+            who.put_raw_addr(p.src, p.alen)
+            who.put(b"/", 1)
+            who.put_uint(p.sport)
+            who.put(b"|subj=srv|", 10)
+        return 0
+
+    cdef int line_start(self, const char* mod, Py_ssize_t n) except -1:
+        self.buf.put(self.head, self.head_n)
+        self.buf.put(mod, n)
+        self.buf.put(self.who.data, self.who.size)
+        return 0
+
+    cdef int put_uptime(self, const Record* r) except -1:
+        cdef char tmp[160]
+        cdef int64_t m = r.minutes
+        cdef int n = snprintf(tmp, sizeof(tmp), b"uptime=%lld days %lld hrs %lld min (modulo %lld days)|raw_freq=%.2f Hz\n",
+                              <long long>(m // 60 // 24), <long long>(m // 60 % 24), <long long>(m % 60),
+                              <long long>r.modulo_days, r.freq)
+        self.line_start(b"uptime", 6)
+        self.buf.put(tmp, n)
+        self.n_uptime += 1
+        return 0
+
+    cdef int put_nat(self, const Record* r) except -1:
+        cdef _Buf buf = self.buf
+        cdef bint first = True
+        cdef int i
+        if r.kind == 1:
+            self.line_start(b"host change", 11)
+            self.n_change += 1
+        else:
+            self.line_start(b"ip sharing", 10)
+            self.n_sharing += 1
+        buf.put(b"reason=", 7)
+        for i in range(len(REASON_BITS)):
+            if r.reason & <long>REASON_BITS[i]:
+                if not first:
+                    buf.put(b" ", 1)
+                word = <bytes>REASON_WORDS[i]
+                buf.put(PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word))
+                first = False
+        if first:
+            buf.put(b"???", 3)
+        buf.put(b"|raw_hits=", 10)
+        for i in range(4):
+            if i:
+                buf.put(b",", 1)
+            buf.put_uint(r.hits[i])
+        buf.put(b"\n", 1)
+        return 0
+
+    # -- the loop (engine.Engine._feed_batch) ---------------------------------
+
+    cdef int one(self, const uint8_t* d, Py_ssize_t n, int linktype, uint32_t sec, uint32_t usec) except -1:
+        cdef CPkt p
+        cdef Record rec
+        cdef bint to_srv
+        cdef Flow* f
+        cdef int32_t i
+        cdef const Verdict* v
+        cdef const char* mod
+        cdef Py_ssize_t mod_n
+        cdef double ts = sec + usec * 1e-6
+        cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
+        self.tick(sec)
+        cdef int code = parse_c(d, n, linktype, self.bugs, &p)
+        if code:
+            self.skip_counts[code] += 1
+            return 0
+        memset(&rec, 0, sizeof(Record))
+        if p.tcp_type != SYN and p.tcp_type != (SYN | ACK):
+            f = self.other(&p, &to_srv)
+            self.n_not_syn += 1
+            if f != NULL and self.host_records:
+                self.on_other(f, to_srv, &p, now_ms, &rec)
+                if rec.up:
+                    self.set_head(<int64_t>ts)
+                    self.put_who(&p, to_srv)
+                    self.put_uptime(&rec)
+            return 0
+        if not self.all_ports and not (self.ports[p.dport >> 3] & (1 << (p.dport & 7))) and not (
+                self.ports[p.sport >> 3] & (1 << (p.sport & 7))):
+            self.n_other_port += 1
+            return 0
+        if p.tcp_type == SYN:
+            i = self.syn(&p, <int64_t>ts)
+            if i < 0:
+                self.n_retransmit += 1
+                return 0
+            f = self.flow(i)
+            v = self.verdict(&p, ts, True, 0, f.sendsyn)
+            f = self.flow(i)  # the matcher ran Python: nothing moved the books, but read them again
+            f.syn_mss = p.mss
+            if v.app and not f.sendsyn:
+                f = self.gone(i)
+            if f.sendsyn:
+                mod, mod_n = b"sendsyn probe", 13
+                self.n_probe += 1
+            else:
+                mod, mod_n = b"syn", 3
+                self.n_syn += 1
+            self.class_counts[v.klass] += 1
+            to_srv = True
+        else:
+            i = self.synack(&p)
+            if i < 0:
+                self.n_stray += 1
+                return 0
+            f = self.flow(i)
+            v = self.verdict(&p, ts, False, f.syn_mss, f.sendsyn)
+            f = self.flow(i)
+            if f.sendsyn or v.app:
+                f = self.gone(i)
+            else:
+                f.next_srv_seq = p.seq + 1
+            if f.sendsyn:
+                mod, mod_n = b"sendsyn response", 16
+                self.n_response += 1
+            else:
+                mod, mod_n = b"syn+ack", 7
+                self.n_synack += 1
+            to_srv = False
+        self.on_syn(to_srv, f, &p, v, sec, now_ms, &rec)
+        self.set_head(<int64_t>ts)
+        self.put_who(&p, to_srv)
+        self.line_start(mod, mod_n)
+        self.buf.put(v.tail, v.tail_n)
+        if rec.kind:
+            self.put_nat(&rec)
+        if v.mtu != NULL:
+            self.line_start(b"mtu", 3)
+            self.buf.put(v.mtu, v.mtu_n)
+        if rec.up:
+            self.put_uptime(&rec)
+        return 0
+
+    def __call__(self, blob, meta, int linktype):
+        """Process pcapy next_batch's frames: `blob`, and (sec, usec, offset, caplen) records in `meta`."""
+        cdef const uint8_t[::1] b = blob
+        cdef const uint8_t[::1] m = meta
+        cdef Py_ssize_t count = m.shape[0] // 16, i
+        cdef const uint32_t* rec
+        cdef const uint8_t* base = &b[0] if b.shape[0] else <const uint8_t*>b""
+        cdef uint32_t meta_rec[4]
+        with self.engine._lock:
+            self.buf.size = 0
+            try:
+                for i in range(count):
+                    memcpy(meta_rec, &m[i * 16], 16)
+                    if <Py_ssize_t>meta_rec[2] + meta_rec[3] > b.shape[0]:
+                        raise ValueError("next_batch metadata points past its buffer")
+                    self.one(base + meta_rec[2], meta_rec[3], linktype, meta_rec[0], meta_rec[1])
+            finally:
+                self.finish(count)
+            return self.buf.take()
+
+    cdef int finish(self, Py_ssize_t count) except -1:
+        # Counters are Counters: a key appears only once counted, as in the pure loop.
+        eng = self.engine
+        skipped = eng.skipped
+        cdef int c
+        for c in range(1, len(REASONS)):
+            if self.skip_counts[c]:
+                skipped[REASONS[c]] += self.skip_counts[c]
+                self.skip_counts[c] = 0
+        if self.n_not_syn:
+            skipped[R_NOT_SYN] += self.n_not_syn
+        if self.n_other_port:
+            skipped[R_OTHER_PORT] += self.n_other_port
+        if self.n_retransmit:
+            skipped[R_RETRANSMIT] += self.n_retransmit
+        if self.n_stray:
+            skipped[R_STRAY_SYNACK] += self.n_stray
+        done = eng.fingerprinted
+        if self.n_syn:
+            done["syn"] += self.n_syn
+        if self.n_synack:
+            done["syn+ack"] += self.n_synack
+        if self.n_probe:
+            done["sendsyn probe"] += self.n_probe
+        if self.n_response:
+            done["sendsyn response"] += self.n_response
+        records = eng.records
+        if self.n_change:
+            records["host change"] += self.n_change
+        if self.n_sharing:
+            records["ip sharing"] += self.n_sharing
+        if self.n_uptime:
+            records["uptime"] += self.n_uptime
+        classes = eng.syn_classes
+        for c in range(len(self.class_names)):
+            if self.class_counts[c]:
+                classes[self.class_names[c]] += self.class_counts[c]
+                self.class_counts[c] = 0
+        if self.hits:
+            self.matcher.hits += self.hits
+        eng.packets += count
+        self.n_not_syn = self.n_other_port = self.n_retransmit = self.n_stray = 0
+        self.n_syn = self.n_synack = self.n_probe = self.n_response = self.hits = 0
+        self.n_change = self.n_sharing = self.n_uptime = 0
+        return 0
