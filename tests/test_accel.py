@@ -65,8 +65,24 @@ def run_both(batches, linktype: int, db, p0f_bugs: bool = False, ports=None, liv
             observations.extend(got)
             for name, fmt in fmts.items():
                 text[name].append(report.join_lines(fmt)(got))
-        results.append((observations, eng.summary(), {k: "".join(v).encode() for k, v in text.items()}))
+        out = {k: "".join(v).encode() for k, v in text.items()}
+        if not live:
+            out.update(_replayed(compiled, batches, linktype, db, p0f_bugs, ports))
+        results.append((observations, eng.summary(), out))
     return results[0], results[1]
+
+
+REPLAYED = ("replay p0f-log", "replay summary")
+
+
+def _replayed(compiled: bool, batches, linktype: int, db, p0f_bugs: bool, ports) -> dict:
+    """`replay --format p0f-log`'s own loop (report.p0f_log_replay: C structs when compiled) on a fresh
+    engine: its log bytes and its engine's counters."""
+    eng = _engine(compiled, db, p0f_bugs, ports)
+    with accel.selected(compiled):
+        lines = report.p0f_log_replay(eng)
+    text = "".join(lines(*_as_blob(batch), linktype) for batch in batches)
+    return {REPLAYED[0]: text.encode(), REPLAYED[1]: json.dumps(eng.summary(), sort_keys=True).encode()}
 
 
 def _as_blob(batch) -> tuple[bytes, bytes]:
@@ -87,6 +103,12 @@ def assert_same(pure, compiled) -> None:
     assert c_sum == p_sum
     for name in FORMATS:
         assert c_out[name] == p_out[name], name
+    assert c_out.keys() == p_out.keys()
+    for name in REPLAYED:
+        if name in p_out:
+            assert c_out[name] == p_out[name], name
+    if REPLAYED[0] in p_out:  # the replay loop is fed as the engine is, so it writes what the formatter does
+        assert p_out[REPLAYED[0]] == p_out["p0f-log"]
 
 
 def _read(path: Path) -> tuple[list, int]:
