@@ -54,6 +54,9 @@ def run_ours(pcap: Path, log: Path, compiled: bool = True) -> dict:
     """One `fingerprintd replay` (the compiled accelerator, or the pure-Python path as FINGERPRINTD_NO_EXTENSIONS
     selects it)."""
     env = dict(os.environ)
+    # As installed: Python keeps the modules' bytecode (a sandbox setting that turns that off would make
+    # every run compile the package from source, ~0.1 s that no user pays).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if compiled:
         env.pop(accel.ENV, None)
     else:

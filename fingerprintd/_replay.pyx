@@ -24,10 +24,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strlen
 from libc.time cimport time_t, tm, strftime
 
-from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c
+from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c, w_addr, w_bytes, w_uint
 
 from fingerprintd import engine as _engine
 from fingerprintd import flows as _flows
@@ -78,9 +78,18 @@ cdef long MIN_PORT_DROP = _nat.MIN_PORT_DROP
 cdef long SMALL_TTL_CHG = _nat.SMALL_TTL_CHG
 cdef long LOCAL_TTL_LIMIT = _nat.LOCAL_TTL_LIMIT
 cdef long NEAR_TTL_LIMIT = _nat.NEAR_TTL_LIMIT
-# p0f's reason words by bit, in its order (nat.REASON_NAMES).
-cdef list REASON_BITS = [bit for bit, _ in _nat.REASON_NAMES]
-cdef list REASON_WORDS = [name.encode() for _, name in _nat.REASON_NAMES]
+# p0f's reason words by bit, in its order (nat.REASON_NAMES), as C strings (kept alive by _REASON_BYTES).
+DEF N_REASONS = 9
+if len(_nat.REASON_NAMES) != N_REASONS:
+    raise ImportError("nat.REASON_NAMES changed: _replay.pyx has room for 9")
+cdef long REASON_BIT[N_REASONS]
+cdef const char* REASON_WORD[N_REASONS]
+cdef list _REASON_BYTES = [name.encode() for _, name in _nat.REASON_NAMES]
+for _i, (_bit, _) in enumerate(_nat.REASON_NAMES):
+    REASON_BIT[_i] = _bit
+    REASON_WORD[_i] = <bytes>_REASON_BYTES[_i]
+# A line's fixed parts at most: head (30), mod (16), who (110), a host-record or uptime tail (~150).
+DEF LINE_ROOM = 320
 
 # The skip reasons by parse_c's code, and the engine's counter names.
 cdef tuple REASONS = _reasons
@@ -396,7 +405,9 @@ cdef class P0fReplay:
     cdef int64_t head_sec
     cdef char head[48]
     cdef Py_ssize_t head_n
-    cdef _Buf buf, who
+    cdef _Buf buf
+    cdef char who[128]  # see put_who: at most 110 bytes
+    cdef Py_ssize_t who_n
     cdef Flow scratch  # a destroyed flow's last state, for the host records that still read it
 
     def __cinit__(self):
@@ -447,7 +458,6 @@ cdef class P0fReplay:
         self.classes = {}
         self.head_sec = -1
         self.buf = _Buf()
-        self.who = _Buf()
 
     def __dealloc__(self):
         tb_free(&self.flows)
@@ -998,74 +1008,73 @@ cdef class P0fReplay:
         self.head_n = 1 + n + 6
         return 0
 
-    cdef int put_who(self, const CPkt* p, bint to_srv) except -1:
-        cdef _Buf who = self.who
-        who.size = 0
-        who.put(b"|cli=", 5)
+    cdef void put_who(self, const CPkt* p, bint to_srv) noexcept:
+        """The |cli=...|srv=...|subj=...| part every line of the packet carries."""
+        cdef char* o = self.who
+        o = w_bytes(o, b"|cli=", 5)
         if to_srv:
-            who.put_raw_addr(p.src, p.alen)
-            who.put(b"/", 1)
-            who.put_uint(p.sport)
-            who.put(b"|srv=", 5)
-            who.put_raw_addr(p.dst, p.alen)
-            who.put(b"/", 1)
-            who.put_uint(p.dport)
-            who.put(b"|subj=cli|", 10)
+            o = w_addr(o, p.src, p.alen)
+            o[0] = 47  # /
+            o = w_uint(o + 1, p.sport)
+            o = w_bytes(o, b"|srv=", 5)
+            o = w_addr(o, p.dst, p.alen)
+            o[0] = 47
+            o = w_uint(o + 1, p.dport)
+            o = w_bytes(o, b"|subj=cli|", 10)
         else:
-            who.put_raw_addr(p.dst, p.alen)
-            who.put(b"/", 1)
-            who.put_uint(p.dport)
-            who.put(b"|srv=", 5)
-            who.put_raw_addr(p.src, p.alen)
-            who.put(b"/", 1)
-            who.put_uint(p.sport)
-            who.put(b"|subj=srv|", 10)
-        return 0
+            o = w_addr(o, p.dst, p.alen)
+            o[0] = 47
+            o = w_uint(o + 1, p.dport)
+            o = w_bytes(o, b"|srv=", 5)
+            o = w_addr(o, p.src, p.alen)
+            o[0] = 47
+            o = w_uint(o + 1, p.sport)
+            o = w_bytes(o, b"|subj=srv|", 10)
+        self.who_n = o - self.who
 
-    cdef int line_start(self, const char* mod, Py_ssize_t n) except -1:
-        self.buf.put(self.head, self.head_n)
-        self.buf.put(mod, n)
-        self.buf.put(self.who.data, self.who.size)
-        return 0
+    cdef inline char* line_start(self, char* o, const char* mod, Py_ssize_t n) noexcept:
+        o = w_bytes(o, self.head, self.head_n)
+        o = w_bytes(o, mod, n)
+        return w_bytes(o, self.who, self.who_n)
 
-    cdef int put_uptime(self, const Record* r) except -1:
-        cdef char tmp[160]
+    cdef char* put_uptime(self, char* o, const Record* r) noexcept:
         cdef int64_t m = r.minutes
-        cdef int n = snprintf(tmp, sizeof(tmp), b"uptime=%lld days %lld hrs %lld min (modulo %lld days)|raw_freq=%.2f Hz\n",
-                              <long long>(m // 60 // 24), <long long>(m // 60 % 24), <long long>(m % 60),
-                              <long long>r.modulo_days, r.freq)
-        self.line_start(b"uptime", 6)
-        self.buf.put(tmp, n)
+        o = self.line_start(o, b"uptime", 6)
+        o += snprintf(o, 160, b"uptime=%lld days %lld hrs %lld min (modulo %lld days)|raw_freq=%.2f Hz\n",
+                      <long long>(m // 60 // 24), <long long>(m // 60 % 24), <long long>(m % 60),
+                      <long long>r.modulo_days, r.freq)
         self.n_uptime += 1
-        return 0
+        return o
 
-    cdef int put_nat(self, const Record* r) except -1:
-        cdef _Buf buf = self.buf
+    cdef char* put_nat(self, char* o, const Record* r) noexcept:
         cdef bint first = True
         cdef int i
+        cdef const char* word
         if r.kind == 1:
-            self.line_start(b"host change", 11)
+            o = self.line_start(o, b"host change", 11)
             self.n_change += 1
         else:
-            self.line_start(b"ip sharing", 10)
+            o = self.line_start(o, b"ip sharing", 10)
             self.n_sharing += 1
-        buf.put(b"reason=", 7)
-        for i in range(len(REASON_BITS)):
-            if r.reason & <long>REASON_BITS[i]:
+        o = w_bytes(o, b"reason=", 7)
+        for i in range(N_REASONS):
+            if r.reason & REASON_BIT[i]:
                 if not first:
-                    buf.put(b" ", 1)
-                word = <bytes>REASON_WORDS[i]
-                buf.put(PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word))
+                    o[0] = 32
+                    o += 1
+                word = REASON_WORD[i]
+                o = w_bytes(o, word, strlen(word))
                 first = False
         if first:
-            buf.put(b"???", 3)
-        buf.put(b"|raw_hits=", 10)
+            o = w_bytes(o, b"???", 3)
+        o = w_bytes(o, b"|raw_hits=", 10)
         for i in range(4):
             if i:
-                buf.put(b",", 1)
-            buf.put_uint(r.hits[i])
-        buf.put(b"\n", 1)
-        return 0
+                o[0] = 44  # ,
+                o += 1
+            o = w_uint(o, r.hits[i])
+        o[0] = 10
+        return o + 1
 
     # -- the loop (engine.Engine._feed_batch) ---------------------------------
 
@@ -1078,6 +1087,7 @@ cdef class P0fReplay:
         cdef const Verdict* v
         cdef const char* mod
         cdef Py_ssize_t mod_n
+        cdef char* o
         cdef double ts = sec + usec * 1e-6
         cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
         self.tick(sec)
@@ -1094,7 +1104,8 @@ cdef class P0fReplay:
                 if rec.up:
                     self.set_head(<int64_t>ts)
                     self.put_who(&p, to_srv)
-                    self.put_uptime(&rec)
+                    o = self.buf.reserve(LINE_ROOM)
+                    self.buf.size = self.put_uptime(o, &rec) - self.buf.data
             return 0
         if not self.all_ports and not (self.ports[p.dport >> 3] & (1 << (p.dport & 7))) and not (
                 self.ports[p.sport >> 3] & (1 << (p.sport & 7))):
@@ -1141,15 +1152,18 @@ cdef class P0fReplay:
         self.on_syn(to_srv, f, &p, v, sec, now_ms, &rec)
         self.set_head(<int64_t>ts)
         self.put_who(&p, to_srv)
-        self.line_start(mod, mod_n)
-        self.buf.put(v.tail, v.tail_n)
+        # Room for the four lines a packet can make: the fixed parts, and the verdict's two tails.
+        o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
+        o = self.line_start(o, mod, mod_n)
+        o = w_bytes(o, v.tail, v.tail_n)
         if rec.kind:
-            self.put_nat(&rec)
+            o = self.put_nat(o, &rec)
         if v.mtu != NULL:
-            self.line_start(b"mtu", 3)
-            self.buf.put(v.mtu, v.mtu_n)
+            o = self.line_start(o, b"mtu", 3)
+            o = w_bytes(o, v.mtu, v.mtu_n)
         if rec.up:
-            self.put_uptime(&rec)
+            o = self.put_uptime(o, &rec)
+        self.buf.size = o - self.buf.data
         return 0
 
     def __call__(self, blob, meta, int linktype):
@@ -1170,7 +1184,7 @@ cdef class P0fReplay:
                     self.one(base + meta_rec[2], meta_rec[3], linktype, meta_rec[0], meta_rec[1])
             finally:
                 self.finish(count)
-            return self.buf.take()
+            return self.buf.take_bytes()
 
     cdef int finish(self, Py_ssize_t count) except -1:
         # Counters are Counters: a key appears only once counted, as in the pure loop.

@@ -1,6 +1,7 @@
 # What the compiled replay loop (_replay.pyx) takes from _speedups.pyx: the parser's C form and the buffer.
 cimport cython
 from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memcpy
 
 
 cdef enum:
@@ -34,16 +35,72 @@ cdef int parse_c(const uint8_t* d, Py_ssize_t n, int linktype, bint bugs, CPkt* 
 cdef object packet_of(const CPkt* p, object ts)
 
 
+# Writers for log text: each writes at `o` and returns the end; the caller has made the room.
+
+cdef inline char* w_bytes(char* o, const char* s, Py_ssize_t n) noexcept nogil:
+    memcpy(o, s, n)
+    return o + n
+
+
+cdef inline char* w_uint(char* o, unsigned long v) noexcept nogil:
+    """Decimal digits: at most 20 bytes."""
+    cdef char tmp[24]
+    cdef int i = 24
+    if v == 0:
+        o[0] = 48
+        return o + 1
+    while v:
+        i -= 1
+        tmp[i] = <char>(48 + v % 10)
+        v //= 10
+    memcpy(o, tmp + i, 24 - i)
+    return o + 24 - i
+
+
+cdef inline char* w_hex(char* o, unsigned int v) noexcept nogil:
+    """Lowercase hex digits, no leading zeros: at most 8 bytes."""
+    cdef char tmp[8]
+    cdef int i = 8
+    cdef const char* digits = "0123456789abcdef"
+    if v == 0:
+        o[0] = 48
+        return o + 1
+    while v:
+        i -= 1
+        tmp[i] = digits[v & 15]
+        v >>= 4
+    memcpy(o, tmp + i, 8 - i)
+    return o + 8 - i
+
+
+cdef inline char* w_addr(char* o, const uint8_t* p, unsigned int alen) noexcept nogil:
+    """p0f's address form: dotted quad, or eight uncompressed hex groups (at most 39 bytes)."""
+    cdef int i
+    if alen == 4:
+        for i in range(4):
+            if i:
+                o[0] = 46  # .
+                o += 1
+            o = w_uint(o, p[i])
+    else:
+        for i in range(8):
+            if i:
+                o[0] = 58  # :
+                o += 1
+            o = w_hex(o, (p[2 * i] << 8) | p[2 * i + 1])
+    return o
+
+
 @cython.final
 cdef class _Buf:
     cdef char* data
     cdef Py_ssize_t size, cap
 
     cdef int grow(self, Py_ssize_t need) except -1
+    cdef char* reserve(self, Py_ssize_t n) except NULL
     cdef int put(self, const char* s, Py_ssize_t n) except -1
     cdef int put_str(self, str s) except -1
     cdef int put_uint(self, unsigned long v) except -1
-    cdef int put_hex(self, unsigned int v) except -1
     cdef int put_addr(self, bytes a) except -1
-    cdef int put_raw_addr(self, const uint8_t* p, unsigned int alen) except -1
     cdef str take(self)
+    cdef bytes take_bytes(self)

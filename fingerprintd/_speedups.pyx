@@ -695,11 +695,14 @@ cdef class _Buf:
         self.cap = cap
         return 0
 
-    cdef int put(self, const char* s, Py_ssize_t n) except -1:
+    cdef char* reserve(self, Py_ssize_t n) except NULL:
+        """Room for n more bytes: where they go (the writer sets `size` past what it wrote)."""
         if self.size + n > self.cap:
             self.grow(n)
-        memcpy(self.data + self.size, s, n)
-        self.size += n
+        return self.data + self.size
+
+    cdef int put(self, const char* s, Py_ssize_t n) except -1:
+        self.size = w_bytes(self.reserve(n), s, n) - self.data
         return 0
 
     cdef int put_str(self, str s) except -1:
@@ -708,48 +711,20 @@ cdef class _Buf:
         return self.put(p, n)
 
     cdef int put_uint(self, unsigned long v) except -1:
-        cdef char tmp[24]
-        cdef int i = 24
-        if v == 0:
-            return self.put("0", 1)
-        while v:
-            i -= 1
-            tmp[i] = <char>(48 + v % 10)
-            v //= 10
-        return self.put(tmp + i, 24 - i)
-
-    cdef int put_hex(self, unsigned int v) except -1:
-        cdef char tmp[8]
-        cdef int i = 8
-        cdef const char* digits = "0123456789abcdef"
-        if v == 0:
-            return self.put("0", 1)
-        while v:
-            i -= 1
-            tmp[i] = digits[v & 15]
-            v >>= 4
-        return self.put(tmp + i, 8 - i)
+        self.size = w_uint(self.reserve(24), v) - self.data
+        return 0
 
     cdef int put_addr(self, bytes a) except -1:
-        """p0f's address form: dotted quad, or eight uncompressed hex groups."""
-        return self.put_raw_addr(<const uint8_t*>PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a))
-
-    cdef int put_raw_addr(self, const uint8_t* p, unsigned int alen) except -1:
-        cdef int i
-        if alen == 4:
-            for i in range(4):
-                if i:
-                    self.put(".", 1)
-                self.put_uint(p[i])
-        else:
-            for i in range(8):
-                if i:
-                    self.put(":", 1)
-                self.put_hex(u16(p + 2 * i))
+        self.size = w_addr(self.reserve(40), <const uint8_t*>PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a)) - self.data
         return 0
 
     cdef str take(self):
         out = PyUnicode_DecodeUTF8(self.data, self.size, NULL)
+        self.size = 0
+        return out
+
+    cdef bytes take_bytes(self):
+        out = PyBytes_FromStringAndSize(self.data, self.size)
         self.size = 0
         return out
 

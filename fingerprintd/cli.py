@@ -211,15 +211,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         join, feed_blob = join_lines(FORMATTERS[args.format]()), engine.feed_blob
 
-        def lines(blob: bytes, meta: bytes, linktype: int) -> str:
-            return join(feed_blob(blob, meta, linktype))
+        def lines(blob: bytes, meta: bytes, linktype: int) -> bytes:
+            return join(feed_blob(blob, meta, linktype)).encode()
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable
         if not os.access(path, os.R_OK):
             raise UsageError(f"{path}: cannot read file")
     show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     try:
-        out = open(args.output, "w", encoding="utf-8", buffering=1 << 16) if args.output else sys.stdout
+        # Bytes (UTF-8) straight to the file: the compiled loop writes its lines as bytes.
+        out = open(args.output, "wb", buffering=1 << 16) if args.output else sys.stdout.buffer
     except OSError as exc:
         raise UsageError(f"{args.output}: {exc.strerror or exc}") from None
     try:
@@ -228,7 +229,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except CaptureError as exc:
         raise UsageError(str(exc)) from None
     finally:
-        if out is not sys.stdout:
+        if out is not sys.stdout.buffer:
             out.close()
         else:
             out.flush()
@@ -236,7 +237,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int], str], out, show: bool) -> None:
+def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int], bytes], out, show: bool) -> None:
     cap = open_offline(path, bpf)
     bar = None
     if show:

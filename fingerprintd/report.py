@@ -77,8 +77,8 @@ def p0f_tails(fp: Fingerprint) -> tuple[str, str | None]:
     )
 
 
-def p0f_log_replay(engine: Engine) -> Callable[[bytes, bytes, int], str]:
-    """`replay --format p0f-log` for one engine: (next_batch buffer, metadata, link type) -> log lines.
+def p0f_log_replay(engine: Engine) -> Callable[[bytes, bytes, int], bytes]:
+    """`replay --format p0f-log` for one engine: (next_batch buffer, metadata, link type) -> log lines (UTF-8).
 
     With the accelerator, the whole path runs on C structs (fingerprintd/_replay.pyx: its own flow and
     host books, so the engine must not be fed any other way too); else Engine.feed_blob and the formatter.
@@ -88,7 +88,7 @@ def p0f_log_replay(engine: Engine) -> Callable[[bytes, bytes, int], str]:
         return impl.replay.P0fReplay(engine, p0f_tails)
     join = join_lines(p0f_log_formatter())
     feed_blob = engine.feed_blob
-    return lambda blob, meta, linktype: join(feed_blob(blob, meta, linktype))
+    return lambda blob, meta, linktype: join(feed_blob(blob, meta, linktype)).encode()
 
 
 def _p0f_log_formatter() -> Callable[[Observation], str]:

@@ -81,8 +81,8 @@ def _replayed(compiled: bool, batches, linktype: int, db, p0f_bugs: bool, ports)
     eng = _engine(compiled, db, p0f_bugs, ports)
     with accel.selected(compiled):
         lines = report.p0f_log_replay(eng)
-    text = "".join(lines(*_as_blob(batch), linktype) for batch in batches)
-    return {REPLAYED[0]: text.encode(), REPLAYED[1]: json.dumps(eng.summary(), sort_keys=True).encode()}
+    text = b"".join(lines(*_as_blob(batch), linktype) for batch in batches)
+    return {REPLAYED[0]: text, REPLAYED[1]: json.dumps(eng.summary(), sort_keys=True).encode()}
 
 
 def _as_blob(batch) -> tuple[bytes, bytes]:
