@@ -108,7 +108,6 @@ DEF KEY = 40
 
 cdef struct Head:
     uint64_t hash
-    int32_t prev, next  # the order; `next` also chains free records
     uint8_t key[KEY]
 
 
@@ -116,6 +115,10 @@ cdef struct Table:
     char* base
     size_t stride
     int32_t cap, count, free, first, last
+    # The order, beside the records rather than in them: moving a record to the end touches its
+    # neighbours' links, and these arrays stay in cache where the records would not.
+    int32_t* prev
+    int32_t* next  # also chains the free records
     int32_t* slots  # record index, -1 empty
     uint64_t mask
 
@@ -141,16 +144,18 @@ cdef int tb_init(Table* t, size_t stride, int32_t cap) except -1:
     t.free = -1
     t.first = t.last = -1
     t.base = NULL
-    t.slots = NULL
+    t.prev = t.next = t.slots = NULL
     tb_grow(t, cap)
     return 0
 
 
 cdef void tb_free(Table* t) noexcept:
     free(t.base)
+    free(t.prev)
+    free(t.next)
     free(t.slots)
     t.base = NULL
-    t.slots = NULL
+    t.prev = t.next = t.slots = NULL
 
 
 cdef int tb_grow(Table* t, int32_t cap) except -1:
@@ -159,9 +164,17 @@ cdef int tb_grow(Table* t, int32_t cap) except -1:
     if base == NULL:
         raise MemoryError()
     t.base = base
+    cdef int32_t* links = <int32_t*>realloc(t.prev, <size_t>cap * sizeof(int32_t))
+    if links == NULL:
+        raise MemoryError()
+    t.prev = links
+    links = <int32_t*>realloc(t.next, <size_t>cap * sizeof(int32_t))
+    if links == NULL:
+        raise MemoryError()
+    t.next = links
     cdef int32_t i
     for i in range(cap - 1, t.cap - 1, -1):  # the new records go on the free chain, lowest first
-        at(t, i).next = t.free
+        t.next[i] = t.free
         t.free = i
     t.cap = cap
     cdef uint64_t size = 16
@@ -176,7 +189,7 @@ cdef int tb_grow(Table* t, int32_t cap) except -1:
     i = t.first
     while i >= 0:
         slot_put(t, i)
-        i = at(t, i).next
+        i = t.next[i]
     return 0
 
 
@@ -208,14 +221,14 @@ cdef int32_t tb_add(Table* t, const uint8_t* key, uint64_t h) except -1:
         tb_grow(t, t.cap * 2)
     cdef int32_t i = t.free
     cdef Head* r = at(t, i)
-    t.free = r.next
+    t.free = t.next[i]
     memset(r, 0, t.stride)
     r.hash = h
     memcpy(r.key, key, KEY)
-    r.next = -1
-    r.prev = t.last
+    t.next[i] = -1
+    t.prev[i] = t.last
     if t.last >= 0:
-        at(t, t.last).next = i
+        t.next[t.last] = i
     else:
         t.first = i
     t.last = i
@@ -225,15 +238,15 @@ cdef int32_t tb_add(Table* t, const uint8_t* key, uint64_t h) except -1:
 
 
 cdef inline void unlink(Table* t, int32_t i) noexcept nogil:
-    cdef Head* r = at(t, i)
-    if r.prev >= 0:
-        at(t, r.prev).next = r.next
+    cdef int32_t prev = t.prev[i], nxt = t.next[i]
+    if prev >= 0:
+        t.next[prev] = nxt
     else:
-        t.first = r.next
-    if r.next >= 0:
-        at(t, r.next).prev = r.prev
+        t.first = nxt
+    if nxt >= 0:
+        t.prev[nxt] = prev
     else:
-        t.last = r.prev
+        t.last = prev
 
 
 cdef void tb_del(Table* t, int32_t i) noexcept nogil:
@@ -254,7 +267,7 @@ cdef void tb_del(Table* t, int32_t i) noexcept nogil:
             s = j
     t.slots[s] = -1
     unlink(t, i)
-    at(t, i).next = t.free
+    t.next[i] = t.free
     t.free = i
     t.count -= 1
 
@@ -264,10 +277,9 @@ cdef void tb_touch(Table* t, int32_t i) noexcept nogil:
     if t.last == i:
         return
     unlink(t, i)
-    cdef Head* r = at(t, i)
-    r.prev = t.last
-    r.next = -1
-    at(t, t.last).next = i
+    t.prev[i] = t.last
+    t.next[i] = -1
+    t.next[t.last] = i
     t.last = i
 
 
@@ -416,7 +428,8 @@ cdef class P0fReplay:
         self.labels = NULL
         self.class_counts = NULL
         self.flows.base = self.hosts.base = NULL
-        self.flows.slots = self.hosts.slots = NULL
+        self.flows.prev = self.flows.next = self.flows.slots = NULL
+        self.hosts.prev = self.hosts.next = self.hosts.slots = NULL
 
     def __init__(self, engine, tails):
         """`tails`: report.p0f_tails, the verdict's part of the observation and mtu lines."""
@@ -606,14 +619,14 @@ cdef class P0fReplay:
         while i >= 0:
             if <uint32_t>(now - self.flow(i).created) <= self.conn_max_age:
                 break
-            nxt = self.flow(i).head.next
+            nxt = self.flows.next[i]
             self.destroy(i)
             i = nxt
         i = self.hosts.first
         while i >= 0:
             if <uint32_t>(now - self.host(i).last_seen) <= self.host_idle:
                 break
-            nxt = self.host(i).head.next
+            nxt = self.hosts.next[i]
             if not self.host(i).use_cnt:
                 tb_del(&self.hosts, i)
             i = nxt
