@@ -29,7 +29,6 @@ from libc.time cimport time_t, tm, strftime
 
 from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c, w_addr, w_bytes, w_uint
 
-from fingerprintd import engine as _engine
 from fingerprintd import flows as _flows
 from fingerprintd import nat as _nat
 from fingerprintd import packet as _pk
@@ -93,10 +92,18 @@ DEF LINE_ROOM = 320
 
 # The skip reasons by parse_c's code, and the engine's counter names.
 cdef tuple REASONS = _reasons
-cdef object R_NOT_SYN = _engine.R_NOT_SYN
-cdef object R_RETRANSMIT = _engine.R_RETRANSMIT
-cdef object R_STRAY_SYNACK = _engine.R_STRAY_SYNACK
-cdef object R_OTHER_PORT = _engine.R_OTHER_PORT
+# Bound on first use: engine.py imports this module (through accel.py) while it is being imported.
+cdef object R_NOT_SYN = None
+cdef object R_RETRANSMIT, R_STRAY_SYNACK, R_OTHER_PORT
+
+
+cdef _bind_engine():
+    global R_NOT_SYN, R_RETRANSMIT, R_STRAY_SYNACK, R_OTHER_PORT
+    from fingerprintd import engine
+    R_NOT_SYN = engine.R_NOT_SYN
+    R_RETRANSMIT = engine.R_RETRANSMIT
+    R_STRAY_SYNACK = engine.R_STRAY_SYNACK
+    R_OTHER_PORT = engine.R_OTHER_PORT
 
 
 # ---------------------------------------------------------------------------
@@ -123,14 +130,27 @@ cdef struct Table:
     uint64_t mask
 
 
-cdef inline uint64_t key_hash(const uint8_t* k) noexcept nogil:
-    cdef uint64_t h = 0x9E3779B97F4A7C15ULL, w
-    cdef int i
-    for i in range(0, KEY, 8):
-        memcpy(&w, k + i, 8)
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
-        h ^= h >> 31
+cdef inline uint64_t fmix(uint64_t h) noexcept nogil:
+    """MurmurHash3's 64-bit finalizer: every input bit reaches the low bits the index uses."""
+    h ^= h >> 33
+    h *= 0xFF51AFD7ED558CCDULL
+    h ^= h >> 33
+    h *= 0xC4CEB9FE1A85EC53ULL
+    h ^= h >> 33
     return h
+
+
+cdef inline uint64_t key_hash(const uint8_t* k) noexcept nogil:
+    # Each word times its own odd constant, summed: the multiplies are independent (they overlap in the
+    # pipeline), and fmix spreads the sum.
+    cdef uint64_t w0, w1, w2, w3, w4
+    memcpy(&w0, k, 8)
+    memcpy(&w1, k + 8, 8)
+    memcpy(&w2, k + 16, 8)
+    memcpy(&w3, k + 24, 8)
+    memcpy(&w4, k + 32, 8)
+    return fmix(w0 * 0x9E3779B97F4A7C15ULL + w1 * 0xC2B2AE3D27D4EB4FULL + w2 * 0x165667B19E3779F9ULL
+                + w3 * 0xD6E8FEB86659FD93ULL + w4 * 0xFF51AFD7ED558CCDULL)
 
 
 cdef inline Head* at(Table* t, int32_t i) noexcept nogil:
@@ -357,15 +377,14 @@ cdef struct Verdict:  # one cache entry: what the loop needs of a Fingerprint, a
 
 cdef inline uint64_t ckey_hash(const CKey* k) noexcept nogil:
     cdef const uint8_t* b = <const uint8_t*>k
-    cdef uint64_t h = 0x9E3779B97F4A7C15ULL, w
+    cdef uint64_t h = 0, w
     cdef size_t i
     for i in range(0, sizeof(CKey) - sizeof(CKey) % 8, 8):
         memcpy(&w, b + i, 8)
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
-        h ^= h >> 31
+        h = (h + w) * 0x9E3779B97F4A7C15ULL
     for i in range(sizeof(CKey) - sizeof(CKey) % 8, sizeof(CKey)):
-        h = (h ^ b[i]) * 0x100000001B3ULL
-    return h
+        h = (h + b[i]) * 0x100000001B3ULL
+    return fmix(h)
 
 
 cdef inline void flow_key(uint8_t* k, const CPkt* p, bint forward) noexcept nogil:
@@ -433,6 +452,8 @@ cdef class P0fReplay:
 
     def __init__(self, engine, tails):
         """`tails`: report.p0f_tails, the verdict's part of the observation and mtu lines."""
+        if R_NOT_SYN is None:
+            _bind_engine()
         self.engine = engine
         self.matcher = engine.matcher
         self.tails = tails

@@ -10,7 +10,6 @@ flat however large the file.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,7 +77,7 @@ class Offline:
     reader: object
     linktype: int
     size: int  # bytes on disk, for progress
-    child: subprocess.Popen | None = None
+    child: subprocess.Popen | None = None  # noqa: F821 - imported where a child is made
 
     def batches(self) -> Iterator[list[tuple[int, int, bytes]]]:
         for blob, meta in self.raw_batches():
@@ -126,6 +125,8 @@ def open_offline(path: str, bpf: str | Callable[[int], str] | None) -> Offline:
     child = None
     source = path
     if magic[:2] == b"\x1f\x8b":
+        import subprocess  # here: only compressed files need it, and every replay would pay its import
+
         child = subprocess.Popen(
             [sys.executable, "-c", _GUNZIP, path],
             stdout=subprocess.PIPE,

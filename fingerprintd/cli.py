@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
-import shutil
-import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -241,6 +238,8 @@ def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int], bytes], out, sh
     cap = open_offline(path, bpf)
     bar = None
     if show:
+        import shutil
+
         from tqdm import tqdm
 
         # A terminal that reports no size (some ptys) still gets a bar.
@@ -353,6 +352,9 @@ def _coverage(path: str, db: Database, captures: list[str], all_lines: bool) -> 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # our own messages say what failed, in one line
+    import logging
+    import sqlite3
+
     from fingerprintd.config import Config, ConfigError, apply_arguments, load_config
     from fingerprintd.policy import PolicyError
     from fingerprintd.service import Service, Signals, event, setup_logging
@@ -476,6 +478,8 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 
 
 def _open_reputation(path: str):
+    import sqlite3
+
     from fingerprintd.reputation import Reputation, SqliteStore
 
     try:
