@@ -41,6 +41,14 @@ cdef extern from "<time.h>" nogil:
     tm* localtime_r(const time_t* timer, tm* result)
 
 
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) nogil
+
+
 # ---------------------------------------------------------------------------
 # Constants, from the modules this mirrors (checked where C needs them fixed).
 
@@ -158,7 +166,7 @@ cdef inline Head* at(Table* t, int32_t i) noexcept nogil:
 
 
 cdef int tb_init(Table* t, size_t stride, int32_t cap) except -1:
-    t.stride = stride
+    t.stride = (stride + 63) & ~(<size_t>63)
     t.cap = 0
     t.count = 0
     t.free = -1
@@ -180,10 +188,14 @@ cdef void tb_free(Table* t) noexcept:
 
 cdef int tb_grow(Table* t, int32_t cap) except -1:
     """Room for `cap` records; the index is rebuilt at twice that or more."""
-    cdef char* base = <char*>realloc(t.base, <size_t>cap * t.stride)
-    if base == NULL:
+    # Records on cache-line boundaries (tb_init rounds the stride up to 64 bytes).
+    cdef void* mem = NULL
+    if posix_memalign(&mem, 64, <size_t>cap * t.stride):
         raise MemoryError()
-    t.base = base
+    if t.base != NULL:
+        memcpy(mem, t.base, <size_t>t.cap * t.stride)
+        free(t.base)
+    t.base = <char*>mem
     cdef int32_t* links = <int32_t*>realloc(t.prev, <size_t>cap * sizeof(int32_t))
     if links == NULL:
         raise MemoryError()
@@ -306,28 +318,29 @@ cdef void tb_touch(Table* t, int32_t i) noexcept nogil:
 # ---------------------------------------------------------------------------
 # The books' records.
 
-cdef struct Sig:  # nat.Sig
+cdef struct Sig:  # nat.Sig, in 64 bytes
     int32_t label  # into the label table; -1 unknown
-    int32_t line, dist, ttl
-    bint fuzzy, bad_ttl
-    unsigned long quirks
-    unsigned int mss, nk
-    uint32_t ts1
+    int32_t line, dist
+    uint32_t quirks, ts1
+    uint16_t mss
+    uint8_t ttl, nk, fuzzy, bad_ttl
     int64_t recv_ms
     uint8_t layout[24]
 
 
 cdef struct Host:  # flows.Host, with nat.HostState inside (has_nat: it exists)
+    # Laid out for the cache: the lookup reads the first 64 bytes, a client's SYN the next 128.
     Head head
-    int64_t first_seen, last_seen
-    long use_cnt, total_conn
-    bint has_nat, has_syn, has_synack
-    Sig last_syn, last_synack
-    int32_t last_class, last_name  # interned strings; -1 None
+    int64_t last_seen, total_conn
+    int32_t use_cnt, last_class, last_name  # interned strings; -1 None
+    int32_t last_port
+    uint8_t has_nat, has_syn, has_synack
+    long nat_reasons
     uint8_t cli_scores[RING]
+    Sig last_syn
     uint8_t srv_scores[RING]
-    long nat_reasons, last_port
-    int64_t last_nat, last_chg
+    int64_t first_seen, last_nat, last_chg
+    Sig last_synack
 
 
 cdef struct Flow:  # flows.Flow
@@ -1112,8 +1125,9 @@ cdef class P0fReplay:
 
     # -- the loop (engine.Engine._feed_batch) ---------------------------------
 
-    cdef int one(self, const uint8_t* d, Py_ssize_t n, int linktype, uint32_t sec, uint32_t usec) except -1:
-        cdef CPkt p
+    cdef int one(self, CPkt* pp, int code, uint32_t sec, uint32_t usec) except -1:
+        """One frame, parsed by parse_c into *pp (`code`: its skip reason, or 0)."""
+        cdef const CPkt* p = pp
         cdef Record rec
         cdef bint to_srv
         cdef Flow* f
@@ -1125,19 +1139,18 @@ cdef class P0fReplay:
         cdef double ts = sec + usec * 1e-6
         cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
         self.tick(sec)
-        cdef int code = parse_c(d, n, linktype, self.bugs, &p)
         if code:
             self.skip_counts[code] += 1
             return 0
         memset(&rec, 0, sizeof(Record))
         if p.tcp_type != SYN and p.tcp_type != (SYN | ACK):
-            f = self.other(&p, &to_srv)
+            f = self.other(p, &to_srv)
             self.n_not_syn += 1
             if f != NULL and self.host_records:
-                self.on_other(f, to_srv, &p, now_ms, &rec)
+                self.on_other(f, to_srv, p, now_ms, &rec)
                 if rec.up:
                     self.set_head(<int64_t>ts)
-                    self.put_who(&p, to_srv)
+                    self.put_who(p, to_srv)
                     o = self.buf.reserve(LINE_ROOM)
                     self.buf.size = self.put_uptime(o, &rec) - self.buf.data
             return 0
@@ -1146,12 +1159,12 @@ cdef class P0fReplay:
             self.n_other_port += 1
             return 0
         if p.tcp_type == SYN:
-            i = self.syn(&p, <int64_t>ts)
+            i = self.syn(p, <int64_t>ts)
             if i < 0:
                 self.n_retransmit += 1
                 return 0
             f = self.flow(i)
-            v = self.verdict(&p, ts, True, 0, f.sendsyn)
+            v = self.verdict(p, ts, True, 0, f.sendsyn)
             f = self.flow(i)  # the matcher ran Python: nothing moved the books, but read them again
             f.syn_mss = p.mss
             if v.app and not f.sendsyn:
@@ -1165,12 +1178,12 @@ cdef class P0fReplay:
             self.class_counts[v.klass] += 1
             to_srv = True
         else:
-            i = self.synack(&p)
+            i = self.synack(p)
             if i < 0:
                 self.n_stray += 1
                 return 0
             f = self.flow(i)
-            v = self.verdict(&p, ts, False, f.syn_mss, f.sendsyn)
+            v = self.verdict(p, ts, False, f.syn_mss, f.sendsyn)
             f = self.flow(i)
             if f.sendsyn or v.app:
                 f = self.gone(i)
@@ -1183,9 +1196,9 @@ cdef class P0fReplay:
                 mod, mod_n = b"syn+ack", 7
                 self.n_synack += 1
             to_srv = False
-        self.on_syn(to_srv, f, &p, v, sec, now_ms, &rec)
+        self.on_syn(to_srv, f, p, v, sec, now_ms, &rec)
         self.set_head(<int64_t>ts)
-        self.put_who(&p, to_srv)
+        self.put_who(p, to_srv)
         # Room for the four lines a packet can make: the fixed parts, and the verdict's two tails.
         o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
         o = self.line_start(o, mod, mod_n)
@@ -1204,18 +1217,49 @@ cdef class P0fReplay:
         """Process pcapy next_batch's frames: `blob`, and (sec, usec, offset, caplen) records in `meta`."""
         cdef const uint8_t[::1] b = blob
         cdef const uint8_t[::1] m = meta
-        cdef Py_ssize_t count = m.shape[0] // 16, i
-        cdef const uint32_t* rec
+        cdef Py_ssize_t count = m.shape[0] // 16, i, j, s
         cdef const uint8_t* base = &b[0] if b.shape[0] else <const uint8_t*>b""
-        cdef uint32_t meta_rec[4]
+        cdef const uint32_t* recs = <const uint32_t*>&m[0] if count else NULL
+        cdef uint32_t r[4]
+        # A three-stage pipeline over the batch, for the host table's memory latency: frame j is parsed
+        # and its client's index slot fetched, frame j-1's host record is fetched, frame j-2 is processed
+        # (parse_c is pure, so parsing ahead changes nothing; a prefetch is only a hint).
+        cdef CPkt pk[3]
+        cdef int code[3]
+        cdef uint64_t slot[3]  # the client's index slot + 1; 0 when not a SYN
+        cdef uint8_t k[KEY]
+        cdef int32_t at_i
+        cdef char* rec_at
+        for i in range(count):
+            memcpy(r, recs + 4 * i, 16)
+            if <Py_ssize_t>r[2] + r[3] > b.shape[0]:
+                raise ValueError("next_batch metadata points past its buffer")
         with self.engine._lock:
             self.buf.size = 0
             try:
-                for i in range(count):
-                    memcpy(meta_rec, &m[i * 16], 16)
-                    if <Py_ssize_t>meta_rec[2] + meta_rec[3] > b.shape[0]:
-                        raise ValueError("next_batch metadata points past its buffer")
-                    self.one(base + meta_rec[2], meta_rec[3], linktype, meta_rec[0], meta_rec[1])
+                for j in range(count + 2):
+                    if j < count:
+                        s = j % 3
+                        memcpy(r, recs + 4 * j, 16)
+                        code[s] = parse_c(base + r[2], r[3], linktype, self.bugs, &pk[s])
+                        slot[s] = 0
+                        if not code[s] and pk[s].tcp_type == SYN:
+                            host_key(k, pk[s].src, pk[s].alen)
+                            slot[s] = (key_hash(k) & self.hosts.mask) + 1
+                            __builtin_prefetch(&self.hosts.slots[slot[s] - 1])
+                    if 1 <= j <= count:
+                        s = (j - 1) % 3
+                        if slot[s]:
+                            at_i = self.hosts.slots[slot[s] - 1]
+                            if at_i >= 0:
+                                rec_at = <char*>at(&self.hosts, at_i)
+                                __builtin_prefetch(rec_at)
+                                __builtin_prefetch(rec_at + 64)
+                                __builtin_prefetch(rec_at + 128)
+                    if j >= 2:
+                        s = (j - 2) % 3
+                        memcpy(r, recs + 4 * (j - 2), 16)
+                        self.one(&pk[s], code[s], r[0], r[1])
             finally:
                 self.finish(count)
             return self.buf.take_bytes()

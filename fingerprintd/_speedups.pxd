@@ -73,6 +73,21 @@ cdef inline char* w_hex(char* o, unsigned int v) noexcept nogil:
     return o + 8 - i
 
 
+cdef inline char* w_octet(char* o, unsigned int v) noexcept nogil:
+    """0..255 in decimal, without a division loop."""
+    if v >= 100:
+        o[0] = <char>(48 + v // 100)
+        o[1] = <char>(48 + v // 10 % 10)
+        o[2] = <char>(48 + v % 10)
+        return o + 3
+    if v >= 10:
+        o[0] = <char>(48 + v // 10)
+        o[1] = <char>(48 + v % 10)
+        return o + 2
+    o[0] = <char>(48 + v)
+    return o + 1
+
+
 cdef inline char* w_addr(char* o, const uint8_t* p, unsigned int alen) noexcept nogil:
     """p0f's address form: dotted quad, or eight uncompressed hex groups (at most 39 bytes)."""
     cdef int i
@@ -81,7 +96,7 @@ cdef inline char* w_addr(char* o, const uint8_t* p, unsigned int alen) noexcept 
             if i:
                 o[0] = 46  # .
                 o += 1
-            o = w_uint(o, p[i])
+            o = w_octet(o, p[i])
     else:
         for i in range(8):
             if i:
