@@ -20,14 +20,18 @@ mode and its counters; the books are its own, so an engine replays through
 one path only.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free
+from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 from libc.time cimport time_t, tm, strftime
 
-from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c, w_addr, w_bytes, w_uint
+from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c, w_addr, w_bytes, w_hex, w_uint
+
+import json
 
 from fingerprintd import flows as _flows
 from fingerprintd import nat as _nat
@@ -47,6 +51,12 @@ cdef extern from "<stdlib.h>" nogil:
 
 cdef extern from *:
     void __builtin_prefetch(const void* addr) nogil
+
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
+    int Py_DTSF_ADD_DOT_0
 
 
 # ---------------------------------------------------------------------------
@@ -95,6 +105,16 @@ cdef list _REASON_BYTES = [name.encode() for _, name in _nat.REASON_NAMES]
 for _i, (_bit, _) in enumerate(_nat.REASON_NAMES):
     REASON_BIT[_i] = _bit
     REASON_WORD[_i] = <bytes>_REASON_BYTES[_i]
+cdef const char* MOD_NAME[4]  # by MOD_*
+MOD_NAME[:] = [b"syn", b"syn+ack", b"sendsyn probe", b"sendsyn response"]
+cdef Py_ssize_t MOD_LEN[4]
+MOD_LEN[:] = [3, 7, 13, 16]
+cdef const char* KIND_NAME[3]  # by Record.kind
+KIND_NAME[:] = [b"", b"host change", b"ip sharing"]
+cdef const char* KIND_WORD[3]  # the text format's: kind.replace(" ", "_")
+KIND_WORD[:] = [b"", b"host_change", b"ip_sharing"]
+cdef object _json_str = json.JSONEncoder(ensure_ascii=False).encode
+cdef object _ip_text = None  # report.ip_text, for IPv4-mapped addresses (bound on first use)
 # A line's fixed parts at most: head (30), mod (16), who (110), a host-record or uptime tail (~150).
 DEF LINE_ROOM = 320
 
@@ -424,11 +444,116 @@ cdef inline void host_key(uint8_t* k, const uint8_t* addr, unsigned int alen) no
     memcpy(k + 8, addr, alen)
 
 
-cdef class P0fReplay:
-    """`fingerprintd replay --format p0f-log` for one engine: call it with next_batch's (buffer, metadata)
-    and the link type; it returns the batch's log lines and adds to the engine's counters."""
+cdef char* w_reasons(char* o, long reason, char sep, bint quoted) noexcept:
+    """p0f's reason words for the bits set, separated by `sep` (JSON strings when `quoted`); `???` when none
+    (JSON: nothing, for an empty list)."""
+    cdef bint first = True
+    cdef int i
+    cdef const char* word
+    for i in range(N_REASONS):
+        if reason & REASON_BIT[i]:
+            if not first:
+                o[0] = sep
+                o += 1
+            word = REASON_WORD[i]
+            if quoted:
+                o[0] = 34
+                o = w_bytes(o + 1, word, strlen(word))
+                o[0] = 34
+                o += 1
+            else:
+                o = w_bytes(o, word, strlen(word))
+            first = False
+    if first and not quoted:
+        o = w_bytes(o, b"???", 3)
+    return o
+
+
+cdef char* w_ip_text(char* o, const uint8_t* a, unsigned int alen) except NULL:
+    """report.ip_text: a dotted quad, or IPv6 as Python's ipaddress writes it (the longest run of two or more
+    zero groups, the first of equals, as ::)."""
+    global _ip_text
+    cdef int g[8]
+    cdef int i, best = -1, best_len = 0, run = -1, run_len = 0
+    cdef Py_ssize_t n
+    if alen == 4:
+        return w_addr(o, a, 4)
+    if memcmp(a, b"\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0:
+        # IPv4-mapped: Python's own form (it changed between versions)
+        if _ip_text is None:
+            from fingerprintd.report import ip_text
+            _ip_text = ip_text
+        s = (<str>_ip_text(PyBytes_FromStringAndSize(<const char*>a, 16))).encode()
+        n = PyBytes_GET_SIZE(s)
+        return w_bytes(o, PyBytes_AS_STRING(s), n)
+    for i in range(8):
+        g[i] = (a[2 * i] << 8) | a[2 * i + 1]
+        if g[i] == 0:
+            if run < 0:
+                run = i
+            run_len += 1
+            if run_len > best_len:
+                best, best_len = run, run_len
+        else:
+            run, run_len = -1, 0
+    if best_len < 2:
+        best, best_len = -1, 0
+    i = 0
+    while i < 8:
+        if i == best:
+            o = w_bytes(o, b"::", 2)
+            i += best_len
+            continue
+        if i and i != best + best_len:  # no colon after the ::
+            o[0] = 58  # :
+            o += 1
+        o = w_hex(o, g[i])
+        i += 1
+    return o
+
+
+cdef char* w_endpoint(char* o, const uint8_t* a, unsigned int alen, unsigned int port) except NULL:
+    """report.endpoint: ip:port, IPv6 in brackets."""
+    if alen == 16:
+        o[0] = 91  # [
+        o = w_ip_text(o + 1, a, alen)
+        o[0] = 93  # ]
+        o += 1
+    else:
+        o = w_ip_text(o, a, alen)
+    o[0] = 58
+    return w_uint(o + 1, port)
+
+
+cdef char* w_json_round(char* o, double x, int digits) except NULL:
+    """json of round(x, digits): round() keeps the double nearest the correctly rounded decimal, which is
+    what reading back '%.{digits}f' gives; json writes float's repr."""
+    cdef char* s = PyOS_double_to_string(x, b"f", digits, 0, NULL)
+    cdef double y = PyOS_string_to_double(s, NULL, NULL)
+    PyMem_Free(s)
+    s = PyOS_double_to_string(y, b"r", 0, Py_DTSF_ADD_DOT_0, NULL)
+    o = w_bytes(o, s, strlen(s))
+    PyMem_Free(s)
+    return o
+
+
+cdef enum:
+    FMT_P0F = 0  # report's formats
+    FMT_JSONL = 1
+    FMT_TEXT = 2
+    MOD_SYN = 0  # the observation's mod
+    MOD_SYNACK = 1
+    MOD_PROBE = 2
+    MOD_RESPONSE = 3
+
+
+cdef class Replay:
+    """`fingerprintd replay --format FMT` for one engine: call it with next_batch's (buffer, metadata) and
+    the link type; it returns the batch's lines (UTF-8) and adds to the engine's counters."""
 
     cdef object engine, matcher, tails, keep, label_of, names, classes
+    cdef int fmt, link_for
+    cdef bytes link_json  # jsonl: `"capture_link":"..."` for link_for
     cdef Table flows, hosts
     cdef Verdict* cache
     cdef int32_t* cache_slots
@@ -463,8 +588,10 @@ cdef class P0fReplay:
         self.flows.prev = self.flows.next = self.flows.slots = NULL
         self.hosts.prev = self.hosts.next = self.hosts.slots = NULL
 
-    def __init__(self, engine, tails):
-        """`tails`: report.p0f_tails, the verdict's part of the observation and mtu lines."""
+    def __init__(self, engine, str fmt, tails):
+        """`tails(fp, pkt)`: a stack's part of the line in `fmt` (report._REPLAY_TAILS), and p0f's mtu line."""
+        self.fmt = {"p0f-log": FMT_P0F, "jsonl": FMT_JSONL, "text": FMT_TEXT}[fmt]
+        self.link_for = -1
         if R_NOT_SYN is None:
             _bind_engine()
         self.engine = engine
@@ -598,7 +725,8 @@ cdef class P0fReplay:
                 return &self.cache[i]
             s = (s + 1) & self.cache_mask
         # A stack not cached: the matcher decides (and counts the miss), as on the pure path.
-        fp = self.matcher.fingerprint(packet_of(p, ts), to_server, syn_mss, sendsyn)
+        pkt = packet_of(p, ts)
+        fp = self.matcher.fingerprint(pkt, to_server, syn_mss, sendsyn)
         if self.cache_count >= self.cache_size:  # the matcher's own bound, kept in step with its dict
             self.cache_count = 0
             memset(self.cache_slots, 0xFF, (self.cache_mask + 1) * sizeof(int32_t))
@@ -607,7 +735,7 @@ cdef class P0fReplay:
         i = self.cache_count
         self.cache_count += 1
         cdef Verdict* v = &self.cache[i]
-        tail, mtu = self.tails(fp)
+        tail, mtu = self.tails(fp, pkt)
         tail_b = tail.encode()
         mtu_b = mtu.encode() if mtu is not None else None
         self.keep.append((fp, tail_b, mtu_b))
@@ -1041,6 +1169,7 @@ cdef class P0fReplay:
     # -- the log (report.p0f_log_formatter) ----------------------------------
 
     cdef int set_head(self, int64_t sec) except -1:
+        """The line's start for this second: p0f's `[%Y/%m/%d %H:%M:%S] mod=`, or text's `%Y-%m-%d %H:%M:%S `."""
         cdef time_t t = sec
         cdef tm parts
         cdef size_t n
@@ -1049,10 +1178,15 @@ cdef class P0fReplay:
         self.head_sec = sec
         if localtime_r(&t, &parts) == NULL:
             raise OverflowError("timestamp out of range for localtime")
-        self.head[0] = b"["
-        n = strftime(self.head + 1, sizeof(self.head) - 8, b"%Y/%m/%d %H:%M:%S", &parts)
-        memcpy(self.head + 1 + n, b"] mod=", 6)
-        self.head_n = 1 + n + 6
+        if self.fmt == FMT_P0F:
+            self.head[0] = b"["
+            n = strftime(self.head + 1, sizeof(self.head) - 8, b"%Y/%m/%d %H:%M:%S", &parts)
+            memcpy(self.head + 1 + n, b"] mod=", 6)
+            self.head_n = 1 + n + 6
+        else:
+            n = strftime(self.head, sizeof(self.head) - 8, b"%Y-%m-%d %H:%M:%S", &parts)
+            self.head[n] = b" "
+            self.head_n = n + 1
         return 0
 
     cdef void put_who(self, const CPkt* p, bint to_srv) noexcept:
@@ -1090,30 +1224,15 @@ cdef class P0fReplay:
         o += snprintf(o, 160, b"uptime=%lld days %lld hrs %lld min (modulo %lld days)|raw_freq=%.2f Hz\n",
                       <long long>(m // 60 // 24), <long long>(m // 60 % 24), <long long>(m % 60),
                       <long long>r.modulo_days, r.freq)
-        self.n_uptime += 1
         return o
 
     cdef char* put_nat(self, char* o, const Record* r) noexcept:
         cdef bint first = True
         cdef int i
         cdef const char* word
-        if r.kind == 1:
-            o = self.line_start(o, b"host change", 11)
-            self.n_change += 1
-        else:
-            o = self.line_start(o, b"ip sharing", 10)
-            self.n_sharing += 1
+        o = self.line_start(o, KIND_NAME[r.kind], strlen(KIND_NAME[r.kind]))
         o = w_bytes(o, b"reason=", 7)
-        for i in range(N_REASONS):
-            if r.reason & REASON_BIT[i]:
-                if not first:
-                    o[0] = 32
-                    o += 1
-                word = REASON_WORD[i]
-                o = w_bytes(o, word, strlen(word))
-                first = False
-        if first:
-            o = w_bytes(o, b"???", 3)
+        o = w_reasons(o, r.reason, 32, False)
         o = w_bytes(o, b"|raw_hits=", 10)
         for i in range(4):
             if i:
@@ -1122,6 +1241,118 @@ cdef class P0fReplay:
             o = w_uint(o, r.hits[i])
         o[0] = 10
         return o + 1
+
+    # -- JSON lines and text (report.jsonl_formatter, report.text_formatter) ----------------------
+
+    cdef char* json_ends(self, char* o, const CPkt* p, bint to_srv) except NULL:
+        """"client":{"ip":...,"port":...},"server":{...}"""
+        o = w_bytes(o, b'"client":{"ip":"', 16)
+        o = w_ip_text(o, &p.src[0] if to_srv else &p.dst[0], p.alen)
+        o = w_bytes(o, b'","port":', 9)
+        o = w_uint(o, p.sport if to_srv else p.dport)
+        o = w_bytes(o, b'},"server":{"ip":"', 18)
+        o = w_ip_text(o, &p.dst[0] if to_srv else &p.src[0], p.alen)
+        o = w_bytes(o, b'","port":', 9)
+        o = w_uint(o, p.dport if to_srv else p.sport)
+        o[0] = 125  # }
+        return o + 1
+
+    cdef char* json_records(self, char* o, const Record* r) except NULL:
+        """"nat":...,"uptime":...}\n"""
+        cdef int i
+        if r.kind:
+            o = w_bytes(o, b',"nat":{"kind":"', 16)
+            o = w_bytes(o, KIND_NAME[r.kind], strlen(KIND_NAME[r.kind]))
+            o = w_bytes(o, b'","reason":[', 12)
+            o = w_reasons(o, r.reason, 44, True)
+            o = w_bytes(o, b'],"raw_hits":[', 14)
+            for i in range(4):
+                if i:
+                    o[0] = 44
+                    o += 1
+                o = w_uint(o, r.hits[i])
+            o = w_bytes(o, b"]}", 2)
+        else:
+            o = w_bytes(o, b',"nat":null', 11)
+        if r.up:
+            o = w_bytes(o, b',"uptime":{"minutes":', 21)
+            o = w_uint(o, r.minutes)
+            o = w_bytes(o, b',"modulo_days":', 15)
+            o = w_uint(o, r.modulo_days)
+            o = w_bytes(o, b',"freq_hz":', 11)
+            o = w_json_round(o, r.freq, 2)
+            o = w_bytes(o, b"}}\n", 3)
+        else:
+            o = w_bytes(o, b',"uptime":null}\n', 16)
+        return o
+
+    cdef char* json_line(self, char* o, const CPkt* p, bint to_srv, double ts, int mod, const Verdict* v,
+                         const Record* r) except NULL:
+        o = w_bytes(o, b'{"ts":', 6)
+        o = w_json_round(o, ts, 6)
+        if to_srv:
+            o = w_bytes(o, b',"mod":"syn"', 12)
+        else:
+            o = w_bytes(o, b',"mod":"syn+ack"', 16)
+        if mod == MOD_PROBE or mod == MOD_RESPONSE:
+            o = w_bytes(o, b',"sendsyn":true,', 16)
+        else:
+            o = w_bytes(o, b',"sendsyn":false,', 17)
+        o = self.json_ends(o, p, to_srv)
+        o[0] = 44
+        o = w_bytes(o + 1, v.tail, v.tail_n)
+        o = w_bytes(o, PyBytes_AS_STRING(self.link_json), PyBytes_GET_SIZE(self.link_json))
+        return self.json_records(o, r)
+
+    cdef char* json_uptime(self, char* o, const CPkt* p, bint to_srv, double ts, const Record* r) except NULL:
+        o = w_bytes(o, b'{"ts":', 6)
+        o = w_json_round(o, ts, 6)
+        if to_srv:
+            o = w_bytes(o, b',"mod":"uptime","subject":"client",', 35)
+        else:
+            o = w_bytes(o, b',"mod":"uptime","subject":"server",', 35)
+        o = self.json_ends(o, p, to_srv)
+        return self.json_records(o, r)
+
+    cdef char* text_where(self, char* o, const CPkt* p, bint to_srv) except NULL:
+        """client -> server, or client <- server for a SYN+ACK."""
+        o = w_endpoint(o, &p.src[0] if to_srv else &p.dst[0], p.alen, p.sport if to_srv else p.dport)
+        o = w_bytes(o, b" -> " if to_srv else b" <- ", 4)
+        return w_endpoint(o, &p.dst[0] if to_srv else &p.src[0], p.alen, p.dport if to_srv else p.sport)
+
+    cdef char* text_records(self, char* o, const Record* r) noexcept:
+        cdef const char* kind
+        if r.kind:
+            o[0] = 32
+            kind = KIND_WORD[r.kind]
+            o = w_bytes(o + 1, kind, strlen(kind))
+            o[0] = 61  # =
+            o = w_reasons(o + 1, r.reason, 44, False)
+        if r.up:
+            o += snprintf(o, 64, b" uptime=%lldmin/%.2fHz", <long long>r.minutes, r.freq)
+        o[0] = 10
+        return o + 1
+
+    cdef char* text_line(self, char* o, const CPkt* p, bint to_srv, int mod, const Verdict* v,
+                         const Record* r) except NULL:
+        cdef Py_ssize_t n = MOD_LEN[mod]
+        o = w_bytes(o, self.head, self.head_n)
+        o = w_bytes(o, MOD_NAME[mod], n)
+        while n < 7:  # {mod:<7}
+            o[0] = 32
+            o += 1
+            n += 1
+        o[0] = 32
+        o = self.text_where(o + 1, p, to_srv)
+        o = w_bytes(o, v.tail, v.tail_n)
+        return self.text_records(o, r)
+
+    cdef char* text_uptime(self, char* o, const CPkt* p, bint to_srv, const Record* r) except NULL:
+        o = w_bytes(o, self.head, self.head_n)
+        o = w_bytes(o, b"uptime  ", 8)
+        o = self.text_where(o, p, to_srv)
+        o[0] = 32
+        return self.text_records(o + 1, r)
 
     # -- the loop (engine.Engine._feed_batch) ---------------------------------
 
@@ -1133,8 +1364,7 @@ cdef class P0fReplay:
         cdef Flow* f
         cdef int32_t i
         cdef const Verdict* v
-        cdef const char* mod
-        cdef Py_ssize_t mod_n
+        cdef int mod
         cdef char* o
         cdef double ts = sec + usec * 1e-6
         cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
@@ -1149,10 +1379,18 @@ cdef class P0fReplay:
             if f != NULL and self.host_records:
                 self.on_other(f, to_srv, p, now_ms, &rec)
                 if rec.up:
-                    self.set_head(<int64_t>ts)
-                    self.put_who(p, to_srv)
-                    o = self.buf.reserve(LINE_ROOM)
-                    self.buf.size = self.put_uptime(o, &rec) - self.buf.data
+                    self.n_uptime += 1
+                    o = self.buf.reserve(2 * LINE_ROOM)
+                    if self.fmt == FMT_P0F:
+                        self.set_head(<int64_t>ts)
+                        self.put_who(p, to_srv)
+                        o = self.put_uptime(o, &rec)
+                    elif self.fmt == FMT_JSONL:
+                        o = self.json_uptime(o, p, to_srv, ts, &rec)
+                    else:
+                        self.set_head(<int64_t>ts)
+                        o = self.text_uptime(o, p, to_srv, &rec)
+                    self.buf.size = o - self.buf.data
             return 0
         if not self.all_ports and not (self.ports[p.dport >> 3] & (1 << (p.dport & 7))) and not (
                 self.ports[p.sport >> 3] & (1 << (p.sport & 7))):
@@ -1170,10 +1408,10 @@ cdef class P0fReplay:
             if v.app and not f.sendsyn:
                 f = self.gone(i)
             if f.sendsyn:
-                mod, mod_n = b"sendsyn probe", 13
+                mod = MOD_PROBE
                 self.n_probe += 1
             else:
-                mod, mod_n = b"syn", 3
+                mod = MOD_SYN
                 self.n_syn += 1
             self.class_counts[v.klass] += 1
             to_srv = True
@@ -1190,26 +1428,38 @@ cdef class P0fReplay:
             else:
                 f.next_srv_seq = p.seq + 1
             if f.sendsyn:
-                mod, mod_n = b"sendsyn response", 16
+                mod = MOD_RESPONSE
                 self.n_response += 1
             else:
-                mod, mod_n = b"syn+ack", 7
+                mod = MOD_SYNACK
                 self.n_synack += 1
             to_srv = False
         self.on_syn(to_srv, f, p, v, sec, now_ms, &rec)
-        self.set_head(<int64_t>ts)
-        self.put_who(p, to_srv)
+        if rec.kind == 1:
+            self.n_change += 1
+        elif rec.kind == 2:
+            self.n_sharing += 1
+        if rec.up:
+            self.n_uptime += 1
         # Room for the four lines a packet can make: the fixed parts, and the verdict's two tails.
         o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
-        o = self.line_start(o, mod, mod_n)
-        o = w_bytes(o, v.tail, v.tail_n)
-        if rec.kind:
-            o = self.put_nat(o, &rec)
-        if v.mtu != NULL:
-            o = self.line_start(o, b"mtu", 3)
-            o = w_bytes(o, v.mtu, v.mtu_n)
-        if rec.up:
-            o = self.put_uptime(o, &rec)
+        if self.fmt == FMT_P0F:
+            self.set_head(<int64_t>ts)
+            self.put_who(p, to_srv)
+            o = self.line_start(o, MOD_NAME[mod], MOD_LEN[mod])
+            o = w_bytes(o, v.tail, v.tail_n)
+            if rec.kind:
+                o = self.put_nat(o, &rec)
+            if v.mtu != NULL:
+                o = self.line_start(o, b"mtu", 3)
+                o = w_bytes(o, v.mtu, v.mtu_n)
+            if rec.up:
+                o = self.put_uptime(o, &rec)
+        elif self.fmt == FMT_JSONL:
+            o = self.json_line(o, p, to_srv, ts, mod, v, &rec)
+        else:
+            self.set_head(<int64_t>ts)
+            o = self.text_line(o, p, to_srv, mod, v, &rec)
         self.buf.size = o - self.buf.data
         return 0
 
@@ -1234,6 +1484,9 @@ cdef class P0fReplay:
             memcpy(r, recs + 4 * i, 16)
             if <Py_ssize_t>r[2] + r[3] > b.shape[0]:
                 raise ValueError("next_batch metadata points past its buffer")
+        if self.fmt == FMT_JSONL and linktype != self.link_for:
+            self.link_json = (',"capture_link":' + _json_str(_pk.link_name(linktype))).encode()
+            self.link_for = linktype
         with self.engine._lock:
             self.buf.size = 0
             try:

@@ -21,7 +21,7 @@ from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.data import default_classes, default_signatures
 from fingerprintd.engine import build_engine
 from fingerprintd.matcher import Matcher
-from fingerprintd.report import FORMATTERS, join_lines, p0f_log_replay
+from fingerprintd.report import FORMATTERS, replayer
 from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
 
 _ANSWER_RESERVE_MS = 50  # fingerprintd.mail.ANSWER_RESERVE_MS (that module loads gRPC: not imported here)
@@ -203,13 +203,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ports = None if (args.all_ports or args.bpf) else (args.port or [25])
     classes = load_class_map(args.classes)
     engine = build_engine(db, classes, ports)
-    if args.format == "p0f-log":
-        lines = p0f_log_replay(engine)  # compiled: the whole path in C
-    else:
-        join, feed_blob = join_lines(FORMATTERS[args.format]()), engine.feed_blob
-
-        def lines(blob: bytes, meta: bytes, linktype: int) -> bytes:
-            return join(feed_blob(blob, meta, linktype)).encode()
+    lines = replayer(engine, args.format)  # compiled: the whole path in C
     bpf = _replay_filter(args)
     for path in args.files:  # fail before writing anything if a file is unreadable
         if not os.access(path, os.R_OK):

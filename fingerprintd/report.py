@@ -68,7 +68,7 @@ def join_lines(fmt: Callable[[Observation], str]) -> Callable[[list[Observation]
     return lambda observations: "".join(map(fmt, observations))
 
 
-def p0f_tails(fp: Fingerprint) -> tuple[str, str | None]:
+def p0f_tails(fp: Fingerprint, pkt=None) -> tuple[str, str | None]:
     """The verdict's part of p0f's observation line, and of its mtu line if any."""
     key = "app" if fp.app and fp.label else "os"
     return (
@@ -77,16 +77,17 @@ def p0f_tails(fp: Fingerprint) -> tuple[str, str | None]:
     )
 
 
-def p0f_log_replay(engine: Engine) -> Callable[[bytes, bytes, int], bytes]:
-    """`replay --format p0f-log` for one engine: (next_batch buffer, metadata, link type) -> log lines (UTF-8).
+def replayer(engine: Engine, fmt: str) -> Callable[[bytes, bytes, int], bytes]:
+    """`replay --format FMT` for one engine: (next_batch buffer, metadata, link type) -> its lines (UTF-8).
 
     With the accelerator, the whole path runs on C structs (fingerprintd/_replay.pyx: its own flow and
-    host books, so the engine must not be fed any other way too); else Engine.feed_blob and the formatter.
-    Both give the same bytes and counters (tests/test_accel.py)."""
+    host books, so the engine must not be fed any other way too), with each stack's part of the line made
+    here once; else Engine.feed_blob and the formatter.  Both give the same bytes and counters
+    (tests/test_accel.py)."""
     impl = engine.accel
     if impl is not None:
-        return impl.replay.P0fReplay(engine, p0f_tails)
-    join = join_lines(p0f_log_formatter())
+        return impl.replay.Replay(engine, fmt, _REPLAY_TAILS[fmt])
+    join = join_lines(FORMATTERS[fmt]())
     feed_blob = engine.feed_blob
     return lambda blob, meta, linktype: join(feed_blob(blob, meta, linktype)).encode()
 
@@ -95,7 +96,7 @@ def _p0f_log_formatter() -> Callable[[Observation], str]:
     clock = _Clock("%Y/%m/%d %H:%M:%S")
     ntoa = socket.inet_ntoa
 
-    tails = PerFingerprint(p0f_tails)
+    tails = PerFingerprint(p0f_tails)  # type: ignore[arg-type]
 
     def fmt(obs: Observation) -> str:
         pkt, fp = obs.pkt, obs.fp
@@ -148,6 +149,20 @@ def observation_dict(obs: Observation) -> dict:
         return {"ts": round(pkt.ts, 6), "mod": "uptime", "subject": "client" if obs.to_server else "server",
                 "client": {"ip": ip_text(cip), "port": cport}, "server": {"ip": ip_text(sip), "port": sport},
                 **_records_dict(obs)}
+    return {
+        "ts": round(pkt.ts, 6),
+        "mod": "syn" if fp.to_server else "syn+ack",
+        "sendsyn": obs.mod.startswith("sendsyn"),
+        "client": {"ip": ip_text(cip), "port": cport},
+        "server": {"ip": ip_text(sip), "port": sport},
+        **_verdict_dict(fp, pkt),
+        "capture_link": link_name(obs.linktype),
+        **_records_dict(obs),
+    }
+
+
+def _verdict_dict(fp: Fingerprint, pkt) -> dict:
+    """The part of a JSON observation that follows from its stack (the match cache's key) alone."""
     label = fp.label
     os_ = app = None
     if label is not None and label.is_app:
@@ -162,11 +177,6 @@ def observation_dict(obs: Observation) -> dict:
             "fuzzy": fp.fuzzy,
         }
     return {
-        "ts": round(pkt.ts, 6),
-        "mod": "syn" if fp.to_server else "syn+ack",
-        "sendsyn": obs.mod.startswith("sendsyn"),
-        "client": {"ip": ip_text(cip), "port": cport},
-        "server": {"ip": ip_text(sip), "port": sport},
         "os": os_,
         "app": app,
         "mail_class": fp.mail_class,
@@ -179,14 +189,19 @@ def observation_dict(obs: Observation) -> dict:
         "sig_line": fp.line or None,
         "ip_version": pkt.ip_ver,
         "ttl": pkt.ttl,
-        "capture_link": link_name(obs.linktype),
-        **_records_dict(obs),
     }
 
 
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def jsonl_tails(fp: Fingerprint, pkt) -> tuple[str, None]:
+    """_verdict_dict as the JSON members a line carries between "server" and "capture_link"."""
+    return _json(_verdict_dict(fp, pkt))[1:-1], None
+
+
 def jsonl_formatter() -> Callable[[Observation], str]:
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    return lambda obs: dumps(observation_dict(obs)) + "\n"
+    return lambda obs: _json(observation_dict(obs)) + "\n"
 
 
 def text_formatter() -> Callable[[Observation], str]:
@@ -204,18 +219,28 @@ def text_formatter() -> Callable[[Observation], str]:
         if fp is None:
             where = f"{endpoint(cip, cport)} {arrow} {endpoint(sip, sport)}"
             return f"{clock(int(pkt.ts))} {obs.mod:<7} {where} {records}\n"
-        what = f"{'app ' if fp.app and fp.label else ''}{fp.os_text}"
-        if fp.params != "none":
-            what += f" [{fp.params}]"
-        link = f" link={fp.link or '???'}/{fp.raw_mtu}" if fp.mtu_reported else ""
-        return (
-            f"{clock(int(pkt.ts))} {obs.mod:<7} {endpoint(cip, cport)} {arrow} "
-            f"{endpoint(sip, sport)}  {what}  class={fp.mail_class} dist={fp.dist_text}{link} raw_sig={fp.raw_sig}"
-            f"{records}\n"
-        )
+        return (f"{clock(int(pkt.ts))} {obs.mod:<7} {endpoint(cip, cport)} {arrow} {endpoint(sip, sport)}"
+                f"{tails(fp)}{records}\n")
 
+    tails = PerFingerprint(text_tail)
     return fmt
 
+
+def text_tail(fp: Fingerprint) -> str:
+    """The verdict's part of a text line."""
+    what = f"{'app ' if fp.app and fp.label else ''}{fp.os_text}"
+    if fp.params != "none":
+        what += f" [{fp.params}]"
+    link = f" link={fp.link or '???'}/{fp.raw_mtu}" if fp.mtu_reported else ""
+    return f"  {what}  class={fp.mail_class} dist={fp.dist_text}{link} raw_sig={fp.raw_sig}"
+
+
+def text_tails(fp: Fingerprint, pkt) -> tuple[str, None]:
+    return text_tail(fp), None
+
+
+# What the compiled replay loop asks for a stack's part of a line, per format: (text, p0f's mtu line or None).
+_REPLAY_TAILS = {"p0f-log": p0f_tails, "jsonl": jsonl_tails, "text": text_tails}
 
 FORMATTERS: dict[str, Callable[[], Callable[[Observation], str]]] = {
     "text": text_formatter,

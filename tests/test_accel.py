@@ -72,17 +72,20 @@ def run_both(batches, linktype: int, db, p0f_bugs: bool = False, ports=None, liv
     return results[0], results[1]
 
 
-REPLAYED = ("replay p0f-log", "replay summary")
+REPLAYED = tuple(f"replay {name}" for name in FORMATS)
 
 
 def _replayed(compiled: bool, batches, linktype: int, db, p0f_bugs: bool, ports) -> dict:
-    """`replay --format p0f-log`'s own loop (report.p0f_log_replay: C structs when compiled) on a fresh
-    engine: its log bytes and its engine's counters."""
-    eng = _engine(compiled, db, p0f_bugs, ports)
-    with accel.selected(compiled):
-        lines = report.p0f_log_replay(eng)
-    text = b"".join(lines(*_as_blob(batch), linktype) for batch in batches)
-    return {REPLAYED[0]: text, REPLAYED[1]: json.dumps(eng.summary(), sort_keys=True).encode()}
+    """`replay`'s own loop (report.replayer: C structs when compiled) in each format, each on a fresh
+    engine: its bytes, and its engine's counters."""
+    out = {}
+    for name in FORMATS:
+        eng = _engine(compiled, db, p0f_bugs, ports)
+        with accel.selected(compiled):
+            lines = report.replayer(eng, name)
+        out[f"replay {name}"] = b"".join(lines(*_as_blob(batch), linktype) for batch in batches)
+        out[f"replay {name} summary"] = json.dumps(eng.summary(), sort_keys=True).encode()
+    return out
 
 
 def _as_blob(batch) -> tuple[bytes, bytes]:
@@ -104,11 +107,11 @@ def assert_same(pure, compiled) -> None:
     for name in FORMATS:
         assert c_out[name] == p_out[name], name
     assert c_out.keys() == p_out.keys()
-    for name in REPLAYED:
-        if name in p_out:
-            assert c_out[name] == p_out[name], name
-    if REPLAYED[0] in p_out:  # the replay loop is fed as the engine is, so it writes what the formatter does
-        assert p_out[REPLAYED[0]] == p_out["p0f-log"]
+    for name in c_out:
+        assert c_out[name] == p_out[name], name
+    for name in FORMATS:  # the replay loop is fed as the engine is, so it writes what the formatter does
+        if f"replay {name}" in p_out:
+            assert p_out[f"replay {name}"] == p_out[name]
 
 
 def _read(path: Path) -> tuple[list, int]:
