@@ -116,13 +116,13 @@ class P0fSocketServer:
     reading the answers stops being read once `max_pending` answers wait for
     it (its own send blocks; it is read again when it drains).  Running out of
     file descriptors drops the newest connection instead of the thread.  A
-    fatal error in the thread is logged, kept in `failed` and passed to
-    `on_fatal`, so that the service can stop serving rather than look healthy.
+    fatal error in the thread is logged and kept in `failed`, which the service
+    polls, so that it stops serving rather than look healthy.
     """
 
     def __init__(self, path: str, hosts: HostTable, mode: int = 0o660, owner: tuple[int, int] | None = None,
                  max_connections: int = MAX_CONNECTIONS, idle_timeout: float = IDLE_TIMEOUT,
-                 max_pending: int = MAX_PENDING, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 max_pending: int = MAX_PENDING) -> None:
         self.path = path
         self.hosts = hosts
         self.max_connections = max_connections
@@ -130,8 +130,7 @@ class P0fSocketServer:
         self.max_pending = max_pending
         self._recv_size = QUERY_SIZE * max_pending
         self._out_limit = RESPONSE_SIZE * max_pending
-        self.on_fatal = on_fatal
-        self.failed: BaseException | None = None
+        self.failed: BaseException | None = None  # a fatal error in its thread, for the service to see
         self.queries = self.bad_queries = 0
         self.refused = 0  # connections over max_connections
         self.idle_closed = 0
@@ -349,11 +348,9 @@ class _Client:
 
 
 def fatal(server, name: str, exc: BaseException) -> None:
-    """A server thread died: log it as an error, keep it in `failed`, tell `on_fatal`."""
+    """A server thread died: log it as an error and keep it in `failed` (the one channel the service polls)."""
     server.failed = exc
     log.error("%s thread failed", name, exc_info=exc, extra={"fields": {"thread": name}})
-    if server.on_fatal is not None:
-        server.on_fatal(exc)
 
 
 # --- p0f-analyzer -------------------------------------------------------------
@@ -496,15 +493,13 @@ class AnalyzerServer:
 
     def __init__(self, host: str, port: int, hosts: HostTable, allow: list[str], wait: float = 0.02,
                  max_inflight: int = ANALYZER_INFLIGHT,
-                 on_fatal: Callable[[BaseException], None] | None = None,
                  verdict: VerdictFn | None = None, feedback: FeedbackFn | None = None) -> None:
         self.hosts = hosts
         self.feedback = feedback  # None: feedback datagrams are malformed (no reputation store)
         self.verdict = verdict  # None: no extended queries (every nonce is a plain nonce)
         self.wait = wait
         self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
-        self.on_fatal = on_fatal
-        self.failed: BaseException | None = None
+        self.failed: BaseException | None = None  # a fatal error in its thread, for the service to see
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
