@@ -95,16 +95,40 @@ NO_MATCH_RESPONSE = p0f_response(STATUS_NO_MATCH)
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
-def p0f_answer(query: bytes, hosts: HostTable) -> bytes:
-    """The 232-byte answer to one 21-byte query (BAD_QUERY_RESPONSE itself for a bad one)."""
-    magic, kind, raw = _QUERY.unpack(query)
-    if magic != QUERY_MAGIC or kind not in (4, 6):
+_V4_QUERY = struct.pack("=IB", QUERY_MAGIC, 4)  # what a valid query starts with: the magic, the address type
+_V6_QUERY = struct.pack("=IB", QUERY_MAGIC, 6)
+ANSWER_MEMO = 4096  # addresses whose packed answer a server keeps (about 0.5 kB each)
+
+
+def p0f_answer(query: bytes, hosts: HostTable, memo: dict | None = None) -> bytes:
+    """The 232-byte answer to one 21-byte query (BAD_QUERY_RESPONSE itself for a bad one).
+
+    `memo`: address -> (the host's latest SYN, its packed answer), kept by the caller.  A host
+    record changes only with a new SYN, which replaces `latest`: an answer packed for the same
+    latest SYN is still the answer (packing it is a third of the answer's cost)."""
+    head = query[:5]
+    if head == _V4_QUERY:
+        addr = query[5:9]
+    elif head == _V6_QUERY:
+        addr = query[5:]
+        if addr[:12] == _V4_MAPPED:
+            addr = addr[12:]  # IPv4-mapped: the SYN carried the IPv4 address
+    else:
         return BAD_QUERY_RESPONSE
-    addr = raw[:4] if kind == 4 else raw
-    if kind == 6 and addr[:12] == _V4_MAPPED:
-        addr = addr[12:]  # IPv4-mapped: the SYN carried the IPv4 address
     _, host = hosts.lookup(addr, 0)
-    return p0f_response(STATUS_OK, host) if host is not None else NO_MATCH_RESPONSE
+    if host is None:
+        return NO_MATCH_RESPONSE
+    if memo is None:
+        return p0f_response(STATUS_OK, host)
+    latest = host.latest
+    known = memo.get(addr)
+    if known is not None and known[0] is latest:
+        return known[1]
+    answer = p0f_response(STATUS_OK, host)
+    if len(memo) >= ANSWER_MEMO:
+        memo.clear()  # wholesale: cheaper than an LRU's bookkeeping on every query
+    memo[addr] = (latest, answer)
+    return answer
 
 
 class P0fSocketServer:
@@ -137,6 +161,7 @@ class P0fSocketServer:
         self.fd_exhausted = 0  # connections dropped because the process had no file descriptor left
         self.throttled = 0  # times a client was no longer read because it did not read its answers
         self._conns: dict[int, _Client] = {}  # by descriptor: what epoll reports
+        self._memo: dict[bytes, tuple[object, bytes]] = {}  # p0f_answer's packed answers
         remove_stale_socket(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
@@ -202,7 +227,7 @@ class P0fSocketServer:
             fatal(self, "p0f-socket", exc)
 
     def _loop(self) -> None:
-        ep, conns, hosts, stop = self._sel, self._conns, self.hosts, self._stop
+        ep, conns, hosts, stop, memo = self._sel, self._conns, self.hosts, self._stop, self._memo
         listen_fd = self.sock.fileno()
         ep.register(listen_fd, select.EPOLLIN)
         listening = True
@@ -233,7 +258,7 @@ class P0fSocketServer:
                 if len(data) != QUERY_SIZE:  # end of file, pipelined or partial queries
                     self._serve(client, events, now, data)
                     continue
-                answer = p0f_answer(data, hosts)
+                answer = p0f_answer(data, hosts, memo)
                 self.queries += 1
                 if answer is BAD_QUERY_RESPONSE:
                     self.bad_queries += 1
@@ -329,7 +354,8 @@ class P0fSocketServer:
                 client.active = now
                 buf = client.inbuf + data if client.inbuf else data
                 whole = len(buf) - len(buf) % QUERY_SIZE
-                answers = [p0f_answer(buf[i:i + QUERY_SIZE], self.hosts) for i in range(0, whole, QUERY_SIZE)]
+                hosts, memo = self.hosts, self._memo
+                answers = [p0f_answer(buf[i:i + QUERY_SIZE], hosts, memo) for i in range(0, whole, QUERY_SIZE)]
                 client.inbuf = buf[whole:]
                 self.queries += len(answers)
                 self.bad_queries += sum(1 for a in answers if a is BAD_QUERY_RESPONSE)

@@ -62,6 +62,27 @@ def test_p0f_answers():
     assert _fields(compat.p0f_answer(_query(b"\0" * 16, 4, 0x12345678), table))[:2] == (compat.RESPONSE_MAGIC, 0)
 
 
+def test_a_kept_answer_follows_the_host_record(monkeypatch):
+    """The server keeps packed answers per address: one is served again only while the host
+    record it was packed from has not changed; a new SYN from the host changes the answer."""
+    table, memo = HostTable(), {}
+    table.add(observe("win7", src="203.0.113.9"))
+    query = _query(socket.inet_aton("203.0.113.9"))
+    first = _fields(compat.p0f_answer(query, table, memo))
+    assert (first[4], first[12].rstrip(b"\0")) == (1, b"Windows")
+    assert _fields(compat.p0f_answer(query, table, memo))[4] == 1  # unchanged: kept
+    table.add(observe("linux", src="203.0.113.9", sport=40001, ts=1_700_000_005))
+    again = _fields(compat.p0f_answer(query, table, memo))
+    assert (again[3], again[4], again[12].rstrip(b"\0")) == (1_700_000_005, 2, b"Linux")
+    mapped = _query(b"\0" * 10 + b"\xff\xff" + socket.inet_aton("203.0.113.9"), 6)
+    assert _fields(compat.p0f_answer(mapped, table, memo))[4] == 2 and len(memo) == 1  # one host, one entry
+    monkeypatch.setattr(compat, "ANSWER_MEMO", 8)
+    for i in range(18):  # more addresses than the bound
+        table.add(observe("linux", src=socket.inet_ntoa(struct.pack("!I", 0x0A000000 + i))))
+        compat.p0f_answer(_query(struct.pack("!I", 0x0A000000 + i)), table, memo)
+    assert len(memo) <= 8
+
+
 def test_strings_are_always_terminated():
     table = HostTable()
     obs = observe("linux", src="203.0.113.10")
