@@ -119,9 +119,9 @@ def p0f_answer(query: bytes, hosts: HostTable, memo: dict | None = None) -> byte
     _, host = hosts.lookup(addr, 0)
     if host is None:
         return NO_MATCH_RESPONSE
-    if memo is None:
+    latest = host.latest if memo is not None else None
+    if latest is None:  # no memo, or nothing to tell this record's versions apart by
         return p0f_response(STATUS_OK, host)
-    latest = host.latest
     known = memo.get(addr)
     if known is not None and known[0] is latest:
         return known[1]
