@@ -135,6 +135,14 @@ def p0f_answer(query: bytes, hosts: HostTable, memo: dict | None = None) -> byte
 class P0fSocketServer:
     """p0f's API on a unix stream socket: many connections, pipelined queries.
 
+    One thread, an epoll loop.  The usual client asks one query at a time: that
+    costs one recv() and one send(), served inline in the loop with no
+    buffering and no change to what epoll watches; answers are kept packed per
+    address while the host record stays the same (p0f_answer's memo).  A
+    thread per connection blocked in recv() was measured too: about 1 us less
+    CPU per query on one connection (no epoll wait), twice as much with 50
+    connections (a wake-up and a GIL hand-off per query).
+
     Every client costs bounded memory and none can hold the others up: at most
     `max_connections` at once (more are accepted and closed at once), one idle
     for `idle_timeout` seconds is closed, and one that sends queries without
