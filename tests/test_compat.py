@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -61,6 +60,27 @@ def test_p0f_answers():
     assert _fields(compat.p0f_answer(_query(socket.inet_aton("198.51.100.1")), table))[1] == compat.STATUS_NO_MATCH
     assert _fields(compat.p0f_answer(_query(b"\0" * 16, 5), table))[1] == compat.STATUS_BAD_QUERY
     assert _fields(compat.p0f_answer(_query(b"\0" * 16, 4, 0x12345678), table))[:2] == (compat.RESPONSE_MAGIC, 0)
+
+
+def test_a_kept_answer_follows_the_host_record(monkeypatch):
+    """The server keeps packed answers per address: one is served again only while the host
+    record it was packed from has not changed; a new SYN from the host changes the answer."""
+    table, memo = HostTable(), {}
+    table.add(observe("win7", src="203.0.113.9"))
+    query = _query(socket.inet_aton("203.0.113.9"))
+    first = _fields(compat.p0f_answer(query, table, memo))
+    assert (first[4], first[12].rstrip(b"\0")) == (1, b"Windows")
+    assert _fields(compat.p0f_answer(query, table, memo))[4] == 1  # unchanged: kept
+    table.add(observe("linux", src="203.0.113.9", sport=40001, ts=1_700_000_005))
+    again = _fields(compat.p0f_answer(query, table, memo))
+    assert (again[3], again[4], again[12].rstrip(b"\0")) == (1_700_000_005, 2, b"Linux")
+    mapped = _query(b"\0" * 10 + b"\xff\xff" + socket.inet_aton("203.0.113.9"), 6)
+    assert _fields(compat.p0f_answer(mapped, table, memo))[4] == 2 and len(memo) == 1  # one host, one entry
+    monkeypatch.setattr(compat, "ANSWER_MEMO", 8)
+    for i in range(18):  # more addresses than the bound
+        table.add(observe("linux", src=socket.inet_ntoa(struct.pack("!I", 0x0A000000 + i))))
+        compat.p0f_answer(_query(struct.pack("!I", 0x0A000000 + i)), table, memo)
+    assert len(memo) <= 8
 
 
 def test_strings_are_always_terminated():
@@ -573,24 +593,17 @@ def test_a_client_that_stops_reading_loses_no_answer(p0f_server):
 
 
 def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
-    died = threading.Event()
-    errors: list[BaseException] = []
-
-    def on_fatal(exc: BaseException) -> None:
-        errors.append(exc)
-        died.set()
-
-    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), HostTable(), on_fatal=on_fatal)
+    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), HostTable())
     with caplog.at_level(logging.ERROR, logger="fingerprintd"), socket.socket(socket.AF_UNIX) as client:
         server.start()
         client.settimeout(10)
         client.connect(server.path)
         assert _answered(_ask_on(client))
         server._sel.close()  # a real fault under the loop: its selector is gone
-        assert died.wait(10)
+        assert _eventually(lambda: server.failed is not None)  # what the service polls
         assert client.recv(1) == b""  # its clients are let go at once, not left to time out
     server._thread.join(5)
-    assert not server.alive() and server.failed is errors[0]
+    assert not server.alive() and isinstance(server.failed, ValueError | OSError)
     record = next(r for r in caplog.records if r.levelno == logging.ERROR)
     line = json.loads(JsonFormatter().format(record))
     assert line["level"] == "error" and line["thread"] == "p0f-socket" and "Traceback" in line["error"]
@@ -637,12 +650,11 @@ def test_analyzer_bounds_the_datagrams_in_flight():
 
 
 def test_a_dead_analyzer_thread_is_reported(caplog):
-    died = threading.Event()
-    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8"], on_fatal=lambda exc: died.set())
+    server = compat.AnalyzerServer("127.0.0.1", 0, HostTable(), ["127.0.0.0/8"])
     with caplog.at_level(logging.ERROR, logger="fingerprintd"):
         server.start()
         server.sock.close()  # a real fault under the loop: its socket is gone
-        assert died.wait(10)
+        assert _eventually(lambda: server.failed is not None)  # what the service polls
     assert _eventually(lambda: not server.alive()) and isinstance(server.failed, OSError)
     assert any(getattr(r, "fields", {}).get("thread") == "p0f-analyzer" for r in caplog.records)
     server.stop()
