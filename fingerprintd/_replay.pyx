@@ -572,6 +572,7 @@ cdef class Replay:
     cdef long n_not_syn, n_other_port, n_retransmit, n_stray, n_syn, n_synack, n_probe, n_response, hits
     cdef long n_uptime, n_change, n_sharing
     cdef int64_t head_sec
+    cdef uint32_t sec, usec
     cdef char head[48]
     cdef Py_ssize_t head_n
     cdef _Buf buf
@@ -1286,10 +1287,38 @@ cdef class Replay:
             o = w_bytes(o, b',"uptime":null}\n', 16)
         return o
 
+    cdef char* json_ts(self, char* o, uint32_t sec, uint32_t usec, double ts) except NULL:
+        """json of round(sec + usec * 1e-6, 6).  From 1 s to 2**33 s that is the decimal sec.usec itself,
+        trailing zeros dropped: doubles there are under 1e-6 apart, so round() lands on the double nearest
+        that decimal and repr gives the decimal back.  Elsewhere, the general route."""
+        cdef uint64_t micros = <uint64_t>sec * 1000000 + usec
+        cdef uint64_t whole = micros // 1000000
+        cdef uint32_t frac = micros % 1000000
+        cdef int digits = 6
+        if whole < 1 or whole >= (<uint64_t>1 << 33):
+            return w_json_round(o, ts, 6)
+        o = w_uint(o, whole)
+        o[0] = 46  # .
+        o += 1
+        if not frac:
+            o[0] = 48
+            return o + 1
+        while frac % 10 == 0:
+            frac //= 10
+            digits -= 1
+        o += digits
+        cdef char* d = o
+        while digits:
+            d -= 1
+            d[0] = <char>(48 + frac % 10)
+            frac //= 10
+            digits -= 1
+        return o
+
     cdef char* json_line(self, char* o, const CPkt* p, bint to_srv, double ts, int mod, const Verdict* v,
                          const Record* r) except NULL:
         o = w_bytes(o, b'{"ts":', 6)
-        o = w_json_round(o, ts, 6)
+        o = self.json_ts(o, self.sec, self.usec, ts)
         if to_srv:
             o = w_bytes(o, b',"mod":"syn"', 12)
         else:
@@ -1306,7 +1335,7 @@ cdef class Replay:
 
     cdef char* json_uptime(self, char* o, const CPkt* p, bint to_srv, double ts, const Record* r) except NULL:
         o = w_bytes(o, b'{"ts":', 6)
-        o = w_json_round(o, ts, 6)
+        o = self.json_ts(o, self.sec, self.usec, ts)
         if to_srv:
             o = w_bytes(o, b',"mod":"uptime","subject":"client",', 35)
         else:
@@ -1368,6 +1397,8 @@ cdef class Replay:
         cdef char* o
         cdef double ts = sec + usec * 1e-6
         cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
+        self.sec = sec  # the frame's capture time, for the JSON writer
+        self.usec = usec
         self.tick(sec)
         if code:
             self.skip_counts[code] += 1

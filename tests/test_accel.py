@@ -252,13 +252,16 @@ def frames(draw):
 
 @st.composite
 def batches(draw):
-    t = 1_700_000_000
+    # Capture times from the epoch (JSON writes times under 1 s in exponent form) to near pcap's 32-bit end,
+    # microseconds of every size the metadata can carry.
+    t = draw(st.sampled_from([0, 1_700_000_000, 4_290_000_000]))
+    usecs = st.one_of(st.integers(0, 999_999), st.sampled_from([0, 12, 1_000_000, 4_294_967_295]))
     out = []
     for _ in range(draw(st.integers(1, 4))):
         batch = []
         for data in draw(st.lists(st.one_of(frames(), st.binary(max_size=120)), max_size=40)):
             t += draw(st.sampled_from([0, 0, 0, 1, 31, 7300]))
-            batch.append((t, draw(st.integers(0, 999_999)), data))
+            batch.append((t, draw(usecs), data))
         out.append(batch)
     return out
 
