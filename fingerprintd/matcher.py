@@ -62,13 +62,16 @@ from fingerprintd.signatures import (
     WIN_NORMAL,
     Database,
     Label,
-    Rule,
     SignatureError,
     TcpSig,
     parse_text,
-    win_multiplier,
 )
 from fingerprintd.stackrules import FamilyFallback, fallback_for
+
+# isort: split
+# The comparison and the window rule, on a line of their own: the compiled copy (setup.py) takes them
+# from the compiled signatures, and calls them as C.
+from fingerprintd.signatures import Rule, win_multiplier
 
 DEFAULT_CACHE_SIZE = 16384  # distinct stacks; real traffic has a few hundred
 T = TypeVar("T")
@@ -285,6 +288,18 @@ class _Layout:
 
 
 _NO_RULES: list[Rule] = []
+# p0f's params field, from these bits and the TOS (see _render).
+_P_GENERIC, _P_FUZZY, _P_RANDOM_TTL, _P_EXCESS_DIST = 1, 2, 4, 8
+_PARAMS: dict[tuple[int, int], str] = {}
+
+
+def _params_text(flags: int, tos: int) -> str:
+    words = [word for bit, word in ((_P_GENERIC, "generic"), (_P_FUZZY, "fuzzy"), (_P_RANDOM_TTL, "random_ttl"),
+                                    (_P_EXCESS_DIST, "excess_dist")) if flags & bit]
+    if tos:
+        words.append(f"tos:0x{tos:02x}")
+    return " ".join(words) or "none"
+
 _new_tuple = tuple.__new__  # a Fingerprint from its fields in order, without NamedTuple's keyword-taking __new__
 _MEMO_SIZE = 4096  # the bound of the layout and quirk text memos (junk options make new layouts without end)
 
@@ -454,18 +469,14 @@ class Matcher:
                 label, dist, _ = fallback
                 generic = True
 
-        params = []
+        flags = 0
         if label is not None:
-            if generic:
-                params.append("generic")
-            if fuzzy:
-                params.append("fuzzy")
-            if random_ttl:
-                params.append("random_ttl")
+            flags = (_P_GENERIC if generic else 0) | (_P_FUZZY if fuzzy else 0) | (_P_RANDOM_TTL if random_ttl else 0)
         if dist > MAX_DIST:
-            params.append("excess_dist")
-        if tos:
-            params.append(f"tos:0x{tos:02x}")
+            flags |= _P_EXCESS_DIST
+        params = _PARAMS.get((flags, tos))
+        if params is None:
+            params = _PARAMS[flags, tos] = _params_text(flags, tos)  # at most 16 x 64 of them
 
         g = guess_dist(ttl)
         ttl_s = f"{ttl}+?" if g > MAX_DIST else f"{ttl}+{g}"
@@ -475,7 +486,7 @@ class Matcher:
                    f"{self._quirks_str(quirks)}:{'+' if has_pay else '0'}")
 
         raw_mtu = mss + (40 if ver == 4 else 60) if mss else 0
-        app = (label is not None and label.is_app) or sendsyn
+        app = (rule.tool if rule is not None else label is not None and label.is_app) or sendsyn
         return _new_tuple(Fingerprint, (
             to_server,
             label,
@@ -486,7 +497,7 @@ class Matcher:
             app,
             dist,
             f"<= {dist}" if random_ttl else str(dist),  # dist_text
-            " ".join(params) or "none",
+            params,
             raw_sig,
             raw_mtu,
             self._mtu.get(raw_mtu) if raw_mtu else None,  # link
