@@ -416,10 +416,19 @@ def shadowed(db: Database) -> list[tuple[str, TcpSig, TcpSig]]:
     return out
 
 
-# The quirks a `*` (any version) line cannot demand of an IPv6 packet, and of an IPv4 one
-# (the matcher's compare and the covering check below both apply them).
+# The quirks a `*` (any version) line cannot demand of an IPv6 packet, and of an IPv4 one.
 V6_QUIRK_MASK = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)
 V4_QUIRK_MASK = ~Q_FLOW
+
+
+def demanded_quirks(sig: TcpSig, ip_ver: int) -> int:
+    """The quirks a line demands of a packet (or a line read as one) of an IP version: a `*` line's are masked.
+
+    The covering check's index keys on it, and Rule (the comparison) holds it per version.
+    """
+    if sig.ver is not None:
+        return sig.quirks
+    return sig.quirks & (V4_QUIRK_MASK if ip_ver == 4 else V6_QUIRK_MASK)
 
 
 class CoverIndex:
@@ -445,8 +454,7 @@ class CoverIndex:
     def add(self, ref: TcpSig) -> None:
         if ref.generic and not self.include_generic:
             return
-        q4 = ref.quirks & V4_QUIRK_MASK if ref.ver is None else ref.quirks
-        qo = ref.quirks & V6_QUIRK_MASK if ref.ver is None else ref.quirks
+        q4, qo = demanded_quirks(ref, 4), demanded_quirks(ref, 6)
         wkey = (ref.win_type, ref.win)
         for table, q, tag in ((self._v4, q4, 4), (self._other, qo, 0)):
             key = (ref.layout, ref.eol_pad, ref.olen, q, ref.mss, ref.wscale, ref.pclass)
@@ -543,9 +551,8 @@ class Rule:
         self.pclass = ANY if sig.pclass is None else sig.pclass
         self.win_type = sig.win_type
         self.win = sig.win
-        # What the line demands of an IPv4 packet, and of any other (see V4_QUIRK_MASK).
-        self.quirks4 = sig.quirks & V4_QUIRK_MASK if sig.ver is None else sig.quirks
-        self.quirks6 = sig.quirks & V6_QUIRK_MASK if sig.ver is None else sig.quirks
+        self.quirks4 = demanded_quirks(sig, 4)  # what the line demands of an IPv4 packet
+        self.quirks6 = demanded_quirks(sig, 6)  # and of any other
         self.generic = sig.label.generic
         self.tool = sig.label.is_app
         self.layout = sig.layout
