@@ -10,8 +10,8 @@ cdef long _FUZZY_DELETABLE, _FUZZY_ADDABLE
 
 
 cdef class Rule:
-    cdef public object sig, layout
-    cdef public long ttl, olen, eol_pad, mss, wscale, pclass, win_type, win, quirks4, quirks6
+    cdef public object sig, layout, label
+    cdef public long line, ttl, olen, eol_pad, mss, wscale, pclass, win_type, win, quirks4, quirks6
     cdef public bint bad_ttl, generic, tool
 
     cpdef long wants_quirks(self, long ver)

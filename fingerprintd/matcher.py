@@ -459,10 +459,10 @@ class Matcher:
         generic = random_ttl = False
         line = 0  # 0 for a family fallback too
         if rule is not None:
-            label = rule.sig.label
+            label = rule.label
             generic = rule.generic
             random_ttl = rule.bad_ttl
-            line = rule.sig.line
+            line = rule.line
         elif not sendsyn:
             fallback = self._family(to_server, probe_quirks, ttl, layout, eol_pad, win, mss)
             if fallback is not None:
@@ -510,4 +510,4 @@ class Matcher:
 
 
 def _line_of(rule: Rule) -> int:
-    return rule.sig.line
+    return rule.line

@@ -538,10 +538,12 @@ class Rule:
     """
 
     __slots__ = ("sig", "ttl", "bad_ttl", "olen", "eol_pad", "mss", "wscale", "pclass", "win_type", "win",
-                 "quirks4", "quirks6", "generic", "tool", "layout")
+                 "quirks4", "quirks6", "generic", "tool", "layout", "label", "line")
 
     def __init__(self, sig: TcpSig) -> None:
         self.sig = sig
+        self.label = sig.label
+        self.line = sig.line
         self.ttl = sig.ttl
         self.bad_ttl = sig.bad_ttl
         self.olen = sig.olen
