@@ -17,10 +17,14 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # Compiled copies of pure modules, from the same source: (module, source, names kept from the pure module so
-# that both paths hand out objects of the same classes; only the functions and the books' classes compile).
+# that both paths hand out objects of the same classes; only the functions and the books' classes compile,
+# and optionally (pure module, names): one `from fingerprintd.<pure module> import <names>` line of the source
+# that the copy takes from that module's compiled copy instead, to call them as C (cimported by its .pxd)).
 COPIES = (
     ("_cflows", "flows.py", "FlowLimits, _SynOnly"),
     ("_cnat", "nat.py", "NatRecord, Sig, TsState, Uptime"),
+    ("_csignatures", "signatures.py", "Database, Label, SignatureError, TcpSig"),
+    ("_cmatcher", "matcher.py", "Fingerprint, PerFingerprint, Probe", ("signatures", "Rule, win_multiplier")),
 )
 # Modules written for Cython (_replay cimports _speedups' parser through _speedups.pxd).
 PYX = ("_speedups", "_replay")
@@ -62,10 +66,14 @@ def extensions() -> list:
     exts = []
     GENERATED.mkdir(parents=True, exist_ok=True)
     (GENERATED / "__init__.py").touch()
-    for name, source, kept in COPIES:
+    for name, source, kept, *compiled in COPIES:
         text = (Path("fingerprintd") / source).read_text(encoding="utf-8")
         pure = source.removesuffix(".py")
         digest = hashlib.sha256(text.encode()).hexdigest()
+        for module, names in compiled:
+            line = f"from fingerprintd.{module} import {names}\n"
+            assert line in text, f"{source} has no line {line!r} (setup.py COPIES)"
+            text = text.replace(line, f"from fingerprintd._c{module} import {names}\n")
         # The source's hash, so that accel.py can refuse a copy older than the module it was made from.
         text += f"\n\nfrom fingerprintd.{pure} import {kept}  # noqa: E402,F811\n__source_sha256__ = {digest!r}\n"
         target = GENERATED / f"{name}.py"

@@ -76,7 +76,8 @@ def build_engine(db: Database, classes: ClassMap = NO_CLASSES, ports: Iterable[i
     parser all in the mode the database was read in (signatures.load(p0f_bugs=...)), so no two stages can
     disagree about p0f's deviations.  `live`: the service's books (flows.RecentSyns), no host records from
     ACK/FIN/RST; otherwise p0f's books, with them."""
-    matcher = Matcher(db, classes=classes)
+    impl = accel.ACCEL  # the compiled Matcher with the accelerator: the same Fingerprints, made faster
+    matcher = (impl.matcher.Matcher if impl is not None else Matcher)(db, classes=classes)
     return Engine(matcher, ports=ports, flows=live_books() if live else None,
                   host_records=not live if host_records is None else host_records)
 

@@ -43,9 +43,18 @@ from fingerprintd.packet import (
     quirks_to_str,
 )
 from fingerprintd.signatures import (
+    ANY,
+    FIT_EXACT,
+    FIT_FUZZY_QUIRKS,
+    FIT_FUZZY_TTL,
     MAX_DIST,
-    V4_QUIRK_MASK,
-    V6_QUIRK_MASK,
+    MISS_EOL_PAD,
+    MISS_MSS,
+    MISS_OLEN,
+    MISS_PCLASS,
+    MISS_QUIRKS,
+    MISS_TTL,
+    MISS_WSCALE,
     WIN_ANY,
     WIN_MOD,
     WIN_MSS,
@@ -56,15 +65,17 @@ from fingerprintd.signatures import (
     SignatureError,
     TcpSig,
     parse_text,
-    win_multiplier,
 )
 from fingerprintd.stackrules import FamilyFallback, fallback_for
+
+# isort: split
+# The comparison and the window rule, on a line of their own: the compiled copy (setup.py) takes them
+# from the compiled signatures, and calls them as C.
+from fingerprintd.signatures import Rule, win_multiplier
 
 DEFAULT_CACHE_SIZE = 16384  # distinct stacks; real traffic has a few hundred
 T = TypeVar("T")
 
-_FUZZY_DELETABLE = Q_DF | Q_NZ_ID
-_FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
 _FALLBACK_QUIRKS = Q_DF | Q_NZ_ID | Q_ZERO_ID | Q_ECN | Q_FLOW  # what a stock stack sets; anything else: no fallback
 _OPT_NAMES = {OPT_NOP: "nop", OPT_MSS: "mss", OPT_WS: "ws", OPT_SACKOK: "sok", OPT_SACK: "sack", OPT_TS: "ts"}
 
@@ -157,55 +168,51 @@ class Probe(NamedTuple):
         return self._replace(quirks=self.quirks & ~Q_FLOW, flow=True)
 
 
+_FUZZ_NOTES = ((FIT_FUZZY_QUIRKS, "quirks"), (FIT_FUZZY_TTL, "ttl"))
+_WHY = {MISS_EOL_PAD: "EOL padding differs: wants {r.eol_pad}, has {p.eol_pad}",
+        MISS_OLEN: "IP option length differs: wants {r.olen}, has {p.olen}",
+        MISS_TTL: "TTL {p.ttl} is above the line's random-TTL maximum {r.ttl}",
+        MISS_MSS: "MSS differs: wants {r.mss}, has {p.mss}",
+        MISS_WSCALE: "window scale differs: wants {r.wscale}, has {p.wscale}",
+        MISS_PCLASS: "payload class differs"}
+
+
 def compare(ref: TcpSig, p: Probe, explain: bool = False) -> tuple[str | None, str]:
     """One line against a probe with the same option layout, as p0f's tcp_find_match does.
 
-    ("exact" | "fuzzy" | None, why).  Only `df`/`id+` vanishing, `id-`/`ecn`
-    appearing, or a TTL out of range make a line fuzzy; anything else that
-    differs rules it out.  The reason is only spelled out when asked for.
+    ("exact" | "fuzzy" | None, why), by the rules of signatures.Rule.  The
+    reason is only spelled out when asked for.
     """
-    fuzzy = ""
-    ref_quirks = ref.quirks
-    if ref.ver is None:
-        ref_quirks &= V4_QUIRK_MASK if p.ip_ver == 4 else V6_QUIRK_MASK
-    quirks = p.quirks | Q_FLOW if p.flow and ref_quirks & Q_FLOW else p.quirks
-    if ref_quirks != quirks:
-        missing, extra = ref_quirks & ~quirks, quirks & ~ref_quirks
-        if missing & ~_FUZZY_DELETABLE or extra & ~_FUZZY_ADDABLE:
-            return None, (f"quirks differ: wants {quirks_to_str(ref_quirks) or 'none'}, "
-                          f"has {quirks_to_str(quirks) or 'none'}") if explain else ""
-        fuzzy = (f"quirks: missing {quirks_to_str(missing) or '-'}, extra {quirks_to_str(extra) or '-'}"
-                 if explain else "quirks")
-    if ref.eol_pad != p.eol_pad:
-        return None, f"EOL padding differs: wants {ref.eol_pad}, has {p.eol_pad}" if explain else ""
-    if ref.olen != p.olen:
-        return None, f"IP option length differs: wants {ref.olen}, has {p.olen}" if explain else ""
-    if ref.bad_ttl:
-        if ref.ttl < p.ttl:
-            return None, f"TTL {p.ttl} is above the line's random-TTL maximum {ref.ttl}" if explain else ""
-    elif ref.ttl < p.ttl or ref.ttl - p.ttl > MAX_DIST:
-        ttl_note = f"TTL {p.ttl} out of range for initial TTL {ref.ttl}" if explain else "ttl"
-        fuzzy = f"{fuzzy}; {ttl_note}" if fuzzy else ttl_note  # TTL never rules a line out
-    if ref.mss is not None and ref.mss != p.mss:
-        return None, f"MSS differs: wants {ref.mss}, has {p.mss}" if explain else ""
-    if ref.wscale is not None and ref.wscale != p.wscale:
-        return None, f"window scale differs: wants {ref.wscale}, has {p.wscale}" if explain else ""
-    if ref.pclass is not None and ref.pclass != p.pclass:
-        return None, "payload class differs" if explain else ""
-    wt = ref.win_type
-    if (
-        (wt == WIN_NORMAL and ref.win != p.win)
-        or (wt == WIN_MOD and p.win % ref.win)
-        or (wt == WIN_MSS and (p.use_mtu or ref.win != p.multi))
-        or (wt == WIN_MTU and (not p.use_mtu or ref.win != p.multi))
-    ):
+    r = Rule(ref)
+    verdict = r.fit(p.ip_ver, p.ttl, p.olen, p.quirks, p.flow, p.eol_pad, p.mss, p.wscale, p.pclass)
+    if verdict < MISS_QUIRKS and not r.window_fits(p.win, p.multi, p.use_mtu):
         if not explain:
             return None, ""
+        wt = ref.win_type
         want = {WIN_NORMAL: str(ref.win), WIN_MOD: f"%{ref.win}", WIN_MSS: f"mss*{ref.win}",
                 WIN_MTU: f"mtu*{ref.win}"}[wt]
         have = f"{'mtu' if p.use_mtu else 'mss'}*{p.multi}" if p.multi > 0 else str(p.win)
         return None, f"window differs: wants {want}, has {have}"
-    return ("fuzzy", fuzzy) if fuzzy else ("exact", "matches")
+    if verdict == FIT_EXACT:
+        return "exact", "matches"
+    if not explain:
+        if verdict >= MISS_QUIRKS:
+            return None, ""
+        return "fuzzy", "; ".join(note for bit, note in _FUZZ_NOTES if verdict & bit)
+    want_q = r.wants_quirks(p.ip_ver)
+    quirks = p.quirks | Q_FLOW if p.flow and want_q & Q_FLOW else p.quirks
+    if verdict == MISS_QUIRKS:
+        return None, (f"quirks differ: wants {quirks_to_str(want_q) or 'none'}, "
+                      f"has {quirks_to_str(quirks) or 'none'}")
+    if verdict >= MISS_QUIRKS:
+        return None, _WHY[verdict].format(r=ref, p=p)
+    notes = []
+    if verdict & FIT_FUZZY_QUIRKS:
+        notes.append(f"quirks: missing {quirks_to_str(want_q & ~quirks) or '-'}, "
+                     f"extra {quirks_to_str(quirks & ~want_q) or '-'}")
+    if verdict & FIT_FUZZY_TTL:
+        notes.append(f"TTL {p.ttl} out of range for initial TTL {ref.ttl}")  # TTL never rules a line out
+    return "fuzzy", "; ".join(notes)
 
 
 def parse_raw_sig(raw: str, flow_twin: bool = True) -> Probe:
@@ -247,6 +254,56 @@ def layout_to_str(layout: bytes, eol_pad: int) -> str:
     )
 
 
+class _Layout:
+    """The lines of one direction and option layout, as Rules, in file order.
+
+    Only those whose MSS is the packet's or `*` are candidates (any other
+    MSS rules a line out): the candidate list per MSS value is merged when
+    that value first comes, and only for values some line has; packets bring
+    MSS values without end.
+    """
+
+    __slots__ = ("wild", "same", "merged")
+
+    def __init__(self, sigs: list[TcpSig]) -> None:
+        self.wild: list[Rule] = []  # the `*` MSS lines
+        self.same: dict[int, list[Rule]] = {}  # MSS -> the lines with that MSS
+        self.merged: dict[int, list[Rule]] = {}  # MSS -> candidates
+        for sig in sigs:
+            rule = Rule(sig)
+            if rule.mss == ANY:
+                self.wild.append(rule)
+            else:
+                self.same.setdefault(rule.mss, []).append(rule)
+
+    def candidates(self, mss: int) -> list[Rule]:
+        got = self.merged.get(mss)
+        if got is not None:
+            return got
+        same = self.same.get(mss)
+        if same is None:
+            return self.wild
+        got = self.merged[mss] = sorted(same + self.wild, key=_line_of) if self.wild else same
+        return got
+
+
+_NO_RULES: list[Rule] = []
+# p0f's params field, from these bits and the TOS (see _render).
+_P_GENERIC, _P_FUZZY, _P_RANDOM_TTL, _P_EXCESS_DIST = 1, 2, 4, 8
+_PARAMS: dict[tuple[int, int], str] = {}
+
+
+def _params_text(flags: int, tos: int) -> str:
+    words = [word for bit, word in ((_P_GENERIC, "generic"), (_P_FUZZY, "fuzzy"), (_P_RANDOM_TTL, "random_ttl"),
+                                    (_P_EXCESS_DIST, "excess_dist")) if flags & bit]
+    if tos:
+        words.append(f"tos:0x{tos:02x}")
+    return " ".join(words) or "none"
+
+_new_tuple = tuple.__new__  # a Fingerprint from its fields in order, without NamedTuple's keyword-taking __new__
+_MEMO_SIZE = 4096  # the bound of the layout and quirk text memos (junk options make new layouts without end)
+
+
 class Matcher:
     """Matches packets against one database; immutable once built."""
 
@@ -263,11 +320,28 @@ class Matcher:
         self.cache: dict[tuple, Fingerprint] = {}
         self.hits = 0
         self.misses = 0
-        # Signatures by (direction, option layout), in file order.
+        # Signatures by (direction, option layout), in file order; made into Rules per layout when a packet
+        # first asks for it (a database of 200k lines loads without making 200k of them).
         self._buckets: dict[tuple[bool, bytes], list[TcpSig]] = {}
         for to_server in (True, False):
             for sig in db.tcp(to_server):
                 self._buckets.setdefault((to_server, sig.layout), []).append(sig)
+        self._index: dict[tuple[bool, bytes], _Layout] = {}
+        self._mtu = db.mtu
+        self._layout_text: dict[tuple[bytes, int], str] = {}
+        self._quirks_text: dict[int, str] = {}
+        self._mail_class: dict[int, tuple[Label, str]] = {}  # by id(label): Label's own hash is slow
+
+    def _candidates(self, to_server: bool, layout: bytes, mss: int) -> list[Rule]:
+        """The lines a packet is compared with (see _Layout)."""
+        key = (to_server, layout)
+        index = self._index.get(key)
+        if index is None:
+            sigs = self._buckets.get(key)
+            if sigs is None:
+                return _NO_RULES
+            index = self._index[key] = _Layout(sigs)
+        return index.candidates(mss)
 
     def find(
         self, pkt: Packet, to_server: bool, syn_mss: int = 0
@@ -277,39 +351,49 @@ class Matcher:
 
     def find_probe(self, probe: Probe, to_server: bool) -> tuple[TcpSig | None, bool, int]:
         """p0f's search: (matched line or None, fuzzy, distance)."""
-        ttl = probe.ttl
-        fmatch: TcpSig | None = None
-        gmatch: TcpSig | None = None
-        for ref in self._buckets.get((to_server, probe.layout), ()):
-            status = compare(ref, probe)[0]
-            if status is None:
+        p = probe
+        rule, fuzzy, dist = self._search(to_server, p.layout, p.ip_ver, p.ttl, p.olen, p.quirks, p.flow, p.eol_pad,
+                                         p.mss, p.wscale, p.pclass, p.win, p.multi, p.use_mtu)
+        return None if rule is None else rule.sig, fuzzy, dist
+
+    def _search(self, to_server: bool, layout: bytes, ver: int, ttl: int, olen: int, quirks: int, flow: bool,
+                eol_pad: int, mss: int, wscale: int, pclass: int, win: int, multi: int, use_mtu: bool
+                ) -> tuple[Rule | None, bool, int]:
+        """p0f's tcp_find_match: the first exact specific line wins at once, else the first exact generic
+        line, else the first fuzzy one."""
+        fmatch: Rule | None = None
+        gmatch: Rule | None = None
+        for rule in self._candidates(to_server, layout, mss):
+            verdict = rule.fit(ver, ttl, olen, quirks, flow, eol_pad, mss, wscale, pclass)
+            if verdict >= MISS_QUIRKS or not rule.window_fits(win, multi, use_mtu):
                 continue
-            if status == "exact":
-                if not ref.label.generic:
-                    return ref, False, ref.ttl - ttl
+            if verdict == FIT_EXACT:
+                if not rule.generic:
+                    return rule, False, rule.ttl - ttl
                 if gmatch is None:
-                    gmatch = ref
+                    gmatch = rule
             elif fmatch is None:
-                fmatch = ref
+                fmatch = rule
         if gmatch is not None:
             return gmatch, False, gmatch.ttl - ttl
-        if fmatch is not None and fmatch.label.is_app:
+        if fmatch is None:
+            return None, False, guess_dist(ttl)
+        if fmatch.tool:
             return None, False, 0  # no fuzzy matches for tools; p0f leaves dist at 0
-        if (
-            fmatch is None
-            or fmatch.ttl < ttl
-            or (not fmatch.bad_ttl and fmatch.ttl - ttl > MAX_DIST)
-        ):
-            return fmatch, fmatch is not None, guess_dist(ttl)
+        if fmatch.ttl < ttl or (not fmatch.bad_ttl and fmatch.ttl - ttl > MAX_DIST):
+            return fmatch, True, guess_dist(ttl)
         return fmatch, True, fmatch.ttl - ttl
 
     def family_fallback(self, probe: Probe, to_server: bool) -> tuple[Label, int, str] | None:
         """(the family's generic label, distance, reason) for a probe no line matches, or None."""
-        if self.fallback is None or probe.quirks & ~_FALLBACK_QUIRKS:
+        return self._family(to_server, probe.quirks, probe.ttl, probe.layout, probe.eol_pad, probe.win, probe.mss)
+
+    def _family(self, to_server: bool, quirks: int, ttl: int, layout: bytes, eol_pad: int, win: int, mss: int
+                ) -> tuple[Label, int, str] | None:
+        if self.fallback is None or quirks & ~_FALLBACK_QUIRKS:
             return None
-        got = self.fallback.claim(to_server, probe.ttl, layout_to_str(probe.layout, probe.eol_pad), probe.win,
-                                  probe.mss, OPT_TS in probe.layout)
-        return None if got is None else (got.label, got.ttl - probe.ttl, got.why)
+        got = self.fallback.claim(to_server, ttl, self._layout_str(layout, eol_pad), win, mss, OPT_TS in layout)
+        return None if got is None else (got.label, got.ttl - ttl, got.why)
 
     def explain(self, probe: Probe, to_server: bool = True) -> list[tuple[TcpSig, str | None, str]]:
         """Every line of the direction, with its verdict on the probe and why."""
@@ -331,67 +415,99 @@ class Matcher:
             self.hits += 1
             return fp
         self.misses += 1
-        fp = self._render(pkt, to_server, syn_mss, sendsyn)
+        fp = self._render(pkt.shape, to_server, syn_mss, sendsyn)
         if len(self.cache) >= self.cache_size:
             self.cache.clear()  # a bound, cheap to keep; a flood of junk just refills it
         self.cache[key] = fp
         return fp
 
-    def _render(self, pkt: Packet, to_server: bool, syn_mss: int, sendsyn: bool) -> Fingerprint:
-        probe = Probe.of(pkt, syn_mss, self.flow_twin)
-        sig, fuzzy, dist = self.find_probe(probe, to_server)
-        label = sig.label if sig else None
-        generic = bool(sig and sig.label.generic)
-        random_ttl = bool(sig and sig.bad_ttl)
-        if sig is None and not sendsyn and (fallback := self.family_fallback(probe, to_server)) is not None:
-            label, dist, _ = fallback
-            generic = True
+    def _layout_str(self, layout: bytes, eol_pad: int) -> str:
+        key = (layout, eol_pad)
+        got = self._layout_text.get(key)
+        if got is None:
+            if len(self._layout_text) >= _MEMO_SIZE:
+                self._layout_text.clear()
+            got = self._layout_text[key] = layout_to_str(layout, eol_pad)
+        return got
 
-        params = []
-        if label:
-            if generic:
-                params.append("generic")
-            if fuzzy:
-                params.append("fuzzy")
-            if random_ttl:
-                params.append("random_ttl")
+    def _quirks_str(self, quirks: int) -> str:
+        got = self._quirks_text.get(quirks)
+        if got is None:
+            if len(self._quirks_text) >= _MEMO_SIZE:
+                self._quirks_text.clear()
+            got = self._quirks_text[quirks] = quirks_to_str(quirks)
+        return got
+
+    def _class_of(self, label: Label | None) -> str:
+        if label is None:
+            return "unknown"
+        got = self._mail_class.get(id(label))
+        if got is None or got[0] is not label:
+            got = self._mail_class[id(label)] = (label, self.classes.of(label))  # holds the label: ids stay
+        return got[1]
+
+    def _render(self, shape: tuple, to_server: bool, syn_mss: int, sendsyn: bool) -> Fingerprint:
+        """The verdict from a packet's shape (Packet.shape: every field it depends on)."""
+        ver, ttl, tos, olen, quirks, tcp_type, win, mss, wscale, has_ts, layout, eol_pad, has_pay, tot_hdr = shape
+        multi, use_mtu = win_multiplier(win, mss, has_ts, ver, tot_hdr, syn_mss)
+        probe_quirks, flow = quirks, False
+        if ver == 6 and quirks & Q_FLOW and self.flow_twin:
+            probe_quirks, flow = quirks & ~Q_FLOW, True  # see Probe.twin
+        rule, fuzzy, dist = self._search(to_server, layout, ver, ttl, olen, probe_quirks, flow, eol_pad, mss,
+                                         wscale, 1 if has_pay else 0, win, multi, use_mtu)
+        label: Label | None = None
+        generic = random_ttl = False
+        line = 0  # 0 for a family fallback too
+        if rule is not None:
+            label = rule.label
+            generic = rule.generic
+            random_ttl = rule.bad_ttl
+            line = rule.line
+        elif not sendsyn:
+            fallback = self._family(to_server, probe_quirks, ttl, layout, eol_pad, win, mss)
+            if fallback is not None:
+                label, dist, _ = fallback
+                generic = True
+
+        flags = 0
+        if label is not None:
+            flags = (_P_GENERIC if generic else 0) | (_P_FUZZY if fuzzy else 0) | (_P_RANDOM_TTL if random_ttl else 0)
         if dist > MAX_DIST:
-            params.append("excess_dist")
-        if pkt.tos:
-            params.append(f"tos:0x{pkt.tos:02x}")
+            flags |= _P_EXCESS_DIST
+        params = _PARAMS.get((flags, tos))
+        if params is None:
+            params = _PARAMS[flags, tos] = _params_text(flags, tos)  # at most 16 x 64 of them
 
-        g = guess_dist(pkt.ttl)
-        ttl_s = f"{pkt.ttl}+?" if g > MAX_DIST else f"{pkt.ttl}+{g}"
-        mss_s = "*" if pkt.mss == SENDSYN_MSS and pkt.tcp_type == SYN | ACK else str(pkt.mss)
-        multi, use_mtu = win_multiplier(
-            pkt.win, pkt.mss, pkt.ts1, pkt.ip_ver, pkt.tot_hdr, syn_mss
-        )
-        win_s = f"{'mtu' if use_mtu else 'mss'}*{multi}" if multi > 0 else str(pkt.win)
-        raw_sig = (
-            f"{pkt.ip_ver}:{ttl_s}:{pkt.ip_opt_len}:{mss_s}:{win_s},{pkt.wscale}:"
-            f"{layout_to_str(pkt.opt_layout, pkt.opt_eol_pad)}:{quirks_to_str(pkt.quirks)}:"
-            f"{'+' if pkt.pay_len else '0'}"
-        )
+        g = guess_dist(ttl)
+        ttl_s = f"{ttl}+?" if g > MAX_DIST else f"{ttl}+{g}"
+        mss_s = "*" if mss == SENDSYN_MSS and tcp_type == SYN | ACK else str(mss)
+        win_s = (("mtu*" if use_mtu else "mss*") + str(multi)) if multi > 0 else str(win)
+        raw_sig = (f"{ver}:{ttl_s}:{olen}:{mss_s}:{win_s},{wscale}:{self._layout_str(layout, eol_pad)}:"
+                   f"{self._quirks_str(quirks)}:{'+' if has_pay else '0'}")
 
-        raw_mtu = pkt.mss + (40 if pkt.ip_ver == 4 else 60) if pkt.mss else 0
-        app = bool(label and label.is_app) or sendsyn
-        return Fingerprint(
-            to_server=to_server,
-            label=label,
-            line=sig.line if sig else 0,  # 0 for a family fallback too
-            fuzzy=fuzzy,
-            generic=generic,
-            random_ttl=random_ttl,
-            app=app,
-            dist=dist,
-            dist_text=f"<= {dist}" if random_ttl else str(dist),
-            params=" ".join(params) or "none",
-            raw_sig=raw_sig,
-            raw_mtu=raw_mtu,
-            link=self.db.mtu.get(raw_mtu) if raw_mtu else None,
-            mtu_reported=bool(raw_mtu) and not app,
-            mail_class=self.classes.of(label),
-        )
+        raw_mtu = mss + (40 if ver == 4 else 60) if mss else 0
+        app = (rule.tool if rule is not None else label is not None and label.is_app) or sendsyn
+        return _new_tuple(Fingerprint, (
+            to_server,
+            label,
+            line,
+            fuzzy,
+            generic,
+            random_ttl,
+            app,
+            dist,
+            f"<= {dist}" if random_ttl else str(dist),  # dist_text
+            params,
+            raw_sig,
+            raw_mtu,
+            self._mtu.get(raw_mtu) if raw_mtu else None,  # link
+            raw_mtu != 0 and not app,  # mtu_reported
+            self._class_of(label),
+        ))
 
     def cache_stats(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "size": len(self.cache)}
+
+
+def _line_of(rule: Rule) -> int:
+    return rule.line

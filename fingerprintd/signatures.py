@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fingerprintd.packet import Q_DF, Q_FLOW, Q_NZ_ID, Q_ZERO_ID, QUIRK_TOKENS
+from fingerprintd.packet import Q_DF, Q_ECN, Q_FLOW, Q_NZ_ID, Q_ZERO_ID, QUIRK_TOKENS
 
 MAX_DIST = 35
 MAX_TCP_OPT = 24
@@ -416,10 +416,19 @@ def shadowed(db: Database) -> list[tuple[str, TcpSig, TcpSig]]:
     return out
 
 
-# The quirks a `*` (any version) line cannot demand of an IPv6 packet, and of an IPv4 one
-# (the matcher's compare and the covering check below both apply them).
+# The quirks a `*` (any version) line cannot demand of an IPv6 packet, and of an IPv4 one.
 V6_QUIRK_MASK = ~(Q_DF | Q_NZ_ID | Q_ZERO_ID)
 V4_QUIRK_MASK = ~Q_FLOW
+
+
+def demanded_quirks(sig: TcpSig, ip_ver: int) -> int:
+    """The quirks a line demands of a packet (or a line read as one) of an IP version: a `*` line's are masked.
+
+    The covering check's index keys on it, and Rule (the comparison) holds it per version.
+    """
+    if sig.ver is not None:
+        return sig.quirks
+    return sig.quirks & (V4_QUIRK_MASK if ip_ver == 4 else V6_QUIRK_MASK)
 
 
 class CoverIndex:
@@ -445,8 +454,7 @@ class CoverIndex:
     def add(self, ref: TcpSig) -> None:
         if ref.generic and not self.include_generic:
             return
-        q4 = ref.quirks & V4_QUIRK_MASK if ref.ver is None else ref.quirks
-        qo = ref.quirks & V6_QUIRK_MASK if ref.ver is None else ref.quirks
+        q4, qo = demanded_quirks(ref, 4), demanded_quirks(ref, 6)
         wkey = (ref.win_type, ref.win)
         for table, q, tag in ((self._v4, q4, 4), (self._other, qo, 0)):
             key = (ref.layout, ref.eol_pad, ref.olen, q, ref.mss, ref.wscale, ref.pclass)
@@ -510,6 +518,96 @@ def _dividing(win: int, moduli: set[int]) -> list[int]:
     return out
 
 
+# The per-field comparison of one line with a packet (p0f's tcp_find_match), defined once: the matcher
+# compares packets with it, and the covering check compares a new line, read as a packet, with an earlier one.
+# Rule.fit answers FIT_EXACT, a fuzzy verdict (the FIT_FUZZY_* bits), or the first field that rules the line
+# out (a MISS_* code, in the order the fields are compared).
+FIT_EXACT = 0
+FIT_FUZZY_QUIRKS = 1  # only `df`/`id+` vanishing or `id-`/`ecn` appearing
+FIT_FUZZY_TTL = 2  # the TTL is out of the line's range, which never rules a line out
+MISS_QUIRKS, MISS_EOL_PAD, MISS_OLEN, MISS_TTL, MISS_MSS, MISS_WSCALE, MISS_PCLASS = range(4, 11)
+ANY = -1  # a `*` field in a Rule
+_FUZZY_DELETABLE = Q_DF | Q_NZ_ID
+_FUZZY_ADDABLE = Q_ZERO_ID | Q_ECN
+
+
+class Rule:
+    """A line's fields as the comparison reads them: plain ints, ANY for `*`, the quirks masked per IP version.
+
+    Made once per line (the matcher holds one per line; compiled, it is a C struct, see _csignatures.pxd).
+    """
+
+    __slots__ = ("sig", "ttl", "bad_ttl", "olen", "eol_pad", "mss", "wscale", "pclass", "win_type", "win",
+                 "quirks4", "quirks6", "generic", "tool", "layout", "label", "line")
+
+    def __init__(self, sig: TcpSig) -> None:
+        self.sig = sig
+        self.label = sig.label
+        self.line = sig.line
+        self.ttl = sig.ttl
+        self.bad_ttl = sig.bad_ttl
+        self.olen = sig.olen
+        self.eol_pad = sig.eol_pad
+        self.mss = ANY if sig.mss is None else sig.mss
+        self.wscale = ANY if sig.wscale is None else sig.wscale
+        self.pclass = ANY if sig.pclass is None else sig.pclass
+        self.win_type = sig.win_type
+        self.win = sig.win
+        self.quirks4 = demanded_quirks(sig, 4)  # what the line demands of an IPv4 packet
+        self.quirks6 = demanded_quirks(sig, 6)  # and of any other
+        self.generic = sig.label.generic
+        self.tool = sig.label.is_app
+        self.layout = sig.layout
+
+    def wants_quirks(self, ver: int) -> int:
+        return self.quirks4 if ver == 4 else self.quirks6
+
+    def fit(self, ver: int, ttl: int, olen: int, quirks: int, flow: bool, eol_pad: int, mss: int, wscale: int,
+            pclass: int) -> int:
+        """Every field but the option layout (the caller's bucket) and the window (window_fits).
+
+        `flow`: the packet's IPv6 flow label, held out of `quirks` (matcher.Probe.twin): it counts only
+        for a line that asks for it.
+        """
+        want = self.quirks4 if ver == 4 else self.quirks6
+        if flow and want & Q_FLOW:
+            quirks |= Q_FLOW
+        verdict = FIT_EXACT
+        if want != quirks:
+            if want & ~quirks & ~_FUZZY_DELETABLE or quirks & ~want & ~_FUZZY_ADDABLE:
+                return MISS_QUIRKS
+            verdict = FIT_FUZZY_QUIRKS
+        if self.eol_pad != eol_pad:
+            return MISS_EOL_PAD
+        if self.olen != olen:
+            return MISS_OLEN
+        if self.bad_ttl:
+            if self.ttl < ttl:
+                return MISS_TTL
+        elif self.ttl < ttl or self.ttl - ttl > MAX_DIST:
+            verdict |= FIT_FUZZY_TTL
+        if self.mss != ANY and self.mss != mss:
+            return MISS_MSS
+        if self.wscale != ANY and self.wscale != wscale:
+            return MISS_WSCALE
+        if self.pclass != ANY and self.pclass != pclass:
+            return MISS_PCLASS
+        return verdict
+
+    def window_fits(self, win: int, multi: int, use_mtu: bool) -> bool:
+        """A packet's window (and its MSS/MTU multiplier, see win_multiplier) against the line's."""
+        wt = self.win_type
+        if wt == WIN_NORMAL:
+            return self.win == win
+        if wt == WIN_MOD:
+            return win % self.win == 0
+        if wt == WIN_MSS:
+            return not use_mtu and self.win == multi
+        if wt == WIN_MTU:
+            return use_mtu and self.win == multi
+        return True
+
+
 def covers(ref: TcpSig, new: TcpSig, include_generic: bool = False) -> bool:
     """Whether `ref` matches everything `new` does.
 
@@ -520,38 +618,19 @@ def covers(ref: TcpSig, new: TcpSig, include_generic: bool = False) -> bool:
     """
     if (ref.generic and not include_generic) or ref.layout != new.layout:
         return False
-    ref_quirks = ref.quirks
-    if ref.ver is None:
-        ref_quirks &= V6_QUIRK_MASK if new.ver != 4 else V4_QUIRK_MASK
-    if ref_quirks != new.quirks:
-        return False
-    if ref.eol_pad != new.eol_pad or ref.olen != new.olen:
-        return False
-    if ref.bad_ttl:
-        if ref.ttl < new.ttl:
-            return False
-    elif ref.ttl < new.ttl or ref.ttl - new.ttl > MAX_DIST:
-        return False
-    if ref.mss is not None and ref.mss != new.mss:
-        return False
-    if ref.wscale is not None and ref.wscale != new.wscale:
-        return False
-    if ref.pclass is not None and ref.pclass != new.pclass:
+    rule = Rule(ref)
+    mss = ANY if new.mss is None else new.mss
+    if rule.fit(new.ver or 0, new.ttl, new.olen, new.quirks, False, new.eol_pad, mss,
+                ANY if new.wscale is None else new.wscale, ANY if new.pclass is None else new.pclass) != FIT_EXACT:
         return False
     if include_generic and ref.win_type == WIN_ANY:
         return True
     if new.win_type != WIN_NORMAL:
-        return ref.win_type == new.win_type and ref.win == new.win
-    if ref.win_type == WIN_NORMAL:
-        return ref.win == new.win
-    if ref.win_type == WIN_MOD:
-        return new.win % ref.win == 0
-    if ref.win_type != WIN_ANY:
-        # A literal window in the new line is read as a packet would be:
-        # it may be a multiple of its own literal MSS.
-        multi, use_mtu = win_multiplier(new.win, -1 if new.mss is None else new.mss, 0, new.ver or 0, 0, 0)
-        return use_mtu == (ref.win_type == WIN_MTU) and multi == ref.win
-    return True
+        return ref.win_type == new.win_type and ref.win == new.win  # windows as written: no packet has them
+    # A literal window in the new line is read as a packet's would be: it may be a multiple of its own MSS.
+    multi, use_mtu = (win_multiplier(new.win, mss, 0, new.ver or 0, 0, 0) if ref.win_type in (WIN_MSS, WIN_MTU)
+                      else (-1, False))
+    return rule.window_fits(new.win, multi, use_mtu)
 
 
 def win_multiplier(
@@ -569,16 +648,29 @@ def win_multiplier(
         return win // mss, False
     if ts1 and win % (mss - 12) == 0:
         return win // (mss - 12), False
-    for div in (1460, 1448) + ((1440, 1428) if ip_ver == 6 else ()):
-        if win % div == 0:
-            return win // div, False
-    for div in (mss + 40, mss + tot_hdr) + ((mss + 60,) if ip_ver == 6 else ()) + (1500,):
-        if win % div == 0:
-            return win // div, True
+    # The usual MSS values, then the MTU-derived sizes (unrolled: the compiled copy runs it as plain C).
+    if win % 1460 == 0:
+        return win // 1460, False
+    if win % 1448 == 0:
+        return win // 1448, False
+    if ip_ver == 6:
+        if win % 1440 == 0:
+            return win // 1440, False
+        if win % 1428 == 0:
+            return win // 1428, False
+    if win % (mss + 40) == 0:
+        return win // (mss + 40), True
+    if win % (mss + tot_hdr) == 0:
+        return win // (mss + tot_hdr), True
+    if ip_ver == 6 and win % (mss + 60) == 0:
+        return win // (mss + 60), True
+    if win % 1500 == 0:
+        return win // 1500, True
     if syn_mss:
-        for div in (syn_mss, syn_mss - 12):
-            if div > 0 and win % div == 0:  # p0f divides by zero at syn_mss 12
-                return win // div, False
+        if syn_mss > 0 and win % syn_mss == 0:
+            return win // syn_mss, False
+        if syn_mss > 12 and win % (syn_mss - 12) == 0:  # p0f divides by zero at syn_mss 12
+            return win // (syn_mss - 12), False
     return -1, False
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fingerprintd import accel, cli, packet
+from fingerprintd import accel, cli, matcher, packet
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -47,7 +47,7 @@ def p0f_bin() -> str:
 # (fingerprintd/accel.py); tests/test_accel.py compares the two directly.
 BOTH_IMPLEMENTATIONS = frozenset({"test_conformance_corpus", "test_conformance_crafted", "test_conformance_kernel",
                                   "test_packet", "test_cli", "test_nat", "test_scanners", "test_bounds",
-                                  "test_counters"})
+                                  "test_counters", "test_explain", "test_stackrules"})
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -60,7 +60,7 @@ def implementation(request, monkeypatch):
     """The implementation a test runs on: "pure" or "compiled" in the modules above, else whatever is selected.
 
     Engines, flow books and formatters built during the test use it, so do child processes (through
-    FINGERPRINTD_NO_EXTENSIONS), and so does a test module's own `parse`."""
+    FINGERPRINTD_NO_EXTENSIONS), and so do a test module's own `parse` and `Matcher`."""
     which = getattr(request, "param", None)
     if which is None:
         yield accel.name()
@@ -73,6 +73,8 @@ def implementation(request, monkeypatch):
         for mod in (packet, request.module):
             if getattr(mod, "parse", None) is packet.parse:
                 monkeypatch.setattr(mod, "parse", fast)
+        if getattr(request.module, "Matcher", None) is matcher.Matcher:  # the module's own Matcher(...) too
+            monkeypatch.setattr(request.module, "Matcher", accel.compiled().matcher.Matcher)
     else:
         monkeypatch.setenv(accel.ENV, "1")
     with accel.selected(compiled):

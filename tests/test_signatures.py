@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from scapy.all import IP, UDP, Ether  # type: ignore[attr-defined]
 
-from fingerprintd import signatures
+from fingerprintd import matcher, packet, signatures
 from fingerprintd.signatures import WIN_MSS, SignatureError, load, marked_additions, parse_text, shadowed
 from tests import bigdb
-from tests.conftest import OUR_DB, STOCK_DB
+from tests.conftest import OUR_DB, STOCK_DB, need
 from tests.craft import write_pcap
 
 HEAD = "classes = win,unix,other\n[tcp:request]\nlabel = s:unix:Linux:test\n"
@@ -210,3 +214,45 @@ def test_load_errors_name_the_file(tmp_path):
         load(bad)
     with pytest.raises(OSError):
         load(Path(tmp_path / "missing.fp"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_the_covering_check_is_the_matchers_exact_match(data):
+    """p0f's registration check reads a new line as a packet and matches it exactly against an earlier line:
+    for a line with no wildcards (and a literal window), `covers` (with generic lines counted) answers what the
+    matcher's comparison answers for that packet.  Both use signatures.Rule; this holds them to each other."""
+    need(STOCK_DB.exists(), "p0f's database is not installed (apt-get install p0f)")
+    db = _both_databases()[data.draw(st.sampled_from((0, 1)))]
+    lines = db.request + db.response
+    rare = [sig for sig in lines if sig.win_type in (signatures.WIN_MTU, signatures.WIN_MOD)]  # the few mtu* lines
+    ref = data.draw(st.sampled_from(lines if data.draw(st.booleans()) else rare))
+    # Mostly the line itself with its wildcards filled in, some fields changed: the cases near the edge.
+    base = ref if data.draw(st.integers(0, 4)) else data.draw(st.sampled_from(lines))
+    ver = base.ver if base.ver is not None else data.draw(st.sampled_from((4, 6)))
+    mss = base.mss if base.mss is not None else data.draw(st.sampled_from((536, 1360, 1460, 8960)))
+    wins = {signatures.WIN_NORMAL: base.win, signatures.WIN_MOD: base.win * 3, signatures.WIN_MSS: base.win * mss,
+            signatures.WIN_MTU: base.win * (mss + 40), signatures.WIN_ANY: 8192}
+    win = wins[base.win_type] if data.draw(st.booleans()) else data.draw(st.integers(0, 65535))
+    change = st.integers(0, 5).map(lambda n: n == 0)
+    new = dataclasses.replace(
+        base, ver=ver, mss=mss + 1 if data.draw(change) else mss, bad_ttl=False,
+        ttl=max(1, base.ttl - data.draw(st.sampled_from((0, 0, 1, 35, 36, -1)))),
+        wscale=base.wscale if base.wscale is not None else data.draw(st.integers(0, 14)),
+        pclass=base.pclass if base.pclass is not None else data.draw(st.sampled_from((0, 1))),
+        win_type=signatures.WIN_NORMAL, win=min(win, 65535),
+        olen=base.olen + 4 if data.draw(change) else base.olen,
+        eol_pad=base.eol_pad + 1 if data.draw(change) else base.eol_pad,
+        quirks=base.quirks ^ data.draw(st.sampled_from([bit for _tok, bit in packet.QUIRK_TOKENS])) if data.draw(
+            change) else base.quirks)
+    multi, use_mtu = signatures.win_multiplier(new.win, new.mss, 0, new.ver, 0, 0)
+    probe = matcher.Probe(new.ver, new.ttl, new.olen, new.quirks, new.layout, new.eol_pad, new.mss, new.win,
+                          new.wscale, new.pclass, multi, use_mtu)
+    exact = ref.layout == new.layout and matcher.compare(ref, probe)[0] == "exact"
+    assert signatures.covers(ref, new, include_generic=True) == exact
+    event("covered" if exact else "not covered")
+
+
+@cache
+def _both_databases():
+    return load(STOCK_DB), load(OUR_DB)
