@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 
@@ -11,6 +10,8 @@ def bundled(name: str) -> str:
     checkout = Path(__file__).resolve().parent.parent / "signatures" / name
     if checkout.is_file():
         return str(checkout)
+    from importlib import resources  # only an installed package needs it (and every command would pay its import)
+
     return str(resources.files("fingerprintd._db").joinpath(name))
 
 
