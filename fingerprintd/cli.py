@@ -228,7 +228,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int], bytes], out, show: bool) -> None:
+def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int, Callable[[bytes], object]], None], out,
+                 show: bool) -> None:
     cap = open_offline(path, bpf)
     bar = None
     if show:
@@ -243,9 +244,7 @@ def _replay_file(path, bpf, lines: Callable[[bytes, bytes, int], bytes], out, sh
     linktype = cap.linktype
     write = out.write
     for blob, meta in cap.raw_batches():
-        text = lines(blob, meta, linktype)
-        if text:
-            write(text)
+        lines(blob, meta, linktype, write)
         if bar is not None:
             bar.update(len(blob) + len(meta))  # each record: 16 bytes on disk, 16 in the metadata
     if bar is not None:

@@ -77,8 +77,9 @@ def p0f_tails(fp: Fingerprint, pkt=None) -> tuple[str, str | None]:
     )
 
 
-def replayer(engine: Engine, fmt: str) -> Callable[[bytes, bytes, int], bytes]:
-    """`replay --format FMT` for one engine: (next_batch buffer, metadata, link type) -> its lines (UTF-8).
+def replayer(engine: Engine, fmt: str) -> Callable[[bytes, bytes, int, Callable[[bytes], object]], None]:
+    """`replay --format FMT` for one engine: (next_batch buffer, metadata, link type, write) hands the
+    batch's lines (UTF-8) to `write`, as bytes or as a view valid only during the call.
 
     With the accelerator, the whole path runs on C structs (fingerprintd/_replay.pyx: its own flow and
     host books, so the engine must not be fed any other way too), with each stack's part of the line made
@@ -86,10 +87,16 @@ def replayer(engine: Engine, fmt: str) -> Callable[[bytes, bytes, int], bytes]:
     (tests/test_accel.py)."""
     impl = engine.accel
     if impl is not None:
-        return impl.replay.Replay(engine, fmt, _REPLAY_TAILS[fmt])
+        return impl.replay.Replay(engine, fmt, _REPLAY_TAILS[fmt]).into
     join = join_lines(FORMATTERS[fmt]())
     feed_blob = engine.feed_blob
-    return lambda blob, meta, linktype: join(feed_blob(blob, meta, linktype)).encode()
+
+    def into(blob: bytes, meta: bytes, linktype: int, write: Callable[[bytes], object]) -> None:
+        text = join(feed_blob(blob, meta, linktype))
+        if text:
+            write(text.encode())
+
+    return into
 
 
 def _p0f_log_formatter() -> Callable[[Observation], str]:

@@ -75,6 +75,14 @@ def run_both(batches, linktype: int, db, p0f_bugs: bool = False, ports=None, liv
 REPLAYED = tuple(f"replay {name}" for name in FORMATS)
 
 
+def _written(into, batches, linktype: int) -> bytes:
+    """What a replayer hands its `write`, batch after batch (a view lives only during its call)."""
+    chunks: list[bytes] = []
+    for batch in batches:
+        into(*_as_blob(batch), linktype, lambda view: chunks.append(bytes(view)))  # noqa: B023 - called at once
+    return b"".join(chunks)
+
+
 def _replayed(compiled: bool, batches, linktype: int, db, p0f_bugs: bool, ports) -> dict:
     """`replay`'s own loop (report.replayer: C structs when compiled) in each format, each on a fresh
     engine: its bytes, and its engine's counters."""
@@ -82,8 +90,8 @@ def _replayed(compiled: bool, batches, linktype: int, db, p0f_bugs: bool, ports)
     for name in FORMATS:
         eng = _engine(compiled, db, p0f_bugs, ports)
         with accel.selected(compiled):
-            lines = report.replayer(eng, name)
-        out[f"replay {name}"] = b"".join(lines(*_as_blob(batch), linktype) for batch in batches)
+            into = report.replayer(eng, name)
+        out[f"replay {name}"] = _written(into, batches, linktype)
         out[f"replay {name} summary"] = json.dumps(eng.summary(), sort_keys=True).encode()
     return out
 
