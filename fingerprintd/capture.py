@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pcapy
 
@@ -69,15 +68,20 @@ def _with_vlans(base: str, vlan: bool, qinq: bool) -> str:
     return expr + f" or (vlan and ({base}))" if qinq else expr
 
 
-@dataclass
 class Offline:
-    """An opened capture file; iterate `batches()` for (sec, usec, frame)."""
+    """An opened capture file; iterate `batches()` for (sec, usec, frame).
 
-    path: str
-    reader: object
-    linktype: int
-    size: int  # bytes on disk, for progress
-    child: subprocess.Popen | None = None  # noqa: F821 - imported where a child is made
+    (Plain classes here, not dataclasses: making one costs every command about a millisecond of start.)"""
+
+    __slots__ = ("path", "reader", "linktype", "size", "child")
+
+    def __init__(self, path: str, reader: object, linktype: int, size: int,
+                 child: subprocess.Popen | None = None) -> None:  # noqa: F821 - imported where a child is made
+        self.path = path
+        self.reader = reader
+        self.linktype = linktype
+        self.size = size  # bytes on disk, for progress
+        self.child = child
 
     def batches(self) -> Iterator[list[tuple[int, int, bytes]]]:
         for blob, meta in self.raw_batches():
@@ -176,13 +180,15 @@ class PrivilegeError(CaptureError):
     """Capturing needs CAP_NET_RAW (and CAP_NET_ADMIN for some interfaces)."""
 
 
-@dataclass
 class Live:
     """One open live capture handle (non-blocking, selectable)."""
 
-    interface: str
-    handle: object
-    linktype: int
+    __slots__ = ("interface", "handle", "linktype")
+
+    def __init__(self, interface: str, handle: object, linktype: int) -> None:
+        self.interface = interface
+        self.handle = handle
+        self.linktype = linktype
 
     def fileno(self) -> int:
         return self.handle.getfd()  # type: ignore[attr-defined]

@@ -66,7 +66,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given the subcommand about to be parsed, only `serve` itself gets `serve`'s 40-odd flags
+    (declaring them costs every other command's start, a tenth of a small replay)."""
     parser = _Parser(prog="fingerprintd", description="Passive TCP/IP OS fingerprinting for mail servers.")
     parser.add_argument("--version", action="version", version=f"fingerprintd {__version__} ({accel.name()})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -89,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
 
     sv = sub.add_parser("serve", help="capture SYNs live and answer lookups over gRPC")
-    sv.add_argument("--config", metavar="FILE", help="TOML configuration (flags override it)")
-    from fingerprintd.config import add_arguments
+    if command in (None, "serve"):
+        sv.add_argument("--config", metavar="FILE", help="TOML configuration (flags override it)")
+        from fingerprintd.config import add_arguments
 
-    add_arguments(sv)  # one flag per option of fingerprintd/config.py
+        add_arguments(sv)  # one flag per option of fingerprintd/config.py
     sv.set_defaults(func=cmd_serve)
 
     lk = sub.add_parser("lookup", help="ask a running service about a client")
@@ -560,7 +563,9 @@ def cmd_signatures_explain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        command = next((w for w in words if not w.startswith("-")), None)  # the subcommand, if it comes first
+        args = build_parser(command).parse_args(argv)
         return args.func(args)
     except UsageError as exc:
         print(f"fingerprintd: {exc}" if not str(exc).startswith("fingerprintd") else str(exc), file=sys.stderr)

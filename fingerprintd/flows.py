@@ -17,7 +17,7 @@ but the rare retransmitted-SYN check on the same flow.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fingerprintd.packet import ACK, FIN, RST, SENDSYN_MSS, SENDSYN_WIN, Packet
 
@@ -60,8 +60,7 @@ class Flow:
         self.srv_tps = 0
 
 
-@dataclass(slots=True)
-class FlowLimits:
+class FlowLimits(NamedTuple):  # not a dataclass: making one costs every command ~1 ms of start
     max_conn: int = 1000
     max_hosts: int = 10000
     conn_max_age: int = 30  # seconds
