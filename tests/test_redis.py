@@ -192,6 +192,23 @@ def test_what_one_service_saw_the_other_answers_alike(two):
     assert not stub_b.Lookup(pb.LookupRequest(ip="192.0.2.200")).found
 
 
+def test_a_host_the_table_let_go_names_its_os_from_redis_as_locally(redis_server, tmp_path):
+    # A table of one address: of two SYNs in one batch, the first one's host is gone before the publisher
+    # writes it, so its history travels made from that SYN alone.
+    with _two_services(redis_server, tmp_path, max_hosts=1) as ((a, b), (_, stub_b)):
+        let_go, other = syn("linux", "203.0.113.90", 40200), syn("winxp", "198.51.100.90", 40201)
+        a.ingest([let_go, other], 1)
+        settle(a)
+        assert a.hosts.lookup(normalize_ip("203.0.113.90"))[1] is None  # A's table let it go
+        remote = [stub_b.Lookup(pb.LookupRequest(ip="203.0.113.90", port=p)) for p in (40200, 0)]
+        assert b.stats()["fingerprinted"] == 0  # B answers from Redis
+        b.ingest([let_go], 1)  # now B saw the same SYN itself
+        local = [stub_b.Lookup(pb.LookupRequest(ip="203.0.113.90", port=p)) for p in (40200, 0)]
+    for r, mine in zip(remote, local, strict=True):
+        assert r.found and list(r.host.os_names) == list(mine.host.os_names) == ["Linux"]
+        assert _fields(r) == _fields(mine)
+
+
 def test_p0f_socket_analyzer_and_milter_client_answer_from_redis(two, tmp_path):
     from p0f import P0f
 
