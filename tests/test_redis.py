@@ -671,8 +671,7 @@ def test_increments_from_two_hosts_add_up(redis_server):
     """Two stores (two hosts) adding to one key at once: nothing is lost to a read-modify-write."""
     import threading as th
 
-    stores = [RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
-                                         cache_seconds=0.0) for _ in range(2)]
+    stores = [RedisReputationStore(*store.open_pools(redis_server.url), cache_seconds=0.0) for _ in range(2)]
 
     def add(s) -> None:
         for _ in range(300):
@@ -688,8 +687,7 @@ def test_increments_from_two_hosts_add_up(redis_server):
 
 
 def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_server):
-    a, b = (RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
-                                       cache_seconds=0.0) for _ in range(2))
+    a, b = (RedisReputationStore(*store.open_pools(redis_server.url), cache_seconds=0.0) for _ in range(2))
     t0 = 1_800_000_000.0
     assert a.claim("m:1", t0, 100) and not b.claim("m:1", t0 + 50, 100) and b.claim("m:1", t0 + 101, 100)
     assert [a.count_up("s:k", 2, t0, 100) for _ in range(3)] == [True, True, False]
@@ -703,8 +701,7 @@ def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_serv
 def test_a_dead_redis_gives_no_learned_part_and_no_stall(redis_server):
     from fingerprintd.reputation import Reputation
 
-    s = RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
-                                   cache_seconds=0.0)
+    s = RedisReputationStore(*store.open_pools(redis_server.url), cache_seconds=0.0)
     rep = Reputation(s)
     s.increment("0123456789/desktop/x", 1e9, 0.0, 1_800_000_000.0)
     assert rep.adjustment("0123456789/desktop/x") == 1.0
