@@ -23,7 +23,7 @@ from functools import cache
 from itertools import product
 from typing import NamedTuple
 
-from fingerprintd.signatures import MAX_DIST, Database, Label
+from fingerprintd.signatures import MAX_DIST, Database, Label, marked_additions
 
 # --- Option layouts --------------------------------------------------------
 #
@@ -302,15 +302,7 @@ def regenerate(text: str) -> str:
 
 def generated_line_numbers(text: str) -> set[int]:
     """Line numbers inside the generated blocks of a database text."""
-    inside, out = False, set()
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.startswith(GENERATED_START):
-            inside = True
-        elif line.startswith(GENERATED_END):
-            inside = False
-        elif inside:
-            out.add(number)
-    return out
+    return marked_additions(text, GENERATED_START, GENERATED_END)
 
 
 # --- The family fallback ---------------------------------------------------
