@@ -120,13 +120,22 @@ class ServiceCollector(Collector):
                     yield _counter(f"{part}_{key}", f"{part}: {key.replace('_', ' ')}", value=value)
 
     def _server_metrics(self) -> Iterator[Metric]:
-        """Metrics the API server keeps itself (its Lookup latency histogram), made with registry=None."""
+        """Metrics the API server keeps itself (its Lookup latency histogram, made with registry=None, and its
+        refusal and Watch-drop counts)."""
         seen = set()
         for owner in (self.s.grpc_server, getattr(self.s.grpc_server, "servicer", None)):
             for value in vars(owner).values() if owner is not None and hasattr(owner, "__dict__") else ():
                 if isinstance(value, MetricWrapperBase) and id(value) not in seen:
                     seen.add(id(value))
                     yield from value.collect()
+        servicer = getattr(self.s.grpc_server, "servicer", None)
+        if hasattr(servicer, "stats"):  # its own counters, kept once (Servicer.counters)
+            st = servicer.stats()
+            yield _labelled(_counter("grpc_refused", "Waits and Watch streams refused (RESOURCE_EXHAUSTED), by the "
+                                     "limit they were over", ["limit"]),
+                            {k.removeprefix("refused_"): v for k, v in st.items() if k.startswith("refused_")})
+            yield _counter("watch_stream_drops", "Observations a Watch stream lost: its reader did not keep up",
+                           value=st["watch_drops"])
 
 
 class MetricsServer:

@@ -331,7 +331,7 @@ def parse(
             if ts2 and tcp_type == SYN:
                 quirks |= Q_OPT_NZ_TS2
         else:
-            ts1 = ts2 = 0
+            ts1 = 0
     else:
         layout, eol_pad, mss, wscale, ts1 = b"", 0, 0, 0, 0
 

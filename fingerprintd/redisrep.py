@@ -52,6 +52,7 @@ class RedisReputationStore:
     learned" and Redis is skipped for `pause` seconds, so a lookup never waits
     on a dead Redis for its score."""
 
+    # write_pool, read_pool: store.open_pools(), for the service to share with its publisher and reader.
     def __init__(self, write_pool, read_pool, prefix: bytes = KEY_PREFIX, cache_seconds: float = REPUTATION_CACHE,
                  pause: float = READ_PAUSE) -> None:
         import redis

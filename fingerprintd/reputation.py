@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fingerprintd.address import AddressError, normalize_ip
 from fingerprintd.classes import MAIL_CLASSES
 
 HALF_LIFE_DAYS = 30.0
@@ -176,12 +177,9 @@ def _ip(client: str | bytes) -> bytes:
     if isinstance(client, bytes):
         return client
     try:
-        addr = ipaddress.ip_address(client.strip().strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
-    except ValueError:
-        raise ReputationError(f"not an IP address: {client!r}") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return addr.packed
+        return normalize_ip(client)  # the forms the API takes: the client's address as its lookup gave it
+    except AddressError as exc:
+        raise ReputationError(str(exc)) from None
 
 
 class Reputation:

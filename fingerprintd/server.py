@@ -33,7 +33,6 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
 from fingerprintd.classes import MAIL_CLASSES
@@ -266,19 +265,14 @@ class Servicer(pb_grpc.FingerprintServicer):
         self._pace = _Pace(limits.watch_rate, loop)
         # Redis look-ups block: they run in a few threads of their own, never on the loop.
         self._redis_pool: ThreadPoolExecutor | None = None
-        self.counters: Counter[str] = Counter()  # see stats()
-        # Made with registry=None: the service's metrics endpoint collects it from here.
+        self.counters: Counter[str] = Counter()  # see stats(); the metrics endpoint reads them at scrape time
+        # Made with registry=None: the service's metrics endpoint collects them from here.
         self.lookup_seconds = Histogram(
             "fingerprintd_lookup_seconds", "Time to answer a Lookup or LookupBatch, waits included",
             ["method", "waited"], registry=None,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self._observe = {(m, w): self.lookup_seconds.labels(m, w)
                          for m in ("Lookup", "LookupBatch") for w in ("yes", "no")}
-        self.refused = PromCounter("fingerprintd_grpc_refused", "Waits and Watch streams refused "
-                                   "(RESOURCE_EXHAUSTED), by the limit they were over", ["limit"], registry=None)
-        self.watch_stream_drops = PromCounter(
-            "fingerprintd_watch_stream_drops", "Observations a Watch stream lost: its reader did not keep up",
-            registry=None)
         self.open = Gauge("fingerprintd_grpc_open", "Waits and Watch streams open now", ["kind"], registry=None)
         self.open.labels("waits").set_function(lambda: sum(self._waits.values()))
         self.open.labels("streams").set_function(lambda: len(self._streams))
@@ -287,7 +281,6 @@ class Servicer(pb_grpc.FingerprintServicer):
         """Refuse one more (RESOURCE_EXHAUSTED, counted under `limit`) once `used` has reached `cap`."""
         if used >= cap:
             self.counters[f"refused_{limit}"] += 1
-            self.refused.labels(limit).inc()
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {cap} {what}")
 
     # --- what the capture side calls ---------------------------------------
@@ -556,7 +549,6 @@ class Servicer(pb_grpc.FingerprintServicer):
             if lost:
                 stream.drops += lost
                 counters["watch_drops"] += lost
-                self.watch_stream_drops.inc(lost)
 
     async def Stats(self, request, context):  # noqa: N802
         # Off the loop: table sizes expire entries, which may take a while on a big table.

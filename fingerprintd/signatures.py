@@ -115,13 +115,14 @@ ADDITIONS_START = "; --- fingerprintd additions"
 ADDITIONS_END = "; --- end of fingerprintd additions"
 
 
-def marked_additions(text: str) -> set[int]:
-    """Line numbers inside the file's marked addition blocks (lines not from p0f's database)."""
+def marked_additions(text: str, start: str = ADDITIONS_START, end: str = ADDITIONS_END) -> set[int]:
+    """Line numbers inside the file's marked addition blocks (lines not from p0f's database), or inside the
+    blocks other markers open and close; numbered as parse_text numbers them (lines end at "\\n" only)."""
     inside, out = False, set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith(ADDITIONS_START):
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.startswith(start):
             inside = True
-        elif line.startswith(ADDITIONS_END):
+        elif line.startswith(end):
             inside = False
         elif inside:
             out.add(number)

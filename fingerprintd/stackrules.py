@@ -23,7 +23,7 @@ from functools import cache
 from itertools import product
 from typing import NamedTuple
 
-from fingerprintd.signatures import MAX_DIST, Database, Label
+from fingerprintd.signatures import MAX_DIST, Database, Label, marked_additions
 
 # --- Option layouts --------------------------------------------------------
 #
@@ -302,15 +302,7 @@ def regenerate(text: str) -> str:
 
 def generated_line_numbers(text: str) -> set[int]:
     """Line numbers inside the generated blocks of a database text."""
-    inside, out = False, set()
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.startswith(GENERATED_START):
-            inside = True
-        elif line.startswith(GENERATED_END):
-            inside = False
-        elif inside:
-            out.add(number)
-    return out
+    return marked_additions(text, GENERATED_START, GENERATED_END)
 
 
 # --- The family fallback ---------------------------------------------------
@@ -335,7 +327,13 @@ def _options_named(key: tuple[bool, ...], names: tuple[str, ...]) -> str:
     return (", ".join(off[:-1]) + " and " + off[-1] if len(off) > 1 else off[0]) + " off"
 
 
-_LINUX_MEANING = {v: _options_named(k, ("timestamps", "SACK", "window scaling")) for k, v in LINUX_LAYOUTS.items()}
+def _meanings(layouts: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """layout -> which of the options `names` (in the layout table's key order) are off."""
+    return {v: _options_named(k, names) for k, v in layouts.items()}
+
+
+_LINUX_MEANING = _meanings(LINUX_LAYOUTS, ("timestamps", "SACK", "window scaling"))
+_MACOS_MEANING = _meanings(MACOS_LAYOUTS, ("rfc1323", "SACK"))
 _WRITERS = (
     Writer("Linux", "unix", True, 64, _LINUX_MEANING, True,
            "tcp_options_write() in net/ipv4/tcp_output.c"),
@@ -347,16 +345,11 @@ _WRITERS = (
            "p0f 3.09b's and huginn-net's Windows lines"),
     Writer("Windows", "win", False, 128, {v: "the client's options echoed" for v in WINDOWS_SYNACK_LAYOUTS}, False,
            "p0f 3.09b's Windows [tcp:response] lines"),
-    Writer("Mac OS X", "unix", True, 64, {v: _options_named(k, ("rfc1323", "SACK")) for k, v in MACOS_LAYOUTS.items()},
-           False, "tcp_output() in xnu bsd/netinet/tcp_output.c"),
-    Writer("Mac OS X", "unix", False, 64,
-           {v: _options_named(k, ("rfc1323", "SACK")) for k, v in MACOS_LAYOUTS.items()}, False,
-           "tcp_output() in xnu bsd/netinet/tcp_output.c"),
-    Writer("FreeBSD", "unix", True, 64,
-           {v: _options_named(k, ("window scaling", "SACK", "timestamps")) for k, v in FREEBSD_LAYOUTS.items()},
+    Writer("Mac OS X", "unix", True, 64, _MACOS_MEANING, False, "tcp_output() in xnu bsd/netinet/tcp_output.c"),
+    Writer("Mac OS X", "unix", False, 64, _MACOS_MEANING, False, "tcp_output() in xnu bsd/netinet/tcp_output.c"),
+    Writer("FreeBSD", "unix", True, 64, _meanings(FREEBSD_LAYOUTS, ("window scaling", "SACK", "timestamps")),
            False, "tcp_addoptions() in FreeBSD sys/netinet/tcp_output.c"),
-    Writer("OpenBSD", "unix", True, 64,
-           {v: _options_named(k, ("timestamps", "SACK", "window scaling")) for k, v in OPENBSD_LAYOUTS.items()},
+    Writer("OpenBSD", "unix", True, 64, _meanings(OPENBSD_LAYOUTS, ("timestamps", "SACK", "window scaling")),
            False, "the order of p0f 3.09b's OpenBSD lines (tcp_output.c)"),
 )
 
@@ -431,8 +424,8 @@ def _generated_lines() -> frozenset[tuple[str, str]]:
     out = set()
     for rules in BLOCKS.values():
         for rule in rules:
-            _kind, _klass, name, flavor = rule.label.split(":", 3)
-            text = f"{name} {flavor}" if flavor else name
+            kind, klass, name, flavor = rule.label.split(":", 3)
+            text = Label(kind == "g", klass, name, flavor or None, 0, 0).text
             out.update((text, sig) for sig in rule.lines())
     return frozenset(out)
 

@@ -38,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from fingerprintd.compat import STATUS_OK, p0f_response
@@ -79,6 +80,21 @@ def make_pool(url: str, password: str | None = None, connect_timeout: float = CO
     if password is not None:
         kw["password"] = password
     return redis.ConnectionPool.from_url(url, **kw)
+
+
+class Pools(NamedTuple):
+    """One Redis's connection pools, shared by all that the service keeps there (redis-py hands each
+    caller a connection of its own): `write` for the publisher and the reputation's updates, `read`, with
+    the short timeouts, for lookups and the reputation's reads."""
+
+    write: object
+    read: object
+
+
+def open_pools(url: str, password_file: str = "") -> Pools:
+    """The pools for the URL, the password file read once for both."""
+    password = read_password(password_file) if password_file else None
+    return Pools(make_pool(url, password), make_pool(url, password, READ_CONNECT_TIMEOUT, READ_TIMEOUT))
 
 
 def describe(url: str) -> str:

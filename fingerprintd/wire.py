@@ -19,6 +19,7 @@ import struct
 from typing import NamedTuple
 
 from fingerprintd.engine import Observation
+from fingerprintd.hosts import HostRecord
 from fingerprintd.matcher import Matcher
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.packet import Packet
@@ -232,19 +233,19 @@ class RemoteHost:
         return self.changes > 0
 
 
-def one_syn_host(obs) -> RemoteHost:
-    """The history of an address seen once (the table no longer holds it: evicted meanwhile)."""
-    fp = obs.fp
-    match = obs if fp.label is not None and not fp.label.is_app else None
-    host = RemoteHost(obs.pkt.ts, obs.pkt.ts, 1, fp.dist, 0, 0.0, 1, [], obs, match)
-    if obs.nat is not None:
-        if obs.nat.kind == "ip sharing":
-            host.last_ip_sharing = obs.pkt.ts
-        else:
-            host.last_host_change = obs.pkt.ts
-    if obs.uptime is not None:
-        host.uptime_minutes, host.uptime_modulo_days = obs.uptime.minutes, obs.uptime.modulo_days
-    return host
+class _LetGo(Observation):
+    """An observation whose address the table no longer holds, read the way HostRecord reads the table's Syn
+    (it takes the entry's expiry, which an observation has none of)."""
+
+    __slots__ = ()
+    expires = 0.0
+
+
+def one_syn_host(obs: Observation) -> HostRecord:
+    """The history of an address seen once (the table no longer holds it: evicted meanwhile).
+
+    HostRecord's own, so that it names the OS as a record the table kept would."""
+    return HostRecord(_LetGo._make(obs))
 
 
 def conn_key(ip: bytes, port: int, prefix: bytes = KEY_PREFIX) -> bytes:

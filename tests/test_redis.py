@@ -192,6 +192,23 @@ def test_what_one_service_saw_the_other_answers_alike(two):
     assert not stub_b.Lookup(pb.LookupRequest(ip="192.0.2.200")).found
 
 
+def test_a_host_the_table_let_go_names_its_os_from_redis_as_locally(redis_server, tmp_path):
+    # A table of one address: of two SYNs in one batch, the first one's host is gone before the publisher
+    # writes it, so its history travels made from that SYN alone.
+    with _two_services(redis_server, tmp_path, max_hosts=1) as ((a, b), (_, stub_b)):
+        let_go, other = syn("linux", "203.0.113.90", 40200), syn("winxp", "198.51.100.90", 40201)
+        a.ingest([let_go, other], 1)
+        settle(a)
+        assert a.hosts.lookup(normalize_ip("203.0.113.90"))[1] is None  # A's table let it go
+        remote = [stub_b.Lookup(pb.LookupRequest(ip="203.0.113.90", port=p)) for p in (40200, 0)]
+        assert b.stats()["fingerprinted"] == 0  # B answers from Redis
+        b.ingest([let_go], 1)  # now B saw the same SYN itself
+        local = [stub_b.Lookup(pb.LookupRequest(ip="203.0.113.90", port=p)) for p in (40200, 0)]
+    for r, mine in zip(remote, local, strict=True):
+        assert r.found and list(r.host.os_names) == list(mine.host.os_names) == ["Linux"]
+        assert _fields(r) == _fields(mine)
+
+
 def test_p0f_socket_analyzer_and_milter_client_answer_from_redis(two, tmp_path):
     from p0f import P0f
 
@@ -654,8 +671,7 @@ def test_increments_from_two_hosts_add_up(redis_server):
     """Two stores (two hosts) adding to one key at once: nothing is lost to a read-modify-write."""
     import threading as th
 
-    stores = [RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
-                                         cache_seconds=0.0) for _ in range(2)]
+    stores = [RedisReputationStore(*store.open_pools(redis_server.url), cache_seconds=0.0) for _ in range(2)]
 
     def add(s) -> None:
         for _ in range(300):
@@ -671,8 +687,7 @@ def test_increments_from_two_hosts_add_up(redis_server):
 
 
 def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_server):
-    a, b = (RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
-                                       cache_seconds=0.0) for _ in range(2))
+    a, b = (RedisReputationStore(*store.open_pools(redis_server.url), cache_seconds=0.0) for _ in range(2))
     t0 = 1_800_000_000.0
     assert a.claim("m:1", t0, 100) and not b.claim("m:1", t0 + 50, 100) and b.claim("m:1", t0 + 101, 100)
     assert [a.count_up("s:k", 2, t0, 100) for _ in range(3)] == [True, True, False]
@@ -686,8 +701,7 @@ def test_marks_decay_and_reset_follow_the_callers_clock_on_every_host(redis_serv
 def test_a_dead_redis_gives_no_learned_part_and_no_stall(redis_server):
     from fingerprintd.reputation import Reputation
 
-    s = RedisReputationStore(store.make_pool(redis_server.url), store.make_pool(redis_server.url),
-                                   cache_seconds=0.0)
+    s = RedisReputationStore(*store.open_pools(redis_server.url), cache_seconds=0.0)
     rep = Reputation(s)
     s.increment("0123456789/desktop/x", 1e9, 0.0, 1_800_000_000.0)
     assert rep.adjustment("0123456789/desktop/x") == 1.0

@@ -84,6 +84,16 @@ def test_one_message_and_one_client_count_once(rep):
         rep.record(KEY, True, "mail.example.com", now=T0)
 
 
+def test_feedback_reads_a_client_address_in_every_form_a_lookup_takes(rep):
+    # One client written as Postfix, the API and its callers write it: the same client each time.
+    forms = ["2001:db8::9", "IPv6:2001:db8::9", "IPV6:2001:DB8::9", "[2001:db8::9]", " 2001:db8::9 "]
+    results = [rep.record(KEY, True, form, f"<{i}@x>", now=T0) for i, form in enumerate(forms)]
+    assert results == ["counted"] + ["duplicate-client"] * (len(forms) - 1)
+    for bad in ("IPv6:", "2001:db8::9]", "203.0.113.9:25"):
+        with pytest.raises(ReputationError, match="not an IP address"):
+            rep.record(KEY, True, bad, now=T0)
+
+
 def test_a_flood_from_one_source_moves_a_score_at_most_the_cap(rep):
     rng = random.Random(5)
     # A flood alone, from one address, then from one /24: never enough evidence to move anything.

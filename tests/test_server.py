@@ -89,6 +89,17 @@ def sample(metric, **labels) -> float:
     return values[0]
 
 
+def scraped(service, server, name: str, **labels) -> float:
+    """The value of a sample the service's metrics collector exports, as a scrape would read it."""
+    from fingerprintd.metrics import ServiceCollector
+
+    service.grpc_server = server
+    values = [s.value for m in ServiceCollector(service).collect() for s in m.samples
+              if s.name == name and s.labels == labels]
+    assert len(values) == 1, values
+    return values[0]
+
+
 def test_lookup_waits_end_when_the_syn_arrives(tmp_path):
     # The server would wait 60 s; the client gives up after 10: answered at all means the
     # arrival ended the wait, by connection and (port 0) by address alone.
@@ -310,7 +321,8 @@ def test_watch_overflow_drops_and_counts_and_the_stream_lives_on(tmp_path):
         assert server.stats()["open_streams"] == 1
         service.ingest([syn("win7", "203.0.113.71", 9999)], 1)  # the same stream carries on
         assert next(stream).client_port == 9999
-        assert server.stats()["watch_drops"] == drops == sample(server.servicer.watch_stream_drops)
+        exported = scraped(service, server, "fingerprintd_watch_stream_drops_total")
+        assert server.stats()["watch_drops"] == drops == exported
         stream.cancel()
 
 
@@ -336,9 +348,11 @@ def test_per_client_limits_refuse_with_resource_exhausted(tmp_path):
             r = stub.Lookup(pb.LookupRequest(ip="203.0.113.80", port=49000, wait_ms=wait_ms), timeout=5)
             assert r.found
         assert server.stats()["refused_streams_per_client"] == 1 and server.stats()["refused_waits_per_client"] == 2
+        refused = [scraped(service, server, "fingerprintd_grpc_refused_total", limit=limit)
+                   for limit in ("streams_per_client", "waits_per_client", "streams", "waits")]
         metrics = server.servicer
-        assert (sample(metrics.refused, limit="streams_per_client"), sample(metrics.refused, limit="waits_per_client"),
-                sample(metrics.open, kind="streams"), sample(metrics.open, kind="waits")) == (1, 2, 3, 2)
+        assert refused == [1, 2, 0, 0]
+        assert (sample(metrics.open, kind="streams"), sample(metrics.open, kind="waits")) == (3, 2)
         # A slot given back is a slot to take again.
         streams.pop().cancel()
         waits.pop().cancel()

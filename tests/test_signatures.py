@@ -160,6 +160,16 @@ def test_p0f_agrees_on_what_loads(p0f_bin, one_packet_pcap, tmp_path, text, line
         assert f"line {line}" in out, out
 
 
+def test_marked_additions_are_numbered_as_the_parser_numbers_lines():
+    # Form feeds (page breaks some editors write) end no line for the parser: nor for the markers.
+    text = (HEAD + "sig = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0\n; pages\x0c two\x0c and three\n"
+            + signatures.ADDITIONS_START + "\nlabel = s:unix:Linux:added\nsig = *:64:0:*:mss*44,7:mss:df,id+:0\n"
+            + signatures.ADDITIONS_END + "\n")
+    db = parse_text(text, "test.fp")
+    added = marked_additions(text)
+    assert [(s.label.flavor, s.line in added) for s in db.request] == [("test", False), ("added", True)]
+
+
 def test_stock_and_bundled_databases_load():
     ours = load(OUR_DB)
     added = marked_additions(OUR_DB.read_text())
