@@ -85,6 +85,33 @@ def test_a_syn_keeps_the_host_records_it_set_off():
     assert table.lookup(ip, 0)[0].nat == rec  # the latest from the address
 
 
+def test_host_reads_the_history_without_counting_a_lookup():
+    """HostTable.host (the Redis publisher's read): the address's history, not counted, for a host seen once
+    (kept as its Syn) and for one seen twice."""
+    table = HostTable()
+    once, first, second = observe("linux", "198.51.100.3"), observe("linux", sport=40001), observe("win7", sport=40002)
+    for obs in (once, first, second):
+        table.add(obs)
+    seen_once, seen_twice = table.host(once.pkt.src), table.host(first.pkt.src)
+    assert seen_once.count == 1 and seen_once.os_names == ["Linux"] and same_syn(seen_once.latest, once)
+    assert seen_twice.count == 2 and seen_twice.os_names == ["Linux", "Windows"] and same_syn(seen_twice.latest, second)
+    assert table.host(normalize_ip("192.0.2.99")) is None
+    assert (table.lookups, table.hits) == (0, 0)
+    table.lookup(first.pkt.src)
+    assert (table.lookups, table.hits) == (1, 1)
+
+
+def test_a_written_again_entry_is_the_newest():
+    """The LRU order under a bound: a connection or host written again moves to the back, so the next
+    eviction takes the entry written longest ago instead."""
+    table = HostTable(max_connections=2, max_hosts=2)
+    a, b = observe("linux", "198.51.100.1", 40001), observe("linux", "198.51.100.2", 40002)
+    table.add_batch([a, b, a._replace(pkt=a.pkt._replace(ts=a.pkt.ts + 1))])  # a again, in the same batch
+    table.add(observe("linux", "198.51.100.4", 40004))  # evicts b (connection and host), not a
+    assert table.lookup(a.pkt.src, 40001)[0] is not None and table.lookup(a.pkt.src)[1].count == 2
+    assert table.lookup(b.pkt.src, 40002) == (None, None)
+
+
 def test_ipv6_and_ipv4_compatible_addresses_are_different_entries():
     """Entries are keyed by the address as a number: ::203.0.113.7 must not be 203.0.113.7."""
     table = HostTable()
