@@ -363,12 +363,13 @@ class Service:
               classes=self.classes_path, policy=self.policy_path, rules=len(policy.rules))
         return True
 
-    def verdict(self, fp, ip: bytes, ctx, host) -> Verdict:
-        """The verdict as served (gRPC's Lookup does the same): the current policy (a SIGHUP replaces it),
-        plus what the reputation store learned."""
+    def verdict(self, fp, ip: bytes, ctx, host, client: str = "") -> Verdict:
+        """The verdict as served, by every path that serves one (gRPC's Lookup, the p0f-analyzer's
+        extended query): the current policy (a SIGHUP replaces it), plus what the reputation store
+        learned; `client` goes into the header (gRPC's answers carry it)."""
         v = self.policy.verdict(fp, ip, ctx, host)
         rep = self.reputation
-        return served_verdict(v, "", rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
+        return served_verdict(v, client, rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
 
     def stats(self) -> dict:
         recv = drop = ifdrop = 0
