@@ -22,9 +22,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fingerprintd.engine import Observation
-from fingerprintd.matcher import Fingerprint
+if TYPE_CHECKING:  # types only: the compiled copy (setup.py) is imported while fingerprintd.engine loads
+    from fingerprintd.engine import Observation
+    from fingerprintd.matcher import Fingerprint
 
 MAX_SIGNATURES_PER_HOST = 8  # distinct raw signatures remembered per host
 MAX_INTERNED_SERVERS = 256  # (server, port, mod, linktype) shared by all entries; more are stored per entry
@@ -291,6 +293,16 @@ class ExpiringLRU:
         return len(self._data)
 
 
+def host_table(max_connections: int = 1_000_000, max_hosts: int = 1_000_000, ttl: float = 600.0,
+               timer=time.monotonic) -> HostTable:
+    """A host table from the selected implementation (fingerprintd/accel.py): the compiled copy of this
+    module's (setup.py; its records are C structs), or this one."""
+    from fingerprintd import accel  # not at the top: the compiled copy of this module loads with accel
+
+    impl = accel.ACCEL
+    return (impl.hosts.HostTable if impl is not None else HostTable)(max_connections, max_hosts, ttl, timer)
+
+
 class HostTable:
     def __init__(self, max_connections: int = 1_000_000, max_hosts: int = 1_000_000,
                  ttl: float = 600.0, timer=time.monotonic) -> None:
@@ -379,8 +391,9 @@ class HostTable:
                     if len(hosts) > max_hosts:
                         hosts.popitem(last=False)
                 elif host.__class__ is HostRecord:
-                    host.update(syn)
-                    host.expires = expires
+                    record = host
+                    record.update(syn)
+                    record.expires = expires
                     hosts.move_to_end(hkey)
                 else:
                     record = HostRecord(host)

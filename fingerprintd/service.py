@@ -39,7 +39,7 @@ from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
 from fingerprintd.engine import Observation, build_engine
-from fingerprintd.hosts import HostTable
+from fingerprintd.hosts import host_table
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, Verdict, load_policy, served_verdict
 from fingerprintd.report import join_lines, p0f_log_formatter
@@ -176,7 +176,7 @@ class Service:
         self.classes_path = cfg.classes or default_classes()
         db, classes, self.policy = self._load_files()  # errors propagate: startup fails with file:line
         self.engine = build_engine(db, classes, cfg.ports, live=True)
-        self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
+        self.hosts = host_table(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
         self.reputation = None
