@@ -59,7 +59,7 @@ $(VENV)/.installed: pyproject.toml
 # nat.py are compiled as they are, so an edit there needs a rebuild (until then the pure path runs).
 # A failed build leaves the pure-Python path working.
 ACCEL_SRC := setup.py $(wildcard fingerprintd/*.pyx fingerprintd/*.pxd) fingerprintd/flows.py fingerprintd/nat.py \
-	fingerprintd/signatures.py fingerprintd/matcher.py
+	fingerprintd/signatures.py fingerprintd/matcher.py fingerprintd/hosts.py
 $(VENV)/.accel: $(VENV)/.installed $(ACCEL_SRC)
 	$(PY) -m pip install -q $(EDITABLE) --no-deps -e .
 	touch $@

@@ -25,6 +25,7 @@ COPIES = (
     ("_cnat", "nat.py", "NatRecord, Sig, TsState, Uptime"),
     ("_csignatures", "signatures.py", "Database, Label, SignatureError, TcpSig"),
     ("_cmatcher", "matcher.py", "Fingerprint, PerFingerprint, Probe", ("signatures", "Rule, win_multiplier")),
+    ("_chosts", "hosts.py", "AddressError, normalize_ip"),
 )
 # Modules written for Cython (_replay cimports _speedups' parser through _speedups.pxd).
 PYX = ("_speedups", "_replay")

@@ -69,7 +69,7 @@ def flood(pcap: str, old_hosts: str | None) -> dict:
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        service_mod.HostTable = mod.HostTable  # type: ignore[attr-defined]
+        service_mod.host_table = mod.HostTable  # type: ignore[attr-defined]  # (one with add_batch)
     svc = service_mod.Service(Config())
     service_mod.tune_gc()
     hosts = svc.hosts

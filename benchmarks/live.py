@@ -3,11 +3,19 @@
 `python -m benchmarks.live api SOCK N [hostile]` serves a Service whose table
 holds N synthetic SYNs; `python -m benchmarks.live empty SOCK` serves grpcio with an
 empty unary handler (grpcio's own floor, for comparison).
+
+`python -m benchmarks.live profile PCAP|veth` prints the live ingest's CPU microseconds per SYN by
+stage, in-process: next_batch buffers (from a capture file, or `veth`: what the capture benchmark
+sends, 65,536 sources four times over with new ISNs) through a Service's own capture path
+(Engine.feed_blob, then Service._deliver: the host table, the counters and the --log file).
 """
 
 from __future__ import annotations
 
+import os
+import struct
 import sys
+import tempfile
 import threading
 import time
 
@@ -92,8 +100,79 @@ def serve_empty(sock: str) -> None:
     server.wait_for_termination()
 
 
+def _profile_batches(source: str) -> tuple[list[tuple[bytes, bytes]], int]:
+    """next_batch-like (buffer, metadata) pairs of 512 frames, and their link type."""
+    if source != "veth":
+        from fingerprintd.capture import open_offline
+
+        capture = open_offline(source, None)
+        return list(capture.raw_batches()), capture.linktype
+    frames = [bytearray(f) for f in syn_frames(65_536, "192.0.2.25")]
+    now = int(time.time())
+    out = []
+    for epoch in range(1, 5):
+        for i in range(0, len(frames), 512):
+            blob, meta = bytearray(), bytearray()
+            for k, frame in enumerate(frames[i : i + 512]):
+                struct.pack_into("!I", frame, 38, epoch << 24 | (i + k))  # a new ISN: not a retransmission
+                meta += struct.pack("=IIII", now, k, len(blob), len(frame))
+                blob += frame
+            out.append((bytes(blob), bytes(meta)))
+    return out, 1
+
+
+def profile(source: str, rounds: int = 5) -> None:
+    """CPU microseconds per SYN of each stage of the live ingest (the best of `rounds`, each on a fresh
+    Service: its table fills as in a live run)."""
+    from fingerprintd import accel
+    from fingerprintd.config import Config
+    from fingerprintd.service import LogFile, Service, tune_gc
+
+    batches, linktype = _profile_batches(source)
+    count = sum(len(meta) // 16 for _, meta in batches)
+    log_path = os.path.join(tempfile.mkdtemp(prefix="fpd-profile-"), "p0f.log")
+
+    def best(stage) -> float:
+        times = []
+        for _ in range(rounds):
+            service = Service(Config(ttl_seconds=5))
+            fed = stage in ("engine", "full")  # else the stage is given the engine's observations
+            observed = [] if fed else [service.engine.feed_blob(b, m, linktype) for b, m in batches]
+            if stage in ("log", "full"):
+                service.log = LogFile(log_path)
+            tune_gc()  # as `serve` does
+            t0 = time.process_time()
+            if stage == "engine":
+                for blob, meta in batches:
+                    service.engine.feed_blob(blob, meta, linktype)
+            elif stage == "full":
+                for blob, meta in batches:
+                    service._deliver(service.engine.feed_blob(blob, meta, linktype))
+            elif stage == "table":
+                for obs in observed:
+                    service.hosts.add_batch(obs)
+            else:
+                for obs in observed:
+                    service._deliver(obs)
+            times.append(time.process_time() - t0)
+            if service.log is not None:
+                service.log.close()
+                os.truncate(log_path, 0)
+        return min(times) / count * 1e6
+
+    print(f"{accel.name()}; {count} frames in {len(batches)} batches from {source}")
+    for stage, what in (("engine", "Engine.feed_blob (parse, books, match, counters)"),
+                        ("table", "HostTable.add_batch"),
+                        ("deliver", "Service._deliver without --log (table, counters, Watch, Redis)"),
+                        ("log", "Service._deliver with --log"),
+                        ("full", "feed_blob + _deliver with --log (the capture thread's work)")):
+        print(f"{what:64s} {best(stage):6.2f} us/SYN", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "api":
         serve_api(sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["hostile"])
+    elif sys.argv[1] == "profile":
+        profile(sys.argv[2])
     else:
         serve_empty(sys.argv[2])

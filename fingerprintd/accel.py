@@ -28,18 +28,19 @@ class Accelerator:
     """The compiled modules, as one object."""
 
     def __init__(self, speedups: ModuleType, flows: ModuleType, nat: ModuleType, replay: ModuleType,
-                 matcher: ModuleType) -> None:
+                 matcher: ModuleType, hosts: ModuleType) -> None:
         self.speedups = speedups
         self.flows = flows  # FlowTable, RecentSyns compiled from flows.py
         self.nat = nat  # on_syn, on_other compiled from nat.py
         self.replay = replay  # P0fReplay: p0f-log replay on C structs
         self.matcher = matcher  # Matcher compiled from matcher.py (its comparison from signatures.py)
+        self.hosts = hosts  # HostTable compiled from hosts.py
 
 
 _HERE = Path(__file__).resolve().parent
 # Each compiled module and the source it was built from.
 _SOURCES = (("_speedups", "_speedups.pyx"), ("_replay", "_replay.pyx"), ("_cflows", "flows.py"), ("_cnat", "nat.py"),
-            ("_csignatures", "signatures.py"), ("_cmatcher", "matcher.py"))
+            ("_csignatures", "signatures.py"), ("_cmatcher", "matcher.py"), ("_chosts", "hosts.py"))
 
 
 def _stale(module: ModuleType, source: str) -> bool:
@@ -55,11 +56,11 @@ def _load(warn: bool = True) -> Accelerator | None:
     if os.environ.get(ENV):
         return None
     try:
-        from fingerprintd import _cflows, _cmatcher, _cnat, _csignatures, _replay, _speedups  # type: ignore[attr-defined]
+        from fingerprintd import _cflows, _chosts, _cmatcher, _cnat, _csignatures, _replay, _speedups  # type: ignore[attr-defined]
     except ImportError:
         return None
     modules = {"_speedups": _speedups, "_replay": _replay, "_cflows": _cflows, "_cnat": _cnat,
-               "_csignatures": _csignatures, "_cmatcher": _cmatcher}
+               "_csignatures": _csignatures, "_cmatcher": _cmatcher, "_chosts": _chosts}
     stale = [source for name, source in _SOURCES if _stale(modules[name], source)]
     if stale:
         # A stale copy would answer like the old code: the reference runs instead, and says so once.
@@ -67,7 +68,7 @@ def _load(warn: bool = True) -> Accelerator | None:
             print(f"fingerprintd: the accelerator is older than {', '.join(stale)}; running pure Python "
                   "(rebuild: pip install -e . or make)", file=sys.stderr)
         return None
-    return Accelerator(_speedups, _cflows, _cnat, _replay, _cmatcher)
+    return Accelerator(_speedups, _cflows, _cnat, _replay, _cmatcher, _chosts)
 
 
 ACCEL: Accelerator | None = _load()

@@ -22,9 +22,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fingerprintd.engine import Observation
-from fingerprintd.matcher import Fingerprint
+if TYPE_CHECKING:  # types only: the compiled copy (setup.py) is imported while fingerprintd.engine loads
+    from fingerprintd.engine import Observation
+    from fingerprintd.matcher import Fingerprint
 
 MAX_SIGNATURES_PER_HOST = 8  # distinct raw signatures remembered per host
 MAX_INTERNED_SERVERS = 256  # (server, port, mod, linktype) shared by all entries; more are stored per entry
@@ -144,6 +146,7 @@ class SynWithRecords(Syn):
 
 
 _ADDR6 = (1 << 128) - 1
+_V6_MARK = 1 << 128  # set in an IPv6 key, so that ::a.b.c.d and a.b.c.d differ
 
 
 def conn_key(ip: bytes, port: int) -> int:
@@ -151,12 +154,12 @@ def conn_key(ip: bytes, port: int) -> int:
 
     An IPv6 key carries a marker bit, so ::a.b.c.d and a.b.c.d differ.
     """
-    return (int.from_bytes(ip, "big") | (1 << 128 if len(ip) == 16 else 0)) << 16 | port
+    return (int.from_bytes(ip, "big") | (_V6_MARK if len(ip) == 16 else 0)) << 16 | port
 
 
 def host_key(ip: bytes) -> int:
     """An address as an int (an IPv6 one with a marker bit, as in `conn_key`)."""
-    return int.from_bytes(ip, "big") | (1 << 128 if len(ip) == 16 else 0)
+    return int.from_bytes(ip, "big") | (_V6_MARK if len(ip) == 16 else 0)
 
 
 class HostRecord:
@@ -173,58 +176,65 @@ class HostRecord:
 
     def __init__(self, obs: Syn) -> None:
         fp = obs.fp
-        self.first_seen = self.last_seen = obs.pkt.ts
+        label = fp.label
+        self.first_seen = self.last_seen = obs.ts
         self.count = 1
         self.last_distance = fp.dist
         self.signatures = [fp.raw_sig]  # distinct raw_sigs, oldest first
-        self.os_names = [fp.label.name] if fp.label is not None and not fp.label.is_app else []
+        os_match = label is not None and not label.is_app
+        self.os_names = [label.name] if os_match else []
         self.last_change = 0.0  # when the matched OS name last changed
         self.changes = 0
         self.latest = obs
         # The latest SYN that matched an OS (not a tool): what p0f's API reports.
-        self.last_match = obs if fp.label is not None and not fp.label.is_app else None
+        self.last_match = obs if os_match else None
         self.expires = obs.expires
         # p0f's host records (nat.py) as its API reports them: the time of the last
         # "ip sharing" (last_nat) and "host change" (last_chg) record, the last uptime.
         self.last_ip_sharing = self.last_host_change = 0.0
         self.uptime_minutes = self.uptime_modulo_days = 0
-        self._records(obs)
+        if obs.nat is not None or obs.uptime is not None:
+            self._records(obs)
 
     def _records(self, obs: Syn) -> None:
         nat, up = obs.nat, obs.uptime
         if nat is not None:
             if nat.kind == "ip sharing":
-                self.last_ip_sharing = obs.pkt.ts
+                self.last_ip_sharing = obs.ts
             else:
-                self.last_host_change = obs.pkt.ts
+                self.last_host_change = obs.ts
         if up is not None:
             self.uptime_minutes, self.uptime_modulo_days = up.minutes, up.modulo_days
 
     def update(self, obs: Syn) -> None:
-        pkt, fp = obs.pkt, obs.fp
-        self.last_seen = pkt.ts
+        """A later SYN from this address (a `Syn`: its fields are read directly, not through `pkt`)."""
+        fp = obs.fp
+        ts = obs.ts
+        self.last_seen = ts
         self.count += 1
         self.last_distance = fp.dist
         self.latest = obs
         if obs.nat is not None or obs.uptime is not None:
             self._records(obs)
         sigs = self.signatures
-        if fp.raw_sig not in sigs:
-            sigs.append(fp.raw_sig)
+        raw = fp.raw_sig
+        if sigs[-1] != raw and raw not in sigs:  # the same stack again, almost always
+            sigs.append(raw)
             del sigs[:-MAX_SIGNATURES_PER_HOST]
         label = fp.label
         if label is not None and not label.is_app:
             self.last_match = obs
             names = self.os_names
-            if names and names[-1] != label.name:
+            name = label.name
+            if not names:
+                names.append(name)
+            elif names[-1] != name:
                 self.changes += 1
-                self.last_change = pkt.ts
-                if label.name in names:
-                    names.remove(label.name)
-                names.append(label.name)
+                self.last_change = ts
+                if name in names:
+                    names.remove(name)
+                names.append(name)
                 del names[:-MAX_SIGNATURES_PER_HOST]
-            elif not names:
-                names.append(label.name)
 
     @property
     def host_changed(self) -> bool:
@@ -283,6 +293,16 @@ class ExpiringLRU:
         return len(self._data)
 
 
+def host_table(max_connections: int = 1_000_000, max_hosts: int = 1_000_000, ttl: float = 600.0,
+               timer=time.monotonic) -> HostTable:
+    """A host table from the selected implementation (fingerprintd/accel.py): the compiled copy of this
+    module's (setup.py; its records are C structs), or this one."""
+    from fingerprintd import accel  # not at the top: the compiled copy of this module loads with accel
+
+    impl = accel.ACCEL
+    return (impl.hosts.HostTable if impl is not None else HostTable)(max_connections, max_hosts, ttl, timer)
+
+
 class HostTable:
     def __init__(self, max_connections: int = 1_000_000, max_hosts: int = 1_000_000,
                  ttl: float = 600.0, timer=time.monotonic) -> None:
@@ -298,6 +318,7 @@ class HostTable:
         self._fresh_until = -1.0
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        self._writes = 0  # SYNs written: every 256th expires both tables' fronts
         self._waiting = 0  # lookups blocked in wait(): only then is a notify worth its cost
         # Called with (client ip, client port) after each add, outside the lock, on the
         # capture thread: how the asyncio gRPC server learns a SYN it waits for arrived
@@ -307,26 +328,23 @@ class HostTable:
 
     def add(self, obs: Observation) -> None:
         """Record a fingerprinted SYN (SYN+ACKs describe servers: ignored here)."""
-        if not obs.fp.to_server:
-            return
-        pkt = obs.pkt
-        src = pkt.src
-        where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
-        shared = self._servers.get(where)
-        if shared is None:
-            shared = where
-            if len(self._servers) < MAX_INTERNED_SERVERS:
-                self._servers[where] = where
-        key = conn_key(src, pkt.sport)
-        if obs.nat is None and obs.uptime is None:
-            syn = Syn(pkt.ts, key, pkt.ttl, shared, obs.fp)
-        else:
-            syn = SynWithRecords(pkt.ts, key, pkt.ttl, shared, obs.fp)
-            syn.nat = obs.nat
-            syn.uptime = obs.uptime
-        hkey = key >> 16
+        self.add_batch((obs,))
+
+    def add_batch(self, observations: list[Observation] | tuple[Observation, ...]) -> None:
+        """Record a batch's fingerprinted SYNs (SYN+ACKs describe servers: ignored here).
+
+        The capture thread's path, so it is written out flat: one lock and one
+        clock read per batch, not per SYN, and each table touched once per SYN
+        (a write into an OrderedDict appends a new key at the back already; only
+        a key written again is moved there).
+        """
+        servers = self._servers
+        conns = self.connections._data
+        hosts = self.hosts._data
+        max_conns = self.connections.maxsize
+        max_hosts = self.hosts.maxsize
+        arrived = [] if self.arrival_hooks else None
         with self._lock:
-            self.added += 1
             now = self.timer()
             if now >= self._fresh_until:
                 # Writes within EXPIRY_QUANTUM share one expiry (a float per entry is 32 bytes):
@@ -334,20 +352,71 @@ class HostTable:
                 self._fresh_until = now + EXPIRY_QUANTUM
                 self._expires = now + self.ttl + EXPIRY_QUANTUM
             expires = self._expires
-            self.connections.put(key, syn, expires)
-            hosts = self.hosts
-            host = hosts.get(hkey)
-            if host is None:
-                hosts.put(hkey, syn, expires)
-            else:
-                if host.__class__ is not HostRecord:
-                    host = HostRecord(host)
-                host.update(syn)
-                hosts.put(hkey, host, expires)  # re-put: refreshes its TTL and LRU place
-            if self._waiting:
-                self._arrived.notify_all()
-        for hook in self.arrival_hooks:
-            hook(src, obs.pkt.sport)
+            added = 0
+            for obs in observations:
+                fp = obs.fp
+                if fp is None or not fp.to_server:
+                    continue
+                pkt = obs.pkt
+                src = pkt.src
+                sport = pkt.sport
+                where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
+                shared = servers.get(where)
+                if shared is None:
+                    shared = where
+                    if len(servers) < MAX_INTERNED_SERVERS:
+                        servers[where] = where
+                hkey = int.from_bytes(src, "big")
+                if len(src) == 16:
+                    hkey |= _V6_MARK
+                key = hkey << 16 | sport
+                if obs.nat is None and obs.uptime is None:
+                    syn = Syn(pkt.ts, key, pkt.ttl, shared, fp)
+                else:
+                    syn = SynWithRecords(pkt.ts, key, pkt.ttl, shared, fp)
+                    syn.nat = obs.nat
+                    syn.uptime = obs.uptime
+                syn.expires = expires
+                size = len(conns)
+                conns[key] = syn
+                if len(conns) == size:  # the key was there: it moves to the back
+                    conns.move_to_end(key)
+                elif size >= max_conns:
+                    conns.popitem(last=False)
+                host = hosts.get(hkey)
+                if host is None or host.expires <= now:
+                    if host is not None:
+                        del hosts[hkey]
+                    hosts[hkey] = syn
+                    if len(hosts) > max_hosts:
+                        hosts.popitem(last=False)
+                elif host.__class__ is HostRecord:
+                    record = host
+                    record.update(syn)
+                    record.expires = expires
+                    hosts.move_to_end(hkey)
+                else:
+                    record = HostRecord(host)
+                    record.update(syn)
+                    record.expires = expires
+                    hosts[hkey] = record
+                    hosts.move_to_end(hkey)
+                if arrived is not None:
+                    arrived.append((src, sport))
+                added += 1
+            if added:
+                self.added += added
+                writes = self._writes
+                self._writes = writes + added
+                if (writes & ~255) != (self._writes & ~255):
+                    self.connections.expire()  # in bulk: peeking at the front costs more than a write
+                    self.hosts.expire()
+                if self._waiting:
+                    self._arrived.notify_all()
+        if arrived:
+            for hook in self.arrival_hooks:
+                for src, sport in arrived:
+                    hook(src, sport)
 
     def lookup(self, ip: bytes, port: int = 0, wait: float = 0.0) -> tuple[Syn | None, HostRecord | None]:
         """The SYN of connection (ip, port), or the latest from ip when port is 0.
@@ -373,6 +442,15 @@ class HostTable:
             if obs is not None:
                 self.hits += 1
             return obs, host
+
+    def host(self, ip: bytes) -> HostRecord | None:
+        """The address's history, for the service's own readers (the Redis publisher): not a lookup,
+        so not counted in `lookups`/`hits`, and never waits."""
+        with self._lock:
+            host = self.hosts.get(host_key(ip))
+        if host is not None and host.__class__ is not HostRecord:
+            host = HostRecord(host)  # a Syn (a host seen once) never changes: read outside the lock
+        return host
 
     def sizes(self) -> dict[str, int]:
         with self._lock:

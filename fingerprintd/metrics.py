@@ -68,9 +68,9 @@ class ServiceCollector(Collector):
         yield _counter("match_cache_hits", "Fingerprints answered from the per-stack memo", value=cache["hits"])
         yield _counter("match_cache_misses", "Fingerprints matched against the database", value=cache["misses"])
         yield _gauge("match_cache_entries", "Stacks in the memo", value=cache["size"])
-        lookups, hits = s.lookup_counts() if hasattr(s, "lookup_counts") else (s.hosts.lookups, s.hosts.hits)
-        yield _counter("lookups", "Host-table lookups (gRPC, p0f socket, analyzer)", value=lookups)
-        yield _counter("lookup_hits", "Lookups that found a SYN or host", value=hits)
+        # The table counts only lookups: the service's own reads (the Redis publisher's) go through hosts.host.
+        yield _counter("lookups", "Host-table lookups (gRPC, p0f socket, analyzer)", value=s.hosts.lookups)
+        yield _counter("lookup_hits", "Lookups that found a SYN or host", value=s.hosts.hits)
         yield _counter("watch_drops", "Observations a slow Watch stream did not get", value=s.watch_drops)
         yield _counter("reloads", "Successful SIGHUP reloads", value=s.reloads)
         yield _counter("reload_failures", "SIGHUP reloads refused (a bad file; the old ones stay)",

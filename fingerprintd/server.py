@@ -40,7 +40,7 @@ from fingerprintd.context import Context, from_postfix
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
 from fingerprintd.matcher import Fingerprint, PerFingerprint
-from fingerprintd.policy import Policy, served_verdict
+from fingerprintd.policy import Verdict
 from fingerprintd.reputation import Reputation, ReputationError
 from fingerprintd.unixsock import remove_stale_socket
 from fingerprintd.v1 import fingerprintd_pb2 as pb
@@ -60,7 +60,6 @@ class Backend(Protocol):
 
     hosts: HostTable
     reader: object  # store.Reader with --redis (looked up after a local miss), else None
-    policy: Policy
     max_batch: int
     max_wait_ms: int
     reputation: Reputation | None  # None: no learning (Feedback answers FAILED_PRECONDITION)
@@ -70,6 +69,9 @@ class Backend(Protocol):
     def unsubscribe(self, q: queue.Queue) -> None: ...
 
     def stats(self) -> dict: ...
+
+    def verdict(self, fp: Fingerprint, ip: bytes, ctx: Context | None, host: HostRecord | None,
+                client: str = "") -> Verdict: ...
 
 
 def _make_fp_part(fp: Fingerprint) -> pb.Observation:
@@ -319,9 +321,7 @@ class Servicer(pb_grpc.FingerprintServicer):
                 ctx: Context | None = None) -> pb.LookupResponse:
         if obs is None:
             return pb.LookupResponse(found=False, host=host_pb(host) if host else None)
-        v = self.b.policy.verdict(obs.fp, ip, ctx, host)
-        rep = getattr(self.b, "reputation", None)
-        v = served_verdict(v, _ip(ip), rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
+        v = self.b.verdict(obs.fp, ip, ctx, host, _ip(ip))
         return pb.LookupResponse(
             found=True, observation=observation_pb(obs), host=host_pb(host) if host else None,
             verdict=pb.Verdict(score=v.score, action=v.action, rules=v.rules, header=v.header, trusted=v.trusted,

@@ -30,6 +30,8 @@ import signal
 import threading
 import time
 import traceback
+from collections import Counter
+from operator import itemgetter
 
 from fingerprintd.capture import CaptureError, Live, open_live, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
@@ -37,7 +39,7 @@ from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
 from fingerprintd.engine import Observation, build_engine
-from fingerprintd.hosts import HostTable
+from fingerprintd.hosts import host_table
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, Verdict, load_policy, served_verdict
 from fingerprintd.report import join_lines, p0f_log_formatter
@@ -48,6 +50,7 @@ from fingerprintd.signatures import Database, SignatureError, load
 STOP_JOIN = 5.0  # seconds the capture thread gets to finish its batch at stop
 
 log = logging.getLogger("fingerprintd")
+_FP = itemgetter(2)  # Observation.fp, read at C speed over a batch
 WATCH_QUEUE = 10_000  # observations buffered per Watch stream; a slow reader loses the excess
 
 
@@ -173,7 +176,7 @@ class Service:
         self.classes_path = cfg.classes or default_classes()
         db, classes, self.policy = self._load_files()  # errors propagate: startup fails with file:line
         self.engine = build_engine(db, classes, cfg.ports, live=True)
-        self.hosts = HostTable(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
+        self.hosts = host_table(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
         self.reputation = None
@@ -203,7 +206,7 @@ class Service:
         self._thread: threading.Thread | None = None
         self.failed = ""  # the part whose fatal error stopped the service
         self.log: LogFile | None = None
-        self._log_format = p0f_log_formatter()
+        self._log_lines = join_lines(p0f_log_formatter())  # a batch's lines, in one call
         self.compat: list[P0fSocketServer | AnalyzerServer] = []
         self.grpc_server = None
         self._health = None
@@ -213,8 +216,6 @@ class Service:
         self.publisher = None
         self.reader = None
         self.lookups = self.hosts
-        self._host_reads = 0  # the publisher's reads of the table, kept out of the lookup counters
-        self._host_read_hits = 0
 
     # --- capture ----------------------------------------------------------
 
@@ -227,7 +228,7 @@ class Service:
 
         password = store.read_password(cfg.redis_password_file) if cfg.redis_password_file else None
         target = store.describe(cfg.redis_url)
-        self.publisher = store.Publisher(store.make_pool(cfg.redis_url, password), cfg.ttl_seconds, self._host_of,
+        self.publisher = store.Publisher(store.make_pool(cfg.redis_url, password), cfg.ttl_seconds, self.hosts.host,
                                          rspamd_prefix=cfg.redis_rspamd_prefix, max_queue=cfg.redis_queue,
                                          target=target)
         self.reader = store.Reader(store.make_pool(cfg.redis_url, password, store.READ_CONNECT_TIMEOUT,
@@ -236,18 +237,6 @@ class Service:
         self.publisher.start()
         event(logging.INFO, "publishing to redis", redis=target, rspamd_prefix=cfg.redis_rspamd_prefix or None,
               queue=cfg.redis_queue)
-
-    def _host_of(self, ip: bytes):
-        """The table's record of an address, for the publisher (not counted as a lookup)."""
-        _, host = self.hosts.lookup(ip, 0)
-        self._host_reads += 1
-        self._host_read_hits += host is not None
-        return host
-
-    def lookup_counts(self) -> tuple[int, int]:
-        """(lookups, hits) of the lookup paths: the table's counts less the publisher's own reads."""
-        reads, read_hits = self._host_reads, self._host_read_hits  # first: the table's counts only grow past them
-        return self.hosts.lookups - reads, self.hosts.hits - read_hits
 
     def open_compat(self) -> None:
         """The p0f API socket, the p0f-analyzer UDP port and the p0f log, as configured."""
@@ -306,27 +295,39 @@ class Service:
         self._deliver(self.engine.feed_batch(batch, linktype))
 
     def _deliver(self, observations: list[Observation]) -> None:
+        """A batch's observations -> the host table, the action counters, Watch, Redis and the log.
+
+        Per batch, not per SYN, wherever the work allows: the table takes the batch under one lock,
+        the actions are counted per distinct stack (the matcher hands out one Fingerprint per stack),
+        and the log gets one write."""
+        if not observations:
+            return
+        self.hosts.add_batch(observations)
+        fps = list(map(_FP, observations))
+        ids = list(map(id, fps))
+        by_id = dict(zip(ids, fps, strict=True))
         action_of = self._syn_action
         actions = self.syn_actions
-        for obs in observations:
-            self.hosts.add(obs)
-            action = action_of(obs.fp)
-            actions[action] = actions.get(action, 0) + 1
-            self._publish(obs)
-        if self.publisher is not None and observations:
+        for fp_id, n in Counter(ids).items():
+            fp = by_id[fp_id]
+            if fp is not None:
+                action = action_of(fp)
+                actions[action] = actions.get(action, 0) + n
+        if self._watchers:
+            self._publish(observations)
+        if self.publisher is not None:
             self.publisher.offer([obs for obs in observations if obs.to_server and obs.fp is not None])
-        if self.log is not None and observations:
-            self.log.write(join_lines(self._log_format)(observations), len(observations))
+        if self.log is not None:
+            self.log.write(self._log_lines(observations), len(observations))
 
-    def _publish(self, obs: Observation) -> None:
-        if not self._watchers:
-            return
+    def _publish(self, observations: list[Observation]) -> None:
         with self._watch_lock:
             for q in self._watchers:
-                try:
-                    q.put_nowait(obs)
-                except queue.Full:
-                    self.watch_drops += 1
+                for obs in observations:
+                    try:
+                        q.put_nowait(obs)
+                    except queue.Full:
+                        self.watch_drops += 1
 
     def subscribe(self) -> queue.Queue:
         q: queue.Queue = queue.Queue(WATCH_QUEUE)
@@ -362,12 +363,13 @@ class Service:
               classes=self.classes_path, policy=self.policy_path, rules=len(policy.rules))
         return True
 
-    def verdict(self, fp, ip: bytes, ctx, host) -> Verdict:
-        """The verdict as served (gRPC's Lookup does the same): the current policy (a SIGHUP replaces it),
-        plus what the reputation store learned."""
+    def verdict(self, fp, ip: bytes, ctx, host, client: str = "") -> Verdict:
+        """The verdict as served, by every path that serves one (gRPC's Lookup, the p0f-analyzer's
+        extended query): the current policy (a SIGHUP replaces it), plus what the reputation store
+        learned; `client` goes into the header (gRPC's answers carry it)."""
         v = self.policy.verdict(fp, ip, ctx, host)
         rep = self.reputation
-        return served_verdict(v, "", rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
+        return served_verdict(v, client, rep.adjustment(v.key) if rep is not None and not v.trusted else 0.0)
 
     def stats(self) -> dict:
         recv = drop = ifdrop = 0
@@ -377,13 +379,12 @@ class Service:
         e = self.engine.summary()  # one consistent snapshot: the capture thread may be mid-batch
         sizes = self.hosts.sizes()
         cache = e["cache"]
-        lookups, lookup_hits = self.lookup_counts()
         return {
             "packets": e["packets"], "fingerprinted": sum(e["fingerprinted"].values()), "skipped": e["skipped"],
             "kernel_received": recv, "kernel_dropped": drop, "interface_dropped": ifdrop,
             "connections": sizes["connections"], "hosts": sizes["hosts"],
             "match_cache_hits": cache["hits"], "match_cache_misses": cache["misses"],
-            "lookups": lookups, "lookup_hits": lookup_hits,
+            "lookups": self.hosts.lookups, "lookup_hits": self.hosts.hits,
             "uptime_seconds": time.time() - self.started, "reloads": self.reloads,
             "syn_mail_classes": e["syn_mail_classes"],
         }

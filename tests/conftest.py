@@ -47,7 +47,7 @@ def p0f_bin() -> str:
 # (fingerprintd/accel.py); tests/test_accel.py compares the two directly.
 BOTH_IMPLEMENTATIONS = frozenset({"test_conformance_corpus", "test_conformance_crafted", "test_conformance_kernel",
                                   "test_packet", "test_cli", "test_nat", "test_scanners", "test_bounds",
-                                  "test_counters", "test_explain", "test_stackrules"})
+                                  "test_counters", "test_explain", "test_stackrules", "test_hosts_policy"})
 
 
 def pytest_generate_tests(metafunc) -> None:

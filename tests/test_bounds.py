@@ -17,7 +17,7 @@ from scapy.all import IP, TCP, Ether  # type: ignore[attr-defined]
 from fingerprintd import packet
 from fingerprintd.engine import Engine, live_books, p0f_books
 from fingerprintd.flows import FlowLimits
-from fingerprintd.hosts import MAX_SIGNATURES_PER_HOST, HostTable
+from fingerprintd.hosts import MAX_SIGNATURES_PER_HOST, host_table
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.packet import LINK_ETHERNET, Packet
 from fingerprintd.signatures import load
@@ -102,7 +102,7 @@ def _observations(count: int, hosts: int, seconds: float = 0.0) -> list:
     (100, 50, 2000, 2000, {"connections": 100, "hosts": 50}),
 ])
 def test_host_table_caps(max_connections, max_hosts, count, hosts, want):
-    table = HostTable(max_connections=max_connections, max_hosts=max_hosts)
+    table = host_table(max_connections=max_connections, max_hosts=max_hosts)
     for obs in _observations(count, hosts):
         table.add(obs)
     assert (len(table.connections), len(table.hosts)) == (want["connections"], want["hosts"])
@@ -112,7 +112,7 @@ def test_host_table_caps(max_connections, max_hosts, count, hosts, want):
 def test_host_table_expires_entries_while_writing():
     """A flood that stops being looked at still ages out: writes sweep the expired front."""
     now = [0.0]
-    table = HostTable(ttl=600, timer=lambda: now[0])
+    table = host_table(ttl=600, timer=lambda: now[0])
     obs = _observations(1300, 1300)
     for o in obs[:1000]:
         table.add(o)
@@ -128,7 +128,7 @@ def test_host_table_expires_entries_while_writing():
 def test_host_history_is_bounded():
     """One address with ever-new stacks (a NAT, or an attacker) keeps MAX_SIGNATURES_PER_HOST of them."""
     engine = Engine(Matcher(DB), flows=live_books())
-    table = HostTable()
+    table = host_table()
     wins = [29200 + 8 * i for i in range(3 * MAX_SIGNATURES_PER_HOST)]
     for i, win in enumerate(wins):
         for obs in feed(engine, [syn_frame(1, sport=2000 + i, win=win)]):

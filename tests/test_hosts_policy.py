@@ -9,7 +9,7 @@ import pytest
 
 from fingerprintd.classes import bundled_classes
 from fingerprintd.engine import Engine
-from fingerprintd.hosts import AddressError, HostTable, normalize_ip
+from fingerprintd.hosts import AddressError, host_table, normalize_ip
 from fingerprintd.matcher import Matcher, PerFingerprint
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.policy import PolicyError, load_policy, parse_policy
@@ -55,7 +55,7 @@ def test_normalize_ip_refuses(bad):
 
 
 def test_connection_and_latest_lookup():
-    table = HostTable()
+    table = host_table()
     a = observe("linux", sport=40001)
     b = observe("win7", sport=40002, ts=1_700_000_001)
     table.add(a)
@@ -72,7 +72,7 @@ def test_connection_and_latest_lookup():
 
 def test_a_syn_keeps_the_host_records_it_set_off():
     """A lookup answers with the SYN's host-change and uptime records (nat.py), when it had any."""
-    table = HostTable()
+    table = host_table()
     plain = observe("linux", sport=40001)
     rec, up = NatRecord("host change", "ttl tcp", (1, 0, 0, 0)), Uptime(90, 49, 100.0)
     marked = observe("win7", sport=40002)._replace(nat=rec, uptime=up)
@@ -85,9 +85,36 @@ def test_a_syn_keeps_the_host_records_it_set_off():
     assert table.lookup(ip, 0)[0].nat == rec  # the latest from the address
 
 
+def test_host_reads_the_history_without_counting_a_lookup():
+    """HostTable.host (the Redis publisher's read): the address's history, not counted, for a host seen once
+    (kept as its Syn) and for one seen twice."""
+    table = host_table()
+    once, first, second = observe("linux", "198.51.100.3"), observe("linux", sport=40001), observe("win7", sport=40002)
+    for obs in (once, first, second):
+        table.add(obs)
+    seen_once, seen_twice = table.host(once.pkt.src), table.host(first.pkt.src)
+    assert seen_once.count == 1 and seen_once.os_names == ["Linux"] and same_syn(seen_once.latest, once)
+    assert seen_twice.count == 2 and seen_twice.os_names == ["Linux", "Windows"] and same_syn(seen_twice.latest, second)
+    assert table.host(normalize_ip("192.0.2.99")) is None
+    assert (table.lookups, table.hits) == (0, 0)
+    table.lookup(first.pkt.src)
+    assert (table.lookups, table.hits) == (1, 1)
+
+
+def test_a_written_again_entry_is_the_newest():
+    """The LRU order under a bound: a connection or host written again moves to the back, so the next
+    eviction takes the entry written longest ago instead."""
+    table = host_table(max_connections=2, max_hosts=2)
+    a, b = observe("linux", "198.51.100.1", 40001), observe("linux", "198.51.100.2", 40002)
+    table.add_batch([a, b, a._replace(pkt=a.pkt._replace(ts=a.pkt.ts + 1))])  # a again, in the same batch
+    table.add(observe("linux", "198.51.100.4", 40004))  # evicts b (connection and host), not a
+    assert table.lookup(a.pkt.src, 40001)[0] is not None and table.lookup(a.pkt.src)[1].count == 2
+    assert table.lookup(b.pkt.src, 40002) == (None, None)
+
+
 def test_ipv6_and_ipv4_compatible_addresses_are_different_entries():
     """Entries are keyed by the address as a number: ::203.0.113.7 must not be 203.0.113.7."""
-    table = HostTable()
+    table = host_table()
     v4 = observe("linux", sport=40000)
     compat = bytes(12) + v4.pkt.src
     v6 = v4._replace(pkt=v4.pkt._replace(src=compat, ip_ver=6), fp=observe("win7").fp)
@@ -101,7 +128,7 @@ def test_ipv6_and_ipv4_compatible_addresses_are_different_entries():
 
 
 def test_flood_stays_within_bound_oldest_go_first():
-    table = HostTable(max_connections=1000, max_hosts=500)
+    table = host_table(max_connections=1000, max_hosts=500)
     base = observe("linux")
     for i in range(20_000):
         src = bytes([10, i >> 16 & 255, i >> 8 & 255, i & 255])
@@ -115,7 +142,7 @@ def test_flood_stays_within_bound_oldest_go_first():
 
 def test_entries_expire():
     now = [0.0]
-    table = HostTable(ttl=600, timer=lambda: now[0])
+    table = host_table(ttl=600, timer=lambda: now[0])
     obs = observe("linux")
     table.add(obs)
     now[0] = 599
@@ -125,7 +152,7 @@ def test_entries_expire():
 
 
 def test_lookup_waits_for_a_syn_not_captured_yet():
-    table = HostTable()
+    table = host_table()
     obs = observe("linux")
     got: list = []
     waiter = threading.Thread(target=lambda: got.append(table.lookup(obs.pkt.src, obs.pkt.sport, wait=60.0)),

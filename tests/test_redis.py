@@ -209,6 +209,17 @@ def test_a_host_the_table_let_go_names_its_os_from_redis_as_locally(redis_server
         assert _fields(r) == _fields(mine)
 
 
+def test_publishing_reads_the_table_without_counting_lookups(two):
+    """The publisher reads each published SYN's host history from the table: Stats counts only lookups."""
+    (a, _), (stub_a, _) = two
+    a.ingest([syn(*s) for s in SENT], 1)
+    settle(a)
+    assert a.publisher.stats()["published"] >= len(SENT)
+    assert (a.stats()["lookups"], a.stats()["lookup_hits"]) == (0, 0)
+    assert stub_a.Lookup(pb.LookupRequest(ip="203.0.113.5", port=40001)).found
+    assert (a.stats()["lookups"], a.stats()["lookup_hits"]) == (1, 1)
+
+
 def test_p0f_socket_analyzer_and_milter_client_answer_from_redis(two, tmp_path):
     from p0f import P0f
 
