@@ -16,13 +16,13 @@ SYN that has not been captured yet.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from fingerprintd.address import AddressError, normalize_ip  # noqa: F401 - compat, server and the tests import them here
 
 if TYPE_CHECKING:  # types only: the compiled copy (setup.py) is imported while fingerprintd.engine loads
     from fingerprintd.engine import Observation
@@ -31,34 +31,6 @@ if TYPE_CHECKING:  # types only: the compiled copy (setup.py) is imported while 
 MAX_SIGNATURES_PER_HOST = 8  # distinct raw signatures remembered per host
 MAX_INTERNED_SERVERS = 256  # (server, port, mod, linktype) shared by all entries; more are stored per entry
 EXPIRY_QUANTUM = 1 / 16  # seconds: writes this close together share one expiry time
-
-
-class AddressError(ValueError):
-    """An address that cannot be parsed."""
-
-
-def normalize_ip(text: str) -> bytes:
-    """Packed address from text: IPv4, IPv6, IPv4-mapped IPv6 and Postfix's `IPv6:` prefix.
-
-    An IPv4-mapped address (``::ffff:192.0.2.1``) is its IPv4 address, since
-    that is what the SYN carried.
-    """
-    try:
-        return socket.inet_pton(socket.AF_INET, text)  # the common case, without ipaddress's cost
-    except OSError:
-        pass
-    t = text.strip()
-    if t[:5].lower() == "ipv6:":
-        t = t[5:]
-    if t.startswith("[") and t.endswith("]"):
-        t = t[1:-1]
-    try:
-        addr = ipaddress.ip_address(t)
-    except ValueError:
-        raise AddressError(f"not an IP address: {text!r}") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.packed
 
 
 class Syn:
@@ -160,6 +132,19 @@ def conn_key(ip: bytes, port: int) -> int:
 def host_key(ip: bytes) -> int:
     """An address as an int (an IPv6 one with a marker bit, as in `conn_key`)."""
     return int.from_bytes(ip, "big") | (_V6_MARK if len(ip) == 16 else 0)
+
+
+def syn_of(obs: Observation) -> Syn:
+    """The table's record of a fingerprinted SYN, made outside it (HostTable.add_batch makes its own inline,
+    with the (server, port, mod, linktype) tuples interned)."""
+    pkt = obs.pkt
+    where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
+    if obs.nat is None and obs.uptime is None:
+        return Syn(pkt.ts, conn_key(pkt.src, pkt.sport), pkt.ttl, where, obs.fp)
+    syn = SynWithRecords(pkt.ts, conn_key(pkt.src, pkt.sport), pkt.ttl, where, obs.fp)
+    syn.nat = obs.nat
+    syn.uptime = obs.uptime
+    return syn
 
 
 class HostRecord:

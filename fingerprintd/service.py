@@ -40,7 +40,7 @@ from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
 from fingerprintd.engine import Observation, build_engine
 from fingerprintd.hosts import host_table
-from fingerprintd.matcher import Matcher, PerFingerprint
+from fingerprintd.matcher import PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, Verdict, load_policy, served_verdict
 from fingerprintd.report import join_lines, p0f_log_formatter
 from fingerprintd.reputation import Reputation, SqliteStore
@@ -180,6 +180,7 @@ class Service:
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
         self.reputation = None
+        self.redis_pools = None  # store.Pools: made once, for the reputation, the publisher and the reader
         if cfg.reputation and not cfg.redis_reputation:
             self.reputation = Reputation(SqliteStore(cfg.reputation))
         if cfg.redis_reputation:  # learned on every host, counted in one place (issue 13)
@@ -189,10 +190,8 @@ class Service:
             if cfg.reputation:
                 event(logging.WARNING, "reputation kept in redis; the reputation file is not used",
                       file=cfg.reputation)
-            password = store.read_password(cfg.redis_password_file) if cfg.redis_password_file else None
-            self.reputation = Reputation(RedisReputationStore(
-                store.make_pool(cfg.redis_url, password),
-                store.make_pool(cfg.redis_url, password, store.READ_CONNECT_TIMEOUT, store.READ_TIMEOUT)))
+            self.redis_pools = store.open_pools(cfg.redis_url, cfg.redis_password_file)
+            self.reputation = Reputation(RedisReputationStore(*self.redis_pools))
         self.captures: list[Live] = []
         self.started = time.time()
         self.reloads = 0
@@ -226,13 +225,12 @@ class Service:
             return
         from fingerprintd import store
 
-        password = store.read_password(cfg.redis_password_file) if cfg.redis_password_file else None
+        pools = self.redis_pools = self.redis_pools or store.open_pools(cfg.redis_url, cfg.redis_password_file)
         target = store.describe(cfg.redis_url)
-        self.publisher = store.Publisher(store.make_pool(cfg.redis_url, password), cfg.ttl_seconds, self.hosts.host,
+        self.publisher = store.Publisher(pools.write, cfg.ttl_seconds, self.hosts.host,
                                          rspamd_prefix=cfg.redis_rspamd_prefix, max_queue=cfg.redis_queue,
                                          target=target)
-        self.reader = store.Reader(store.make_pool(cfg.redis_url, password, store.READ_CONNECT_TIMEOUT,
-                                                   store.READ_TIMEOUT), lambda: self.engine.matcher)
+        self.reader = store.Reader(pools.read, lambda: self.engine.matcher)
         self.lookups = store.SharedLookup(self.hosts, self.reader)
         self.publisher.start()
         event(logging.INFO, "publishing to redis", redis=target, rspamd_prefix=cfg.redis_rspamd_prefix or None,
@@ -355,7 +353,8 @@ class Service:
                   error=str(exc))
             return False
         # One reference swap each: readers see the old or the new, whole.
-        self.engine.matcher = Matcher(db, classes=classes)  # in the mode the database was read in
+        # The running implementation's matcher (compiled or pure), in the mode the database was read in.
+        self.engine.matcher = type(self.engine.matcher)(db, classes=classes)
         self._syn_action = _action_memo(policy)
         self.policy = policy
         self.reloads += 1

@@ -19,7 +19,7 @@ import struct
 from typing import NamedTuple
 
 from fingerprintd.engine import Observation
-from fingerprintd.hosts import HostRecord
+from fingerprintd.hosts import HostRecord, syn_of
 from fingerprintd.matcher import Matcher
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.packet import Packet
@@ -233,19 +233,12 @@ class RemoteHost:
         return self.changes > 0
 
 
-class _LetGo(Observation):
-    """An observation whose address the table no longer holds, read the way HostRecord reads the table's Syn
-    (it takes the entry's expiry, which an observation has none of)."""
-
-    __slots__ = ()
-    expires = 0.0
-
-
 def one_syn_host(obs: Observation) -> HostRecord:
     """The history of an address seen once (the table no longer holds it: evicted meanwhile).
 
-    HostRecord's own, so that it names the OS as a record the table kept would."""
-    return HostRecord(_LetGo._make(obs))
+    HostRecord's own, of the table's own record of the SYN, so that it names the OS as a record the table
+    kept would."""
+    return HostRecord(syn_of(obs))
 
 
 def conn_key(ip: bytes, port: int, prefix: bytes = KEY_PREFIX) -> bytes:

@@ -353,6 +353,9 @@ def test_the_readmes_acl_user_publishes_and_reads_its_prefix_only(redis_server, 
                          redis_reputation=True))
     svc.open_store()
     try:
+        # One set of pools (the password file read once) for the reputation, the publisher and the reader.
+        shared = svc.reputation.store
+        assert shared.redis.connection_pool is svc.publisher.pool and shared.reads.connection_pool is svc.reader.pool
         svc.ingest([syn("linux", "203.0.113.30", 44000)], 1)
         settle(svc)
         st = svc.publisher.stats()

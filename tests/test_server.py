@@ -241,6 +241,22 @@ def test_reload_keeps_the_old_files_on_error(tmp_path):
     assert service.reloads == 1
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["pure", "compiled"])
+def test_reload_keeps_the_running_implementation(compiled, tmp_path):
+    """A SIGHUP's new matcher is of the implementation the service started with (it was the pure one)."""
+    from fingerprintd import accel
+    from fingerprintd.matcher import Matcher
+    from tests.conftest import need
+
+    if compiled:
+        need(accel.available(), "the compiled accelerator is not built")
+    with accel.selected(compiled):
+        service = Service(Config(listen=[f"unix:{tmp_path}/r.sock"]))
+    started = type(service.engine.matcher)
+    assert (started is Matcher) is not compiled
+    assert service.reload() and type(service.engine.matcher) is started
+
+
 def test_tls(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
