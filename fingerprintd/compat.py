@@ -74,21 +74,40 @@ def _cstr(text: str) -> bytes:
     return text.encode("utf-8", "replace")[:31]
 
 
+# The answer as its numbers (per host) and its names (per pair of verdicts: made once, see _names).
+_HEAD = struct.Struct("=IIIIIIIIIhBB")
+_NAMES = struct.Struct("=32s32s32s32s32s32s")
+_names_of: dict[tuple[int, int], tuple[object, object, bytes]] = {}
+MAX_NAMES = 4096
+
+
+def _names(fp, latest) -> bytes:
+    """The answer's os, flavor, http, link and language fields: the OS from the matched verdict, the link
+    from the latest one."""
+    key = (id(fp), id(latest))
+    hit = _names_of.get(key)
+    if hit is not None and hit[0] is fp and hit[1] is latest:  # the entry holds both: their ids are theirs
+        return hit[2]
+    label = fp.label if fp is not None else None
+    names = _NAMES.pack(_cstr(label.name) if label else b"", _cstr(label.flavor or "") if label else b"", b"", b"",
+                        _cstr(latest.link or "") if latest is not None and latest.raw_mtu else b"", b"")
+    if len(_names_of) >= MAX_NAMES:
+        _names_of.clear()
+    _names_of[key] = (fp, latest, names)
+    return names
+
+
 def p0f_response(status: int, host: HostRecord | None = None) -> bytes:
     if status != STATUS_OK or host is None:
         return _RESPONSE.pack(RESPONSE_MAGIC, status, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b"", b"", b"", b"", b"", b"")
     match = host.last_match
     fp = match.fp if match is not None else None
-    label = fp.label if fp is not None else None
     quality = (MATCH_FUZZY if fp and fp.fuzzy else 0) | (MATCH_GENERIC if fp and fp.generic else 0)
     latest = host.latest.fp if host.latest is not None else None
-    return _RESPONSE.pack(
+    return _HEAD.pack(
         RESPONSE_MAGIC, STATUS_OK, int(host.first_seen), int(host.last_seen), min(host.count, 0xFFFFFFFF),
         host.uptime_minutes, host.uptime_modulo_days, int(host.last_ip_sharing), int(host.last_host_change),
-        min(host.last_distance, 0x7FFF), 0, quality,
-        _cstr(label.name) if label else b"", _cstr(label.flavor or "") if label else b"", b"", b"",
-        _cstr(latest.link or "") if latest is not None and latest.raw_mtu else b"", b"",
-    )
+        min(host.last_distance, 0x7FFF), 0, quality) + _names(fp, latest)
 
 
 BAD_QUERY_RESPONSE = p0f_response(STATUS_BAD_QUERY)

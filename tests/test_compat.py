@@ -83,6 +83,20 @@ def test_a_kept_answer_follows_the_host_record(monkeypatch):
     assert len(memo) <= 8
 
 
+def test_the_names_follow_both_the_matched_and_the_latest_syn():
+    """The answer's OS names come from the host's last OS match, its link from its latest SYN: a masscan probe
+    (no MSS, so no link) after a Linux SYN leaves the OS and takes the link away (the packed names are kept
+    per pair of verdicts, never per match alone)."""
+    table = HostTable()
+    table.add(observe("linux", src="203.0.113.9"))
+    query = _query(socket.inet_aton("203.0.113.9"))
+    first = _fields(compat.p0f_answer(query, table))
+    assert (first[12].rstrip(b"\0"), first[16].rstrip(b"\0")) == (b"Linux", b"Ethernet or modem")
+    table.add(observe("masscan", src="203.0.113.9", sport=40001, ts=1_700_000_005))
+    after = _fields(compat.p0f_answer(query, table))
+    assert (after[12].rstrip(b"\0"), after[16].rstrip(b"\0")) == (b"Linux", b"")
+
+
 def test_strings_are_always_terminated():
     table = HostTable()
     obs = observe("linux", src="203.0.113.10")
