@@ -40,3 +40,17 @@ cdef class FlowTable:
 
     @cython.locals(flow=Flow)
     cpdef other(self, pkt)
+
+
+cdef class RecentSyns:
+    cdef public object seen, hosts
+    cdef public long size, max_hosts
+
+    cpdef tick(self, sec)
+    cpdef syn_done(self, flow, pkt, app)
+    cpdef synack(self, pkt)
+    cpdef synack_done(self, flow, pkt, app)
+    cpdef other(self, pkt)
+
+    @cython.locals(host=Host)
+    cpdef syn(self, pkt)

@@ -26,7 +26,7 @@ import time
 
 from fingerprintd import packet as _pk
 # The compiled books and host records (the same build): called as C functions when the engine runs them.
-from fingerprintd._cflows cimport Flow, FlowTable
+from fingerprintd._cflows cimport Flow, FlowTable, RecentSyns
 from fingerprintd._cnat cimport on_other as c_on_other, on_syn as c_on_syn
 from fingerprintd import _cnat
 
@@ -496,6 +496,7 @@ cdef class _Loop:
     cdef object engine, flows, matcher, cache, fingerprint, ports, skipped, classes, records, on_syn, on_other
     cdef object out
     cdef FlowTable books  # flows, when they are the compiled p0f books; else None
+    cdef RecentSyns recent  # flows, when they are the compiled live books; else None
     cdef bint c_nat  # nat is the compiled nat module
     cdef bint bugs, exact, host_records, all_ports
     cdef int linktype
@@ -521,6 +522,7 @@ cdef class _Loop:
         self.on_syn = nat.on_syn
         self.on_other = nat.on_other
         self.books = self.flows if type(self.flows) is FlowTable else None
+        self.recent = self.flows if type(self.flows) is RecentSyns else None
         self.c_nat = nat is _cnat
         self.linktype = linktype
         self.out = []
@@ -537,9 +539,12 @@ cdef class _Loop:
         cdef unsigned int tcp_type
         cdef bint to_srv, sendsyn
         cdef FlowTable books = self.books
+        cdef RecentSyns recent = self.recent
         flows = self.flows
         if books is not None:
             books.tick(sec)
+        elif recent is not None:
+            recent.tick(sec)
         else:
             flows.tick(sec)
         pkt = _parse(d, n, self.linktype, sec + usec * 1e-6, self.bugs)
@@ -548,7 +553,7 @@ cdef class _Loop:
             return 0
         tcp_type = pkt[P_TCP_TYPE]
         if tcp_type != SYN and tcp_type != (SYN | ACK):
-            due = flows.other(pkt)
+            due = recent.other(pkt) if recent is not None else flows.other(pkt)
             self.n_not_syn += 1
             if due is not None and self.host_records:
                 if self.c_nat:
@@ -563,7 +568,12 @@ cdef class _Loop:
             self.n_other_port += 1
             return 0
         if tcp_type == SYN:
-            flow = books.syn(pkt) if books is not None else flows.syn(pkt)
+            if books is not None:
+                flow = books.syn(pkt)
+            elif recent is not None:
+                flow = recent.syn(pkt)
+            else:
+                flow = flows.syn(pkt)
             if flow is None:
                 self.n_retransmit += 1
                 return 0
@@ -571,6 +581,8 @@ cdef class _Loop:
             fp = self.fp_of(pkt, True, 0, sendsyn)
             if books is not None:
                 books.syn_done(flow, pkt, fp.app)
+            elif recent is not None:
+                recent.syn_done(flow, pkt, fp.app)
             else:
                 flows.syn_done(flow, pkt, fp.app)
             if sendsyn:
@@ -582,7 +594,12 @@ cdef class _Loop:
             self.classes[fp.mail_class] += 1
             to_srv = True
         else:
-            flow = books.synack(pkt) if books is not None else flows.synack(pkt)
+            if books is not None:
+                flow = books.synack(pkt)
+            elif recent is not None:
+                flow = recent.synack(pkt)
+            else:
+                flow = flows.synack(pkt)
             if flow is None:
                 self.n_stray += 1
                 return 0
