@@ -1,20 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Replay to p0f's log format with no Python object per packet (see fingerprintd/accel.py).
+"""`fingerprintd replay` with no Python object per packet (see fingerprintd/accel.py).
 
 The compiled loop of _speedups.pyx still hands every SYN to Python objects:
 a Packet, a Flow and Host of flows.py, a Sig of nat.py, an Observation, and
-then formats them.  Here the whole path of `fingerprintd replay --format
-p0f-log` runs on C structs: parse_c's packet, p0f's flow and host books
-(flows.FlowTable), the host records (nat.py: host change, ip sharing,
-uptime), a match cache keyed by the packet's shape, the counters and the
-log lines.  Python runs only for a stack not yet cached: the packet is then
-made a Packet and given to the Matcher, and the verdict's log text is kept
-with the cache entry.
+then formats them.  Here the whole path of `fingerprintd replay` runs on C
+structs: parse_c's packet, p0f's flow and host books (flows.FlowTable), the
+host records (nat.py: host change, ip sharing, uptime), a match cache keyed
+by the packet's shape, the counters and the lines of each output format
+(p0f-log, jsonl, text).  Python runs only for a stack not yet cached: the
+packet is then made a Packet and given to the Matcher, and the stack's part
+of the line (report._REPLAY_TAILS) is kept with the cache entry.
 
 It is a second implementation of flows.FlowTable and nat.on_syn/on_other,
 written from them line for line (the names below are theirs), and
 tests/test_accel.py requires its bytes and counters to equal the pure path's
-(Engine.feed_blob + report.p0f_log_formatter) on every capture and random
+(Engine.feed_blob and report's formatters) on every capture and random
 batch it feeds both.  The engine it is built from lends it its matcher, its
 mode and its counters; the books are its own, so an engine replays through
 one path only.

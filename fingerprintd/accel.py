@@ -32,7 +32,7 @@ class Accelerator:
         self.speedups = speedups
         self.flows = flows  # FlowTable, RecentSyns compiled from flows.py
         self.nat = nat  # on_syn, on_other compiled from nat.py
-        self.replay = replay  # P0fReplay: p0f-log replay on C structs
+        self.replay = replay  # Replay: `fingerprintd replay` on C structs, every format
         self.matcher = matcher  # Matcher compiled from matcher.py (its comparison from signatures.py)
         self.hosts = hosts  # HostTable compiled from hosts.py
 
