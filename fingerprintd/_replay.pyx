@@ -31,7 +31,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 from libc.time cimport time_t, tm, strftime
 
-from fingerprintd._speedups cimport CPkt, _Buf, packet_of, parse_c, w_addr, w_bytes, w_hex, w_uint
+from fingerprintd._speedups cimport CPkt, _Buf, add_counts, packet_of, parse_c, w_addr, w_bytes, w_hex, w_uint
 
 import json
 
@@ -120,20 +120,8 @@ cdef object _ip_text = None  # report.ip_text, for IPv4-mapped addresses (bound 
 # A line's fixed parts at most: head (30), mod (16), who (110), a host-record or uptime tail (~150).
 DEF LINE_ROOM = 320
 
-# The skip reasons by parse_c's code, and the engine's counter names.
+# The skip reasons by parse_c's code (the engine's own counter names: _speedups.add_counts).
 cdef tuple REASONS = _reasons
-# Bound on first use: engine.py imports this module (through accel.py) while it is being imported.
-cdef object R_NOT_SYN = None
-cdef object R_RETRANSMIT, R_STRAY_SYNACK, R_OTHER_PORT
-
-
-cdef _bind_engine():
-    global R_NOT_SYN, R_RETRANSMIT, R_STRAY_SYNACK, R_OTHER_PORT
-    from fingerprintd import engine
-    R_NOT_SYN = engine.R_NOT_SYN
-    R_RETRANSMIT = engine.R_RETRANSMIT
-    R_STRAY_SYNACK = engine.R_STRAY_SYNACK
-    R_OTHER_PORT = engine.R_OTHER_PORT
 
 
 # ---------------------------------------------------------------------------
@@ -574,7 +562,6 @@ cdef class Replay:
     cdef long n_not_syn, n_other_port, n_retransmit, n_stray, n_syn, n_synack, n_probe, n_response, hits
     cdef long n_uptime, n_change, n_sharing
     cdef int64_t head_sec
-    cdef uint32_t sec, usec
     cdef char head[48]
     cdef Py_ssize_t head_n
     cdef _Buf buf
@@ -595,8 +582,6 @@ cdef class Replay:
         """`tails(fp, pkt)`: a stack's part of the line in `fmt` (report._REPLAY_TAILS), and p0f's mtu line."""
         self.fmt = {"p0f-log": FMT_P0F, "jsonl": FMT_JSONL, "text": FMT_TEXT}[fmt]
         self.link_for = -1
-        if R_NOT_SYN is None:
-            _bind_engine()
         self.engine = engine
         self.matcher = engine.matcher
         self.tails = tails
@@ -1289,7 +1274,7 @@ cdef class Replay:
             o = w_bytes(o, b',"uptime":null}\n', 16)
         return o
 
-    cdef char* json_ts(self, char* o, uint32_t sec, uint32_t usec, double ts) except NULL:
+    cdef char* json_ts(self, char* o, uint32_t sec, uint32_t usec) except NULL:
         """json of round(sec + usec * 1e-6, 6).  From 1 s to 2**33 s that is the decimal sec.usec itself,
         trailing zeros dropped: doubles there are under 1e-6 apart, so round() lands on the double nearest
         that decimal and repr gives the decimal back.  Elsewhere, the general route."""
@@ -1298,7 +1283,7 @@ cdef class Replay:
         cdef uint32_t frac = micros % 1000000
         cdef int digits = 6
         if whole < 1 or whole >= (<uint64_t>1 << 33):
-            return w_json_round(o, ts, 6)
+            return w_json_round(o, sec + usec * 1e-6, 6)  # the frame's ts, as one() and packet_of have it
         o = w_uint(o, whole)
         o[0] = 46  # .
         o += 1
@@ -1317,10 +1302,11 @@ cdef class Replay:
             digits -= 1
         return o
 
-    cdef char* json_line(self, char* o, const CPkt* p, bint to_srv, double ts, int mod, const Verdict* v,
+    cdef char* json_line(self, char* o, const CPkt* p, bint to_srv, uint32_t sec, uint32_t usec, int mod,
+                         const Verdict* v,
                          const Record* r) except NULL:
         o = w_bytes(o, b'{"ts":', 6)
-        o = self.json_ts(o, self.sec, self.usec, ts)
+        o = self.json_ts(o, sec, usec)
         if to_srv:
             o = w_bytes(o, b',"mod":"syn"', 12)
         else:
@@ -1335,9 +1321,10 @@ cdef class Replay:
         o = w_bytes(o, PyBytes_AS_STRING(self.link_json), PyBytes_GET_SIZE(self.link_json))
         return self.json_records(o, r)
 
-    cdef char* json_uptime(self, char* o, const CPkt* p, bint to_srv, double ts, const Record* r) except NULL:
+    cdef char* json_uptime(self, char* o, const CPkt* p, bint to_srv, uint32_t sec, uint32_t usec,
+                           const Record* r) except NULL:
         o = w_bytes(o, b'{"ts":', 6)
-        o = self.json_ts(o, self.sec, self.usec, ts)
+        o = self.json_ts(o, sec, usec)
         if to_srv:
             o = w_bytes(o, b',"mod":"uptime","subject":"client",', 35)
         else:
@@ -1399,8 +1386,6 @@ cdef class Replay:
         cdef char* o
         cdef double ts = sec + usec * 1e-6
         cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
-        self.sec = sec  # the frame's capture time, for the JSON writer
-        self.usec = usec
         self.tick(sec)
         if code:
             self.skip_counts[code] += 1
@@ -1419,7 +1404,7 @@ cdef class Replay:
                         self.put_who(p, to_srv)
                         o = self.put_uptime(o, &rec)
                     elif self.fmt == FMT_JSONL:
-                        o = self.json_uptime(o, p, to_srv, ts, &rec)
+                        o = self.json_uptime(o, p, to_srv, sec, usec, &rec)
                     else:
                         self.set_head(<int64_t>ts)
                         o = self.text_uptime(o, p, to_srv, &rec)
@@ -1489,23 +1474,17 @@ cdef class Replay:
             if rec.up:
                 o = self.put_uptime(o, &rec)
         elif self.fmt == FMT_JSONL:
-            o = self.json_line(o, p, to_srv, ts, mod, v, &rec)
+            o = self.json_line(o, p, to_srv, sec, usec, mod, v, &rec)
         else:
             self.set_head(<int64_t>ts)
             o = self.text_line(o, p, to_srv, mod, v, &rec)
         self.buf.size = o - self.buf.data
         return 0
 
-    def __call__(self, blob, meta, int linktype):
-        """Process pcapy next_batch's frames (`blob`, and (sec, usec, offset, caplen) records in `meta`):
-        their lines."""
-        with self.engine._lock:
-            self.run(blob, meta, linktype)
-            return self.buf.take_bytes()
-
     def into(self, blob, meta, int linktype, write):
-        """The same, handing the lines to `write` as a memoryview of this loop's buffer, valid only during
-        the call: a file's write takes them with no copy (and no fresh megabyte of memory per batch)."""
+        """Process pcapy next_batch's frames (`blob`, and (sec, usec, offset, caplen) records in `meta`),
+        handing their lines to `write` as a memoryview of this loop's buffer, valid only during the call: a
+        file's write takes them with no copy (and no fresh megabyte of memory per batch)."""
         with self.engine._lock:
             self.run(blob, meta, linktype)
             if self.buf.size:
@@ -1569,7 +1548,6 @@ cdef class Replay:
         return 0
 
     cdef int finish(self, Py_ssize_t count) except -1:
-        # Counters are Counters: a key appears only once counted, as in the pure loop.
         eng = self.engine
         skipped = eng.skipped
         cdef int c
@@ -1577,38 +1555,17 @@ cdef class Replay:
             if self.skip_counts[c]:
                 skipped[REASONS[c]] += self.skip_counts[c]
                 self.skip_counts[c] = 0
-        if self.n_not_syn:
-            skipped[R_NOT_SYN] += self.n_not_syn
-        if self.n_other_port:
-            skipped[R_OTHER_PORT] += self.n_other_port
-        if self.n_retransmit:
-            skipped[R_RETRANSMIT] += self.n_retransmit
-        if self.n_stray:
-            skipped[R_STRAY_SYNACK] += self.n_stray
-        done = eng.fingerprinted
-        if self.n_syn:
-            done["syn"] += self.n_syn
-        if self.n_synack:
-            done["syn+ack"] += self.n_synack
-        if self.n_probe:
-            done["sendsyn probe"] += self.n_probe
-        if self.n_response:
-            done["sendsyn response"] += self.n_response
-        records = eng.records
         if self.n_change:
-            records["host change"] += self.n_change
+            eng.records["host change"] += self.n_change
         if self.n_sharing:
-            records["ip sharing"] += self.n_sharing
-        if self.n_uptime:
-            records["uptime"] += self.n_uptime
+            eng.records["ip sharing"] += self.n_sharing
         classes = eng.syn_classes
         for c in range(len(self.class_names)):
             if self.class_counts[c]:
                 classes[self.class_names[c]] += self.class_counts[c]
                 self.class_counts[c] = 0
-        if self.hits:
-            self.matcher.hits += self.hits
-        eng.packets += count
+        add_counts(eng, self.matcher, self.n_not_syn, self.n_other_port, self.n_retransmit, self.n_stray,
+                   self.n_syn, self.n_synack, self.n_probe, self.n_response, self.n_uptime, self.hits, count)
         self.n_not_syn = self.n_other_port = self.n_retransmit = self.n_stray = 0
         self.n_syn = self.n_synack = self.n_probe = self.n_response = self.hits = 0
         self.n_change = self.n_sharing = self.n_uptime = 0

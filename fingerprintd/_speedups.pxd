@@ -33,6 +33,8 @@ cdef struct CPkt:
 
 cdef int parse_c(const uint8_t* d, Py_ssize_t n, int linktype, bint bugs, CPkt* p) noexcept nogil
 cdef object packet_of(const CPkt* p, object ts)
+cdef int add_counts(engine, matcher, long not_syn, long other_port, long retransmit, long stray, long syn,
+                    long synack, long probe, long response, long uptime, long hits, Py_ssize_t packets) except -1
 
 
 # Writers for log text: each writes at `o` and returns the end; the caller has made the room.
@@ -118,4 +120,3 @@ cdef class _Buf:
     cdef int put_uint(self, unsigned long v) except -1
     cdef int put_addr(self, bytes a) except -1
     cdef str take(self)
-    cdef bytes take_bytes(self)

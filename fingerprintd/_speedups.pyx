@@ -628,31 +628,41 @@ cdef class _Loop:
         return 0
 
     cdef finish(self, Py_ssize_t count):
-        # Counters are Counters: a key appears only once counted, as in the pure loop.
-        skipped = self.skipped
-        if self.n_not_syn:
-            skipped[R_NOT_SYN] += self.n_not_syn
-        if self.n_other_port:
-            skipped[R_OTHER_PORT] += self.n_other_port
-        if self.n_retransmit:
-            skipped[R_RETRANSMIT] += self.n_retransmit
-        if self.n_stray:
-            skipped[R_STRAY_SYNACK] += self.n_stray
-        done = self.engine.fingerprinted
-        if self.n_syn:
-            done["syn"] += self.n_syn
-        if self.n_synack:
-            done["syn+ack"] += self.n_synack
-        if self.n_probe:
-            done["sendsyn probe"] += self.n_probe
-        if self.n_response:
-            done["sendsyn response"] += self.n_response
-        if self.n_uptime:
-            self.records["uptime"] += self.n_uptime
-        if self.hits:
-            self.matcher.hits += self.hits
-        self.engine.packets += count
+        add_counts(self.engine, self.matcher, self.n_not_syn, self.n_other_port, self.n_retransmit, self.n_stray,
+                   self.n_syn, self.n_synack, self.n_probe, self.n_response, self.n_uptime, self.hits, count)
         return self.out
+
+
+cdef int add_counts(engine, matcher, long not_syn, long other_port, long retransmit, long stray, long syn,
+                    long synack, long probe, long response, long uptime, long hits, Py_ssize_t packets) except -1:
+    """A batch's counts into the engine's Counters (the engine's loop and the replay loop alike): a key
+    appears only once counted, as in the pure loop."""
+    if R_NOT_SYN is None:
+        _bind_engine()
+    skipped = engine.skipped
+    if not_syn:
+        skipped[R_NOT_SYN] += not_syn
+    if other_port:
+        skipped[R_OTHER_PORT] += other_port
+    if retransmit:
+        skipped[R_RETRANSMIT] += retransmit
+    if stray:
+        skipped[R_STRAY_SYNACK] += stray
+    done = engine.fingerprinted
+    if syn:
+        done["syn"] += syn
+    if synack:
+        done["syn+ack"] += synack
+    if probe:
+        done["sendsyn probe"] += probe
+    if response:
+        done["sendsyn response"] += response
+    if uptime:
+        engine.records["uptime"] += uptime
+    if hits:
+        matcher.hits += hits
+    engine.packets += packets
+    return 0
 
 
 def feed_batch(engine, list batch, int linktype, nat):
@@ -737,11 +747,6 @@ cdef class _Buf:
 
     cdef str take(self):
         out = PyUnicode_DecodeUTF8(self.data, self.size, NULL)
-        self.size = 0
-        return out
-
-    cdef bytes take_bytes(self):
-        out = PyBytes_FromStringAndSize(self.data, self.size)
         self.size = 0
         return out
 
