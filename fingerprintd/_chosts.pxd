@@ -38,6 +38,9 @@ cdef class HostTable:
     cdef public object timer, _servers, _lock, _arrived, arrival_hooks
     cdef public long added, lookups, hits, _writes, _waiting
 
-    @cython.locals(servers=dict, max_conns=Py_ssize_t, max_hosts=Py_ssize_t, now=double, expires=double,
-                   added=long, writes=long, size=Py_ssize_t, syn=Syn, record=HostRecord)
+    @cython.locals(servers=dict, syns=list, syn=Syn)
     cpdef add_batch(self, observations)
+
+    @cython.locals(max_conns=Py_ssize_t, max_hosts=Py_ssize_t, now=double, expires=double,
+                   added=long, writes=long, size=Py_ssize_t, syn=Syn, record=HostRecord)
+    cpdef add_syns(self, list syns)

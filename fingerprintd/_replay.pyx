@@ -22,6 +22,7 @@ one path only.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_READ
+from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Free
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.ref cimport PyObject
@@ -601,18 +602,8 @@ cdef class Replay:
         self.host_idle = limits.host_idle
         tb_init(&self.flows, sizeof(Flow), 1024)
         tb_init(&self.hosts, sizeof(Host), 1024)
-        self.cache_size = max(1, self.matcher.cache_size)
-        self.cache = <Verdict*>malloc(self.cache_size * sizeof(Verdict))
-        cdef uint64_t size = 16
-        while size < <uint64_t>self.cache_size * 2:
-            size <<= 1
-        self.cache_slots = <int32_t*>malloc(size * sizeof(int32_t))
-        if self.cache == NULL or self.cache_slots == NULL:
-            raise MemoryError()
-        self.cache_mask = size - 1
-        memset(self.cache_slots, 0xFF, size * sizeof(int32_t))
-        self.cache_count = 0
         self.keep = []  # per cache entry: (Fingerprint, tail bytes, mtu bytes), which its pointers read
+        self.new_cache()
         self.label_of = {}  # id(Label) -> index; the Label is kept in label_sys's list entry
         self.names = {}  # interned strings (OS names, classes)
         self.label_sys = []
@@ -628,6 +619,24 @@ cdef class Replay:
         free(self.cache_slots)
         free(self.labels)
         free(self.class_counts)
+
+    cdef int new_cache(self) except -1:
+        """An empty match cache with the matcher's bound (at start, and for a new matcher)."""
+        free(self.cache)
+        free(self.cache_slots)
+        self.cache_size = max(1, self.matcher.cache_size)
+        self.cache = <Verdict*>malloc(self.cache_size * sizeof(Verdict))
+        cdef uint64_t size = 16
+        while size < <uint64_t>self.cache_size * 2:
+            size <<= 1
+        self.cache_slots = <int32_t*>malloc(size * sizeof(int32_t))
+        if self.cache == NULL or self.cache_slots == NULL:
+            raise MemoryError()
+        self.cache_mask = size - 1
+        memset(self.cache_slots, 0xFF, size * sizeof(int32_t))
+        self.cache_count = 0
+        del self.keep[:]
+        return 0
 
     # -- interning --------------------------------------------------------
 
@@ -1214,6 +1223,22 @@ cdef class Replay:
                       <long long>r.modulo_days, r.freq)
         return o
 
+    cdef char* p0f_lines(self, char* o, const CPkt* p, bint to_srv, int64_t sec, int mod, const Verdict* v,
+                         const Record* r) except NULL:
+        """A fingerprinted packet's p0f log lines: the observation, its host record, mtu and uptime."""
+        self.set_head(sec)
+        self.put_who(p, to_srv)
+        o = self.line_start(o, MOD_NAME[mod], MOD_LEN[mod])
+        o = w_bytes(o, v.tail, v.tail_n)
+        if r.kind:
+            o = self.put_nat(o, r)
+        if v.mtu != NULL:
+            o = self.line_start(o, b"mtu", 3)
+            o = w_bytes(o, v.mtu, v.mtu_n)
+        if r.up:
+            o = self.put_uptime(o, r)
+        return o
+
     cdef char* put_nat(self, char* o, const Record* r) noexcept:
         cdef bint first = True
         cdef int i
@@ -1462,17 +1487,7 @@ cdef class Replay:
         # Room for the four lines a packet can make: the fixed parts, and the verdict's two tails.
         o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
         if self.fmt == FMT_P0F:
-            self.set_head(<int64_t>ts)
-            self.put_who(p, to_srv)
-            o = self.line_start(o, MOD_NAME[mod], MOD_LEN[mod])
-            o = w_bytes(o, v.tail, v.tail_n)
-            if rec.kind:
-                o = self.put_nat(o, &rec)
-            if v.mtu != NULL:
-                o = self.line_start(o, b"mtu", 3)
-                o = w_bytes(o, v.mtu, v.mtu_n)
-            if rec.up:
-                o = self.put_uptime(o, &rec)
+            o = self.p0f_lines(o, p, to_srv, <int64_t>ts, mod, v, &rec)
         elif self.fmt == FMT_JSONL:
             o = self.json_line(o, p, to_srv, sec, usec, mod, v, &rec)
         else:
@@ -1569,4 +1584,211 @@ cdef class Replay:
         self.n_not_syn = self.n_other_port = self.n_retransmit = self.n_stray = 0
         self.n_syn = self.n_synack = self.n_probe = self.n_response = self.hits = 0
         self.n_change = self.n_sharing = self.n_uptime = 0
+        return 0
+
+
+# ---------------------------------------------------------------------------
+# The live service's capture path: engine.Engine._feed_batch on flows.RecentSyns, then what
+# service.Service._deliver does with the observations (hosts.HostTable.add_batch's records, the p0f log),
+# on the same C structs.
+
+from fingerprintd._chosts cimport Syn, SynWithRecords
+
+from fingerprintd import hosts as _hosts
+
+cdef tuple MOD_STR = ("syn", "syn+ack", "sendsyn probe", "sendsyn response")  # by MOD_*
+cdef tuple KIND_STR = (None, "host change", "ip sharing")  # by Record.kind
+cdef object V6_MARK = _hosts._V6_MARK
+cdef Py_ssize_t MAX_INTERNED_SERVERS = _hosts.MAX_INTERNED_SERVERS
+cdef object _new_tuple = tuple.__new__
+
+
+cdef inline uint32_t u32be(const uint8_t* a) noexcept nogil:
+    return (<uint32_t>a[0] << 24) | (<uint32_t>a[1] << 16) | (<uint32_t>a[2] << 8) | a[3]
+
+
+cdef class LiveLoop(Replay):
+    """`fingerprintd serve`'s capture thread for one engine on the live books (flows.RecentSyns) and one
+    compiled host table: `feed` takes next_batch's buffers and gives back the batch's table records
+    (hosts.Syn, for HostTable.add_syns), its Observations only when asked (Watch streams, Redis) and its
+    p0f log lines only when asked.
+
+    RecentSyns is kept here as two of the tables replay uses: `flows` holds the 4-tuples of the last
+    `size` SYNs with their ISN (next_cli_seq), `hosts` the last `max_hosts` clients with their host
+    records' state (nat.py), both in least-recently-written order.  A SIGHUP's new matcher is picked up
+    at the next batch, with an empty match cache (the Matcher's own starts empty too)."""
+
+    cdef int64_t size, live_hosts
+    cdef int linktype
+    cdef bint want_obs
+    cdef list syns, observations
+    cdef dict servers  # the host table's interned (server, port, mod, linktype)
+    cdef object where  # the last SYN's, for the next one to the same server
+    cdef uint8_t where_dst[16]
+    cdef unsigned int where_alen, where_port
+    cdef int where_mod, where_link
+    cdef object observation  # engine.Observation
+
+    def __init__(self, engine, tails, table):
+        """`tails`: report.p0f_tails; `table`: the compiled HostTable whose `_servers` interns `where`."""
+        Replay.__init__(self, engine, "p0f-log", tails)
+        from fingerprintd.engine import Observation
+
+        books = engine.flows
+        self.size = books.size
+        self.live_hosts = books.max_hosts
+        self.servers = table._servers
+        self.observation = Observation
+        self.where = None
+
+    def feed(self, blob, meta, int linktype, bint log, bint observations):
+        """One next_batch: (its Syns, its Observations or None, its log lines as bytes or None)."""
+        with self.engine._lock:
+            if self.engine.matcher is not self.matcher:  # reloaded
+                self.matcher = self.engine.matcher
+                self.new_cache()
+            self.linktype = linktype
+            self.want_obs = observations
+            self.syns = []
+            self.observations = [] if observations else None
+            self.buf.size = 0
+            self.fmt = FMT_P0F if log else -1
+            self.run(blob, meta, linktype)
+            text = PyBytes_FromStringAndSize(self.buf.data, self.buf.size) if self.buf.size else None
+            self.buf.size = 0
+        return self.syns, self.observations, text
+
+    cdef int32_t live_host(self, const CPkt* p, int64_t now) except -1:
+        """RecentSyns.syn's host entry for the client: found and moved last, or made (the least recently
+        seen one leaving when the books are full)."""
+        cdef uint8_t k[KEY]
+        host_key(k, p.src, p.alen)
+        cdef uint64_t h = key_hash(k)
+        cdef int32_t i = tb_find(&self.hosts, k, h)
+        cdef Host* r
+        if i >= 0:
+            self.host(i).last_seen = now
+            tb_touch(&self.hosts, i)
+            return i
+        if self.hosts.count >= self.live_hosts and self.hosts.first >= 0:
+            tb_del(&self.hosts, self.hosts.first)
+        i = tb_add(&self.hosts, k, h)
+        r = self.host(i)
+        r.first_seen = r.last_seen = now
+        r.last_class = r.last_name = -1
+        return i
+
+    cdef object where_of(self, const CPkt* p, int mod):
+        """(server, port, mod, linktype), interned as HostTable.add_batch does it."""
+        cdef bint same = self.where is not None and self.where_alen == p.alen and self.where_port == p.dport
+        same = same and self.where_mod == mod and self.where_link == self.linktype
+        if same and memcmp(self.where_dst, p.dst, p.alen) == 0:
+            return self.where
+        cdef object dst = PyBytes_FromStringAndSize(<const char*>p.dst, p.alen)
+        cdef tuple where = (dst, p.dport, MOD_STR[mod], self.linktype)
+        cdef object shared = self.servers.get(where)
+        if shared is None:
+            shared = where
+            if len(self.servers) < MAX_INTERNED_SERVERS:
+                self.servers[where] = where
+        self.where = shared
+        memcpy(self.where_dst, p.dst, p.alen)
+        self.where_alen = p.alen
+        self.where_port = p.dport
+        self.where_mod = mod
+        self.where_link = self.linktype
+        return shared
+
+    cdef int one(self, CPkt* pp, int code, uint32_t sec, uint32_t usec) except -1:
+        cdef const CPkt* p = pp
+        cdef Record rec
+        cdef uint8_t k[KEY]
+        cdef uint64_t h
+        cdef int32_t i
+        cdef const Verdict* v
+        cdef int mod
+        cdef char* o
+        cdef bint sendsyn
+        cdef Syn syn
+        cdef SynWithRecords with_records
+        cdef double ts = sec + usec * 1e-6
+        cdef int64_t now_ms = <int64_t>sec * 1000 + usec // 1000
+        if code:
+            self.skip_counts[code] += 1
+            return 0
+        if p.tcp_type != SYN and p.tcp_type != (SYN | ACK):
+            self.n_not_syn += 1  # RecentSyns.other: nothing is tracked
+            return 0
+        if not self.all_ports and not (self.ports[p.dport >> 3] & (1 << (p.dport & 7))) and not (
+                self.ports[p.sport >> 3] & (1 << (p.sport & 7))):
+            self.n_other_port += 1
+            return 0
+        if p.tcp_type != SYN:
+            self.n_stray += 1  # RecentSyns.synack: SYN+ACKs are not tracked
+            return 0
+        # RecentSyns.syn: a retransmission when this 4-tuple came with this ISN among the last `size` SYNs.
+        flow_key(k, p, True)
+        h = key_hash(k)
+        i = tb_find(&self.flows, k, h)
+        if i >= 0:
+            if self.flow(i).next_cli_seq == p.seq:
+                self.n_retransmit += 1
+                return 0
+            tb_touch(&self.flows, i)
+        else:
+            if self.flows.count >= self.size and self.flows.first >= 0:
+                tb_del(&self.flows, self.flows.first)
+            i = tb_add(&self.flows, k, h)
+        self.flow(i).next_cli_seq = p.seq
+        memset(&self.scratch, 0, sizeof(Flow))  # RecentSyns' stand-in flow: the client's host, no state
+        self.scratch.client = self.live_host(p, <int64_t>ts)
+        sendsyn = self.scratch.sendsyn = p.win == SENDSYN_WIN and p.mss == SENDSYN_MSS
+        v = self.verdict(p, ts, True, 0, sendsyn)
+        if sendsyn:
+            mod = MOD_PROBE
+            self.n_probe += 1
+        else:
+            mod = MOD_SYN
+            self.n_syn += 1
+        self.class_counts[v.klass] += 1
+        memset(&rec, 0, sizeof(Record))
+        self.on_syn(True, &self.scratch, p, v, sec, now_ms, &rec)
+        if rec.kind == 1:
+            self.n_change += 1
+        elif rec.kind == 2:
+            self.n_sharing += 1
+        if rec.up:
+            self.n_uptime += 1
+        if self.fmt == FMT_P0F:
+            o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
+            o = self.p0f_lines(o, p, True, <int64_t>ts, mod, v, &rec)
+            self.buf.size = o - self.buf.data
+        fp = (<tuple>self.keep[v - self.cache])[0]
+        if p.alen == 4:
+            key = PyLong_FromUnsignedLongLong((<uint64_t>u32be(p.src) << 16) | p.sport)
+        else:
+            key = (int.from_bytes(PyBytes_FromStringAndSize(<const char*>p.src, 16), "big") | V6_MARK) << 16 | p.sport
+        nat = uptime = None
+        if rec.kind or rec.up:
+            if rec.kind:
+                nat = _nat.NatRecord(KIND_STR[rec.kind], " ".join(
+                    [name for bit, name in _nat.REASON_NAMES if rec.reason & bit]),
+                    (rec.hits[0], rec.hits[1], rec.hits[2], rec.hits[3]))
+            if rec.up:
+                uptime = _nat.Uptime(rec.minutes, rec.modulo_days, rec.freq)
+            with_records = SynWithRecords.__new__(SynWithRecords)
+            with_records.nat = nat
+            with_records.uptime = uptime
+            syn = with_records
+        else:
+            syn = Syn.__new__(Syn)
+        syn.ts = ts
+        syn.key = key
+        syn.ttl = p.ttl
+        syn.where = self.where_of(p, mod)
+        syn.fp = fp
+        self.syns.append(syn)
+        if self.want_obs:
+            self.observations.append(_new_tuple(self.observation, (
+                MOD_STR[mod], packet_of(p, ts), fp, self.linktype, True, nat, uptime)))
         return 0

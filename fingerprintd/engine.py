@@ -70,6 +70,15 @@ def split_batch(blob: bytes, meta: bytes) -> list[tuple[int, int, bytes]]:
     return [(s, u, blob[o : o + n]) for s, u, o, n in BATCH_META.iter_unpack(meta)]
 
 
+def join_batch(batch: list[tuple[int, int, bytes]]) -> tuple[bytes, bytes]:
+    """(sec, usec, frame) triples as a next_batch buffer and its BATCH_META records (split_batch's inverse)."""
+    blob, meta = bytearray(), bytearray()
+    for sec, usec, frame in batch:
+        meta += BATCH_META.pack(sec, usec, len(blob), len(frame))
+        blob += frame
+    return bytes(blob), bytes(meta)
+
+
 def build_engine(db: Database, classes: ClassMap = NO_CLASSES, ports: Iterable[int] | None = (25,),
                  live: bool = False, host_records: bool | None = None) -> Engine:
     """The engine the CLI, the service and the accuracy report run: the matcher, the flow books and the

@@ -305,30 +305,57 @@ class HostTable:
         self._arrived = threading.Condition(self._lock)
         self._writes = 0  # SYNs written: every 256th expires both tables' fronts
         self._waiting = 0  # lookups blocked in wait(): only then is a notify worth its cost
-        # Called with (client ip, client port) after each add, outside the lock, on the
+        # Called with each batch's list of Syns after it is added, outside the lock, on the
         # capture thread: how the asyncio gRPC server learns a SYN it waits for arrived
-        # without a thread blocked here.  A tuple, swapped whole, so the capture thread
-        # never iterates a list another thread is changing.
-        self.arrival_hooks: tuple[Callable[[bytes, int], None], ...] = ()
+        # without a thread blocked here (once per batch: with nobody waiting it returns at once).
+        # A tuple, swapped whole, so the capture thread never iterates a list another thread is changing.
+        self.arrival_hooks: tuple[Callable[[list[Syn]], None], ...] = ()
 
     def add(self, obs: Observation) -> None:
         """Record a fingerprinted SYN (SYN+ACKs describe servers: ignored here)."""
         self.add_batch((obs,))
 
     def add_batch(self, observations: list[Observation] | tuple[Observation, ...]) -> None:
-        """Record a batch's fingerprinted SYNs (SYN+ACKs describe servers: ignored here).
+        """Record a batch's fingerprinted SYNs (SYN+ACKs describe servers: ignored here)."""
+        servers = self._servers
+        syns = []
+        for obs in observations:
+            fp = obs.fp
+            if fp is None or not fp.to_server:
+                continue
+            pkt = obs.pkt
+            where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
+            shared = servers.get(where)
+            if shared is None:
+                shared = where
+                if len(servers) < MAX_INTERNED_SERVERS:
+                    servers[where] = where
+            src = pkt.src
+            key = (int.from_bytes(src, "big") | (_V6_MARK if len(src) == 16 else 0)) << 16 | pkt.sport  # conn_key
+            if obs.nat is None and obs.uptime is None:
+                syn = Syn(pkt.ts, key, pkt.ttl, shared, fp)
+            else:
+                syn = SynWithRecords(pkt.ts, key, pkt.ttl, shared, fp)
+                syn.nat = obs.nat
+                syn.uptime = obs.uptime
+            syns.append(syn)
+        self.add_syns(syns)
+
+    def add_syns(self, syns: list[Syn]) -> None:
+        """Record SYNs made outside the table: by add_batch, or by the compiled live loop (_replay.LiveLoop),
+        their `where` tuples interned in `_servers` (at most MAX_INTERNED_SERVERS of them).
 
         The capture thread's path, so it is written out flat: one lock and one
         clock read per batch, not per SYN, and each table touched once per SYN
         (a write into an OrderedDict appends a new key at the back already; only
         a key written again is moved there).
         """
-        servers = self._servers
+        if not syns:
+            return
         conns = self.connections._data
         hosts = self.hosts._data
         max_conns = self.connections.maxsize
         max_hosts = self.hosts.maxsize
-        arrived = [] if self.arrival_hooks else None
         with self._lock:
             now = self.timer()
             if now >= self._fresh_until:
@@ -337,37 +364,16 @@ class HostTable:
                 self._fresh_until = now + EXPIRY_QUANTUM
                 self._expires = now + self.ttl + EXPIRY_QUANTUM
             expires = self._expires
-            added = 0
-            for obs in observations:
-                fp = obs.fp
-                if fp is None or not fp.to_server:
-                    continue
-                pkt = obs.pkt
-                src = pkt.src
-                sport = pkt.sport
-                where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
-                shared = servers.get(where)
-                if shared is None:
-                    shared = where
-                    if len(servers) < MAX_INTERNED_SERVERS:
-                        servers[where] = where
-                hkey = int.from_bytes(src, "big")
-                if len(src) == 16:
-                    hkey |= _V6_MARK
-                key = hkey << 16 | sport
-                if obs.nat is None and obs.uptime is None:
-                    syn = Syn(pkt.ts, key, pkt.ttl, shared, fp)
-                else:
-                    syn = SynWithRecords(pkt.ts, key, pkt.ttl, shared, fp)
-                    syn.nat = obs.nat
-                    syn.uptime = obs.uptime
+            for syn in syns:
                 syn.expires = expires
+                key = syn.key
                 size = len(conns)
                 conns[key] = syn
                 if len(conns) == size:  # the key was there: it moves to the back
                     conns.move_to_end(key)
                 elif size >= max_conns:
                     conns.popitem(last=False)
+                hkey = key >> 16
                 host = hosts.get(hkey)
                 if host is None or host.expires <= now:
                     if host is not None:
@@ -386,22 +392,17 @@ class HostTable:
                     record.expires = expires
                     hosts[hkey] = record
                     hosts.move_to_end(hkey)
-                if arrived is not None:
-                    arrived.append((src, sport))
-                added += 1
-            if added:
-                self.added += added
-                writes = self._writes
-                self._writes = writes + added
-                if (writes & ~255) != (self._writes & ~255):
-                    self.connections.expire()  # in bulk: peeking at the front costs more than a write
-                    self.hosts.expire()
-                if self._waiting:
-                    self._arrived.notify_all()
-        if arrived:
-            for hook in self.arrival_hooks:
-                for src, sport in arrived:
-                    hook(src, sport)
+            added = len(syns)
+            self.added += added
+            writes = self._writes
+            self._writes = writes + added
+            if (writes & ~255) != (self._writes & ~255):
+                self.connections.expire()  # in bulk: peeking at the front costs more than a write
+                self.hosts.expire()
+            if self._waiting:
+                self._arrived.notify_all()
+        for hook in self.arrival_hooks:
+            hook(syns)
 
     def lookup(self, ip: bytes, port: int = 0, wait: float = 0.0) -> tuple[Syn | None, HostRecord | None]:
         """The SYN of connection (ip, port), or the latest from ip when port is 0.

@@ -287,14 +287,18 @@ class Servicer(pb_grpc.FingerprintServicer):
 
     # --- what the capture side calls ---------------------------------------
 
-    def arrived(self, ip: bytes, port: int) -> None:
-        """A SYN from (ip, port) is in the table (capture thread): wake whoever waits for it."""
+    def arrived(self, syns: list) -> None:
+        """A batch of SYNs is in the table (capture thread): wake whoever waits for one of them."""
         waiters = self._waiters
-        if waiters and ((ip, port) in waiters or (ip, 0) in waiters):
-            try:
-                self.loop.call_soon_threadsafe(self._wake, ip, port)
-            except RuntimeError:  # the loop is closed: the server is gone
-                pass
+        if not waiters:
+            return
+        for syn in syns:
+            ip, port = syn.src, syn.sport
+            if (ip, port) in waiters or (ip, 0) in waiters:
+                try:
+                    self.loop.call_soon_threadsafe(self._wake, ip, port)
+                except RuntimeError:  # the loop is closed: the server is gone
+                    return
 
     def _wake(self, ip: bytes, port: int) -> None:
         for key in ((ip, port), (ip, 0)):

@@ -31,18 +31,18 @@ import threading
 import time
 import traceback
 from collections import Counter
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from fingerprintd.capture import CaptureError, Live, open_live, ports_filter
 from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.compat import AnalyzerServer, P0fSocketServer
 from fingerprintd.config import Config, split_host_port
 from fingerprintd.data import default_classes, default_policy, default_signatures
-from fingerprintd.engine import Observation, build_engine
+from fingerprintd.engine import Observation, build_engine, join_batch
 from fingerprintd.hosts import host_table
 from fingerprintd.matcher import PerFingerprint
 from fingerprintd.policy import Policy, PolicyError, Verdict, load_policy, served_verdict
-from fingerprintd.report import join_lines, p0f_log_formatter
+from fingerprintd.report import join_lines, p0f_log_formatter, p0f_tails
 from fingerprintd.reputation import Reputation, SqliteStore
 from fingerprintd.server import SERVICE_NAME, Limits, build_server
 from fingerprintd.signatures import Database, SignatureError, load
@@ -51,6 +51,7 @@ STOP_JOIN = 5.0  # seconds the capture thread gets to finish its batch at stop
 
 log = logging.getLogger("fingerprintd")
 _FP = itemgetter(2)  # Observation.fp, read at C speed over a batch
+_SYN_FP = attrgetter("fp")  # hosts.Syn.fp
 WATCH_QUEUE = 10_000  # observations buffered per Watch stream; a slow reader loses the excess
 
 
@@ -133,8 +134,8 @@ class LogFile:
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def write(self, text: str, lines: int) -> None:
-        data = memoryview(text.encode("utf-8"))
+    def write(self, text: str | bytes, lines: int) -> None:
+        data = memoryview(text.encode("utf-8") if text.__class__ is str else text)
         with self._lock:
             try:
                 while data:
@@ -168,6 +169,14 @@ class LogFile:
             os.close(self._fd)
 
 
+def live_loop(engine, hosts):
+    """The compiled capture path (_replay.LiveLoop) for this engine and table, or None: the pure path."""
+    impl = engine.accel
+    if impl is None or type(hosts) is not impl.hosts.HostTable or type(engine.flows) is not impl.flows.RecentSyns:
+        return None
+    return impl.replay.LiveLoop(engine, p0f_tails, hosts)
+
+
 class Service:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -177,6 +186,7 @@ class Service:
         db, classes, self.policy = self._load_files()  # errors propagate: startup fails with file:line
         self.engine = build_engine(db, classes, cfg.ports, live=True)
         self.hosts = host_table(cfg.max_connections, cfg.max_hosts, cfg.ttl_seconds)
+        self._loop = live_loop(self.engine, self.hosts)
         self.max_batch = cfg.max_batch
         self.max_wait_ms = cfg.max_wait_ms
         self.reputation = None
@@ -286,22 +296,47 @@ class Service:
                     blob, meta = cap.read_raw()
                     if not meta:
                         break
-                    self._deliver(self.engine.feed_blob(blob, meta, cap.linktype))
+                    self.ingest_blob(blob, meta, cap.linktype)
 
     def ingest(self, batch: list[tuple[int, int, bytes]], linktype: int) -> None:
         """Captured frames -> the host table, the Watch streams and the log."""
-        self._deliver(self.engine.feed_batch(batch, linktype))
+        self.ingest_blob(*join_batch(batch), linktype)
 
-    def _deliver(self, observations: list[Observation]) -> None:
-        """A batch's observations -> the host table, the action counters, Watch, Redis and the log.
+    def ingest_blob(self, blob: bytes, meta: bytes, linktype: int) -> None:
+        """A next_batch's frames -> the host table, the action counters, Watch, Redis and the log.
 
         Per batch, not per SYN, wherever the work allows: the table takes the batch under one lock,
         the actions are counted per distinct stack (the matcher hands out one Fingerprint per stack),
-        and the log gets one write."""
+        and the log gets one write.  With the accelerator the whole path up to the table's records
+        and the log's bytes runs on C structs (_replay.LiveLoop), and Observations are made only when
+        a Watch stream or Redis takes them; the pure path is the reference it must equal."""
+        loop = self._loop
+        if loop is None:
+            self._deliver(self.engine.feed_blob(blob, meta, linktype))
+            return
+        share = bool(self._watchers) or self.publisher is not None
+        syns, observations, text = loop.feed(blob, meta, linktype, self.log is not None, share)
+        if not syns:
+            return
+        self.hosts.add_syns(syns)
+        self._count_actions(list(map(_SYN_FP, syns)))
+        if observations:
+            self._share(observations)
+        if text is not None and self.log is not None:
+            self.log.write(text, len(syns))
+
+    def _deliver(self, observations: list[Observation]) -> None:
+        """The pure path's ingest_blob, from the engine's observations."""
         if not observations:
             return
         self.hosts.add_batch(observations)
-        fps = list(map(_FP, observations))
+        self._count_actions(list(map(_FP, observations)))
+        self._share(observations)
+        if self.log is not None:
+            self.log.write(self._log_lines(observations), len(observations))
+
+    def _count_actions(self, fps: list) -> None:
+        """The policy's action for each fingerprinted SYN, looked up once per distinct stack."""
         ids = list(map(id, fps))
         by_id = dict(zip(ids, fps, strict=True))
         action_of = self._syn_action
@@ -311,12 +346,13 @@ class Service:
             if fp is not None:
                 action = action_of(fp)
                 actions[action] = actions.get(action, 0) + n
+
+    def _share(self, observations: list[Observation]) -> None:
+        """Observations to the Watch streams and Redis."""
         if self._watchers:
             self._publish(observations)
         if self.publisher is not None:
             self.publisher.offer([obs for obs in observations if obs.to_server and obs.fp is not None])
-        if self.log is not None:
-            self.log.write(self._log_lines(observations), len(observations))
 
     def _publish(self, observations: list[Observation]) -> None:
         with self._watch_lock:

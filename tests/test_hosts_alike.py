@@ -81,8 +81,8 @@ def test_compiled_host_table_answers_like_the_pure_one(plan):
     assert type(compiled) is not HostTable  # really the compiled class
     arrived_pure: list = []
     arrived_compiled: list = []
-    pure.arrival_hooks = (lambda ip, port: arrived_pure.append((ip, port)),)
-    compiled.arrival_hooks = (lambda ip, port: arrived_compiled.append((ip, port)),)
+    pure.arrival_hooks = (lambda syns: arrived_pure.extend((s.src, s.sport) for s in syns),)
+    compiled.arrival_hooks = (lambda syns: arrived_compiled.extend((s.src, s.sport) for s in syns),)
     ts = 1_700_000_000.0
     for syns, step in plan:
         now[0] += step
