@@ -136,10 +136,12 @@ def test_the_live_books_forget_the_oldest(tmp_path):
     rng = random.Random(5)
     frames = [bytes(frame(Shape(), f"10.3.0.{i}", "192.0.2.25", 41000 + i, 25, rng, seq=77)) for i in range(12)]
     batches = [[(1_700_000_000, 0, f) for f in frames[:6]], [(1_700_000_001, 0, f) for f in frames[:6]],
-               [(1_700_000_002, 0, f) for f in frames], [(1_700_000_003, 0, f) for f in frames[:4]]]
+               [(1_700_000_002, 0, f) for f in frames],
+               [(1_700_000_003, 0, f) for f in (frames[3], frames[0], frames[1], frames[2])]]
     seen_pure, seen_compiled = _feed_both(pure, compiled, batches, packet.LINK_ETHERNET, watch=True)
     _assert_same(seen_pure, seen_compiled)
     skipped = seen_pure["summary"]["skipped"]
-    # 6 again at once, the 6 again among 12 (the books hold 8), then 4 that left: fingerprinted again.
+    # 6 again at once, the 6 again among 12 (the books hold 8: the 4 oldest leave), then those 4, the
+    # youngest of them first (one more entry kept would still hold it): fingerprinted again.
     assert skipped["retransmitted-syn"] == 6 + 6, skipped
     assert seen_pure["summary"]["fingerprinted"]["syn"] == 6 + 6 + 4
