@@ -251,13 +251,13 @@ def test_capture_interface_removed_underneath_stops_it_with_status_1(pair, tmp_p
 
 INJECT = r"""
 import sys
-from fingerprintd import cli, compat, engine
+from fingerprintd import cli, compat, service
 
 def boom(*args, **kwargs):
     raise RuntimeError("injected fault")
 
 if sys.argv[1] == "capture":
-    engine.Engine.feed_batch = engine.Engine.feed_blob = boom  # the capture loop feeds next_batch buffers
+    service.Service.ingest_blob = boom  # the capture loop hands it each next_batch (either implementation)
 elif sys.argv[1] == "p0f-socket":
     compat.p0f_answer = boom
 else:
