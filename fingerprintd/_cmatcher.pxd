@@ -21,7 +21,7 @@ cdef class _Layout:
 
 
 cdef class Matcher:
-    cdef public object db, p0f_bugs, classes, fallback, cache_size
+    cdef public object db, mode, classes, fallback, cache_size
     cdef public bint flow_twin
     cdef public dict cache, _buckets, _index, _mtu, _layout_text, _quirks_text, _mail_class
     cdef public long hits, misses

@@ -456,8 +456,9 @@ cdef object _parse(const uint8_t* d, Py_ssize_t n, int linktype, object ts, bint
     return packet_of(&p, ts)
 
 
-def parse(data, int linktype=1, ts=0.0, bint p0f_bugs=False):
-    """packet.parse, compiled: a Packet, or a skip-reason string."""
+def parse(data, int linktype=1, ts=0.0, mode=_pk.FIXED):
+    """packet.parse, compiled: a Packet, or a skip-reason string (`mode`: a fingerprintd.mode.P0fMode)."""
+    cdef bint p0f_bugs = mode.p0f_bugs
     if type(data) is bytes:
         return _parse(<const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), linktype, ts, p0f_bugs)
     cdef const uint8_t[::1] view = data

@@ -21,6 +21,7 @@ from fingerprintd.classes import ClassesError, ClassMap, load_classes
 from fingerprintd.data import default_classes, default_signatures
 from fingerprintd.engine import build_engine
 from fingerprintd.matcher import Matcher
+from fingerprintd.mode import P0fMode
 from fingerprintd.report import FORMATTERS, replayer
 from fingerprintd.signatures import Database, SignatureError, load, marked_additions, shadowed
 
@@ -32,9 +33,10 @@ class UsageError(Exception):
 
 
 def load_db(path: str | None, p0f_bugs: bool = False) -> Database:
+    """The signatures, read in the mode --p0f-bugs names: every later stage takes it from them."""
     path = path or default_signatures()
     try:
-        return load(path, p0f_bugs=p0f_bugs)
+        return load(path, P0fMode.of(p0f_bugs))
     except SignatureError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -210,13 +212,14 @@ def _replay_filter(args: argparse.Namespace):
             raise UsageError(f"bad --bpf filter: {err}")
         return args.bpf
     ports = args.port or [25]
-    extended = not args.p0f_bugs  # p0f-bugs mode reads exactly the packets p0f reads
+    mode = P0fMode.of(args.p0f_bugs)  # p0f-bugs mode reads exactly the packets p0f reads
+    qinq, ext_headers = not mode.vlan_refused, not mode.ipv6_ext_refused
     if args.all_ports:
         def make(vlan: bool) -> str:
-            return all_tcp_filter(vlan, extended, extended)
+            return all_tcp_filter(vlan, qinq, ext_headers)
     else:
         def make(vlan: bool) -> str:
-            return ports_filter(ports, vlan, extended, extended)
+            return ports_filter(ports, vlan, qinq, ext_headers)
 
     return per_link(make)
 

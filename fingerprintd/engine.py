@@ -22,6 +22,7 @@ from fingerprintd import accel, nat, packet
 from fingerprintd.classes import NO_CLASSES, ClassMap
 from fingerprintd.flows import FlowLimits, FlowTable, RecentSyns
 from fingerprintd.matcher import Fingerprint, Matcher
+from fingerprintd.mode import P0fMode
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.packet import ACK, SYN, Packet
 from fingerprintd.signatures import Database
@@ -82,7 +83,7 @@ def join_batch(batch: list[tuple[int, int, bytes]]) -> tuple[bytes, bytes]:
 def build_engine(db: Database, classes: ClassMap = NO_CLASSES, ports: Iterable[int] | None = (25,),
                  live: bool = False, host_records: bool | None = None) -> Engine:
     """The engine the CLI, the service and the accuracy report run: the matcher, the flow books and the
-    parser all in the mode the database was read in (signatures.load(p0f_bugs=...)), so no two stages can
+    parser all in the mode the database was read in (signatures.load(path, mode)), so no two stages can
     disagree about p0f's deviations.  `live`: the service's books (flows.RecentSyns), no host records from
     ACK/FIN/RST; otherwise p0f's books, with them."""
     impl = accel.ACCEL  # the compiled Matcher with the accelerator: the same Fingerprints, made faster
@@ -110,14 +111,15 @@ class Engine:
         self,
         matcher: Matcher,
         ports: Iterable[int] | None = (25,),
-        p0f_bugs: bool | None = None,
         limits: FlowLimits | None = None,
         flows: FlowTable | RecentSyns | None = None,
         host_records: bool = False,
     ) -> None:
         self.matcher = matcher
         self.ports = frozenset(ports) if ports is not None else None  # None: every port
-        self.p0f_bugs = matcher.p0f_bugs if p0f_bugs is None else p0f_bugs  # the matcher's mode unless told
+        # p0f's deviations on or off (fingerprintd.mode): the matcher's, which is its database's; the parser
+        # is given it below.  There is no way to tell the engine another.
+        self.mode: P0fMode = matcher.mode
         # The implementation this engine runs, fixed when it is built: the compiled loop, or None for the
         # pure-Python reference below (both give the same observations, counters and bytes).
         self.accel = accel.ACCEL
@@ -128,8 +130,18 @@ class Engine:
         self.syn_classes: Counter[str] = Counter()  # SYNs by the sender's mail class
         self.records: Counter[str] = Counter()  # host change, ip sharing, uptime
         self.host_records = host_records  # uptime records from ACK/FIN/RST packets too
-        self.nat_exact = self.p0f_bugs  # p0f's NAT scoring to the bit, see nat.py
         self._lock = threading.Lock()  # held for a whole batch: the counters change together
+
+    # Read by the compiled loops (_speedups._Loop, _replay): the mode's switches as bools, derived.
+    @property
+    def p0f_bugs(self) -> bool:
+        """Every deviation of the mode at once: what the parser is told."""
+        return self.mode.p0f_bugs
+
+    @property
+    def nat_exact(self) -> bool:
+        """p0f's NAT scoring to the bit, see nat.py."""
+        return self.mode.nat_exact
 
     def feed(self, frame: bytes, linktype: int, sec: int, usec: int = 0) -> Observation | None:
         """Process one captured frame; the observation it yields, if any."""
@@ -156,19 +168,19 @@ class Engine:
     def _feed_batch(self, batch: list[tuple[int, int, bytes]], linktype: int) -> list[Observation]:
         out = []
         parse = packet.parse
-        bugs = self.p0f_bugs
+        mode = self.mode
         flows = self.flows
         fingerprint = self.matcher.fingerprint
         ports = self.ports
         skipped = self.skipped
         done = self.fingerprinted
         classes = self.syn_classes
-        exact = self.nat_exact
+        exact = mode.nat_exact
         on_syn = nat.on_syn
         records = self.records
         for sec, usec, frame in batch:
             flows.tick(sec)
-            pkt = parse(frame, linktype, sec + usec * 1e-6, bugs)
+            pkt = parse(frame, linktype, sec + usec * 1e-6, mode)
             if pkt.__class__ is str:
                 skipped[pkt] += 1  # type: ignore[index]
                 continue

@@ -10,7 +10,9 @@ One extension, in default mode and for a database built from the stack rules
 (``stackrules.fallback_for``): when no line matches and the option layout is
 one only a single stack's option writer produces at that initial TTL, the
 family is named as a generic match (flavor ``stackrules.FALLBACK_FLAVOR``) with the
-reason, instead of ``???``.  ``p0f_bugs=True`` turns it off.
+reason, instead of ``???``.  ``mode.P0F_BUGS`` turns it off (``P0fMode.no_fallback``), and the
+IPv6 flow-label rule (`Probe.twin`) with it (``P0fMode.flow_label_counts``): the
+matcher's mode is its database's (``signatures.load(path, mode)``).
 
 Everything the answer depends on is a handful of header fields, and real
 traffic repeats the same few stacks, so whole results are memoized on those
@@ -307,15 +309,13 @@ _MEMO_SIZE = 4096  # the bound of the layout and quirk text memos (junk options 
 class Matcher:
     """Matches packets against one database; immutable once built."""
 
-    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, p0f_bugs: bool | None = None,
-                 classes: ClassMap = NO_CLASSES) -> None:
+    def __init__(self, db: Database, cache_size: int = DEFAULT_CACHE_SIZE, classes: ClassMap = NO_CLASSES) -> None:
         self.db = db
-        # p0f's deviations on or off: as the database was read unless told (one switch for every stage).
-        self.p0f_bugs = db.p0f_bugs if p0f_bugs is None else p0f_bugs
-        p0f_bugs = self.p0f_bugs
+        # p0f's deviations on or off: always as the database was read (fingerprintd.mode), never told apart.
+        self.mode = mode = db.mode
         self.classes = classes  # loaded by the caller (classes.load_classes); without one every class is unknown
-        self.flow_twin = not p0f_bugs  # the IPv6 flow-label rule, see Probe.twin
-        self.fallback: FamilyFallback | None = None if p0f_bugs else fallback_for(db)
+        self.flow_twin = not mode.flow_label_counts  # the IPv6 flow-label rule, see Probe.twin
+        self.fallback: FamilyFallback | None = None if mode.no_fallback else fallback_for(db)
         self.cache_size = cache_size
         self.cache: dict[tuple, Fingerprint] = {}
         self.hits = 0

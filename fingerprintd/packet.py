@@ -7,21 +7,26 @@ caller counts.
 
 The checks and quirks follow p0f 3.09b's ``process.c:parse_packet`` step for
 step (the order of the sanity checks decides which reason a bad frame gets),
-with three documented deviations that ``p0f_bugs=True`` turns back off:
+with four documented deviations that ``mode.P0F_BUGS`` turns back off (the fields of
+`fingerprintd.mode.P0fMode` that name them are given):
 
 * ``ack+`` means "ACK flag clear and a non-zero ack number"; p0f tests bit 24
-  of the ack number only (a byte-order slip).
+  of the ack number only, a byte-order slip (``ack_bit24``).
 * ``opt+`` also fires when the only non-zero byte after EOL is the last byte
-  of the option area; p0f's scan loop steps past it and misses it.
-* 802.1Q/802.1ad VLAN tags on Ethernet and IPv6 extension headers are walked;
-  p0f reads a tagged frame at a fixed offset of 14 and drops any IPv6 packet
-  whose next header is not TCP.
+  of the option area; p0f's scan loop steps past it and misses it
+  (``eol_last_byte_missed``).
+* 802.1Q/802.1ad VLAN tags on Ethernet are walked; p0f reads a tagged frame at
+  a fixed offset of 14 (``vlan_refused``).
+* IPv6 extension headers are walked; p0f drops any IPv6 packet whose next
+  header is not TCP (``ipv6_ext_refused``).
 """
 
 from __future__ import annotations
 
 import struct
 from typing import NamedTuple
+
+from fingerprintd.mode import FIXED, P0fMode
 
 # Link-layer types, as pcap files and libpcap's datalink() report them.
 LINK_NULL = 0
@@ -169,7 +174,7 @@ _ETHERTYPE_LINKS = {LINK_ETHERNET: (12, 14), LINK_LINUX_SLL: (14, 16), LINK_LINU
 _RAW_LINKS = frozenset((LINK_RAW, LINK_RAW_BSD, LINK_RAW_OPENBSD, LINK_IPV4, LINK_IPV6))
 
 
-def ip_offset(data: bytes, linktype: int, p0f_bugs: bool = False) -> int | str:
+def ip_offset(data: bytes, linktype: int, mode: P0fMode = FIXED) -> int | str:
     """Offset of the IP header in a frame, or a skip reason."""
     where = _ETHERTYPE_LINKS.get(linktype)
     if where is None:
@@ -184,7 +189,7 @@ def ip_offset(data: bytes, linktype: int, p0f_bugs: bool = False) -> int | str:
     if len(data) < off:
         return R_TRUNCATED
     etype = _unpack_eth_type(data, type_at)[0]
-    if etype in _VLAN_TYPES and p0f_bugs:
+    if etype in _VLAN_TYPES and mode.vlan_refused:
         return R_VLAN
     while etype in _VLAN_TYPES:  # 802.1Q / 802.1ad tags, stacked
         if len(data) < off + 4:
@@ -200,13 +205,13 @@ def parse(
     data: bytes,
     linktype: int = LINK_ETHERNET,
     ts: float = 0.0,
-    p0f_bugs: bool = False,
+    mode: P0fMode = FIXED,
 ) -> Packet | str:
     """Parse one captured frame. Returns a Packet, or a skip-reason string."""
     if linktype == LINK_ETHERNET and data[12:14] == b"\x08\x00":
         off = 14  # the common case, without the general link walk
     else:
-        off = ip_offset(data, linktype, p0f_bugs)  # type: ignore[assignment]
+        off = ip_offset(data, linktype, mode)  # type: ignore[assignment]
         if off.__class__ is str:
             return off  # type: ignore[return-value]
     packet_len = min(len(data), SNAPLEN) - off
@@ -259,7 +264,7 @@ def parse(
         tcp_off = off + 40
         ext_len = 0
         if nxt != 6:
-            if p0f_bugs and (nxt in _IPV6_EXT or nxt == 44):
+            if mode.ipv6_ext_refused and (nxt in _IPV6_EXT or nxt == 44):
                 return R_IPV6_EXT
             end = off + packet_len
             while nxt != 6:
@@ -310,7 +315,7 @@ def parse(
         if not ack:
             quirks |= Q_ZERO_ACK
     elif not flags & RST:
-        if (ack & 0x01000000) if p0f_bugs else ack:
+        if (ack & 0x01000000) if mode.ack_bit24 else ack:
             quirks |= Q_NZ_ACK
     if flags & URG:
         quirks |= Q_URG
@@ -322,7 +327,7 @@ def parse(
 
     if doff > 20:
         opt_start = tcp_off + 20
-        layout, eol_pad, mss, wscale, opt_quirks, ts_at = options(data[opt_start : tcp_off + doff], p0f_bugs)
+        layout, eol_pad, mss, wscale, opt_quirks, ts_at = options(data[opt_start : tcp_off + doff], mode)
         quirks |= opt_quirks
         if ts_at >= 0:
             ts1, ts2 = _unpack_ts(data, opt_start + ts_at)
@@ -345,14 +350,14 @@ def parse(
 
 
 _OptionsInfo = tuple[bytes, int, int, int, int, int]
-# By (p0f_bugs, timestamp cut out of the key): a cut key must never meet an uncut one.
+# By (mode.eol_last_byte_missed, timestamp cut out of the key): a cut key must never meet an uncut one.
 _option_memo: dict[tuple[bool, bool], dict[bytes, _OptionsInfo]] = {
-    (bugs, cut): {} for bugs in (False, True) for cut in (False, True)
+    (missed, cut): {} for missed in (False, True) for cut in (False, True)
 }
 _OPTION_MEMO_MAX = 8192
 
 
-def options(opts: bytes, p0f_bugs: bool = False) -> _OptionsInfo:
+def options(opts: bytes, mode: P0fMode = FIXED) -> _OptionsInfo:
     """(layout, eol_pad, mss, wscale, quirks, offset of the TS values or -1).
 
     Memoized: the option bytes of one stack differ from packet to packet only
@@ -361,12 +366,12 @@ def options(opts: bytes, p0f_bugs: bool = False) -> _OptionsInfo:
     """
     at = opts.find(b"\x08\x0a")
     cut = at >= 0 and at + 10 <= len(opts)
-    memo = _option_memo[p0f_bugs, cut]
+    memo = _option_memo[mode.eol_last_byte_missed, cut]
     key = opts[: at + 2] + opts[at + 10 :] if cut else opts
     info = memo.get(key)
     if info is not None and (not cut or info[5] == at + 2):
         return info
-    info = _walk_options(opts, p0f_bugs)
+    info = _walk_options(opts, mode)
     # Cache only when the cut bytes were the timestamp values the walk read.
     if not cut or info[5] == at + 2:
         if len(memo) >= _OPTION_MEMO_MAX:
@@ -379,7 +384,7 @@ def options(opts: bytes, p0f_bugs: bool = False) -> _OptionsInfo:
 _FIXED_OPTIONS = {OPT_MSS: (3, 4), OPT_WS: (2, 3), OPT_SACKOK: (1, 2), OPT_TS: (9, 10)}
 
 
-def _walk_options(opts: bytes, p0f_bugs: bool) -> _OptionsInfo:
+def _walk_options(opts: bytes, mode: P0fMode) -> _OptionsInfo:
     """The option walk, byte for byte as p0f does it (including its fixed
     advances for MSS/WS/SACKOK/TS whatever their length byte says)."""
     quirks = mss = wscale = eol_pad = 0
@@ -400,7 +405,7 @@ def _walk_options(opts: bytes, p0f_bugs: bool) -> _OptionsInfo:
             if rest.strip(b"\x00"):
                 # p0f's loop steps past the first non-zero byte before it
                 # tests, so a lone non-zero last byte escapes it.
-                if not p0f_bugs or rest.lstrip(b"\x00") != rest[-1:]:
+                if not mode.eol_last_byte_missed or rest.lstrip(b"\x00") != rest[-1:]:
                     quirks |= Q_OPT_EOL_NZ
             pos = end
             break

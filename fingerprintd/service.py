@@ -41,6 +41,7 @@ from fingerprintd.data import default_classes, default_policy, default_signature
 from fingerprintd.engine import Observation, build_engine, join_batch
 from fingerprintd.hosts import host_table
 from fingerprintd.matcher import PerFingerprint
+from fingerprintd.mode import P0fMode
 from fingerprintd.policy import Policy, PolicyError, Verdict, load_policy, served_verdict
 from fingerprintd.report import join_lines, p0f_log_formatter, p0f_tails
 from fingerprintd.reputation import Reputation, SqliteStore
@@ -376,7 +377,8 @@ class Service:
     # --- control ------------------------------------------------------------
 
     def _load_files(self) -> tuple[Database, ClassMap, Policy]:
-        return (load(self.db_path, p0f_bugs=self.cfg.p0f_bugs), load_classes(self.classes_path),
+        # The one place the service maps its p0f_bugs option to the mode: every stage takes it from the database.
+        return (load(self.db_path, P0fMode.of(self.cfg.p0f_bugs)), load_classes(self.classes_path),
                 load_policy(self.policy_path))
 
     def reload(self) -> bool:

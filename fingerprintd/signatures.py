@@ -6,9 +6,11 @@ p0f 3.09b's (``readfp.c`` and ``fp_tcp.c:tcp_register_sig``), including its
 refusal of a specific signature that an earlier one already covers.  Errors
 are ``SignatureError`` and read ``file:line: what was wrong``.
 
-One p0f bug is fixed and can be restored with ``p0f_bugs=True``: for a
-random-TTL ittl (``64-``) p0f skips the first character of the IP-option
-length that follows, so ``64-:40:`` registers olen 0.
+One p0f bug is fixed and can be restored by reading in ``mode.P0F_BUGS``
+(``P0fMode.ttl_olen_cut``): for a random-TTL ittl (``64-``) p0f skips the
+first character of the IP-option length that follows, so ``64-:40:``
+registers olen 0.  The database keeps the mode it was read in: the matcher
+and the engine take theirs from it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fingerprintd.mode import FIXED, P0fMode
 from fingerprintd.packet import Q_DF, Q_ECN, Q_FLOW, Q_NZ_ID, Q_ZERO_ID, QUIRK_TOKENS
 
 MAX_DIST = 35
@@ -101,7 +104,7 @@ class Database:
     response: list[TcpSig] = field(default_factory=list)  # [tcp:response]
     http_sigs: int = 0  # [http:*] signatures are parsed for syntax only
     labels: list[Label] = field(default_factory=list)
-    p0f_bugs: bool = False  # the mode it was read in; Matcher and Engine follow it unless told otherwise
+    mode: P0fMode = FIXED  # the mode it was read in: the Matcher's and the Engine's (see fingerprintd.mode)
 
     def tcp(self, to_server: bool) -> list[TcpSig]:
         return self.request if to_server else self.response
@@ -129,8 +132,8 @@ def marked_additions(text: str, start: str = ADDITIONS_START, end: str = ADDITIO
     return out
 
 
-def load(path: str | Path, p0f_bugs: bool = False) -> Database:
-    """Read and parse a database file; OSError and SignatureError propagate."""
+def load(path: str | Path, mode: P0fMode = FIXED) -> Database:
+    """Read and parse a database file in `mode`; OSError and SignatureError propagate."""
     p = Path(path)
     data = p.read_bytes()
     try:
@@ -138,14 +141,14 @@ def load(path: str | Path, p0f_bugs: bool = False) -> Database:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise SignatureError(str(p), line, "not valid UTF-8 text") from None
-    return parse_text(text, str(p), p0f_bugs=p0f_bugs)
+    return parse_text(text, str(p), mode)
 
 
 class _Parser:
-    def __init__(self, source: str, p0f_bugs: bool) -> None:
-        self.db = Database(source, p0f_bugs=p0f_bugs)
+    def __init__(self, source: str, mode: P0fMode) -> None:
+        self.db = Database(source, mode=mode)
         self.source = source
-        self.p0f_bugs = p0f_bugs
+        self.ttl_olen_cut = mode.ttl_olen_cut
         self.state = "sect"  # sect -> label -> (sys) -> sig
         self.section: str | None = None
         self.names: dict[str, str] = {}  # lower-case -> first spelling
@@ -293,7 +296,7 @@ class _Parser:
         if not 1 <= ttl <= 255:
             raise self.fail(f"initial TTL {ttl} out of range 1..255")
         bad_ttl = m.group(2) is not None
-        if bad_ttl and self.p0f_bugs:
+        if bad_ttl and self.ttl_olen_cut:
             olen_s = olen_s[1:]  # p0f skips the first character of olen after 'N-:'
         elif m.group(3) is not None:
             ttl += _num(m.group(3) or "0")
@@ -675,9 +678,9 @@ def win_multiplier(
     return -1, False
 
 
-def parse_text(text: str, source: str = "<string>", p0f_bugs: bool = False) -> Database:
-    """Parse database text; `source` names it in error messages."""
-    parser = _Parser(source, p0f_bugs)
+def parse_text(text: str, source: str = "<string>", mode: P0fMode = FIXED) -> Database:
+    """Parse database text in `mode`; `source` names it in error messages."""
+    parser = _Parser(source, mode)
     for number, raw in enumerate(text.split("\n"), 1):
         parser.line = number
         parser.feed(raw)

@@ -24,6 +24,7 @@ from scapy.all import TCP  # type: ignore[attr-defined]
 
 from fingerprintd import accel, capture, engine, packet, report
 from fingerprintd.matcher import Matcher
+from fingerprintd.mode import FIXED, P0F_BUGS
 from fingerprintd.signatures import load
 from tests.conftest import CORPUS, OUR_DB, ROOT, STOCK_DB, need
 from tests.craft import Shape, frame, shape_from_sig, write_pcap
@@ -36,11 +37,11 @@ def _built():
     need(accel.available(), "the compiled accelerator is not built (pip install -e . builds it; see setup.py)")
 
 
-def _engine(compiled: bool, db, p0f_bugs: bool, ports, live: bool = False) -> engine.Engine:
+def _engine(compiled: bool, db, ports, live: bool = False) -> engine.Engine:
+    """An engine in the mode `db` was read in (the only mode it can have)."""
     with accel.selected(compiled):
         flows = engine.live_books() if live else None
-        return engine.Engine(Matcher(db, p0f_bugs=p0f_bugs), ports=ports, p0f_bugs=p0f_bugs, flows=flows,
-                             host_records=not live)
+        return engine.Engine(Matcher(db), ports=ports, flows=flows, host_records=not live)
 
 
 def _formatters(compiled: bool) -> dict:
@@ -48,12 +49,11 @@ def _formatters(compiled: bool) -> dict:
         return {name: report.FORMATTERS[name]() for name in FORMATS}
 
 
-def run_both(batches, linktype: int, db, p0f_bugs: bool = False, ports=None, live: bool = False,
-             blobs: bool = False) -> tuple:
-    """Feed the same batches to both; (observations, summary, output) per implementation."""
+def run_both(batches, linktype: int, db, ports=None, live: bool = False, blobs: bool = False) -> tuple:
+    """Feed the same batches to both, in `db`'s mode; (observations, summary, output) per implementation."""
     results = []
     for compiled in (False, True):
-        eng = _engine(compiled, db, p0f_bugs, ports, live)
+        eng = _engine(compiled, db, ports, live)
         fmts = _formatters(compiled)
         observations, text = [], {name: [] for name in FORMATS}
         for batch in batches:
@@ -67,7 +67,7 @@ def run_both(batches, linktype: int, db, p0f_bugs: bool = False, ports=None, liv
                 text[name].append(report.join_lines(fmt)(got))
         out = {k: "".join(v).encode() for k, v in text.items()}
         if not live:
-            out.update(_replayed(compiled, batches, linktype, db, p0f_bugs, ports))
+            out.update(_replayed(compiled, batches, linktype, db, ports))
         results.append((observations, eng.summary(), out))
     return results[0], results[1]
 
@@ -83,12 +83,12 @@ def _written(into, batches, linktype: int) -> bytes:
     return b"".join(chunks)
 
 
-def _replayed(compiled: bool, batches, linktype: int, db, p0f_bugs: bool, ports) -> dict:
+def _replayed(compiled: bool, batches, linktype: int, db, ports) -> dict:
     """`replay`'s own loop (report.replayer: C structs when compiled) in each format, each on a fresh
     engine: its bytes, and its engine's counters."""
     out = {}
     for name in FORMATS:
-        eng = _engine(compiled, db, p0f_bugs, ports)
+        eng = _engine(compiled, db, ports)
         with accel.selected(compiled):
             into = report.replayer(eng, name)
         out[f"replay {name}"] = _written(into, batches, linktype)
@@ -130,11 +130,11 @@ def _read(path: Path) -> tuple[list, int]:
 CORPUS_FILES = sorted((CORPUS / "pcaps").glob("*")) if (CORPUS / "pcaps").exists() else []
 
 
-@pytest.mark.parametrize("p0f_bugs", [False, True], ids=["default", "p0f-bugs"])
-def test_every_corpus_capture_alike(p0f_bugs):
+@pytest.mark.parametrize("mode", [FIXED, P0F_BUGS], ids=["default", "p0f-bugs"])
+def test_every_corpus_capture_alike(mode):
     """The shared corpus (91 real captures: mail, web, scans, NAT, VLANs, IPv6) through both, every port."""
     need(bool(CORPUS_FILES), f"the shared corpus is missing ({CORPUS})")
-    db = load(STOCK_DB if STOCK_DB.exists() else OUR_DB)
+    db = load(STOCK_DB if STOCK_DB.exists() else OUR_DB, mode)
     fingerprinted = 0
     for path in CORPUS_FILES:
         try:
@@ -142,7 +142,7 @@ def test_every_corpus_capture_alike(p0f_bugs):
         except capture.CaptureError:
             continue  # a file libpcap cannot read is no test of either path
         for blobs in (False, True):
-            pure, compiled = run_both(batches, linktype, db, p0f_bugs, blobs=blobs)
+            pure, compiled = run_both(batches, linktype, db, blobs=blobs)
             assert_same(pure, compiled)
         fingerprinted += sum(pure[1]["fingerprinted"].values())
     assert fingerprinted > 1000  # the corpus did reach the matcher
@@ -194,9 +194,8 @@ def test_host_series_alike(tmp_path):
         path = tmp_path / "hosts.pcap"
         write_pcap(path, _host_series(db_path, seed=20261201))
         batches, linktype = _read(path)
-        db = load(db_path)
-        for p0f_bugs in (False, True):
-            pure, compiled = run_both(batches, linktype, db, p0f_bugs, ports=(25,))
+        for mode in (FIXED, P0F_BUGS):
+            pure, compiled = run_both(batches, linktype, load(db_path, mode), ports=(25,))
             assert_same(pure, compiled)
             records = pure[1]["records"]
             assert records.get("host change") and records.get("ip sharing") and records.get("uptime"), records
@@ -205,7 +204,7 @@ def test_host_series_alike(tmp_path):
 # --- random and mutated batches --------------------------------------------------------------------------
 
 _RNG = random.Random(14)
-_DB = load(OUR_DB)
+_DBS = {mode: load(OUR_DB, mode) for mode in (FIXED, P0F_BUGS)}
 _SHAPES = [Shape(), Shape(ver=6, quirks=frozenset()), Shape(ttl=117, mss=1440, win=64240, wscale=8,
            layout=("mss", "nop", "ws", "nop", "nop", "sok"), ts1=0), Shape(synack=True),
            Shape(extra={"vlans": (7,)}), Shape(payload=b"GET / HTTP/1.0\r\n")]
@@ -277,21 +276,21 @@ def batches(draw):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches(), st.sampled_from([packet.LINK_ETHERNET, packet.LINK_RAW, packet.LINK_LINUX_SLL2,
                                    packet.LINK_NULL, 147]),
-       st.booleans(), st.sampled_from([None, (25,)]), st.booleans(), st.booleans())
-def test_random_and_mutated_batches_alike(bs, linktype, p0f_bugs, ports, live, blobs):
+       st.sampled_from([FIXED, P0F_BUGS]), st.sampled_from([None, (25,)]), st.booleans(), st.booleans())
+def test_random_and_mutated_batches_alike(bs, linktype, mode, ports, live, blobs):
     if linktype == packet.LINK_RAW:  # the same frames without their Ethernet header
         bs = [[(s, u, f[14:]) for s, u, f in b] for b in bs]
-    pure, compiled = run_both(bs, linktype, _DB, p0f_bugs, ports, live=live, blobs=blobs)
+    pure, compiled = run_both(bs, linktype, _DBS[mode], ports, live=live, blobs=blobs)
     assert_same(pure, compiled)
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.one_of(frames(), st.binary(max_size=300)), st.sampled_from([1, 0, 12, 101, 108, 113, 228, 229, 276, 147]),
-       st.booleans())
-def test_parse_alike(data, linktype, p0f_bugs):
+       st.sampled_from([FIXED, P0F_BUGS]))
+def test_parse_alike(data, linktype, mode):
     """The parser alone, on mutated frames and any bytes at all: the same Packet or the same skip reason."""
-    want = packet.parse(data, linktype, 12.5, p0f_bugs)
-    got = accel.compiled().speedups.parse(data, linktype, 12.5, p0f_bugs)
+    want = packet.parse(data, linktype, 12.5, mode)
+    got = accel.compiled().speedups.parse(data, linktype, 12.5, mode)
     assert got == want and type(got) is type(want)
 
 
@@ -311,9 +310,9 @@ def test_parse_alike_on_every_single_byte_change():
                 for value in range(256):
                     buf[pos] = value
                     frame_ = bytes(buf)
-                    for p0f_bugs in (False, True):
-                        want = packet.parse(frame_, linktype, 3.0, p0f_bugs)
-                        assert fast(frame_, linktype, 3.0, p0f_bugs) == want, (frame_.hex(), linktype, p0f_bugs)
+                    for mode in (FIXED, P0F_BUGS):
+                        want = packet.parse(frame_, linktype, 3.0, mode)
+                        assert fast(frame_, linktype, 3.0, mode) == want, (frame_.hex(), linktype, mode)
                         checked += 1
                 buf[pos] = keep
     assert checked > 500_000
@@ -321,34 +320,24 @@ def test_parse_alike_on_every_single_byte_change():
 
 # --- the boundary: one p0f mode for every stage ---------------------------------------------------------
 
-SAMPLE = ROOT / "samples" / "kernel-syn.pcap"
-
-
-def test_coverage_check_matches_in_the_mode_it_loads(tmp_path):
-    """`signatures check --p0f-bugs --coverage` once loaded with the bugs and matched in fixed mode.  An IPv6
-    line without `flow` is reached by the sample's flow-labelled Linux SYNs only through the flow-label rule
-    (fixed mode); p0f itself never matches them."""
-    db = tmp_path / "v6.fp"
-    db.write_text("classes = unix\n[tcp:request]\nlabel = s:unix:Linux:v6\n"
-                  "sig = 6:64:0:*:mss*22,7:mss,sok,ts,nop,ws::0\n")
-
-    def matched(*flags: str) -> int:
-        proc = subprocess.run([sys.executable, "-m", "fingerprintd", "signatures", "check", str(db), *flags,
-                               "--coverage", str(SAMPLE), "--all-lines", "--json"],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)["coverage"]["matched"]
-
-    assert matched() == 1
-    assert matched("--p0f-bugs") == 0
-
-
 def test_every_stage_follows_the_database_mode():
-    for bugs in (False, True):
-        db = load(OUR_DB, p0f_bugs=bugs)
-        eng = engine.build_engine(db)
-        assert (db.p0f_bugs, eng.matcher.p0f_bugs, eng.p0f_bugs, eng.nat_exact) == (bugs,) * 4
-        assert eng.matcher.flow_twin is not bugs and (eng.matcher.fallback is None) is bugs
+    """The mode is read in with the signatures and nowhere else: the matcher takes it from the database, the
+    engine from the matcher, the compiled loops read the engine's bools derived from it; neither the matcher
+    nor the engine accepts a mode (or a bool) of its own."""
+    for mode in (FIXED, P0F_BUGS):
+        bugs = mode is P0F_BUGS
+        db = load(OUR_DB, mode)
+        for compiled in (False, True):
+            with accel.selected(compiled):
+                eng = engine.build_engine(db)
+            assert db.mode is eng.matcher.mode is eng.mode is mode
+            assert (eng.p0f_bugs, eng.nat_exact) == (bugs, bugs)
+            assert eng.matcher.flow_twin is not bugs and (eng.matcher.fallback is None) is bugs
+    for make in (lambda: Matcher(db, p0f_bugs=False), lambda: engine.Engine(Matcher(db), p0f_bugs=False)):
+        with pytest.raises(TypeError):
+            make()
+    with pytest.raises(AttributeError):
+        eng.p0f_bugs = False  # derived from the mode, not a switch of its own
 
 
 # --- selection -------------------------------------------------------------------------------------------

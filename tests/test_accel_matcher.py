@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fingerprintd import accel, matcher, packet
+from fingerprintd.mode import FIXED, P0F_BUGS
 from fingerprintd.packet import ACK, QUIRK_TOKENS, SYN, Packet
 from fingerprintd.signatures import WIN_ANY, WIN_MOD, WIN_MSS, WIN_MTU, WIN_NORMAL, load
 from tests.conftest import OUR_DB, STOCK_DB, need
@@ -22,9 +23,10 @@ _KINDS = (0, 1, 2, 3, 4, 5, 8, 30, 254)  # EOL, NOP, MSS, WS, SACKOK, SACK, TS, 
 
 
 @cache
-def _pair(name: str, p0f_bugs: bool):
-    """(pure, compiled) Matchers over one database, kept for the whole module: their caches fill as they would."""
-    db = load(DBS[name], p0f_bugs=p0f_bugs)
+def _pair(name: str, mode):
+    """(pure, compiled) Matchers over one database read in `mode`, kept for the whole module: their caches fill
+    as they would."""
+    db = load(DBS[name], mode)
     return matcher.Matcher(db), accel.compiled().matcher.Matcher(db)
 
 
@@ -47,10 +49,10 @@ def _packet(ver: int, ttl: int, tos: int, olen: int, tcp_type: int, win: int, ms
 
 @st.composite
 def probes(draw):
-    """(database, p0f_bugs, to_server, packet, syn_mss, sendsyn): a line's fields, each kept or changed."""
+    """(database, mode, to_server, packet, syn_mss, sendsyn): a line's fields, each kept or changed."""
     name = draw(st.sampled_from(sorted(DBS)))
-    p0f_bugs = draw(st.booleans())
-    pure, _ = _pair(name, p0f_bugs)
+    mode = draw(st.sampled_from([FIXED, P0F_BUGS]))
+    pure, _ = _pair(name, mode)
     to_server = draw(st.booleans())
     lines = pure.db.tcp(draw(st.booleans()) if draw(st.integers(0, 9)) == 0 else to_server)
     ref = draw(st.sampled_from(lines))
@@ -82,14 +84,14 @@ def probes(draw):
     syn_mss = 0 if to_server else draw(st.sampled_from((0, 12, 536, 1460, draw(st.integers(0, 65535)))))
     sendsyn = draw(st.integers(0, 4)) == 0
     pkt = _packet(ver, ttl, tos, olen, tcp_type, win, mss, wscale, ts1, layout, eol_pad, pay_len, quirks)
-    return name, p0f_bugs, to_server, pkt, syn_mss, sendsyn
+    return name, mode, to_server, pkt, syn_mss, sendsyn
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(probes())
 def test_compiled_matcher_gives_the_references_fingerprints(case):
-    name, p0f_bugs, to_server, pkt, syn_mss, sendsyn = case
-    pure, compiled = _pair(name, p0f_bugs)
+    name, mode, to_server, pkt, syn_mss, sendsyn = case
+    pure, compiled = _pair(name, mode)
     want = pure.fingerprint(pkt, to_server, syn_mss, sendsyn)
     got = compiled.fingerprint(pkt, to_server, syn_mss, sendsyn)
     assert got == want
@@ -100,7 +102,7 @@ def test_compiled_matcher_gives_the_references_fingerprints(case):
     assert pure.fingerprint(pkt, to_server, syn_mss, sendsyn) is want
     assert compiled.cache_stats() == pure.cache_stats()
     assert compiled.find(pkt, to_server, syn_mss) == pure.find(pkt, to_server, syn_mss)
-    probe = matcher.Probe.of(pkt, syn_mss, not p0f_bugs)
+    probe = matcher.Probe.of(pkt, syn_mss, not mode.flow_label_counts)
     assert compiled.explain(probe, to_server) == pure.explain(probe, to_server)
     assert compiled.family_fallback(probe, to_server) == pure.family_fallback(probe, to_server)
 

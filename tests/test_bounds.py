@@ -19,6 +19,7 @@ from fingerprintd.engine import Engine, live_books, p0f_books
 from fingerprintd.flows import FlowLimits
 from fingerprintd.hosts import MAX_SIGNATURES_PER_HOST, host_table
 from fingerprintd.matcher import Matcher, PerFingerprint
+from fingerprintd.mode import FIXED
 from fingerprintd.packet import LINK_ETHERNET, Packet
 from fingerprintd.signatures import load
 from tests.conftest import OUR_DB
@@ -170,5 +171,5 @@ def test_option_memo_is_bounded():
     n = packet._OPTION_MEMO_MAX + 1000
     for mss in range(n):  # distinct option bytes: every MSS value
         opts = b"\x02\x04" + mss.to_bytes(2, "big") + b"\x01\x03\x03\x07"
-        assert packet.options(opts) == packet._walk_options(opts, False)
+        assert packet.options(opts) == packet._walk_options(opts, FIXED)
     assert 0 < len(packet._option_memo[False, False]) <= packet._OPTION_MEMO_MAX

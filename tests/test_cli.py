@@ -133,6 +133,34 @@ def test_signatures_check_coverage(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "fingerprintd: /nonexistent.pcap: cannot read file"
 
 
+def test_signatures_check_coverage_in_the_p0f_mode_it_loads(tmp_path):
+    """`signatures check --p0f-bugs --coverage` reads, parses and matches in one mode (it once loaded with the
+    bugs and matched without them).  Two SYNs, each reaching its line in one mode only: an IPv4 SYN whose ack
+    number is 5 has ack+ for the parser in fixed mode (p0f tests bit 24 only), so the line without ack+ is
+    reached with the bugs alone; a flow-labelled IPv6 SYN reaches a line without `flow` through the matcher's
+    flow-label rule, in fixed mode alone."""
+    db = tmp_path / "modes.fp"
+    db.write_text("classes = unix\n[tcp:request]\n"
+                  "label = s:unix:Linux:ack bit 24\nsig = 4:64:0:*:mss*20,7:mss,sok,ts,nop,ws:df,id+:0\n"
+                  "label = s:unix:Linux:flow label\nsig = 6:64:0:*:mss*20,7:mss,sok,ts,nop,ws::0\n")
+    rng = random.Random(3)
+    v4 = Shape(ttl=64, mss=1460, win=29200, wscale=7, quirks=frozenset({"df", "id+", "ack+"}), ack_value=5)
+    v6 = Shape(ver=6, ttl=64, mss=1460, win=29200, wscale=7, quirks=frozenset({"flow"}))
+    pkts = [frame(v4, "10.1.2.3", "192.0.2.25", 40000, 25, rng),
+            frame(v6, "2001:db8::3", "2001:db8::25", 40001, 25, rng)]
+    pcap = tmp_path / "modes.pcap"
+    write_pcap(pcap, pkts)
+
+    def coverage(*flags: str) -> tuple:
+        out = fpd("signatures", "check", str(db), *flags, "--coverage", str(pcap), "--all-lines", "--json",
+                  check=True).stdout
+        cov = json.loads(out)["coverage"]
+        return cov["packets"], [u["line"] for u in cov["unmatched"]]
+
+    assert coverage() == (2, [4])  # ack+ set: the ack-bit-24 line is missed; the flow-label rule reaches line 6
+    assert coverage("--p0f-bugs") == (2, [6])  # p0f's parser and p0f's matcher
+
+
 def test_summary_adds_up():
     proc = fpd("replay", "--all-ports", "--summary-json", str(SAMPLE), check=True)
     summary = json.loads(proc.stderr.strip().splitlines()[-1])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fingerprintd.mode import P0F_BUGS
 from fingerprintd.signatures import load
 from tests.conftest import HOST_RECORDS, OUR_DB, STOCK_DB, diff_report, need, run_p0f, run_replay
 from tests.craft import Shape, frame, shape_from_sig, write_pcap
@@ -265,8 +266,7 @@ def test_the_service_path_keeps_the_records_for_the_p0f_api_and_grpc(p0f_bin, tm
     assert changes and sharing and uptimes, p0f  # the oracle set all three off
 
     def service_engine() -> Engine:
-        return Engine(Matcher(load(STOCK_DB), p0f_bugs=True, classes=bundled_classes()), p0f_bugs=True,
-                      flows=RecentSyns())
+        return Engine(Matcher(load(STOCK_DB, P0F_BUGS), classes=bundled_classes()), flows=RecentSyns())
 
     engine = service_engine()
     table = HostTable()

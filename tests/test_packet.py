@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fingerprintd import packet
 from fingerprintd.engine import Engine
 from fingerprintd.matcher import Matcher
+from fingerprintd.mode import FIXED, P0F_BUGS
 from fingerprintd.packet import (
     LINK_ETHERNET,
     LINK_LINUX_SLL,
@@ -65,7 +66,7 @@ def test_loop_linktype_is_network_order_family():
 def test_vlan_stacks(vlans):
     data = build(LINUX, vlans=vlans)
     assert parsed(data).mss == 1460
-    assert parse(data, LINK_ETHERNET, 0.0, p0f_bugs=True) == packet.R_VLAN
+    assert parse(data, LINK_ETHERNET, 0.0, P0F_BUGS) == packet.R_VLAN
 
 
 def test_ipv4_options_length():
@@ -79,7 +80,7 @@ def test_ipv6_extension_headers_are_skipped(exts, olen):
     shape = replace(LINUX, ver=6, quirks=frozenset())
     pkt = parsed(build(shape, ext6=exts))
     assert pkt.ip_opt_len == olen and pkt.mss == 1460 and pkt.tot_hdr == 40 + olen + 40
-    assert parse(build(shape, ext6=exts), LINK_ETHERNET, 0.0, p0f_bugs=True) == packet.R_IPV6_EXT
+    assert parse(build(shape, ext6=exts), LINK_ETHERNET, 0.0, P0F_BUGS) == packet.R_IPV6_EXT
 
 
 def test_ipv6_fragments_are_skipped():
@@ -112,9 +113,9 @@ def test_ipv6_quirks():
 def test_ack_plus_bug_switch():
     data = build(replace(LINUX, quirks=LINUX.quirks | {"ack+"}, ack_value=5))
     assert "ack+" in quirks_to_str(parsed(data).quirks)
-    assert "ack+" not in quirks_to_str(parsed(data, p0f_bugs=True).quirks)
+    assert "ack+" not in quirks_to_str(parsed(data, mode=P0F_BUGS).quirks)
     data = build(replace(LINUX, quirks=LINUX.quirks | {"ack+"}, ack_value=0x01000000))
-    assert "ack+" in quirks_to_str(parsed(data, p0f_bugs=True).quirks)
+    assert "ack+" in quirks_to_str(parsed(data, mode=P0F_BUGS).quirks)
 
 
 def test_opt_plus_last_byte_bug_switch():
@@ -122,7 +123,7 @@ def test_opt_plus_last_byte_bug_switch():
                     opt_nz_last=True)
     data = build(shape)
     assert parsed(data).quirks & packet.Q_OPT_EOL_NZ
-    assert not parsed(data, p0f_bugs=True).quirks & packet.Q_OPT_EOL_NZ
+    assert not parsed(data, mode=P0F_BUGS).quirks & packet.Q_OPT_EOL_NZ
     assert parsed(data).opt_eol_pad == 3
 
 
@@ -187,7 +188,7 @@ def test_skip_reasons():
 
 # --- properties ---------------------------------------------------------------
 
-_DB = load(OUR_DB)
+_DBS = {mode: load(OUR_DB, mode) for mode in (FIXED, P0F_BUGS)}
 _SEEDS = [build(LINUX), build(replace(LINUX, ver=6, quirks=frozenset())), build(LINUX, vlans=(3, 4)),
           build(replace(LINUX, ver=6, quirks=frozenset()), ext6=(IPv6ExtHdrHopByHop(),)), build(LINUX, "sll2")]
 
@@ -222,13 +223,13 @@ PARSE_REASONS = frozenset({"truncated", "not-ip", "not-tcp", "fragment", "bad-ip
 @given(st.lists(st.one_of(mutated_frames(), st.tuples(st.binary(max_size=200),
                                                       st.sampled_from(sorted(set(LINKTYPES.values()))))),
                 max_size=30),
-       st.booleans())
-def test_never_raises_and_counters_add_up(frames, p0f_bugs):
-    engine = Engine(Matcher(_DB), ports=None, p0f_bugs=p0f_bugs)
+       st.sampled_from([FIXED, P0F_BUGS]))
+def test_never_raises_and_counters_add_up(frames, mode):
+    engine = Engine(Matcher(_DBS[mode]), ports=None)
     seen = 0
     reasons: dict[str, int] = {}
     for data, link in frames:
-        got = parse(data, link, 0.0, p0f_bugs)
+        got = parse(data, link, 0.0, mode)
         if isinstance(got, str):
             assert got in PARSE_REASONS, got
             reasons[got] = reasons.get(got, 0) + 1
@@ -250,9 +251,9 @@ _OPTION_TOKENS = st.sampled_from([b"\x01", b"\x00", b"\x02\x04\x05\xb4", b"\x02\
 
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.tuples(st.lists(_OPTION_TOKENS, max_size=8), st.binary(max_size=8)), min_size=1, max_size=6),
-       st.booleans())
-def test_option_memo_agrees_with_the_walk(batches, p0f_bugs):
+       st.sampled_from([FIXED, P0F_BUGS]))
+def test_option_memo_agrees_with_the_walk(batches, mode):
     """Memoized option parsing (timestamp values cut from the key) never changes an answer."""
     for tokens, tail in batches:
         opts = b"".join(tokens) + tail
-        assert packet.options(opts, p0f_bugs) == packet._walk_options(opts, p0f_bugs), opts.hex()
+        assert packet.options(opts, mode) == packet._walk_options(opts, mode), opts.hex()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scapy.all import IP, UDP, Ether  # type: ignore[attr-defined]
 
 from fingerprintd import matcher, packet, signatures
+from fingerprintd.mode import P0F_BUGS
 from fingerprintd.signatures import WIN_MSS, SignatureError, load, marked_additions, parse_text, shadowed
 from tests import bigdb
 from tests.conftest import OUR_DB, STOCK_DB, need
@@ -213,8 +214,8 @@ def test_sig_fields():
 def test_random_ttl_olen(tmp_path):
     text = "classes = unix\n[tcp:request]\nlabel = s:!:Tool:x\nsys = @unix\nsig = *:64-:40:*:*,*:::0\n"
     assert parse_text(text).request[0].olen == 40
-    assert parse_text(text, p0f_bugs=True).request[0].olen == 0
-    assert parse_text(text.replace(":40:", ":12:"), p0f_bugs=True).request[0].olen == 2
+    assert parse_text(text, mode=P0F_BUGS).request[0].olen == 0
+    assert parse_text(text.replace(":40:", ":12:"), mode=P0F_BUGS).request[0].olen == 2
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from fingerprintd.matcher import Matcher, parse_raw_sig
+from fingerprintd.mode import P0F_BUGS
 from fingerprintd.signatures import load
 from fingerprintd.stackrules import FALLBACK_FLAVOR, regenerate
 from tests.conftest import OUR_DB, ROOT, STOCK_DB, need
@@ -129,7 +130,7 @@ def test_other_stacks_rules(raw, to_server, want):
 def test_family_fallback(raw, to_server, want):
     assert _verdict(raw, to_server) == f"{want} {FALLBACK_FLAVOR} [fallback]"
     # p0f's matching alone: unknown; --p0f-bugs turns the extension off
-    assert _verdict(raw, to_server, Matcher(load(OUR_DB), p0f_bugs=True)) == "???"
+    assert _verdict(raw, to_server, Matcher(load(OUR_DB, P0F_BUGS))) == "???"
 
 
 @pytest.mark.parametrize("raw,to_server", [
