@@ -4,10 +4,10 @@
 holds N synthetic SYNs; `python -m benchmarks.live empty SOCK` serves grpcio with an
 empty unary handler (grpcio's own floor, for comparison).
 
-`python -m benchmarks.live profile PCAP|veth` prints the live ingest's CPU microseconds per SYN by
-stage, in-process: next_batch buffers (from a capture file, or `veth`: what the capture benchmark
-sends, 65,536 sources four times over with new ISNs) through a Service's own capture path
-(Engine.feed_blob, then Service._deliver: the host table, the counters and the --log file).
+`python -m benchmarks.live profile PCAP|veth` prints the live ingest's CPU microseconds per SYN,
+in-process: next_batch buffers (from a capture file, or `veth`: what the capture benchmark sends,
+65,536 sources four times over with new ISNs) through a Service's own capture path
+(Service.ingest_blob), and through the object path's stages (Engine.feed_blob, Service._deliver).
 """
 
 from __future__ import annotations
@@ -122,8 +122,10 @@ def _profile_batches(source: str) -> tuple[list[tuple[bytes, bytes]], int]:
 
 
 def profile(source: str, rounds: int = 5) -> None:
-    """CPU microseconds per SYN of each stage of the live ingest (the best of `rounds`, each on a fresh
-    Service: its table fills as in a live run)."""
+    """CPU microseconds per SYN of the live ingest (the best of `rounds`, each on a fresh Service: its table
+    fills as in a live run): the capture thread's whole work (Service.ingest_blob: with the accelerator, the
+    C-struct loop _replay.LiveLoop) without and with --log and a Watch stream, and the object path's stages
+    (Engine.feed_blob's Observations, then Service._deliver: the pure path's, and what the compiled one was)."""
     from fingerprintd import accel
     from fingerprintd.config import Config
     from fingerprintd.service import LogFile, Service, tune_gc
@@ -136,13 +138,19 @@ def profile(source: str, rounds: int = 5) -> None:
         times = []
         for _ in range(rounds):
             service = Service(Config(ttl_seconds=5))
-            fed = stage in ("engine", "full")  # else the stage is given the engine's observations
+            fed = stage in ("engine", "full") or stage.startswith("ingest")  # else given the observations
             observed = [] if fed else [service.engine.feed_blob(b, m, linktype) for b, m in batches]
-            if stage in ("log", "full"):
+            if stage in ("log", "full", "ingest+log", "ingest+log+watch"):
                 service.log = LogFile(log_path)
+            watch = service.subscribe() if stage == "ingest+log+watch" else None
             tune_gc()  # as `serve` does
             t0 = time.process_time()
-            if stage == "engine":
+            if stage.startswith("ingest"):
+                for blob, meta in batches:
+                    service.ingest_blob(blob, meta, linktype)
+                    if watch is not None:
+                        watch.queue.clear()  # a client that keeps up
+            elif stage == "engine":
                 for blob, meta in batches:
                     service.engine.feed_blob(blob, meta, linktype)
             elif stage == "full":
@@ -161,11 +169,14 @@ def profile(source: str, rounds: int = 5) -> None:
         return min(times) / count * 1e6
 
     print(f"{accel.name()}; {count} frames in {len(batches)} batches from {source}")
-    for stage, what in (("engine", "Engine.feed_blob (parse, books, match, counters)"),
-                        ("table", "HostTable.add_batch"),
-                        ("deliver", "Service._deliver without --log (table, counters, Watch, Redis)"),
-                        ("log", "Service._deliver with --log"),
-                        ("full", "feed_blob + _deliver with --log (the capture thread's work)")):
+    for stage, what in (("ingest", "Service.ingest_blob without --log (the capture thread's work)"),
+                        ("ingest+log", "Service.ingest_blob with --log"),
+                        ("ingest+log+watch", "Service.ingest_blob with --log and a Watch stream"),
+                        ("engine", "object path: Engine.feed_blob (parse, books, match, counters)"),
+                        ("table", "object path: HostTable.add_batch"),
+                        ("deliver", "object path: Service._deliver without --log"),
+                        ("log", "object path: Service._deliver with --log"),
+                        ("full", "object path: feed_blob + _deliver with --log")):
         print(f"{what:64s} {best(stage):6.2f} us/SYN", flush=True)
 
 
