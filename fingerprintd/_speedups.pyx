@@ -26,7 +26,7 @@ import time
 
 from fingerprintd import packet as _pk
 # The compiled books and host records (the same build): called as C functions when the engine runs them.
-from fingerprintd._cflows cimport Flow, FlowTable, RecentSyns
+from fingerprintd._cflows cimport Flow, FlowTable
 from fingerprintd._cnat cimport on_other as c_on_other, on_syn as c_on_syn
 from fingerprintd import _cnat
 
@@ -497,7 +497,6 @@ cdef class _Loop:
     cdef object engine, flows, matcher, cache, fingerprint, ports, skipped, classes, records, on_syn, on_other
     cdef object out
     cdef FlowTable books  # flows, when they are the compiled p0f books; else None
-    cdef RecentSyns recent  # flows, when they are the compiled live books; else None
     cdef bint c_nat  # nat is the compiled nat module
     cdef bint bugs, exact, host_records, all_ports
     cdef int linktype
@@ -523,7 +522,6 @@ cdef class _Loop:
         self.on_syn = nat.on_syn
         self.on_other = nat.on_other
         self.books = self.flows if type(self.flows) is FlowTable else None
-        self.recent = self.flows if type(self.flows) is RecentSyns else None
         self.c_nat = nat is _cnat
         self.linktype = linktype
         self.out = []
@@ -540,12 +538,9 @@ cdef class _Loop:
         cdef unsigned int tcp_type
         cdef bint to_srv, sendsyn
         cdef FlowTable books = self.books
-        cdef RecentSyns recent = self.recent
         flows = self.flows
         if books is not None:
             books.tick(sec)
-        elif recent is not None:
-            recent.tick(sec)
         else:
             flows.tick(sec)
         pkt = _parse(d, n, self.linktype, sec + usec * 1e-6, self.bugs)
@@ -554,7 +549,7 @@ cdef class _Loop:
             return 0
         tcp_type = pkt[P_TCP_TYPE]
         if tcp_type != SYN and tcp_type != (SYN | ACK):
-            due = recent.other(pkt) if recent is not None else flows.other(pkt)
+            due = flows.other(pkt)
             self.n_not_syn += 1
             if due is not None and self.host_records:
                 if self.c_nat:
@@ -571,8 +566,6 @@ cdef class _Loop:
         if tcp_type == SYN:
             if books is not None:
                 flow = books.syn(pkt)
-            elif recent is not None:
-                flow = recent.syn(pkt)
             else:
                 flow = flows.syn(pkt)
             if flow is None:
@@ -582,8 +575,6 @@ cdef class _Loop:
             fp = self.fp_of(pkt, True, 0, sendsyn)
             if books is not None:
                 books.syn_done(flow, pkt, fp.app)
-            elif recent is not None:
-                recent.syn_done(flow, pkt, fp.app)
             else:
                 flows.syn_done(flow, pkt, fp.app)
             if sendsyn:
@@ -597,8 +588,6 @@ cdef class _Loop:
         else:
             if books is not None:
                 flow = books.synack(pkt)
-            elif recent is not None:
-                flow = recent.synack(pkt)
             else:
                 flow = flows.synack(pkt)
             if flow is None:
