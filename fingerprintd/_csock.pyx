@@ -23,8 +23,9 @@ change with no local write).
 What the reference keeps per connection (client.active, for the idle sweep)
 is kept here per descriptor for the connections served here, and handed to
 the connections' records before each sweep; the memo's answers, which asked
-no lookup of the table, are added to its lookups/hits counters after each
-wake-up.  tests/test_compat_csock.py drives both loops with the same
+no lookup of the table, are added to its lookups/hits counters at each sweep
+(at most a second late).  The stop flag is seen at every wake-up; the stop
+event and a selector closed under the loop when idle and at each sweep.  tests/test_compat_csock.py drives both loops with the same
 queries and requires the same bytes and counters.
 """
 
@@ -77,13 +78,12 @@ cdef enum:
     MEMO_WAYS = 4
 
 
-cdef struct Entry:
+cdef struct Entry:  # the answers themselves apart (`answers`): a set's entries share a cache line or two
     uint64_t hi, lo  # the address: an IPv4 one in lo's low 32 bits
     long gen  # the table's generation when the answer was packed
     double until  # the host's expiry, on the table's clock
     uint8_t kind  # 0: empty, 4 or 6
     uint8_t found  # a host (counted as a lookup hit), not "no match"
-    char answer[RESPONSE_SIZE]
 
 
 cdef inline double monotonic() nogil:
@@ -115,6 +115,10 @@ cdef class Loop:
     cdef double *active  # per descriptor: its last answer here (client.active, handed over before a sweep)
     cdef int cap
     cdef Entry *entries
+    cdef char *answers  # RESPONSE_SIZE bytes per entry, in the entries' order
+    cdef long gen  # the table's generation, read since the GIL was last let go (gen_known)
+    cdef bint gen_known
+    cdef public bint stopping  # P0fSocketServer.stop(): seen at the next wake-up, before the event is
     cdef uint32_t victim
     cdef char *buf
     cdef char head4[5]
@@ -127,6 +131,7 @@ cdef class Loop:
         self.plain = NULL
         self.active = NULL
         self.entries = NULL
+        self.answers = NULL
         self.buf = NULL
 
     def __init__(self, server):
@@ -158,6 +163,7 @@ cdef class Loop:
         free(self.plain)
         free(self.active)
         free(self.entries)
+        free(self.answers)
         free(self.buf)
 
     cdef int _grow(self, int fd) except -1:
@@ -181,54 +187,76 @@ cdef class Loop:
     def run(self):
         """The loop, until the server's stop event (the reference's _loop, line for line where it is Python)."""
         cdef epoll_event events[POLL_EVENTS]
-        cdef int n, i, fd, epfd, err, timeout
-        cdef uint32_t ev
-        cdef double now, next_sweep, interval, table_now
+        cdef int n, epfd, err, timeout
+        cdef double now, next_sweep, interval
         cdef bint listening = True
         server, conns, stop = self.server, self.conns, self.stop
         ep = self.sel
         ep.register(self.listen_fd, EPOLLIN)
         interval = min(1.0, server.idle_timeout / 4)
         next_sweep = monotonic() + interval
-        while not stop.is_set():
-            epfd = ep.fileno()  # ValueError once the selector is closed under the loop, as its poll()
-            timeout = 200 if listening else 50
-            with nogil:
-                n = epoll_wait(epfd, events, POLL_EVENTS, timeout)
-                err = errno
-            if n < 0:
-                if err == EINTR:
-                    continue
-                raise OSError(err, strerror(err).decode())
-            now = monotonic()
-            table_now = -1.0  # the table's clock, read once per wake-up when the memo is asked
-            for i in range(n):
-                fd = events[i].data.fd
-                ev = events[i].events
-                if ev == EPOLLIN and fd < self.cap and self.plain[fd]:
-                    table_now = self._query(fd, now, table_now)
-                    continue
-                client = conns.get(fd)
-                if client is None:
-                    if fd == self.listen_fd:
-                        listening = server._accept()
-                    continue
-                if ev != EPOLLIN or client.out or client.inbuf:
-                    server._serve(client, ev, now, None)
-                    continue
-                if fd >= self.cap:
-                    self._grow(fd)
-                self.plain[fd] = 1
-                table_now = self._query(fd, now, table_now)
+        epfd = ep.fileno()
+        try:
+            while not self.stopping:
+                timeout = 200 if listening else 50
+                with nogil:
+                    n = epoll_wait(epfd, events, POLL_EVENTS, timeout)
+                    err = errno
+                self.gen_known = False  # other threads ran meanwhile
+                if n <= 0:
+                    # The stop event and the selector are looked at when idle and at each sweep, not at every
+                    # wake-up (the selector closed under the loop: as its own poll(), a ValueError).
+                    if stop.is_set():
+                        return
+                    epfd = ep.fileno()
+                    if n < 0:
+                        if err == EINTR:
+                            continue
+                        raise OSError(err, strerror(err).decode())
+                now = monotonic()
+                listening = self._events(events, n, now, listening)
+                if not listening and now >= server._paused_until:
+                    ep.register(self.listen_fd, EPOLLIN)
+                    listening = True
+                if now >= next_sweep:
+                    next_sweep = now + interval
+                    if stop.is_set():
+                        return
+                    epfd = ep.fileno()
+                    if self.table_lookups:
+                        self._count_lookups()
+                    self._hand_over_active()
+                    server._sweep(now)
+        finally:
             if self.table_lookups:
                 self._count_lookups()
-            if not listening and now >= server._paused_until:
-                ep.register(self.listen_fd, EPOLLIN)
-                listening = True
-            if now >= next_sweep:
-                next_sweep = now + interval
-                self._hand_over_active()
-                server._sweep(now)
+
+    cdef bint _events(self, epoll_event *events, int n, double now, bint listening) except -1:
+        """One wake-up's events; whether the listening socket is still watched."""
+        cdef int i, fd
+        cdef uint32_t ev
+        cdef double table_now = -1.0  # the table's clock, read once per wake-up when the memo is asked
+        server, conns = self.server, self.conns
+        for i in range(n):
+            fd = events[i].data.fd
+            ev = events[i].events
+            if ev == EPOLLIN and fd < self.cap and self.plain[fd]:
+                table_now = self._query(fd, now, table_now)
+                continue
+            client = conns.get(fd)
+            self.gen_known = False  # Python code runs below: other threads may too
+            if client is None:
+                if fd == self.listen_fd:
+                    listening = server._accept()
+                continue
+            if ev != EPOLLIN or client.out or client.inbuf:
+                server._serve(client, ev, now, None)
+                continue
+            if fd >= self.cap:
+                self._grow(fd)
+            self.plain[fd] = 1
+            table_now = self._query(fd, now, table_now)
+        return listening
 
     cdef double _query(self, int fd, double now, double table_now) except? -2.0:
         """The usual query on a connection with nothing buffered; anything else goes to the reference's
@@ -252,15 +280,20 @@ cdef class Loop:
             self.bad_queries += 1
         elif self.memo_on:
             if table_now < 0:
-                table_now = now if self.own_clock else self.timer()
+                if self.own_clock:
+                    table_now = now
+                else:
+                    table_now = self.timer()
+                    self.gen_known = False
             e = self._slot(table_now)
             if e != NULL:
-                answer = e.answer
+                answer = self.answers + (e - self.entries) * RESPONSE_SIZE
             else:
                 kept = self._miss(table_now)
                 answer = PyBytes_AS_STRING(kept)
         else:
             kept = self.compat.p0f_answer(PyBytes_FromStringAndSize(self.buf, QUERY_SIZE), self.hosts, self.memo)
+            self.gen_known = False
             if kept is self.compat.BAD_QUERY_RESPONSE:
                 self.bad_queries += 1
             answer = PyBytes_AS_STRING(kept)
@@ -282,6 +315,7 @@ cdef class Loop:
     cdef int _fall_back(self, int fd, object data, double now, int how) except -1:
         """The connection leaves the fast path: 0 close it, 1 _serve what was read, 2 _serve an unsent rest."""
         self.plain[fd] = 0
+        self.gen_known = False
         client = self.conns.get(fd)
         if client is None:
             return 0
@@ -317,14 +351,15 @@ cdef class Loop:
         cdef uint64_t hi, lo
         cdef uint8_t kind
         cdef Entry *s = self._key(&hi, &lo, &kind)
-        cdef long gen
         cdef int w
         if s == NULL:
             return NULL
-        gen = self.hosts.generation
+        if not self.gen_known:
+            self.gen = self.hosts.generation
+            self.gen_known = True
         for w in range(MEMO_WAYS):
             if s[w].kind == kind and s[w].lo == lo and s[w].hi == hi:
-                if s[w].gen == gen and table_now < s[w].until:
+                if s[w].gen == self.gen and table_now < s[w].until:
                     self.table_lookups += 1
                     self.table_hits += s[w].found
                     return &s[w]
@@ -342,11 +377,18 @@ cdef class Loop:
         cdef int w
         answer, until = self.compat.answer_until(PyBytes_FromStringAndSize(self.buf, QUERY_SIZE), self.hosts,
                                                  self.memo)
+        self.gen_known = False
         if PyBytes_GET_SIZE(answer) != RESPONSE_SIZE or not until > table_now:
             return answer
         if self.entries == NULL:
-            self.entries = <Entry *>calloc(MEMO_SETS * MEMO_WAYS, sizeof(Entry))  # untouched pages cost nothing
-            if self.entries == NULL:
+            # Untouched pages cost nothing: the memory grows with the addresses asked about.
+            self.entries = <Entry *>calloc(MEMO_SETS * MEMO_WAYS, sizeof(Entry))
+            self.answers = <char *>calloc(MEMO_SETS * MEMO_WAYS, RESPONSE_SIZE)
+            if self.entries == NULL or self.answers == NULL:
+                free(self.entries)
+                free(self.answers)
+                self.entries = NULL
+                self.answers = NULL
                 return answer
         s = self._key(&hi, &lo, &kind)
         for w in range(MEMO_WAYS):
@@ -363,7 +405,7 @@ cdef class Loop:
             self.victim += 1
         e.kind, e.hi, e.lo, e.gen, e.until = kind, hi, lo, gen, until
         e.found = answer is not self.no_match
-        memcpy(e.answer, PyBytes_AS_STRING(answer), RESPONSE_SIZE)
+        memcpy(self.answers + (e - self.entries) * RESPONSE_SIZE, PyBytes_AS_STRING(answer), RESPONSE_SIZE)
         return answer
 
     cdef int _count_lookups(self) except -1:

@@ -246,6 +246,8 @@ class P0fSocketServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._fast is not None:
+            self._fast.stopping = True  # seen at its next wake-up (the event: when idle)
         if self._thread.ident is not None:  # started (a service that failed to start stops the rest)
             self._thread.join(2)
         for client in list(self._conns.values()):

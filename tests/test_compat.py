@@ -22,7 +22,7 @@ import time
 import pytest
 
 from fingerprintd import compat
-from fingerprintd.hosts import HostTable
+from fingerprintd.hosts import HostTable, host_table
 from fingerprintd.service import JsonFormatter
 from tests.conftest import ROOT, need
 from tests.helpers import Served
@@ -406,12 +406,17 @@ def _eventually(probe, tries: int = 100, pause: float = 0.1):
     return probe()
 
 
+# The socket server's tests run on both loops: the pure-Python reference and the compiled one
+# (fingerprintd/_csock.pyx; tests/test_compat_csock.py compares their answers), each with its own table.
+both = pytest.mark.parametrize("implementation", ["pure", "compiled"], indirect=True)
+
+
 @pytest.fixture
 def p0f_server(tmp_path):
     servers = []
 
     def start(**kw) -> compat.P0fSocketServer:
-        server = compat.P0fSocketServer(str(tmp_path / f"p0f{len(servers)}.sock"), HostTable(), **kw)
+        server = compat.P0fSocketServer(str(tmp_path / f"p0f{len(servers)}.sock"), host_table(), **kw)
         servers.append(server)
         server.start()
         return server
@@ -421,6 +426,7 @@ def p0f_server(tmp_path):
         server.stop()
 
 
+@both
 def test_connection_cap(p0f_server):
     server = p0f_server(max_connections=4)
     inside = [socket.socket(socket.AF_UNIX) for _ in range(4)]
@@ -437,6 +443,7 @@ def test_connection_cap(p0f_server):
         c.close()
 
 
+@both
 def test_idle_connections_do_not_lock_out_a_fresh_client(p0f_server):
     server = p0f_server(max_connections=4, idle_timeout=0.5)
     idle = [socket.socket(socket.AF_UNIX) for _ in range(4)]
@@ -452,6 +459,7 @@ def test_idle_connections_do_not_lock_out_a_fresh_client(p0f_server):
         c.close()
 
 
+@both
 def test_a_slow_but_active_client_is_not_idle(p0f_server):
     server = p0f_server(idle_timeout=1.5)
     with socket.socket(socket.AF_UNIX) as c:
@@ -463,6 +471,7 @@ def test_a_slow_but_active_client_is_not_idle(p0f_server):
     assert server.stats()["idle_closed"] == 0
 
 
+@both
 def test_bad_queries_are_answered_and_counted(p0f_server):
     server = p0f_server()
     with socket.socket(socket.AF_UNIX) as c:
@@ -481,11 +490,11 @@ def test_bad_queries_are_answered_and_counted(p0f_server):
 CHILD = r"""
 import json, resource, sys
 from fingerprintd import compat
-from fingerprintd.hosts import HostTable
+from fingerprintd.hosts import host_table
 path, nofile, kw = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 if nofile:
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-server = compat.P0fSocketServer(path, HostTable(), **kw)
+server = compat.P0fSocketServer(path, host_table(), **kw)
 server.start()
 print("ready", flush=True)
 for line in sys.stdin:   # each line asks for the state
@@ -519,6 +528,7 @@ class ChildServer:
             self.proc.wait()
 
 
+@both
 def test_out_of_file_descriptors(tmp_path):
     child = ChildServer(tmp_path / "p0f.sock", nofile=48)
     early = []
@@ -550,6 +560,7 @@ def test_out_of_file_descriptors(tmp_path):
         child.stop()
 
 
+@both
 def test_a_pipeliner_that_never_reads(tmp_path):
     child = ChildServer(tmp_path / "p0f.sock")
     try:
@@ -584,6 +595,7 @@ def test_a_pipeliner_that_never_reads(tmp_path):
         child.stop()
 
 
+@both
 def test_a_client_that_stops_reading_loses_no_answer(p0f_server):
     """One query at a time, each read alone by the server, and none of the answers read: the
     answers back up into the server's buffer, then it stops reading; all arrive once the client reads."""
@@ -606,8 +618,10 @@ def test_a_client_that_stops_reading_loses_no_answer(p0f_server):
     assert server.stats()["queries"] == sent
 
 
-def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
-    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), HostTable())
+@both
+def test_a_dead_socket_thread_is_reported(tmp_path, caplog, implementation):
+    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), host_table())
+    assert (server._fast is not None) == (implementation == "compiled")
     with caplog.at_level(logging.ERROR, logger="fingerprintd"), socket.socket(socket.AF_UNIX) as client:
         server.start()
         client.settimeout(10)
