@@ -179,7 +179,10 @@ class P0fSocketServer:
     address while the host record stays the same (p0f_answer's memo).  A
     thread per connection blocked in recv() was measured too: about 1 us less
     CPU per query on one connection (no epoll wait), twice as much with 50
-    connections (a wake-up and a GIL hand-off per query).
+    connections (a wake-up and a GIL hand-off per query).  With the compiled
+    accelerator the loop is fingerprintd/_csock.pyx: the usual query without
+    a Python object, calling this class's code for everything else; this
+    loop is its reference (tests/test_compat_csock.py).
 
     Every client costs bounded memory and none can hold the others up: at most
     `max_connections` at once (more are accepted and closed at once), one idle
