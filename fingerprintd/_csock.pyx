@@ -264,6 +264,7 @@ cdef class Loop:
         cdef ssize_t got, sent
         cdef int err
         cdef const char *answer
+        cdef Entry *e
         got = recv(fd, self.buf, self.recv_size, 0)
         if got < 0:
             err = errno
