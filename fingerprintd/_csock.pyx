@@ -16,7 +16,9 @@ answer).  The host table bumps its generation on every write, so an answer
 packed while it read G is still the answer while it reads G, up to the
 host's expiry (the table's own clock): no table lookup for a repeat query
 while no SYN arrives.  It is set-associative with a fixed size (MEMO_SETS x
-MEMO_WAYS answers, about 8 MB at most, allocated as used), and used only for
+MEMO_WAYS answers): per address the answer's 40 bytes of numbers, and its
+192 bytes of names kept once per distinct value (as compat._names makes them
+once per pair of verdicts), about 3 MB at most, allocated as used; it is used only for
 a table with a `generation` (not for store.SharedLookup, whose Redis answers
 change with no local write).
 
@@ -31,7 +33,7 @@ queries and requires the same bytes and counters.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN, EINTR, errno  # EWOULDBLOCK is EAGAIN on Linux
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset, strerror
 
@@ -73,17 +75,21 @@ cdef extern from "<time.h>" nogil:
 cdef enum:
     QUERY_SIZE = 21
     RESPONSE_SIZE = 232
+    HEAD_SIZE = 40  # the answer's numbers (compat._HEAD), then its names (compat._NAMES)
+    NAMES_SIZE = 192
+    NAMES_MAX = 1024  # distinct names kept; more, and the memo starts over
     POLL_EVENTS = 64  # as compat.POLL_EVENTS
     MEMO_SETS = 8192  # a power of two
     MEMO_WAYS = 4
 
 
-cdef struct Entry:  # the answers themselves apart (`answers`): a set's entries share a cache line or two
+cdef struct Entry:  # the answers' numbers apart (`heads`): a set's entries share a cache line or two
     uint64_t hi, lo  # the address: an IPv4 one in lo's low 32 bits
     long gen  # the table's generation when the answer was packed
     double until  # the host's expiry, on the table's clock
     uint8_t kind  # 0: empty, 4 or 6
     uint8_t found  # a host (counted as a lookup hit), not "no match"
+    uint16_t names  # its names: which of `names`
 
 
 cdef inline double monotonic() nogil:
@@ -115,7 +121,12 @@ cdef class Loop:
     cdef double *active  # per descriptor: its last answer here (client.active, handed over before a sweep)
     cdef int cap
     cdef Entry *entries
-    cdef char *answers  # RESPONSE_SIZE bytes per entry, in the entries' order
+    cdef char *heads  # HEAD_SIZE bytes per entry, in the entries' order
+    cdef char *names  # NAMES_SIZE bytes per distinct names
+    cdef uint64_t *names_hash
+    cdef int32_t *names_index  # 2 x NAMES_MAX slots, open addressing by hash: 1 + a names' number, 0 free
+    cdef int names_count
+    cdef char out[RESPONSE_SIZE]  # a kept answer, put together to be sent
     cdef long gen  # the table's generation, read since the GIL was last let go (gen_known)
     cdef bint gen_known
     cdef public bint stopping  # P0fSocketServer.stop(): seen at the next wake-up, before the event is
@@ -131,7 +142,10 @@ cdef class Loop:
         self.plain = NULL
         self.active = NULL
         self.entries = NULL
-        self.answers = NULL
+        self.heads = NULL
+        self.names = NULL
+        self.names_hash = NULL
+        self.names_index = NULL
         self.buf = NULL
 
     def __init__(self, server):
@@ -162,8 +176,7 @@ cdef class Loop:
     def __dealloc__(self):
         free(self.plain)
         free(self.active)
-        free(self.entries)
-        free(self.answers)
+        self._free_memo()
         free(self.buf)
 
     cdef int _grow(self, int fd) except -1:
@@ -288,7 +301,9 @@ cdef class Loop:
                     self.gen_known = False
             e = self._slot(table_now)
             if e != NULL:
-                answer = self.answers + (e - self.entries) * RESPONSE_SIZE
+                memcpy(self.out, self.heads + (e - self.entries) * HEAD_SIZE, HEAD_SIZE)
+                memcpy(self.out + HEAD_SIZE, self.names + e.names * NAMES_SIZE, NAMES_SIZE)
+                answer = self.out
             else:
                 kept = self._miss(table_now)
                 answer = PyBytes_AS_STRING(kept)
@@ -375,7 +390,7 @@ cdef class Loop:
         cdef Entry *e = NULL
         cdef long gen = self.hosts.generation  # before the lookup: a write meanwhile makes the entry stale
         cdef double until
-        cdef int w
+        cdef int w, names_at
         answer, until = self.compat.answer_until(PyBytes_FromStringAndSize(self.buf, QUERY_SIZE), self.hosts,
                                                  self.memo)
         self.gen_known = False
@@ -384,13 +399,15 @@ cdef class Loop:
         if self.entries == NULL:
             # Untouched pages cost nothing: the memory grows with the addresses asked about.
             self.entries = <Entry *>calloc(MEMO_SETS * MEMO_WAYS, sizeof(Entry))
-            self.answers = <char *>calloc(MEMO_SETS * MEMO_WAYS, RESPONSE_SIZE)
-            if self.entries == NULL or self.answers == NULL:
-                free(self.entries)
-                free(self.answers)
-                self.entries = NULL
-                self.answers = NULL
+            self.heads = <char *>calloc(MEMO_SETS * MEMO_WAYS, HEAD_SIZE)
+            self.names = <char *>calloc(NAMES_MAX, NAMES_SIZE)
+            self.names_hash = <uint64_t *>calloc(NAMES_MAX, sizeof(uint64_t))
+            self.names_index = <int32_t *>calloc(2 * NAMES_MAX, sizeof(int32_t))
+            if self.entries == NULL or self.heads == NULL or self.names == NULL or self.names_hash == NULL \
+                    or self.names_index == NULL:
+                self._free_memo()
                 return answer
+        names_at = self._intern(PyBytes_AS_STRING(answer) + HEAD_SIZE)
         s = self._key(&hi, &lo, &kind)
         for w in range(MEMO_WAYS):
             if s[w].kind == kind and s[w].lo == lo and s[w].hi == hi:
@@ -404,10 +421,47 @@ cdef class Loop:
         if e == NULL:
             e = &s[self.victim & (MEMO_WAYS - 1)]
             self.victim += 1
-        e.kind, e.hi, e.lo, e.gen, e.until = kind, hi, lo, gen, until
+        e.kind, e.hi, e.lo, e.gen, e.until, e.names = kind, hi, lo, gen, until, <uint16_t>names_at
         e.found = answer is not self.no_match
-        memcpy(self.answers + (e - self.entries) * RESPONSE_SIZE, PyBytes_AS_STRING(answer), RESPONSE_SIZE)
+        memcpy(self.heads + (e - self.entries) * HEAD_SIZE, PyBytes_AS_STRING(answer), HEAD_SIZE)
         return answer
+
+    cdef int _intern(self, const char *names) noexcept:
+        """The number of these 192 bytes of names among those kept (kept now if new).  When NAMES_MAX
+        are kept already, they and every entry are dropped first (the entries name them by number)."""
+        cdef uint64_t h = 14695981039346656037ULL  # FNV-1a
+        cdef int i, at
+        for i in range(NAMES_SIZE):
+            h = (h ^ <uint8_t>names[i]) * 1099511628211ULL
+        at = <int>(h & (2 * NAMES_MAX - 1))
+        while self.names_index[at]:
+            i = self.names_index[at] - 1
+            if self.names_hash[i] == h and memcmp(self.names + i * NAMES_SIZE, names, NAMES_SIZE) == 0:
+                return i
+            at = (at + 1) & (2 * NAMES_MAX - 1)
+        if self.names_count == NAMES_MAX:
+            memset(self.entries, 0, MEMO_SETS * MEMO_WAYS * sizeof(Entry))
+            memset(self.names_index, 0, 2 * NAMES_MAX * sizeof(int32_t))
+            self.names_count = 0
+            at = <int>(h & (2 * NAMES_MAX - 1))
+        i = self.names_count
+        self.names_count += 1
+        memcpy(self.names + i * NAMES_SIZE, names, NAMES_SIZE)
+        self.names_hash[i] = h
+        self.names_index[at] = i + 1
+        return i
+
+    cdef void _free_memo(self) noexcept:
+        free(self.entries)
+        free(self.heads)
+        free(self.names)
+        free(self.names_hash)
+        free(self.names_index)
+        self.entries = NULL
+        self.heads = NULL
+        self.names = NULL
+        self.names_hash = NULL
+        self.names_index = NULL
 
     cdef int _count_lookups(self) except -1:
         """The memo's answers as the lookups they stand for, in the table's counters (under its lock, as

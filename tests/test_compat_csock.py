@@ -222,3 +222,33 @@ def test_an_expired_host_is_not_answered_from_the_memo(tmp_path):
             assert struct.unpack_from("=I", _ask(c, _query(B)), 4)[0] == compat.STATUS_NO_MATCH
     finally:
         server.stop()
+
+
+def test_more_distinct_names_than_the_memo_keeps(tmp_path):
+    """The compiled memo keeps each distinct 192 bytes of names once, up to 1,024 of them, then starts
+    over: hosts with 1,100 distinct OS flavors, asked about twice over, get the reference's answers."""
+    base = SYNS["b"]
+    syns = []
+    for i in range(1100):
+        label = replace(base.fp.label, flavor=f"flavor {i}")
+        obs = base._replace(fp=base.fp._replace(label=label),
+                            pkt=base.pkt._replace(src=struct.pack("!I", 0x0A000000 + i)))
+        syns.append(obs)
+    queries = [_query(struct.pack("!I", 0x0A000000 + i)) for i in range(1100)] * 2
+    runs = []
+    for compiled in (False, True):
+        table = (accel.compiled().hosts.HostTable if compiled else HostTable)()
+        table.add_batch(syns)
+        with accel.selected(compiled):
+            server = compat.P0fSocketServer(str(tmp_path / f"names-{compiled}.sock"), table)
+        server.start()
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(10)
+                c.connect(server.path)
+                runs.append([_ask(c, q) for q in queries])
+        finally:
+            server.stop()
+    want, got = runs
+    assert len({a[40:] for a in want}) == 1100  # as many names as hosts, each asked twice
+    assert got == want
