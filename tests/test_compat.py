@@ -31,6 +31,10 @@ from tests.test_hosts_policy import observe
 
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 
+# The socket server's tests run on both loops: the pure-Python reference and the compiled one
+# (fingerprintd/_csock.pyx; tests/test_compat_csock.py compares their answers), each with its own table.
+both = pytest.mark.parametrize("implementation", ["pure", "compiled"], indirect=True)
+
 
 # --- encoders, no network ------------------------------------------------------
 
@@ -235,6 +239,27 @@ def test_pypi_p0f_client(served):
     assert got[1] == compat.STATUS_OK and got[4] == 1
 
 
+@both
+def test_a_live_hosts_answer_follows_its_next_syn(served):
+    """The same question on one connection before and after the host's next kernel SYN: the answer kept
+    from the first (the compiled loop's memo) gives way to the new one."""
+    pair, s, tmp = served
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(tmp / "p0f.sock"))
+        query = _query(socket.inet_aton(pair.client4))
+        before = []
+        for _ in range(3):
+            sock.sendall(query)
+            before.append(_fields(_recv(sock, 232)))
+        pair.connect(pair.server4, 1, 0, 36004)
+        assert s.lookup(pair.client4, 36004, wait_ms=2000)["found"]
+        sock.sendall(query)
+        after = _fields(_recv(sock, 232))
+    assert [b[4] for b in before] == [3, 3, 3] and after[4] == 4  # connections seen
+    assert after[3] >= before[0][3]  # last seen
+
+
 def _recv(sock, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -404,11 +429,6 @@ def _eventually(probe, tries: int = 100, pause: float = 0.1):
             return got
         time.sleep(pause)
     return probe()
-
-
-# The socket server's tests run on both loops: the pure-Python reference and the compiled one
-# (fingerprintd/_csock.pyx; tests/test_compat_csock.py compares their answers), each with its own table.
-both = pytest.mark.parametrize("implementation", ["pure", "compiled"], indirect=True)
 
 
 @pytest.fixture
