@@ -72,4 +72,4 @@ debs-test:
 	@sh scripts/debs.sh $(TEST_DEBS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks *.egg-info build fingerprintd/*.so fingerprintd/_speedups.c
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks *.egg-info build fingerprintd/*.so fingerprintd/_speedups.c fingerprintd/_replay.c fingerprintd/_csock.c

@@ -27,8 +27,9 @@ COPIES = (
     ("_cmatcher", "matcher.py", "Fingerprint, PerFingerprint, Probe", ("signatures", "Rule, win_multiplier")),
     ("_chosts", "hosts.py", "AddressError, normalize_ip"),
 )
-# Modules written for Cython (_replay cimports _speedups' parser through _speedups.pxd).
-PYX = ("_speedups", "_replay")
+# Modules written for Cython (_replay cimports _speedups' parser through _speedups.pxd; _csock is the p0f
+# socket's query loop).
+PYX = ("_speedups", "_replay", "_csock")
 GENERATED = Path("build") / "accel-src" / "fingerprintd"  # a package directory: Cython finds the .pxd by it
 
 

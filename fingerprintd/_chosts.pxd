@@ -36,7 +36,7 @@ cdef class HostTable:
     cdef public ExpiringLRU connections, hosts
     cdef public double ttl, _expires, _fresh_until
     cdef public object timer, _servers, _lock, _arrived, arrival_hooks
-    cdef public long added, lookups, hits, _writes, _waiting
+    cdef public long added, lookups, hits, _writes, _waiting, generation
 
     @cython.locals(servers=dict, syns=list, syn=Syn)
     cpdef add_batch(self, observations)

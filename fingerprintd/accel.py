@@ -4,7 +4,8 @@ The pattern of aiohttp's HTTP parser, yarl and multidict: the pure-Python
 modules (packet, flows, nat, signatures, matcher, engine, report) are the
 reference; the optional extensions built by setup.py (fingerprintd/_speedups.pyx;
 _cflows, _cnat, _csignatures and _cmatcher, compiled from flows.py, nat.py,
-signatures.py and matcher.py themselves) do the same work faster and are
+signatures.py and matcher.py themselves; _csock.pyx, the p0f socket's query
+loop, whose reference is compat.P0fSocketServer._loop) do the same work faster and are
 chosen at import when present.  `FINGERPRINTD_NO_EXTENSIONS=1` forces the
 pure-Python path; a missing or broken build falls back to it silently
 (`fingerprintd --version` says which runs).  tests/conftest.py runs the suite
@@ -28,19 +29,21 @@ class Accelerator:
     """The compiled modules, as one object."""
 
     def __init__(self, speedups: ModuleType, flows: ModuleType, nat: ModuleType, replay: ModuleType,
-                 matcher: ModuleType, hosts: ModuleType) -> None:
+                 matcher: ModuleType, hosts: ModuleType, sock: ModuleType) -> None:
         self.speedups = speedups
         self.flows = flows  # FlowTable, RecentSyns compiled from flows.py
         self.nat = nat  # on_syn, on_other compiled from nat.py
         self.replay = replay  # Replay: `fingerprintd replay` on C structs, every format
         self.matcher = matcher  # Matcher compiled from matcher.py (its comparison from signatures.py)
         self.hosts = hosts  # HostTable compiled from hosts.py
+        self.sock = sock  # Loop: the p0f socket's query loop (compat.P0fSocketServer)
 
 
 _HERE = Path(__file__).resolve().parent
 # Each compiled module and the source it was built from.
 _SOURCES = (("_speedups", "_speedups.pyx"), ("_replay", "_replay.pyx"), ("_cflows", "flows.py"), ("_cnat", "nat.py"),
-            ("_csignatures", "signatures.py"), ("_cmatcher", "matcher.py"), ("_chosts", "hosts.py"))
+            ("_csignatures", "signatures.py"), ("_cmatcher", "matcher.py"), ("_chosts", "hosts.py"),
+            ("_csock", "_csock.pyx"))
 
 
 def _stale(module: ModuleType, source: str) -> bool:
@@ -56,11 +59,11 @@ def _load(warn: bool = True) -> Accelerator | None:
     if os.environ.get(ENV):
         return None
     try:
-        from fingerprintd import _cflows, _chosts, _cmatcher, _cnat, _csignatures, _replay, _speedups  # type: ignore[attr-defined]
+        from fingerprintd import _cflows, _chosts, _cmatcher, _cnat, _csignatures, _csock, _replay, _speedups  # type: ignore[attr-defined]
     except ImportError:
         return None
     modules = {"_speedups": _speedups, "_replay": _replay, "_cflows": _cflows, "_cnat": _cnat,
-               "_csignatures": _csignatures, "_cmatcher": _cmatcher, "_chosts": _chosts}
+               "_csignatures": _csignatures, "_cmatcher": _cmatcher, "_chosts": _chosts, "_csock": _csock}
     stale = [source for name, source in _SOURCES if _stale(modules[name], source)]
     if stale:
         # A stale copy would answer like the old code: the reference runs instead, and says so once.
@@ -68,7 +71,7 @@ def _load(warn: bool = True) -> Accelerator | None:
             print(f"fingerprintd: the accelerator is older than {', '.join(stale)}; running pure Python "
                   "(rebuild: pip install -e . or make)", file=sys.stderr)
         return None
-    return Accelerator(_speedups, _cflows, _cnat, _replay, _cmatcher, _chosts)
+    return Accelerator(_speedups, _cflows, _cnat, _replay, _cmatcher, _chosts, _csock)
 
 
 ACCEL: Accelerator | None = _load()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import os
 import re
 import select
@@ -46,6 +47,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from fingerprintd import accel
 from fingerprintd.context import Context, from_postfix
 from fingerprintd.engine import Observation
 from fingerprintd.hosts import AddressError, HostRecord, HostTable, normalize_ip
@@ -120,20 +122,25 @@ _V6_QUERY = struct.pack("=IB", QUERY_MAGIC, 6)
 ANSWER_MEMO = 4096  # addresses whose packed answer a server keeps (about 0.5 kB each)
 
 
+def _address(query: bytes) -> bytes | None:
+    """The address a 21-byte query asks about; None for a bad query."""
+    head = query[:5]
+    if head == _V4_QUERY:
+        return query[5:9]
+    if head == _V6_QUERY:
+        addr = query[5:]
+        return addr[12:] if addr[:12] == _V4_MAPPED else addr  # IPv4-mapped: the SYN carried the IPv4 address
+    return None
+
+
 def p0f_answer(query: bytes, hosts: HostTable, memo: dict | None = None) -> bytes:
     """The 232-byte answer to one 21-byte query (BAD_QUERY_RESPONSE itself for a bad one).
 
     `memo`: address -> (the host's latest SYN, its packed answer), kept by the caller.  A host
     record changes only with a new SYN, which replaces `latest`: an answer packed for the same
     latest SYN is still the answer (packing it is a third of the answer's cost)."""
-    head = query[:5]
-    if head == _V4_QUERY:
-        addr = query[5:9]
-    elif head == _V6_QUERY:
-        addr = query[5:]
-        if addr[:12] == _V4_MAPPED:
-            addr = addr[12:]  # IPv4-mapped: the SYN carried the IPv4 address
-    else:
+    addr = _address(query)
+    if addr is None:
         return BAD_QUERY_RESPONSE
     _, host = hosts.lookup(addr, 0)
     if host is None:
@@ -151,6 +158,18 @@ def p0f_answer(query: bytes, hosts: HostTable, memo: dict | None = None) -> byte
     return answer
 
 
+def answer_until(query: bytes, hosts: HostTable, memo: dict) -> tuple[bytes, float]:
+    """p0f_answer, and until when (on the table's clock) it stays the answer while the table takes no
+    write: the host's expiry, forever for an unknown host, 0 when it is not to be kept (a bad query, or
+    an answer p0f_answer did not memoize).  For the compiled loop's memo (fingerprintd/_csock.pyx)."""
+    answer = p0f_answer(query, hosts, memo)
+    if answer is NO_MATCH_RESPONSE:
+        return answer, math.inf
+    known = memo.get(_address(query))  # type: ignore[arg-type]
+    # A record expires with its latest SYN: the table writes both with one expiry.
+    return answer, known[0].expires if known is not None and known[1] is answer else 0.0
+
+
 class P0fSocketServer:
     """p0f's API on a unix stream socket: many connections, pipelined queries.
 
@@ -160,7 +179,10 @@ class P0fSocketServer:
     address while the host record stays the same (p0f_answer's memo).  A
     thread per connection blocked in recv() was measured too: about 1 us less
     CPU per query on one connection (no epoll wait), twice as much with 50
-    connections (a wake-up and a GIL hand-off per query).
+    connections (a wake-up and a GIL hand-off per query).  With the compiled
+    accelerator the loop is fingerprintd/_csock.pyx: the usual query without
+    a Python object, calling this class's code for everything else; this
+    loop is its reference (tests/test_compat_csock.py).
 
     Every client costs bounded memory and none can hold the others up: at most
     `max_connections` at once (more are accepted and closed at once), one idle
@@ -183,7 +205,7 @@ class P0fSocketServer:
         self._recv_size = QUERY_SIZE * max_pending
         self._out_limit = RESPONSE_SIZE * max_pending
         self.failed: BaseException | None = None  # a fatal error in its thread, for the service to see
-        self.queries = self.bad_queries = 0
+        self._queries = self._bad_queries = 0  # those the Python code answered (see `queries`)
         self.refused = 0  # connections over max_connections
         self.idle_closed = 0
         self.fd_exhausted = 0  # connections dropped because the process had no file descriptor left
@@ -209,12 +231,26 @@ class P0fSocketServer:
         # the server's time per query on one connection).
         self._sel = select.epoll()
         self._thread = threading.Thread(target=self._run, name="p0f-socket", daemon=True)
+        # The compiled loop (fingerprintd/_csock.pyx) when the accelerator is selected: _loop below is
+        # its reference, and it calls this class's code for all but the usual query.
+        impl = accel.ACCEL
+        self._fast = impl.sock.Loop(self) if impl is not None else None
+
+    @property
+    def queries(self) -> int:
+        return self._queries + (self._fast.queries if self._fast is not None else 0)
+
+    @property
+    def bad_queries(self) -> int:
+        return self._bad_queries + (self._fast.bad_queries if self._fast is not None else 0)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._fast is not None:
+            self._fast.stopping = True  # seen at its next wake-up (the event: when idle)
         if self._thread.ident is not None:  # started (a service that failed to start stops the rest)
             self._thread.join(2)
         for client in list(self._conns.values()):
@@ -255,6 +291,8 @@ class P0fSocketServer:
             fatal(self, "p0f-socket", exc)
 
     def _loop(self) -> None:
+        if self._fast is not None:
+            return self._fast.run()
         ep, conns, hosts, stop, memo = self._sel, self._conns, self.hosts, self._stop, self._memo
         listen_fd = self.sock.fileno()
         ep.register(listen_fd, select.EPOLLIN)
@@ -288,9 +326,9 @@ class P0fSocketServer:
                     self._serve(client, events, now, data)
                     continue
                 answer = p0f_answer(data, hosts, memo)
-                self.queries += 1
+                self._queries += 1
                 if answer is BAD_QUERY_RESPONSE:
-                    self.bad_queries += 1
+                    self._bad_queries += 1
                 client.active = now
                 try:
                     sent = conn.send(answer)
@@ -386,8 +424,8 @@ class P0fSocketServer:
                 hosts, memo = self.hosts, self._memo
                 answers = [p0f_answer(buf[i:i + QUERY_SIZE], hosts, memo) for i in range(0, whole, QUERY_SIZE)]
                 client.inbuf = buf[whole:]
-                self.queries += len(answers)
-                self.bad_queries += sum(1 for a in answers if a is BAD_QUERY_RESPONSE)
+                self._queries += len(answers)
+                self._bad_queries += sum(1 for a in answers if a is BAD_QUERY_RESPONSE)
                 out += b"".join(answers)
             if out:
                 sent = conn.send(out)

@@ -296,6 +296,9 @@ class HostTable:
         self.ttl = ttl
         self.timer = timer
         self.added = 0
+        # Bumped by every write, inside the lock: an answer made from the table while it read G is still
+        # the answer while it reads G (and the host has not expired): the p0f socket's compiled memo.
+        self.generation = 0
         self.lookups = 0
         self.hits = 0
         self._servers: dict[tuple, tuple] = {}  # interned (server, port, mod, linktype): a few, ours
@@ -394,6 +397,7 @@ class HostTable:
                     hosts.move_to_end(hkey)
             added = len(syns)
             self.added += added
+            self.generation += 1
             writes = self._writes
             self._writes = writes + added
             if (writes & ~255) != (self._writes & ~255):

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from fingerprintd import compat
-from fingerprintd.hosts import HostTable
+from fingerprintd.hosts import HostTable, host_table
 from fingerprintd.service import JsonFormatter
 from tests.conftest import ROOT, need
 from tests.helpers import Served
@@ -30,6 +30,10 @@ from tests.netns import NetnsPair, can_use_netns
 from tests.test_hosts_policy import observe
 
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
+
+# The socket server's tests run on both loops: the pure-Python reference and the compiled one
+# (fingerprintd/_csock.pyx; tests/test_compat_csock.py compares their answers), each with its own table.
+both = pytest.mark.parametrize("implementation", ["pure", "compiled"], indirect=True)
 
 
 # --- encoders, no network ------------------------------------------------------
@@ -235,6 +239,27 @@ def test_pypi_p0f_client(served):
     assert got[1] == compat.STATUS_OK and got[4] == 1
 
 
+@both
+def test_a_live_hosts_answer_follows_its_next_syn(served):
+    """The same question on one connection before and after the host's next kernel SYN: the answer kept
+    from the first (the compiled loop's memo) gives way to the new one."""
+    pair, s, tmp = served
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(tmp / "p0f.sock"))
+        query = _query(socket.inet_aton(pair.client4))
+        before = []
+        for _ in range(3):
+            sock.sendall(query)
+            before.append(_fields(_recv(sock, 232)))
+        pair.connect(pair.server4, 1, 0, 36004)
+        assert s.lookup(pair.client4, 36004, wait_ms=2000)["found"]
+        sock.sendall(query)
+        after = _fields(_recv(sock, 232))
+    assert [b[4] for b in before] == [3, 3, 3] and after[4] == 4  # connections seen
+    assert after[3] >= before[0][3]  # last seen
+
+
 def _recv(sock, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -411,7 +436,7 @@ def p0f_server(tmp_path):
     servers = []
 
     def start(**kw) -> compat.P0fSocketServer:
-        server = compat.P0fSocketServer(str(tmp_path / f"p0f{len(servers)}.sock"), HostTable(), **kw)
+        server = compat.P0fSocketServer(str(tmp_path / f"p0f{len(servers)}.sock"), host_table(), **kw)
         servers.append(server)
         server.start()
         return server
@@ -421,6 +446,7 @@ def p0f_server(tmp_path):
         server.stop()
 
 
+@both
 def test_connection_cap(p0f_server):
     server = p0f_server(max_connections=4)
     inside = [socket.socket(socket.AF_UNIX) for _ in range(4)]
@@ -437,6 +463,7 @@ def test_connection_cap(p0f_server):
         c.close()
 
 
+@both
 def test_idle_connections_do_not_lock_out_a_fresh_client(p0f_server):
     server = p0f_server(max_connections=4, idle_timeout=0.5)
     idle = [socket.socket(socket.AF_UNIX) for _ in range(4)]
@@ -452,6 +479,7 @@ def test_idle_connections_do_not_lock_out_a_fresh_client(p0f_server):
         c.close()
 
 
+@both
 def test_a_slow_but_active_client_is_not_idle(p0f_server):
     server = p0f_server(idle_timeout=1.5)
     with socket.socket(socket.AF_UNIX) as c:
@@ -463,6 +491,7 @@ def test_a_slow_but_active_client_is_not_idle(p0f_server):
     assert server.stats()["idle_closed"] == 0
 
 
+@both
 def test_bad_queries_are_answered_and_counted(p0f_server):
     server = p0f_server()
     with socket.socket(socket.AF_UNIX) as c:
@@ -481,11 +510,11 @@ def test_bad_queries_are_answered_and_counted(p0f_server):
 CHILD = r"""
 import json, resource, sys
 from fingerprintd import compat
-from fingerprintd.hosts import HostTable
+from fingerprintd.hosts import host_table
 path, nofile, kw = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 if nofile:
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-server = compat.P0fSocketServer(path, HostTable(), **kw)
+server = compat.P0fSocketServer(path, host_table(), **kw)
 server.start()
 print("ready", flush=True)
 for line in sys.stdin:   # each line asks for the state
@@ -519,6 +548,7 @@ class ChildServer:
             self.proc.wait()
 
 
+@both
 def test_out_of_file_descriptors(tmp_path):
     child = ChildServer(tmp_path / "p0f.sock", nofile=48)
     early = []
@@ -550,6 +580,7 @@ def test_out_of_file_descriptors(tmp_path):
         child.stop()
 
 
+@both
 def test_a_pipeliner_that_never_reads(tmp_path):
     child = ChildServer(tmp_path / "p0f.sock")
     try:
@@ -584,6 +615,7 @@ def test_a_pipeliner_that_never_reads(tmp_path):
         child.stop()
 
 
+@both
 def test_a_client_that_stops_reading_loses_no_answer(p0f_server):
     """One query at a time, each read alone by the server, and none of the answers read: the
     answers back up into the server's buffer, then it stops reading; all arrive once the client reads."""
@@ -606,8 +638,10 @@ def test_a_client_that_stops_reading_loses_no_answer(p0f_server):
     assert server.stats()["queries"] == sent
 
 
-def test_a_dead_socket_thread_is_reported(tmp_path, caplog):
-    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), HostTable())
+@both
+def test_a_dead_socket_thread_is_reported(tmp_path, caplog, implementation):
+    server = compat.P0fSocketServer(str(tmp_path / "p0f.sock"), host_table())
+    assert (server._fast is not None) == (implementation == "compiled")
     with caplog.at_level(logging.ERROR, logger="fingerprintd"), socket.socket(socket.AF_UNIX) as client:
         server.start()
         client.settimeout(10)
