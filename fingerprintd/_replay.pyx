@@ -18,6 +18,11 @@ tests/test_accel.py requires its bytes and counters to equal the pure path's
 batch it feeds both.  The engine it is built from lends it its matcher, its
 mode and its counters; the books are its own, so an engine replays through
 one path only.
+
+`LiveLoop`, at the end, is the service's capture path on the same structs:
+flows.RecentSyns' books instead of p0f's, and out come the host table's
+records (hosts.Syn) and the p0f log's lines (tests/test_live_loop.py holds
+it to the service's pure path).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE

@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import struct
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.all import TCP  # type: ignore[attr-defined]
 
 from fingerprintd import accel, capture, engine, packet, report
 from fingerprintd.matcher import Matcher
 from fingerprintd.mode import FIXED, P0F_BUGS
 from fingerprintd.signatures import load
+from tests.alike import SEEDS, batches, frames, host_series, read_batches
 from tests.conftest import CORPUS, OUR_DB, ROOT, STOCK_DB, need
-from tests.craft import Shape, frame, shape_from_sig, write_pcap
+from tests.craft import write_pcap
 
 FORMATS = ("p0f-log", "jsonl", "text")
 
@@ -122,11 +118,6 @@ def assert_same(pure, compiled) -> None:
             assert p_out[f"replay {name}"] == p_out[name]
 
 
-def _read(path: Path) -> tuple[list, int]:
-    cap = capture.open_offline(str(path), None)
-    return list(cap.batches()), cap.linktype
-
-
 CORPUS_FILES = sorted((CORPUS / "pcaps").glob("*")) if (CORPUS / "pcaps").exists() else []
 
 
@@ -138,7 +129,7 @@ def test_every_corpus_capture_alike(mode):
     fingerprinted = 0
     for path in CORPUS_FILES:
         try:
-            batches, linktype = _read(path)
+            batches, linktype = read_batches(path)
         except capture.CaptureError:
             continue  # a file libpcap cannot read is no test of either path
         for blobs in (False, True):
@@ -148,52 +139,14 @@ def test_every_corpus_capture_alike(mode):
     assert fingerprinted > 1000  # the corpus did reach the matcher
 
 
-def _host_series(db_path: Path, seed: int) -> list:
-    """Per-host SYN series that set off host change, ip sharing and uptime records: each client switches
-    between a few of the database's stacks, shifts its TTL and MSS, and stamps its SYNs from one clock
-    (sometimes from no clock at all), with whole connections (SYN+ACK, ACKs with timestamps) now and then."""
-    db = load(db_path)
-    rng = random.Random(seed)
-    sigs = [sig for sig in db.request if not sig.label.is_app and sig.mss is not None and sig.ver in (None, 4)]
-    packets, t = [], 1_700_000_000.0
-    for n in range(80):
-        client = f"10.9.{n >> 8}.{n & 255}"
-        base = [shape_from_sig(sig, rng, ver=4) for sig in rng.sample(sigs, 3)]
-        hz = rng.choice((1000, 250, 100))
-        port = rng.randrange(20000, 60000)
-        for _ in range(rng.randrange(4, 16)):
-            shape = base[0] if rng.random() < 0.6 else rng.choice(base)
-            if rng.random() < 0.2:
-                shape = replace(shape, ttl=max(1, shape.ttl - rng.choice((1, 2, 9))), mss=rng.choice((1460, 1380)))
-            t += rng.choice((0.005, 0.05, 1.0, 30.0, 700.0))
-            ts1 = int(t * hz) & 0xFFFFFFFF if rng.random() < 0.8 else rng.randrange(1 << 32)
-            shape = replace(shape, ts1=ts1)
-            port = min(max(port + rng.randrange(-50, 40), 1025), 65535)
-            seq = rng.randrange(1, 1 << 32)
-            syn = frame(shape, client, "192.0.2.25", port, 25, rng, seq=seq)
-            syn.time = t
-            packets.append(syn)
-            if rng.random() < 0.3:  # the connection: SYN+ACK, then the client's ACK with a later timestamp
-                synack = frame(replace(shape, synack=True, ts1=rng.randrange(1 << 32)), "192.0.2.25", client, 25,
-                               port, rng, seq=rng.randrange(1, 1 << 32), ack=seq + 1)
-                synack.time = t + 0.001
-                ack = frame(replace(shape, ts1=(ts1 + hz) & 0xFFFFFFFF), client, "192.0.2.25", port, 25, rng,
-                            seq=seq + 1, ack=synack[TCP].seq + 1)
-                ack[TCP].flags = "A"
-                ack.time = t + 1.0
-                packets += [synack, ack]
-    packets.sort(key=lambda p: p.time)
-    return packets
-
-
 def test_host_series_alike(tmp_path):
     """Crafted per-host series reaching host change, ip sharing and uptime (from SYNs and from ACKs)."""
     for db_path in (OUR_DB, STOCK_DB):
         if not db_path.exists():
             continue
         path = tmp_path / "hosts.pcap"
-        write_pcap(path, _host_series(db_path, seed=20261201))
-        batches, linktype = _read(path)
+        write_pcap(path, host_series(db_path, seed=20261201))
+        batches, linktype = read_batches(path)
         for mode in (FIXED, P0F_BUGS):
             pure, compiled = run_both(batches, linktype, load(db_path, mode), ports=(25,))
             assert_same(pure, compiled)
@@ -203,74 +156,7 @@ def test_host_series_alike(tmp_path):
 
 # --- random and mutated batches --------------------------------------------------------------------------
 
-_RNG = random.Random(14)
 _DBS = {mode: load(OUR_DB, mode) for mode in (FIXED, P0F_BUGS)}
-_SHAPES = [Shape(), Shape(ver=6, quirks=frozenset()), Shape(ttl=117, mss=1440, win=64240, wscale=8,
-           layout=("mss", "nop", "ws", "nop", "nop", "sok"), ts1=0), Shape(synack=True),
-           Shape(extra={"vlans": (7,)}), Shape(payload=b"GET / HTTP/1.0\r\n")]
-_CLIENTS = ["10.1.0.1", "10.1.0.2", "2001:db8::7"]
-
-
-def _seed_frames() -> list[bytes]:
-    out = []
-    for shape in _SHAPES:
-        for client in _CLIENTS:
-            if (":" in client) != (shape.ver == 6):
-                continue
-            server = "192.0.2.25" if shape.ver == 4 else "2001:db8::25"
-            kw = {"vlans": shape.extra["vlans"]} if "vlans" in shape.extra else {}
-            out.append(bytes(frame(shape, client, server, 40000, 25, _RNG, seq=1000, **kw)))
-    # The same connections' ACK, FIN and RST (flow books, uptime from any packet of a tracked flow).
-    for i, flags in enumerate((0x10, 0x11, 0x04, 0x18)):
-        data = bytearray(out[i % 2])
-        tcp = 14 + (data[14] & 0x0F) * 4 if data[12:14] == b"\x08\x00" else 54
-        data[tcp + 13] = flags
-        struct.pack_into("!I", data, tcp + 4, 1001)
-        out.append(bytes(data))
-    return out
-
-
-_SEEDS = _seed_frames()
-
-
-@st.composite
-def frames(draw):
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.sampled_from(["flip", "set", "cut", "grow", "seq", "port"]))
-        if op == "flip":
-            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
-        elif op == "set":
-            # Option kinds and lengths, the window scale's limit, flag bytes, IP version nibbles.
-            data[draw(st.integers(0, len(data) - 1))] = draw(st.sampled_from(
-                [0, 1, 2, 3, 4, 5, 8, 10, 14, 15, 0x12, 0x40, 0x45, 0x60, 0xFF]))
-        elif op == "cut":
-            data = data[: draw(st.integers(0, len(data)))]
-        elif op == "grow":
-            data += draw(st.binary(max_size=32))
-        elif op in ("seq", "port") and len(data) > 60:
-            tcp = 34 if data[12:14] == b"\x08\x00" and data[14] == 0x45 else 54
-            at = tcp + 4 if op == "seq" else tcp
-            struct.pack_into("!H", data, at, draw(st.integers(0, 3)))
-        if not data:
-            break
-    return bytes(data)
-
-
-@st.composite
-def batches(draw):
-    # Capture times from the epoch (JSON writes times under 1 s in exponent form) to near pcap's 32-bit end,
-    # microseconds of every size the metadata can carry.
-    t = draw(st.sampled_from([0, 1_700_000_000, 4_290_000_000]))
-    usecs = st.one_of(st.integers(0, 999_999), st.sampled_from([0, 12, 1_000_000, 4_294_967_295]))
-    out = []
-    for _ in range(draw(st.integers(1, 4))):
-        batch = []
-        for data in draw(st.lists(st.one_of(frames(), st.binary(max_size=120)), max_size=40)):
-            t += draw(st.sampled_from([0, 0, 0, 1, 31, 7300]))
-            batch.append((t, draw(usecs), data))
-        out.append(batch)
-    return out
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -299,7 +185,7 @@ def test_parse_alike_on_every_single_byte_change():
     can carry it, both modes: the same Packet or the same skip reason (every branch a byte can reach)."""
     fast = accel.compiled().speedups.parse
     checked = 0
-    for seed in _SEEDS:
+    for seed in SEEDS:
         raw = seed[14:] if seed[12:14] in (b"\x08\x00", b"\x86\xdd") else None
         for data, linktype in ((seed, packet.LINK_ETHERNET), (raw, packet.LINK_RAW)):
             if data is None:

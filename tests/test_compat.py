@@ -27,7 +27,7 @@ from fingerprintd.service import JsonFormatter
 from tests.conftest import ROOT, need
 from tests.helpers import Served
 from tests.netns import NetnsPair, can_use_netns
-from tests.test_hosts_policy import observe
+from tests.observed import observe
 
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
 

@@ -23,7 +23,7 @@ from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher
 from tests.conftest import need
 from tests.craft import STACKS, frame
-from tests.test_hosts_policy import DB, RNG, observe
+from tests.observed import DB, RNG, observe
 
 TTL = 600.0
 

@@ -18,6 +18,7 @@ from fingerprintd.hosts import HostTable
 from fingerprintd.matcher import Matcher
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.signatures import load
+from tests.alike import host_fields, syn_fields
 from tests.conftest import OUR_DB, need
 from tests.craft import STACKS, frame
 
@@ -56,21 +57,6 @@ def _observation(name: str, src: int, port: int, record: int, uptime: bool, ts: 
     return base._replace(pkt=pkt, nat=RECORDS[record], uptime=Uptime(int(ts) % 1000, 49, 100.0) if uptime else None)
 
 
-def _syn(o) -> tuple | None:
-    if o is None:
-        return None
-    return (o.ts, o.pkt.src, o.sport, o.dst, o.dport, o.ttl, o.ip_ver, o.mod, o.linktype, o.fp, o.nat, o.uptime,
-            o.client, o.server, o.to_server)
-
-
-def _host(h) -> tuple | None:
-    if h is None:
-        return None
-    return (h.first_seen, h.last_seen, h.count, h.last_distance, list(h.signatures), list(h.os_names),
-            h.last_change, h.changes, h.host_changed, _syn(h.latest), _syn(h.last_match), h.last_ip_sharing,
-            h.last_host_change, h.uptime_minutes, h.uptime_modulo_days)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_compiled_host_table_answers_like_the_pure_one(plan):
@@ -92,11 +78,11 @@ def test_compiled_host_table_answers_like_the_pure_one(plan):
             table.add_batch(batch)
         assert arrived_pure == arrived_compiled
         for ip in SOURCES:
-            assert _host(pure.host(ip)) == _host(compiled.host(ip))
+            assert host_fields(pure.host(ip)) == host_fields(compiled.host(ip))
             for port in range(5):
                 got_pure, host_pure = pure.lookup(ip, 40000 + port if port else 0)
                 got_compiled, host_compiled = compiled.lookup(ip, 40000 + port if port else 0)
-                assert _syn(got_pure) == _syn(got_compiled), (ip, port)
-                assert _host(host_pure) == _host(host_compiled), (ip, port)
+                assert syn_fields(got_pure) == syn_fields(got_compiled), (ip, port)
+                assert host_fields(host_pure) == host_fields(host_compiled), (ip, port)
         assert pure.sizes() == compiled.sizes()
         assert (pure.added, pure.lookups, pure.hits) == (compiled.added, compiled.lookups, compiled.hits)

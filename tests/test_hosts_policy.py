@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import random
 import threading
 
 import pytest
 
-from fingerprintd.classes import bundled_classes
-from fingerprintd.engine import Engine
 from fingerprintd.hosts import AddressError, host_table, normalize_ip
-from fingerprintd.matcher import Matcher, PerFingerprint
+from fingerprintd.matcher import PerFingerprint
 from fingerprintd.nat import NatRecord, Uptime
 from fingerprintd.policy import PolicyError, load_policy, parse_policy
-from fingerprintd.signatures import load
-from tests.conftest import OUR_DB, ROOT, assert_fails_at
-from tests.craft import STACKS, frame
+from tests.conftest import ROOT, assert_fails_at
+from tests.observed import observe
 
-DB = load(OUR_DB)
 POLICY = load_policy(ROOT / "signatures" / "policy.toml")
-RNG = random.Random(11)
 
 
 def same_syn(got, obs) -> bool:
@@ -28,14 +22,6 @@ def same_syn(got, obs) -> bool:
     return (got.mod, got.linktype, got.fp) == (obs.mod, obs.linktype, obs.fp) and \
         (have.ts, have.src, have.sport, have.dst, have.dport, have.ttl, have.ip_ver) == \
         (want.ts, want.src, want.sport, want.dst, want.dport, want.ttl, want.ip_ver) and got.server == obs.server
-
-
-def observe(stack: str, src: str = "203.0.113.7", sport: int = 40000, ts: float = 1_700_000_000.0):
-    eng = Engine(Matcher(DB, classes=bundled_classes()))
-    obs = eng.feed(bytes(frame(STACKS[stack], src, "192.0.2.25", sport, 25, RNG, seq=RNG.randrange(1, 1 << 31))),
-                   1, int(ts), int(ts % 1 * 1e6))
-    assert obs is not None
-    return obs
 
 
 @pytest.mark.parametrize("text,want", [

@@ -20,10 +20,9 @@ from fingerprintd import accel, engine, packet
 from fingerprintd.config import Config
 from fingerprintd.hosts import host_table
 from fingerprintd.service import LogFile, Service, live_loop
+from tests.alike import batches, host_fields, host_series, read_batches, syn_fields
 from tests.conftest import OUR_DB, need
 from tests.craft import Shape, frame, write_pcap
-from tests.test_accel import _host_series, _read, batches
-from tests.test_hosts_alike import _host, _syn
 
 
 class Clock:
@@ -61,7 +60,7 @@ def _seen(svc: Service, q) -> dict:
     table = {}
     for ip, port in sorted(sources):
         got, host = svc.hosts.lookup(ip, port)
-        table[(ip, port)] = (_syn(got), _host(host), _host(svc.hosts.host(ip)))
+        table[(ip, port)] = (syn_fields(got), host_fields(host), host_fields(svc.hosts.host(ip)))
     with open(svc.log.path, "rb") as fh:
         log = fh.read()
     return {"log": log, "summary": svc.engine.summary(), "actions": svc.syn_actions, "table": table,
@@ -113,8 +112,8 @@ def test_host_series_alike(tmp_path):
     """Crafted per-host series: host change, ip sharing and uptime records reach the log, the table and
     Watch alike, with and without a Watch stream (the compiled path then makes no Observation)."""
     path = tmp_path / "hosts.pcap"
-    write_pcap(path, _host_series(OUR_DB, seed=20261202))
-    batches, linktype = _read(path)
+    write_pcap(path, host_series(OUR_DB, seed=20261202))
+    batches, linktype = read_batches(path)
     for watch in (False, True):
         (tmp_path / f"w{watch}").mkdir()
         pure, compiled = _pair(tmp_path / f"w{watch}")
