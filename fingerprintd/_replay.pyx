@@ -1601,6 +1601,9 @@ from fingerprintd._chosts cimport Syn, SynWithRecords
 
 from fingerprintd import hosts as _hosts
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(object op)
+
 cdef tuple MOD_STR = ("syn", "syn+ack", "sendsyn probe", "sendsyn response")  # by MOD_*
 cdef tuple KIND_STR = (None, "host change", "ip sharing")  # by Record.kind
 cdef object V6_MARK = _hosts._V6_MARK
@@ -1792,6 +1795,11 @@ cdef class LiveLoop(Replay):
         syn.ttl = p.ttl
         syn.where = self.where_of(p, mod)
         syn.fp = fp
+        # Out of the garbage collector's sight: a full table is millions of these, and the collector's
+        # middle generation rescanning them paused this thread for over 100 ms (a 1.2 million source
+        # flood), longer than p0f's 2 MiB kernel ring holds at 280k SYN/s.  A Syn cannot be part of a
+        # cycle: it holds an int, an interned tuple, a shared Fingerprint and NamedTuple records.
+        PyObject_GC_UnTrack(syn)
         self.syns.append(syn)
         if self.want_obs:
             self.observations.append(_new_tuple(self.observation, (
