@@ -1404,6 +1404,24 @@ cdef class Replay:
 
     # -- the loop (engine.Engine._feed_batch) ---------------------------------
 
+    cdef inline int count_syn(self, bint sendsyn, const Verdict* v) noexcept:
+        """A fingerprinted SYN's counts; its mod."""
+        self.class_counts[v.klass] += 1
+        if sendsyn:
+            self.n_probe += 1
+            return MOD_PROBE
+        self.n_syn += 1
+        return MOD_SYN
+
+    cdef inline void count_records(self, const Record* r) noexcept:
+        """The host records a fingerprinted packet set off."""
+        if r.kind == 1:
+            self.n_change += 1
+        elif r.kind == 2:
+            self.n_sharing += 1
+        if r.up:
+            self.n_uptime += 1
+
     cdef int one(self, CPkt* pp, int code, uint32_t sec, uint32_t usec) except -1:
         """One frame, parsed by parse_c into *pp (`code`: its skip reason, or 0)."""
         cdef const CPkt* p = pp
@@ -1455,13 +1473,7 @@ cdef class Replay:
             f.syn_mss = p.mss
             if v.app and not f.sendsyn:
                 f = self.gone(i)
-            if f.sendsyn:
-                mod = MOD_PROBE
-                self.n_probe += 1
-            else:
-                mod = MOD_SYN
-                self.n_syn += 1
-            self.class_counts[v.klass] += 1
+            mod = self.count_syn(f.sendsyn, v)
             to_srv = True
         else:
             i = self.synack(p)
@@ -1483,12 +1495,7 @@ cdef class Replay:
                 self.n_synack += 1
             to_srv = False
         self.on_syn(to_srv, f, p, v, sec, now_ms, &rec)
-        if rec.kind == 1:
-            self.n_change += 1
-        elif rec.kind == 2:
-            self.n_sharing += 1
-        if rec.up:
-            self.n_uptime += 1
+        self.count_records(&rec)
         # Room for the four lines a packet can make: the fixed parts, and the verdict's two tails.
         o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
         if self.fmt == FMT_P0F:
@@ -1752,21 +1759,10 @@ cdef class LiveLoop(Replay):
         self.scratch.client = self.live_host(p, <int64_t>ts)
         sendsyn = self.scratch.sendsyn = p.win == SENDSYN_WIN and p.mss == SENDSYN_MSS
         v = self.verdict(p, ts, True, 0, sendsyn)
-        if sendsyn:
-            mod = MOD_PROBE
-            self.n_probe += 1
-        else:
-            mod = MOD_SYN
-            self.n_syn += 1
-        self.class_counts[v.klass] += 1
+        mod = self.count_syn(sendsyn, v)
         memset(&rec, 0, sizeof(Record))
         self.on_syn(True, &self.scratch, p, v, sec, now_ms, &rec)
-        if rec.kind == 1:
-            self.n_change += 1
-        elif rec.kind == 2:
-            self.n_sharing += 1
-        if rec.up:
-            self.n_uptime += 1
+        self.count_records(&rec)
         if self.fmt == FMT_P0F:
             o = self.buf.reserve(4 * LINE_ROOM + v.tail_n + v.mtu_n)
             o = self.p0f_lines(o, p, True, <int64_t>ts, mod, v, &rec)
