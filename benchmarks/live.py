@@ -102,6 +102,8 @@ def serve_empty(sock: str) -> None:
 
 def _profile_batches(source: str) -> tuple[list[tuple[bytes, bytes]], int]:
     """next_batch-like (buffer, metadata) pairs of 512 frames, and their link type."""
+    from fingerprintd.engine import join_batch
+
     if source != "veth":
         from fingerprintd.capture import open_offline
 
@@ -112,12 +114,11 @@ def _profile_batches(source: str) -> tuple[list[tuple[bytes, bytes]], int]:
     out = []
     for epoch in range(1, 5):
         for i in range(0, len(frames), 512):
-            blob, meta = bytearray(), bytearray()
+            batch = []
             for k, frame in enumerate(frames[i : i + 512]):
                 struct.pack_into("!I", frame, 38, epoch << 24 | (i + k))  # a new ISN: not a retransmission
-                meta += struct.pack("=IIII", now, k, len(blob), len(frame))
-                blob += frame
-            out.append((bytes(blob), bytes(meta)))
+                batch.append((now, k, bytes(frame)))
+            out.append(join_batch(batch))
     return out, 1
 
 

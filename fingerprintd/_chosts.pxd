@@ -38,7 +38,7 @@ cdef class HostTable:
     cdef public object timer, _servers, _lock, _arrived, arrival_hooks
     cdef public long added, lookups, hits, _writes, _waiting, generation
 
-    @cython.locals(servers=dict, syns=list, syn=Syn)
+    @cython.locals(servers=dict, syns=list)
     cpdef add_batch(self, observations)
 
     @cython.locals(max_conns=Py_ssize_t, max_hosts=Py_ssize_t, now=double, expires=double,

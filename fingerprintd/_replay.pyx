@@ -1613,8 +1613,9 @@ cdef extern from "Python.h":
 
 cdef tuple MOD_STR = ("syn", "syn+ack", "sendsyn probe", "sendsyn response")  # by MOD_*
 cdef tuple KIND_STR = (None, "host change", "ip sharing")  # by Record.kind
-cdef object V6_MARK = _hosts._V6_MARK
-cdef Py_ssize_t MAX_INTERNED_SERVERS = _hosts.MAX_INTERNED_SERVERS
+cdef object conn_key = _hosts.conn_key
+cdef object shared_where = _hosts.shared_where
+cdef object reason_words = _nat.reason_words
 cdef object _new_tuple = tuple.__new__
 
 
@@ -1700,12 +1701,7 @@ cdef class LiveLoop(Replay):
         if same and memcmp(self.where_dst, p.dst, p.alen) == 0:
             return self.where
         cdef object dst = PyBytes_FromStringAndSize(<const char*>p.dst, p.alen)
-        cdef tuple where = (dst, p.dport, MOD_STR[mod], self.linktype)
-        cdef object shared = self.servers.get(where)
-        if shared is None:
-            shared = where
-            if len(self.servers) < MAX_INTERNED_SERVERS:
-                self.servers[where] = where
+        cdef object shared = shared_where(self.servers, (dst, p.dport, MOD_STR[mod], self.linktype))
         self.where = shared
         memcpy(self.where_dst, p.dst, p.alen)
         self.where_alen = p.alen
@@ -1771,13 +1767,12 @@ cdef class LiveLoop(Replay):
         if p.alen == 4:
             key = PyLong_FromUnsignedLongLong((<uint64_t>u32be(p.src) << 16) | p.sport)
         else:
-            key = (int.from_bytes(PyBytes_FromStringAndSize(<const char*>p.src, 16), "big") | V6_MARK) << 16 | p.sport
+            key = conn_key(PyBytes_FromStringAndSize(<const char*>p.src, 16), p.sport)
         nat = uptime = None
         if rec.kind or rec.up:
             if rec.kind:
-                nat = _nat.NatRecord(KIND_STR[rec.kind], " ".join(
-                    [name for bit, name in _nat.REASON_NAMES if rec.reason & bit]),
-                    (rec.hits[0], rec.hits[1], rec.hits[2], rec.hits[3]))
+                nat = _nat.NatRecord(KIND_STR[rec.kind], reason_words(rec.reason),
+                                     (rec.hits[0], rec.hits[1], rec.hits[2], rec.hits[3]))
             if rec.up:
                 uptime = _nat.Uptime(rec.minutes, rec.modulo_days, rec.freq)
             with_records = SynWithRecords.__new__(SynWithRecords)

@@ -134,11 +134,23 @@ def host_key(ip: bytes) -> int:
     return int.from_bytes(ip, "big") | (_V6_MARK if len(ip) == 16 else 0)
 
 
-def syn_of(obs: Observation) -> Syn:
-    """The table's record of a fingerprinted SYN, made outside it (HostTable.add_batch makes its own inline,
-    with the (server, port, mod, linktype) tuples interned)."""
+def shared_where(servers: dict, where: tuple[bytes, int, str, int]) -> tuple[bytes, int, str, int]:
+    """(server, port, mod, linktype) interned in a table's `servers`: one tuple for the many SYNs of an MX's
+    few addresses and ports (at most MAX_INTERNED_SERVERS kept; the rest are stored per entry)."""
+    shared = servers.get(where)
+    if shared is None:
+        shared = where
+        if len(servers) < MAX_INTERNED_SERVERS:
+            servers[where] = where
+    return shared
+
+
+def syn_of(obs: Observation, servers: dict | None = None) -> Syn:
+    """The table's record of a fingerprinted SYN; its `where` interned in `servers` when given (a table's)."""
     pkt = obs.pkt
     where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
+    if servers is not None:
+        where = shared_where(servers, where)
     if obs.nat is None and obs.uptime is None:
         return Syn(pkt.ts, conn_key(pkt.src, pkt.sport), pkt.ttl, where, obs.fp)
     syn = SynWithRecords(pkt.ts, conn_key(pkt.src, pkt.sport), pkt.ttl, where, obs.fp)
@@ -324,24 +336,8 @@ class HostTable:
         syns = []
         for obs in observations:
             fp = obs.fp
-            if fp is None or not fp.to_server:
-                continue
-            pkt = obs.pkt
-            where = (pkt.dst, pkt.dport, obs.mod, obs.linktype)
-            shared = servers.get(where)
-            if shared is None:
-                shared = where
-                if len(servers) < MAX_INTERNED_SERVERS:
-                    servers[where] = where
-            src = pkt.src
-            key = (int.from_bytes(src, "big") | (_V6_MARK if len(src) == 16 else 0)) << 16 | pkt.sport  # conn_key
-            if obs.nat is None and obs.uptime is None:
-                syn = Syn(pkt.ts, key, pkt.ttl, shared, fp)
-            else:
-                syn = SynWithRecords(pkt.ts, key, pkt.ttl, shared, fp)
-                syn.nat = obs.nat
-                syn.uptime = obs.uptime
-            syns.append(syn)
+            if fp is not None and fp.to_server:
+                syns.append(syn_of(obs, servers))
         self.add_syns(syns)
 
     def add_syns(self, syns: list[Syn]) -> None:

@@ -248,8 +248,13 @@ def add_score(to_srv: bool, hd: HostState, reason: int, score: int, now: int) ->
             return None  # wait for something more substantial
         hd.last_chg = now
         kind = "host change"
+    return NatRecord(kind, reason_words(reason), hits)
+
+
+def reason_words(reason: int) -> str:
+    """p0f's reason words for the bits set, space-separated ("" when none)."""
     # A list, not a generator: the compiled copy (setup.py) cannot hold a closure in a cpdef function.
-    return NatRecord(kind, " ".join([name for bit, name in REASON_NAMES if reason & bit]), hits)
+    return " ".join([name for bit, name in REASON_NAMES if reason & bit])
 
 
 def _store(hd: HostState, to_srv: bool, ring: bytes) -> None:

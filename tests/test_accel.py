@@ -54,7 +54,7 @@ def run_both(batches, linktype: int, db, ports=None, live: bool = False, blobs: 
         observations, text = [], {name: [] for name in FORMATS}
         for batch in batches:
             if blobs:
-                blob, meta = _as_blob(batch)
+                blob, meta = engine.join_batch(batch)
                 got = eng.feed_blob(blob, meta, linktype)
             else:
                 got = eng.feed_batch(batch, linktype)
@@ -75,7 +75,7 @@ def _written(into, batches, linktype: int) -> bytes:
     """What a replayer hands its `write`, batch after batch (a view lives only during its call)."""
     chunks: list[bytes] = []
     for batch in batches:
-        into(*_as_blob(batch), linktype, lambda view: chunks.append(bytes(view)))  # noqa: B023 - called at once
+        into(*engine.join_batch(batch), linktype, lambda view: chunks.append(bytes(view)))  # noqa: B023 - called at once
     return b"".join(chunks)
 
 
@@ -90,15 +90,6 @@ def _replayed(compiled: bool, batches, linktype: int, db, ports) -> dict:
         out[f"replay {name}"] = _written(into, batches, linktype)
         out[f"replay {name} summary"] = json.dumps(eng.summary(), sort_keys=True).encode()
     return out
-
-
-def _as_blob(batch) -> tuple[bytes, bytes]:
-    """A batch as pcapy's next_batch hands it over: one buffer, and (sec, usec, offset, caplen) records."""
-    blob, meta = bytearray(), bytearray()
-    for sec, usec, data in batch:
-        meta += engine.BATCH_META.pack(sec, usec, len(blob), len(data))
-        blob += data
-    return bytes(blob), bytes(meta)
 
 
 def assert_same(pure, compiled) -> None:
